@@ -120,10 +120,12 @@ FEEDBACK_TONES: dict[str, tuple[tuple[float, float, float], ...]] = {
     "accepted": ((1800.0, 120.0, 60.0), (1800.0, 120.0, 0.0)),
     "error": ((440.0, 400.0, 0.0),),
     "reenter": ((440.0, 150.0, 80.0), (440.0, 150.0, 80.0), (440.0, 150.0, 0.0)),
-    "complete": ((1800.0, 100.0, 40.0), (2100.0, 100.0, 40.0), (2400.0, 200.0, 0.0)),
+    "complete": ((1800.0, 100.0, 40.0), (2000.0, 100.0, 40.0), (2200.0, 200.0, 0.0)),
 }
-FLAT_MASK_FREQ_HZ = 2100.0
-"""Frequency of the flat masking tone: outside both DTMF groups and their harmonics' pairs."""
+FLAT_MASK_FREQ_HZ = 1060.0
+"""Frequency of the flat masking tone: between the DTMF groups (12 % from the nearest
+DTMF frequency), and clear of the fax (1100, 2100 Hz), test (1004 Hz) and call-progress
+(350-620 Hz) tones that network equipment reacts to."""
 
 
 def feedback_tone(kind: str, level_dbm0: float = -15.0,
