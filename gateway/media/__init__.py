@@ -1,0 +1,1 @@
+"""Sans-IO media: RTP/RTCP packets, SRTP, the per-call relay."""

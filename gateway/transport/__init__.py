@@ -1,0 +1,1 @@
+"""The asyncio edges: SIP over UDP/TCP/TLS, RTP datagram endpoints, port allocation."""
