@@ -1,7 +1,7 @@
 """DTMF and caller-feedback tone generation.
 
 Levels are in dBm0 per tone, using the G.711 convention that a full-scale sine
-is +3.14 dBm0 (so 0 dBm0 peaks at about 22,772 in 16-bit linear).
+is +3.14 dBm0 (so 0 dBm0 peaks at about 22,826 in 16-bit linear).
 """
 
 from __future__ import annotations
