@@ -1,1 +1,1 @@
-"""capture."""
+"""Secure capture: the card-entry machine, card rules, wipeable digit buffers and the capture service."""
