@@ -170,7 +170,7 @@ class AuditLog:
             if name not in DIGIT_RUN_ALLOWED and _holds_digit_run(value):
                 raise AuditError(f"audit field {name} holds a digit run")
         if last4 is not None and not re.fullmatch(r"\d{4}", last4):
-            raise AuditError("audit field last4 is malformed")
+            raise AuditError("audit field last-four is malformed")
         with self._lock:
             record: dict[str, Any] = {
                 "seq": self._seq + 1,
