@@ -1,0 +1,473 @@
+"""DTMF masking: turns the caller's audio into the audio the agent may hear.
+
+What drives it: packets of 16-bit linear samples (decoded G.711), nothing else;
+no clock. Its safe state is "mask": every decision errs towards masking.
+
+How it decides. The audio is cut into 5 ms blocks (40 samples, four per 20 ms
+packet, aligned to the stream's first sample). A block is *flagged* ("a tone may
+be here") when it carries enough energy and most of it sits at one DTMF
+low-group and one high-group frequency. This is deliberately looser and faster
+than the detector (dtmf.detector): a false flag costs 5-15 ms of speech during a
+capture, a missed one would leak. A block is masked when it, or the block after
+it (the pre-guard, look-ahead only), or one of the two blocks before it (the
+hang-over for tone tails and echo) is flagged:
+
+    guard before a tone onset: 1 block + block alignment  <= 10 ms (look-ahead only)
+    hang-over after a tone end: 2 blocks + block alignment <= 15 ms
+
+A tone starting in the last 5 ms of a packet leaves its first full block in the
+next packet; that block is flagged and its pre-guard masks the onset, which is
+why one packet of look-ahead (160 samples, 20 ms) is enough and is all we hold.
+Outside the guard every sample passes unchanged (bit-exact once re-encoded; see
+`encode_masked`).
+
+Look-ahead switching, for one stream (`Masker`) or one slot (`MaskerBank`):
+  * on: the output stream gets one packet (160 samples) of *filler* (the mode's
+    background: comfort noise, or silence) inserted, then carries the input
+    delayed by exactly 160 samples. No caller sample is lost or repeated.
+  * off (or `flush` when packets stop): the held 160 samples are returned at
+    once, masked with what is known (no pre-guard for the last block), and the
+    stream continues without delay. After a `flush` with look-ahead still on,
+    the next packet starts a new filler packet.
+So over a capture the agent's stream is one packet longer than the caller's:
+the relay sends the filler as an extra packet (its RTP timestamp offset grows by
+160 and its sequence offset by 1 per capture).
+
+Masking modes replace masked samples with: zeros (SILENCE); comfort noise at the
+caller's background level tracked outside tones (COMFORT_NOISE; white noise with
+the eight DTMF frequencies notched out, so the fill itself never carries DTMF
+energy); or a fixed 1060 Hz tone at -20 dBm0 whose phase follows the stream's
+sample clock (FLAT). None of the fills depends on the key pressed.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+
+from dtmf.g711 import DECODE_TABLES, ENCODE_TABLES
+from dtmf.tones import DTMF_FREQS_HZ, FLAT_MASK_FREQ_HZ, HIGH_FREQS_HZ, LOW_FREQS_HZ, dbm0_to_amplitude
+
+SAMPLE_RATE_HZ = 8000
+PACKET_SAMPLES = 160
+"""One 20 ms packet at 8 kHz: the bank's row length and the look-ahead."""
+BLOCK_SAMPLES = 40
+"""5 ms analysis block."""
+BLOCKS_PER_PACKET = PACKET_SAMPLES // BLOCK_SAMPLES
+LOOKAHEAD_SAMPLES = PACKET_SAMPLES
+PRE_GUARD_BLOCKS = 1
+HANGOVER_BLOCKS = 2
+
+FLAG_CONCENTRATION = 0.5
+"""Flag when the best low + best high DTMF frequency hold this share of the block energy."""
+FLAG_MIN_LEVEL_DBM0 = -45.0
+"""Flag only blocks at least as loud as one sine at this level (well under Q.24's -25 dBm0 floor)."""
+
+FLAT_LEVEL_DBM0 = -20.0
+COMFORT_NOISE_MAX_DBM0 = -35.0
+"""Comfort noise never louder than this, whatever the background was."""
+NOISE_RISE_DB_PER_BLOCK = 0.05
+"""Background tracker: falls at once to a quieter block, rises 10 dB/s at most."""
+_NOISE_RISE = 10.0 ** (NOISE_RISE_DB_PER_BLOCK / 10.0)
+_NOISE_RISE_ABS = 10.0  # lets the tracker leave zero (mean power, ~ -80 dBm0)
+_NOTCH_HZ = 60.0
+"""Comfort-noise notch half-width around each DTMF frequency: wider than the +-3.5 % a
+receiver must reject, so the fill never carries energy a receiver could take for a tone."""
+
+
+class MaskMode(Enum):
+    """What replaces masked samples."""
+
+    SILENCE = "silence"
+    COMFORT_NOISE = "comfort-noise"
+    FLAT = "flat"
+
+
+def _analysis_basis() -> np.ndarray:
+    t = np.arange(BLOCK_SAMPLES) / SAMPLE_RATE_HZ
+    freqs = np.array(LOW_FREQS_HZ + HIGH_FREQS_HZ)
+    w = 2 * np.pi * freqs[None, :] * t[:, None]
+    return np.concatenate([np.cos(w), np.sin(w)], axis=1)  # (40, 16)
+
+
+_BASIS = _analysis_basis()
+_MIN_BLOCK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(FLAG_MIN_LEVEL_DBM0) ** 2 / 2.0
+
+
+def _noise_power(level_dbm0: float) -> float:
+    """Mean power per sample of noise whose RMS is a sine at level_dbm0 over sqrt(2)."""
+    return dbm0_to_amplitude(level_dbm0) ** 2 / 2.0
+
+
+_CN_MAX_POWER = _noise_power(COMFORT_NOISE_MAX_DBM0)
+
+
+def _comfort_noise_table(n: int = 8000, seed: int = 4733) -> np.ndarray:
+    """Unit-RMS periodic white noise with the DTMF frequencies notched out (1 Hz bins)."""
+    rng = np.random.default_rng(seed)
+    spec = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE_HZ)
+    for f in LOW_FREQS_HZ + HIGH_FREQS_HZ:
+        spec[np.abs(freqs - f) <= _NOTCH_HZ] = 0.0
+    noise = np.fft.irfft(spec, n)
+    return noise / np.sqrt(np.mean(noise**2))
+
+
+def _flat_table() -> np.ndarray:
+    """One exact period of the flat tone: 1060/8000 = 53/400, so 400 samples."""
+    period = 400
+    cycles = FLAT_MASK_FREQ_HZ * period / SAMPLE_RATE_HZ
+    if abs(cycles - round(cycles)) > 1e-9:
+        raise ValueError("flat mask frequency has no short period")
+    t = np.arange(period)
+    tone = dbm0_to_amplitude(FLAT_LEVEL_DBM0) * np.sin(2 * np.pi * round(cycles) * t / period)
+    return np.rint(tone).astype(np.int16)
+
+
+_CN_TABLE = _comfort_noise_table()
+_FLAT_TABLE = _flat_table()
+for _t in (_CN_TABLE, _FLAT_TABLE):
+    _t.setflags(write=False)
+
+
+def analyse_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flag and mean power of each 40-sample block: (m, 40) -> bool (m,), float64 (m,).
+
+    One matrix product projects every block onto the eight DTMF frequencies.
+    """
+    x = np.asarray(blocks, dtype=np.float64)
+    proj = x @ _BASIS
+    p = proj[:, :8] ** 2 + proj[:, 8:] ** 2  # ~ (amplitude * 20)^2 per frequency
+    energy = np.einsum("ij,ij->i", x, x)
+    tone_energy = (p[:, :4].max(axis=1) + p[:, 4:].max(axis=1)) * (2.0 / BLOCK_SAMPLES)
+    flags = (energy >= _MIN_BLOCK_ENERGY) & (tone_energy >= FLAG_CONCENTRATION * energy)
+    return flags, energy / BLOCK_SAMPLES
+
+
+def _track(level: np.ndarray | float, power: np.ndarray | float, flag: np.ndarray | bool):
+    """Background power after one block: flagged blocks leave it alone."""
+    rise = np.minimum(power, level * _NOISE_RISE + _NOISE_RISE_ABS)
+    new = np.where(power < level, power, rise)
+    return np.where(flag, level, new)
+
+
+def _fill(mode: MaskMode, index: np.ndarray, power: np.ndarray) -> np.ndarray:
+    """Fill samples for absolute stream sample indices `index` (int64) at background `power`."""
+    if mode is MaskMode.SILENCE:
+        return np.zeros(index.shape, dtype=np.int16)
+    if mode is MaskMode.FLAT:
+        return _FLAT_TABLE[index % len(_FLAT_TABLE)]
+    rms = np.sqrt(np.minimum(power, _CN_MAX_POWER))
+    noise = _CN_TABLE[index % len(_CN_TABLE)] * rms
+    return np.clip(np.rint(noise), -32768, 32767).astype(np.int16)
+
+
+def _window_or(flags: np.ndarray, before: int, after: int) -> np.ndarray:
+    """OR of each block's flag with `before` earlier and `after` later ones (axis -1).
+
+    `flags` holds `before` leading and `after` trailing context blocks; the result
+    is for the blocks between them.
+    """
+    n = flags.shape[-1] - before - after
+    out = np.zeros(flags.shape[:-1] + (n,), dtype=bool)
+    for shift in range(before + after + 1):
+        out |= flags[..., shift:shift + n]
+    return out
+
+
+class Masker:
+    """Masks one stream; output has the input's length, delayed by `lookahead_samples` when on.
+
+    Any chunk size works with look-ahead on. Without look-ahead, a block split
+    across calls is decided on its hang-over alone until it completes, so feed
+    whole blocks (the relay's 160-sample packets are) for chunk-independent output.
+    """
+
+    def __init__(self, mode: MaskMode = MaskMode.COMFORT_NOISE, lookahead: bool = True) -> None:
+        self.mode = MaskMode(mode)
+        self._lookahead = False
+        self._n_in = 0  # samples received
+        self._partial = np.zeros(0, dtype=np.int16)  # incomplete trailing block
+        self._flags: list[bool] = []  # per block, from block index self._base
+        self._levels: list[float] = []  # background power before each block
+        self._base = 0
+        self._level = 0.0
+        self._pending = np.zeros(0, dtype=np.int16)  # received, not yet output
+        self._pending_start = 0  # stream index of _pending[0]
+        self._filler_left = 0
+        self._filler_start = 0
+        self._filler_level = 0.0
+        self.set_lookahead(lookahead)
+
+    @property
+    def lookahead_samples(self) -> int:
+        """Current output delay in samples (0 or 160)."""
+        return LOOKAHEAD_SAMPLES if self._lookahead else 0
+
+    def set_lookahead(self, on: bool) -> np.ndarray:
+        """Switch look-ahead; switching off returns the held samples, masked."""
+        if on and not self._lookahead:
+            self._lookahead = True
+            self._start_filler()
+            return np.zeros(0, dtype=np.int16)
+        if not on and self._lookahead:
+            held = self.flush()
+            self._lookahead = False
+            self._filler_left = 0
+            return held
+        return np.zeros(0, dtype=np.int16)
+
+    def _start_filler(self) -> None:
+        self._filler_left = LOOKAHEAD_SAMPLES
+        self._filler_start = self._n_in
+        self._filler_level = self._level
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        """Masked output of the same length as `samples` (int16)."""
+        x = np.asarray(samples, dtype=np.int16).ravel()
+        self._analyse(x)
+        self._pending = np.concatenate([self._pending, x])
+        self._n_in += len(x)
+        n_fill = min(self._filler_left, len(x))
+        parts = []
+        if n_fill:
+            done = LOOKAHEAD_SAMPLES - self._filler_left
+            idx = np.arange(self._filler_start + done, self._filler_start + done + n_fill)
+            parts.append(self._background(idx))
+            self._filler_left -= n_fill
+        parts.append(self._emit(len(x) - n_fill, pre_guard=self._lookahead))
+        return np.concatenate(parts)
+
+    def flush(self) -> np.ndarray:
+        """Held samples, masked with what is known; with look-ahead on, the next input starts a new filler."""
+        held = self._emit(len(self._pending), pre_guard=True)  # unknown next blocks count as unflagged
+        if self._lookahead:
+            self._start_filler()
+        return held
+
+    def _background(self, idx: np.ndarray) -> np.ndarray:
+        if self.mode is MaskMode.COMFORT_NOISE:
+            return _fill(self.mode, idx, np.full(idx.shape, self._filler_level))
+        return np.zeros(idx.shape, dtype=np.int16)
+
+    def _analyse(self, x: np.ndarray) -> None:
+        data = np.concatenate([self._partial, x])
+        n_blocks = len(data) // BLOCK_SAMPLES
+        if n_blocks:
+            flags, power = analyse_blocks(data[: n_blocks * BLOCK_SAMPLES].reshape(-1, BLOCK_SAMPLES))
+            for f, p in zip(flags.tolist(), power.tolist()):
+                self._levels.append(self._level)
+                self._flags.append(f)
+                self._level = float(_track(self._level, p, f))
+        self._partial = data[n_blocks * BLOCK_SAMPLES:]
+
+    def _flag(self, block: int) -> bool:
+        i = block - self._base
+        return 0 <= i < len(self._flags) and self._flags[i]
+
+    def _emit(self, n: int, pre_guard: bool) -> np.ndarray:
+        """Take n samples from the pending queue and mask them."""
+        if n == 0:
+            return np.zeros(0, dtype=np.int16)
+        out = self._pending[:n].copy()
+        start = self._pending_start
+        self._pending = self._pending[n:]
+        self._pending_start += n
+        first_b, last_b = start // BLOCK_SAMPLES, (start + n - 1) // BLOCK_SAMPLES
+        for b in range(first_b, last_b + 1):
+            after = PRE_GUARD_BLOCKS if pre_guard else 0
+            if not any(self._flag(j) for j in range(b - HANGOVER_BLOCKS, b + after + 1)):
+                continue
+            lo = max(b * BLOCK_SAMPLES, start) - start
+            hi = min((b + 1) * BLOCK_SAMPLES, start + n) - start
+            idx = np.arange(start + lo, start + hi)
+            i = b - self._base
+            level = self._levels[i] if 0 <= i < len(self._levels) else self._level
+            out[lo:hi] = _fill(self.mode, idx, np.full(idx.shape, level))
+        keep_from = self._pending_start // BLOCK_SAMPLES - HANGOVER_BLOCKS
+        if keep_from > self._base + 64:
+            drop = keep_from - self._base
+            del self._flags[:drop]
+            del self._levels[:drop]
+            self._base = keep_from
+        return out
+
+
+class MaskerBank:
+    """Masks many streams' 20 ms packets in one vectorised pass; each slot equals one `Masker`.
+
+    Slots start with capture off: no masking, no delay. `set_capture(slot, True)`
+    turns masking and look-ahead on: that slot's next row is filler, and each
+    row after it is the slot's previous packet, masked. A slot may appear at
+    most once per `process` call.
+    """
+
+    def __init__(self, mode: MaskMode = MaskMode.COMFORT_NOISE, capacity: int = 64) -> None:
+        self.mode = MaskMode(mode)
+        self._free: list[int] = []
+        self._n_slots = 0
+        self._alloc(max(1, capacity))
+
+    def _alloc(self, cap: int) -> None:
+        old = getattr(self, "_cap", 0)
+
+        def grow(name: str, shape: tuple[int, ...], dtype) -> None:
+            new = np.zeros((cap,) + shape, dtype=dtype)
+            if old:
+                new[:old] = getattr(self, name)
+            setattr(self, name, new)
+
+        grow("_held", (PACKET_SAMPLES,), np.int16)
+        grow("_held_flags", (BLOCKS_PER_PACKET,), bool)
+        grow("_pre_flags", (HANGOVER_BLOCKS,), bool)
+        grow("_held_levels", (BLOCKS_PER_PACKET,), np.float64)
+        grow("_level", (), np.float64)
+        grow("_filler_level", (), np.float64)
+        grow("_n_in", (), np.int64)
+        grow("_held_valid", (), bool)
+        grow("_capture", (), bool)
+        grow("_always", (), bool)
+        self._cap = cap
+
+    def add_stream(self, mask_always: bool = False) -> int:
+        """A new slot, capture off; `mask_always` masks outside captures too (no look-ahead there)."""
+        if self._free:
+            slot = self._free.pop()
+        else:
+            if self._n_slots == self._cap:
+                self._alloc(self._cap * 2)
+            slot = self._n_slots
+            self._n_slots += 1
+        for name in ("_held", "_held_flags", "_pre_flags", "_held_levels", "_level",
+                     "_filler_level", "_n_in", "_held_valid", "_capture"):
+            getattr(self, name)[slot] = 0
+        self._always[slot] = mask_always
+        return slot
+
+    def remove_stream(self, slot: int) -> None:
+        """Free a slot (flush it first if its held packet should still go out)."""
+        self._check(slot)
+        self._capture[slot] = False
+        self._held_valid[slot] = False
+        self._free.append(slot)
+
+    def _check(self, slot: int) -> None:
+        if not (0 <= slot < self._n_slots) or slot in self._free:
+            raise ValueError("masker slot is not in use")
+
+    def set_mask_always(self, slot: int, on: bool) -> None:
+        """Policy mask = "always": mask outside captures too, from detection onwards."""
+        self._check(slot)
+        self._always[slot] = on
+
+    def set_capture(self, slot: int, on: bool) -> tuple[np.ndarray, bool] | None:
+        """Capture on/off; turning off returns the held packet (masked) and its changed flag."""
+        self._check(slot)
+        if on and not self._capture[slot]:
+            self._capture[slot] = True
+            self._held_valid[slot] = False
+            self._filler_level[slot] = self._level[slot]
+            return None
+        if not on and self._capture[slot]:
+            held = self.flush(slot)
+            self._capture[slot] = False
+            return held
+        return None
+
+    def flush(self, slot: int) -> tuple[np.ndarray, bool] | None:
+        """The held packet, masked with what is known (packets stopped); None when nothing is held."""
+        self._check(slot)
+        if not self._held_valid[slot]:
+            return None
+        unknown_next = np.zeros(PRE_GUARD_BLOCKS, dtype=bool)
+        flags = np.concatenate([self._pre_flags[slot], self._held_flags[slot], unknown_next])
+        mask = _window_or(flags, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
+        out = self._held[slot].copy()
+        if mask.any():
+            base = int(self._n_in[slot]) - PACKET_SAMPLES
+            idx = base + np.arange(PACKET_SAMPLES)
+            fill = _fill(self.mode, idx, np.repeat(self._held_levels[slot], BLOCK_SAMPLES))
+            m = np.repeat(mask, BLOCK_SAMPLES)
+            out[m] = fill[m]
+        self._held_valid[slot] = False
+        self._filler_level[slot] = self._level[slot]
+        return out, bool(mask.any())
+
+    def process(self, slots: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masked rows (k, 160) int16 and a per-row `changed` flag for packets of the given slots."""
+        slots = np.asarray(slots, dtype=np.intp)
+        frames = np.asarray(frames, dtype=np.int16)
+        k = len(slots)
+        if frames.shape != (k, PACKET_SAMPLES):
+            raise ValueError("masker frames must be (k, 160)")
+        flags, power = analyse_blocks(frames.reshape(-1, BLOCK_SAMPLES))
+        flags = flags.reshape(k, BLOCKS_PER_PACKET)
+        power = power.reshape(k, BLOCKS_PER_PACKET)
+
+        level = self._level[slots]
+        levels = np.empty((k, BLOCKS_PER_PACKET))
+        for j in range(BLOCKS_PER_PACKET):  # the tracker is a recursion in time
+            levels[:, j] = level
+            level = _track(level, power[:, j], flags[:, j])
+
+        capture = self._capture[slots]
+        held_valid = self._held_valid[slots]
+        delayed = capture & held_valid
+        filler = capture & ~held_valid
+        direct_mask = ~capture & self._always[slots]
+        all_flags = np.concatenate([self._pre_flags[slots], self._held_flags[slots], flags], axis=1)
+
+        # Delayed rows: the held packet; blocks 2..5 of all_flags, hang-over 2 before, pre-guard 1 after.
+        la_mask = _window_or(all_flags[:, :7], HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
+        # Direct rows: this packet; blocks 6..9, hang-over only (no look-ahead).
+        dm = _window_or(all_flags[:, 4:], HANGOVER_BLOCKS, 0)
+        block_mask = np.where(delayed[:, None], la_mask, dm & direct_mask[:, None])
+        changed = block_mask.any(axis=1) | filler
+
+        n_in = self._n_in[slots]
+        out = np.where(delayed[:, None], self._held[slots], frames)
+        rows = np.flatnonzero(changed)
+        if len(rows):
+            base = np.where(delayed, n_in - PACKET_SAMPLES, n_in)[rows]
+            idx = base[:, None] + np.arange(PACKET_SAMPLES)[None, :]
+            blk_levels = np.where(delayed[rows, None], self._held_levels[slots[rows]], levels[rows])
+            fill_power = np.repeat(blk_levels, BLOCK_SAMPLES, axis=1)
+            is_filler = filler[rows]
+            if is_filler.any():
+                fill_power[is_filler] = self._filler_level[slots[rows[is_filler]], None]
+            fill = _fill(self.mode, idx, fill_power)
+            if self.mode is not MaskMode.COMFORT_NOISE and is_filler.any():
+                fill[is_filler] = 0
+            m = np.repeat(block_mask[rows], BLOCK_SAMPLES, axis=1) | is_filler[:, None]
+            sub = out[rows]
+            sub[m] = fill[m]
+            out[rows] = sub
+
+        self._level[slots] = level
+        self._pre_flags[slots] = self._held_flags[slots][:, BLOCKS_PER_PACKET - HANGOVER_BLOCKS:]
+        self._held_flags[slots] = flags
+        self._held_levels[slots] = levels
+        self._held[slots] = frames
+        self._n_in[slots] = n_in + PACKET_SAMPLES
+        self._held_valid[slots] = capture
+        return out, changed
+
+
+def encode_masked(original_codes: np.ndarray, masked: np.ndarray, codec: str) -> np.ndarray:
+    """G.711 codes for masked samples, keeping the original code wherever the sample is unchanged.
+
+    `original_codes` are the payload bytes the masked samples came from (with
+    look-ahead: the slot's previous packet). Unchanged samples keep their exact
+    code (G.711 decode-encode is not the identity for mu-law's two zeros).
+    """
+    codes = np.asarray(original_codes, dtype=np.uint8)
+    masked = np.asarray(masked, dtype=np.int16)
+    same = DECODE_TABLES[codec][codes] == masked
+    return np.where(same, codes, ENCODE_TABLES[codec][masked.view(np.uint16)])
+
+
+__all__ = [
+    "BLOCK_SAMPLES", "LOOKAHEAD_SAMPLES", "PACKET_SAMPLES", "MaskMode", "Masker", "MaskerBank",
+    "analyse_blocks", "encode_masked", "DTMF_FREQS_HZ",
+]
