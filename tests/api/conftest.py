@@ -1,0 +1,96 @@
+"""A real HTTPS agent API on 127.0.0.1 with the development PKI and signing key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway import pki
+from gateway.api.auth import Authenticator, load_or_create_dev_key, issue_token
+from gateway.api.server import ApiSettings, bound_port, create_app, start_api
+from tests.api.fakes import FakeAudit, FakeCall, FakeCalls, FakeCaptures
+
+CALLS = [
+    FakeCall("call-a1", agent="alice", caller="sip:+15550001@example.net"),
+    FakeCall("call-a2", agent="alice", caller="sip:+15550002@example.net"),
+    FakeCall("call-b1", agent="bob", caller="sip:+15550003@example.net"),
+    FakeCall("call-c1", agent="carol", caller="sip:+15550004@example.net"),
+]
+
+
+@dataclass
+class Api:
+    """A running API and what it talks to."""
+
+    base: str
+    session: aiohttp.ClientSession
+    data_dir: Path
+    captures: FakeCaptures
+    calls: FakeCalls
+    audit: FakeAudit
+    app: Any
+    signing_key: Any
+
+    def token(self, role: str = "agent", *, agent: str | None = "alice", **claims: Any) -> str:
+        now = claims.pop("now", time.time())
+        subject = claims.pop("subject", agent or role)
+        return issue_token(
+            self.signing_key,
+            role=role,
+            subject=subject,
+            now=now,
+            agent=agent if role == "agent" else None,
+            **claims,
+        )
+
+    def auth(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+
+def api_settings(**overrides: Any) -> ApiSettings:
+    values: dict[str, Any] = {"heartbeat_s": 0.05, "failure_capacity": 1000.0}
+    values.update(overrides)
+    return ApiSettings(**values)
+
+
+@pytest.fixture
+def settings() -> ApiSettings:
+    return api_settings()
+
+
+@pytest.fixture
+async def api(tmp_path: Path, settings: ApiSettings) -> AsyncIterator[Api]:
+    data_dir = tmp_path / "data"
+    cert = pki.issue_server_cert(data_dir, "api")
+    server_ctx = pki.server_ssl_context(cert)
+    client_ctx = pki.client_ssl_context(pki.tls_dir(data_dir) / "ca.pem")
+    calls = FakeCalls(CALLS)
+    captures = FakeCaptures(calls)
+    audit = FakeAudit()
+    authenticator = Authenticator.for_data_dir(data_dir)
+    app = create_app(captures, calls, authenticator, audit, settings=settings)
+    runner = await start_api(app, "127.0.0.1", 0, server_ctx)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=client_ctx),
+        timeout=aiohttp.ClientTimeout(total=10),
+    )
+    try:
+        yield Api(
+            base=f"https://127.0.0.1:{bound_port(runner)}",
+            session=session,
+            data_dir=data_dir,
+            captures=captures,
+            calls=calls,
+            audit=audit,
+            app=app,
+            signing_key=load_or_create_dev_key(data_dir),
+        )
+    finally:
+        await session.close()
+        await runner.cleanup()
