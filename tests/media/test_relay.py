@@ -1,0 +1,322 @@
+"""The relay core without sockets: routing, PT remap, latching, SRTP, the DTMF hook, capture."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from dtmf.g711 import ULAW_DECODE, ulaw_encode
+from gateway.media.leg import Direction, LegMedia, SrtpParams
+from gateway.media.relay import (
+    CaptureUnavailable,
+    InBandDigitDetected,
+    Relay,
+    SourceLatched,
+    TelephoneEventDetected,
+)
+from gateway.media.rtp import RtpPacket
+from gateway.media.srtp import SrtpLeg
+
+CALLER_SDP = ("10.0.0.1", 4000)
+AGENT_SDP = ("10.0.0.2", 6000)
+NAT_CALLER = ("192.0.2.7", 31000)
+
+
+def leg(addr, pt=0, te=101, codec="PCMU", srtp=None) -> LegMedia:
+    return LegMedia(remote_rtp=addr, remote_rtcp=(addr[0], addr[1] + 1), codec=codec, audio_pt=pt,
+                    telephone_event_pt=te, direction=Direction.SENDRECV, srtp=srtp)
+
+
+def audio(seq: int, pt: int = 0, payload: bytes | None = None, ssrc: int = 0x1111) -> bytes:
+    body = payload if payload is not None else bytes((seq * 7 + i) & 0xFF for i in range(160))
+    return bytes(RtpPacket(payload_type=pt, sequence_number=seq, timestamp=160 * seq, ssrc=ssrc, payload=body))
+
+
+def event(seq: int, ts: int, code: int, end: bool = False, pt: int = 101) -> bytes:
+    body = struct.pack("!BBH", code, (0x80 if end else 0) | 10, 400)
+    return bytes(RtpPacket(payload_type=pt, sequence_number=seq, timestamp=ts, ssrc=0x1111, payload=body))
+
+
+def make(detector=None, masker=None, strict=False, caller=None, agent=None):
+    relay = Relay(detector=detector, masker=masker, strict=strict)
+    call = relay.add_call("c1")
+    relay.configure("c1", caller or leg(CALLER_SDP), agent or leg(AGENT_SDP, te=96))
+    return relay, call
+
+
+def test_caller_audio_reaches_agent_bit_exact_and_back_untouched() -> None:
+    relay, call = make()
+    pkt = audio(1)
+    assert relay.receive_rtp(call.caller, pkt, CALLER_SDP, now=1.0) == (pkt, AGENT_SDP)
+    back = audio(9, ssrc=0x2222)
+    assert relay.receive_rtp(call.agent, back, AGENT_SDP, now=1.0) == (back, CALLER_SDP)
+    assert relay.stats.relayed == [1, 1]
+    assert call.last_packet_s == 1.0
+
+
+def test_telephone_event_pt_remapped_both_ways() -> None:
+    relay, call = make()
+    out, _ = relay.receive_rtp(call.caller, event(5, 800, 3), CALLER_SDP, now=0.0)
+    assert out[1] & 0x7F == 96 and out[:1] + out[2:] == event(5, 800, 3)[:1] + event(5, 800, 3)[2:]
+    end = event(6, 800, 3, end=True)
+    marked = end[:1] + bytes([0x80 | 101]) + end[2:]
+    out, _ = relay.receive_rtp(call.caller, marked, CALLER_SDP, now=0.0)
+    assert out[1] == 0x80 | 96  # marker kept
+    out, _ = relay.receive_rtp(call.agent, event(1, 160, 5, pt=96), AGENT_SDP, now=0.0)
+    assert out[1] & 0x7F == 101
+    events = list(iter(relay.next_event, None))
+    tev = [e for e in events if isinstance(e, TelephoneEventDetected)]
+    assert [(e.call_id, e.digit, e.rtp_timestamp) for e in tev] == [("c1", "3", 800)]
+
+
+def test_audio_pt_remapped_and_unknown_pt_dropped() -> None:
+    relay, call = make(caller=leg(CALLER_SDP, pt=8, codec="PCMA"), agent=leg(AGENT_SDP, pt=8, te=None, codec="PCMA"))
+    assert relay.receive_rtp(call.caller, audio(1, pt=8), CALLER_SDP, 0.0)[0] == audio(1, pt=8)
+    assert relay.receive_rtp(call.caller, audio(2, pt=0), CALLER_SDP, 0.0) is None
+    # The agent did not negotiate telephone-event: the caller's events have nowhere to go.
+    assert relay.receive_rtp(call.caller, event(3, 1, 1), CALLER_SDP, 0.0) is None
+    assert relay.stats.drops[0]["payload_type"] == 2
+
+
+def test_different_codecs_on_the_two_legs_are_refused() -> None:
+    relay = Relay()
+    relay.add_call("c")
+    with pytest.raises(ValueError):
+        relay.configure("c", leg(CALLER_SDP), leg(AGENT_SDP, pt=8, codec="PCMA"))
+
+
+@pytest.mark.parametrize(
+    "garbage, reason",
+    [
+        (b"", "short"),
+        (b"\x80\x00\x00", "short"),
+        (b"\x40" + bytes(171), "version"),
+        (b"\xa0\x00" + bytes(10) + b"\x00" * 3 + b"\xff", "padding"),
+        (b"\x90\x00" + bytes(10) + b"\x00\x00\x00\x10", "extension"),
+        (audio(1, pt=33), "payload_type"),
+    ],
+)
+def test_garbage_is_counted_and_audio_continues(garbage: bytes, reason: str) -> None:
+    relay, call = make()
+    assert relay.receive_rtp(call.caller, audio(1), CALLER_SDP, 0.0) is not None
+    assert relay.receive_rtp(call.caller, garbage, CALLER_SDP, 0.0) is None
+    assert relay.receive_rtp(call.caller, audio(2), CALLER_SDP, 0.0) == (audio(2), AGENT_SDP)
+    assert relay.stats.drops[0][reason] == 1
+    assert relay.stats.packets_total()[("caller_to_agent", "dropped")] == 1
+
+
+def test_padded_and_extended_packets_pass() -> None:
+    relay, call = make()
+    pkt = bytes(RtpPacket(payload_type=0, sequence_number=1, payload=bytes(160), csrc=[5],
+                          extension_profile=0xBEDE, extension_data=bytes(4), padding_size=3))
+    assert relay.receive_rtp(call.caller, pkt, CALLER_SDP, 0.0) == (pkt, AGENT_SDP)
+
+
+def test_latching_follows_the_real_source() -> None:
+    relay, call = make()
+    # Before the agent's first packet, the caller's audio goes to the agent's SDP address.
+    assert relay.receive_rtp(call.caller, audio(1), NAT_CALLER, 0.0)[1] == AGENT_SDP
+    # The agent's reply goes to where the caller's packets really came from.
+    assert relay.receive_rtp(call.agent, audio(1), AGENT_SDP, 0.0)[1] == NAT_CALLER
+    latched = [e for e in iter(relay.next_event, None) if isinstance(e, SourceLatched)]
+    assert SourceLatched("c1", "caller", False, NAT_CALLER) in latched
+    # Non-strict: a NAT rebinding moves the latch.
+    moved = ("192.0.2.7", 31002)
+    assert relay.receive_rtp(call.caller, audio(2), moved, 0.0) is not None
+    assert relay.receive_rtp(call.agent, audio(2), AGENT_SDP, 0.0)[1] == moved
+
+
+def test_garbage_does_not_latch() -> None:
+    relay, call = make()
+    assert relay.receive_rtp(call.caller, b"junk", ("203.0.113.9", 9), 0.0) is None
+    assert relay.receive_rtp(call.agent, audio(1), AGENT_SDP, 0.0)[1] == CALLER_SDP
+
+
+def test_strict_mode_drops_unexpected_sources() -> None:
+    relay, call = make(strict=True)
+    assert relay.receive_rtp(call.caller, audio(1), ("203.0.113.9", 4000), 0.0) is None
+    assert relay.stats.drops[0]["source"] == 1
+    # The SDP host may latch from another port (NAT), then only that exact source counts.
+    src = (CALLER_SDP[0], 4100)
+    assert relay.receive_rtp(call.caller, audio(2), src, 0.0) is not None
+    assert relay.receive_rtp(call.caller, audio(3), CALLER_SDP, 0.0) is None
+    assert relay.stats.drops[0]["source"] == 2
+    assert relay.receive_rtp(call.agent, audio(1), AGENT_SDP, 0.0)[1] == src
+
+
+def test_reinvite_with_new_address_restarts_latching() -> None:
+    relay, call = make()
+    relay.receive_rtp(call.agent, audio(1), ("10.9.9.9", 1), 0.0)
+    relay.configure("c1", leg(CALLER_SDP), leg(("10.0.0.3", 7000), te=96))
+    assert relay.receive_rtp(call.caller, audio(1), CALLER_SDP, 0.0)[1] == ("10.0.0.3", 7000)
+
+
+def test_rtcp_relayed_between_rtcp_ports() -> None:
+    relay, call = make()
+    rr = struct.pack("!BBHI", 0x80, 201, 1, 0x1111)
+    assert relay.receive_rtcp(call.caller, rr, (CALLER_SDP[0], 4001), 0.0) == (rr, (AGENT_SDP[0], 6001))
+    assert relay.receive_rtcp(call.agent, b"\x80\xc9", (AGENT_SDP[0], 6001), 0.0) is None
+    assert relay.stats.rtcp_relayed == [1, 0] and relay.stats.drops[1]["rtcp"] == 1
+
+
+def key() -> str:
+    return base64.b64encode(os.urandom(30)).decode()
+
+
+@pytest.mark.parametrize("suite", ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"])
+@pytest.mark.parametrize("srtp_caller, srtp_agent", [(True, False), (False, True), (True, True)])
+def test_srtp_on_either_leg(suite: str, srtp_caller: bool, srtp_agent: bool) -> None:
+    ends = {}
+    params = {}
+    for side, on in (("caller", srtp_caller), ("agent", srtp_agent)):
+        if on:
+            gw_key, peer_key = key(), key()
+            params[side] = SrtpParams(suite, gw_key, peer_key)
+            ends[side] = SrtpLeg(SrtpParams(suite, peer_key, gw_key))  # the peer's view
+    relay, call = make(caller=leg(CALLER_SDP, srtp=params.get("caller")),
+                       agent=leg(AGENT_SDP, te=96, srtp=params.get("agent")))
+
+    def send(side, pkt):
+        return ends[side].protect(pkt) if side in ends else pkt
+
+    def recv(side, wire):
+        return ends[side].unprotect(wire) if side in ends else wire
+
+    for seq in range(3):
+        out, _ = relay.receive_rtp(call.caller, send("caller", audio(seq)), CALLER_SDP, 0.0)
+        assert recv("agent", out) == audio(seq)
+        out, _ = relay.receive_rtp(call.agent, send("agent", audio(seq, ssrc=2)), AGENT_SDP, 0.0)
+        assert recv("caller", out) == audio(seq, ssrc=2)
+    rr = struct.pack("!BBHI", 0x80, 201, 1, 0x1111)
+    out, _ = relay.receive_rtcp(call.caller, ends["caller"].protect_rtcp(rr) if "caller" in ends else rr,
+                                CALLER_SDP, 0.0)
+    assert (ends["agent"].unprotect_rtcp(out) if "agent" in ends else out) == rr
+    # A forged packet on an SRTP leg is dropped and counted; audio continues.
+    side = "caller" if srtp_caller else "agent"
+    src_leg, src = (call.caller, CALLER_SDP) if side == "caller" else (call.agent, AGENT_SDP)
+    forged = bytearray(send(side, audio(50)))
+    forged[-1] ^= 0xFF
+    assert relay.receive_rtp(src_leg, bytes(forged), src, 0.0) is None
+    assert relay.stats.drops[src_leg.direction]["srtp_auth"] == 1
+    assert relay.receive_rtp(src_leg, send(side, audio(51)), src, 0.0) is not None
+
+
+class FakeDetector:
+    """Stands in for dtmf.detector.DetectorBank: reports a digit when a frame is loud."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+        self.next_slot = 0
+
+    def add_stream(self) -> int:
+        self.next_slot += 1
+        return self.next_slot - 1
+
+    def remove_stream(self, slot: int) -> None:
+        pass
+
+    def process(self, slots, frames):
+        self.calls.append((slots.copy(), frames.copy()))
+        return [type("DigitDetected", (), {"slot": int(s), "digit": "5", "start_sample": 0, "decided_sample": 320})()
+                for s, f in zip(slots, frames) if np.abs(f.astype(np.int32)).max() > 20000]
+
+
+def test_dtmf_hook_batches_one_iteration_into_one_call() -> None:
+    det = FakeDetector()
+    relay = Relay(detector=det)
+    calls = [relay.add_call(f"c{i}") for i in range(3)]
+    for i in range(3):
+        relay.configure(f"c{i}", leg(("10.0.1.1", 4000 + 2 * i)), leg(("10.0.2.1", 6000 + 2 * i)))
+    loud = ulaw_encode(np.full(160, 30000, dtype=np.int16)).tobytes()
+    payloads = [b"\xff" * 160, loud, bytes(0xF0 + i % 15 for i in range(160))]
+    for i, call in enumerate(calls):
+        # Forwarded at once, before the batch runs.
+        assert relay.receive_rtp(call.caller, audio(1, payload=payloads[i]), ("10.0.1.1", 4000 + 2 * i), 0.0)
+        relay.receive_rtp(call.agent, audio(1), ("10.0.2.1", 6000 + 2 * i), 0.0)  # not inspected
+    assert relay.pending
+    assert relay.flush() == []
+    assert not relay.pending
+    assert len(det.calls) == 1
+    slots, frames = det.calls[0]
+    assert slots.tolist() == [c.caller.slot for c in calls]
+    assert np.array_equal(frames, ULAW_DECODE[np.frombuffer(b"".join(payloads), np.uint8).reshape(3, 160)])
+    digits = [e for e in iter(relay.next_event, None) if isinstance(e, InBandDigitDetected)]
+    assert digits == [InBandDigitDetected("c1", "5", 0, 320)]
+
+
+class FakeMasker:
+    """Stands in for dtmf.masker.MaskerBank: one packet look-ahead, masks by negating samples."""
+
+    def __init__(self) -> None:
+        self.prev: dict[int, np.ndarray] = {}
+        self.capture: dict[int, bool] = {}
+
+    def add_stream(self) -> int:
+        return 7
+
+    def remove_stream(self, slot: int) -> None:
+        pass
+
+    def set_capture(self, slot: int, on: bool) -> None:
+        self.capture[slot] = on
+
+    def process(self, slots, frames):
+        out = np.zeros_like(frames)
+        for r, s in enumerate(slots):
+            prev = self.prev.get(int(s), np.zeros(160, np.int16))
+            out[r] = np.full(160, 1000, np.int16) if prev[0] != 0 else prev
+            self.prev[int(s)] = frames[r].copy()
+        return out, out[:, 0] == 1000
+
+
+def test_capture_holds_one_packet_masks_drops_events_and_renumbers() -> None:
+    relay, call = make(detector=FakeDetector(), masker=FakeMasker())
+    sent = []
+
+    def feed(pkt):
+        out = relay.receive_rtp(call.caller, pkt, CALLER_SDP, 0.0)
+        if out:
+            sent.append(out[0])
+        sent.extend(d for _, d, _ in relay.flush())
+
+    tone = ulaw_encode(np.full(160, 5000, np.int16)).tobytes()
+    quiet = bytes([0xFF]) * 160  # mu-law zero: the fake masker passes it unchanged
+    feed(audio(1, payload=quiet))
+    relay.set_capture("c1", True)
+    feed(audio(2, payload=quiet))  # held
+    assert len(sent) == 1
+    feed(audio(3, payload=tone))  # releases 2 (unchanged, bit-exact), holds 3
+    feed(event(4, 480, 5))  # not forwarded
+    feed(event(5, 480, 5, end=True))  # not forwarded
+    feed(audio(6, payload=quiet))  # releases 3 masked
+    relay.set_capture("c1", False)
+    feed(audio(7, payload=quiet))  # draining: releases 6, then 7 as is
+    feed(audio(8, payload=quiet))
+    pkts = [RtpPacket.parse(p) for p in sent]
+    assert [p.sequence_number for p in pkts] == [1, 2, 3, 4, 5, 6]
+    assert [p.timestamp for p in pkts] == [160 * s for s in (1, 2, 3, 6, 7, 8)]
+    assert pkts[1].payload == quiet
+    assert pkts[2].payload == ulaw_encode(np.full(160, 1000, np.int16)).tobytes()
+    assert all(p.payload_type == 0 for p in pkts)
+    tev = [e for e in iter(relay.next_event, None) if isinstance(e, TelephoneEventDetected)]
+    assert [e.digit for e in tev] == ["5"]  # the app still learns of the event
+
+
+def test_capture_refused_without_masker_or_for_unknown_call() -> None:
+    relay, _ = make()
+    with pytest.raises(CaptureUnavailable):
+        relay.set_capture("c1", True)
+    with pytest.raises(CaptureUnavailable):
+        relay.set_capture("nope", True)
+
+
+def test_remove_call_discards_pending_and_held_packets() -> None:
+    relay, call = make(detector=FakeDetector(), masker=FakeMasker())
+    relay.set_capture("c1", True)
+    relay.receive_rtp(call.caller, audio(1), CALLER_SDP, 0.0)
+    relay.remove_call("c1")
+    assert relay.flush() == [] and "c1" not in relay.calls
