@@ -127,6 +127,11 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts superscripts that int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def canonical_name(name: str) -> str:
     """Full header name for lookups: expands compact forms, keeps unknown names as given."""
     low = name.lower()
@@ -306,7 +311,7 @@ def _split_params(text: str) -> tuple[str, str]:
     return text, ""
 
 
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?$")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?$")
 
 
 @dataclass
@@ -458,7 +463,7 @@ class Via:
 
 
 _VIA = re.compile(
-    r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*(\d{1,5}))?\s*(.*)$",
+    r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*([0-9]{1,5}))?\s*(.*)$",
     re.IGNORECASE | re.DOTALL,
 )
 
@@ -589,7 +594,7 @@ class SipRequest(_Message):
         v = self.headers.get("Max-Forwards")
         if v is None:
             return None
-        if not v.isdigit() or len(v) > 10 or int(v) > 255:
+        if not _digits(v) or len(v) > 10 or int(v) > 255:
             raise SipParseError("SIP Max-Forwards is invalid")
         return int(v)
 
@@ -620,7 +625,7 @@ SipMessage = SipRequest | SipResponse
 def parse_cseq(value: str) -> tuple[int, str]:
     """CSeq = 1*DIGIT LWS Method; the number is below 2**31 (RFC 3261 8.1.1.5)."""
     parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+    if len(parts) != 2 or not _digits(parts[0]) or len(parts[0]) > 10:
         raise SipParseError("SIP CSeq header is invalid")
     num = int(parts[0])
     if num >= 2**31 or not _TOKEN.match(parts[1]):
@@ -685,7 +690,7 @@ def _parse_start_line(line: str) -> SipRequest | SipResponse:
         code, _, reason = rest.partition(" ")
         if version.upper() != SIP_VERSION:
             raise SipParseError("SIP version is not supported", 505)
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not _digits(code) or not 100 <= int(code) <= 699:
             raise SipParseError("SIP status code is invalid")
         return SipResponse(int(code), reason, version=version)
     parts = line.split(" ")
@@ -731,7 +736,7 @@ def content_length(headers: Headers) -> int | None:
     v = headers.get("Content-Length")
     if v is None:
         return None
-    if not v.isdigit() or len(v) > 10:
+    if not _digits(v) or len(v) > 10:
         raise SipParseError("SIP Content-Length is invalid")
     return int(v)
 

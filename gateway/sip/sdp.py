@@ -1,0 +1,426 @@
+"""SDP (RFC 4566) parsing/serialising and the gateway's offer/answer rules (RFC 3264).
+
+The B2BUA never relays SDP: it builds its own per leg, anchoring media on its own
+address and port, offering only PCMU/PCMA (which it can inspect) plus
+telephone-event, and mapping the telephone-event payload type per leg. SRTP keys
+(RFC 4568 SDES) are generated per leg with `secrets` and never appear in a repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from gateway.media.leg import Direction, LegMedia, SrtpParams
+
+SUPPORTED_CODECS = ("PCMU", "PCMA")
+STATIC_PT = {"PCMU": 0, "PCMA": 8}  # RFC 3551 table 4
+SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
+_SRTP_KEY_SALT_BYTES = 30  # RFC 4568 6.2.1: 128-bit key + 112-bit salt
+
+
+class SdpParseError(ValueError):
+    """Malformed SDP; the edge answers 400 (or 488 for `NotAcceptable`)."""
+
+    status = 400
+
+
+class NotAcceptable(SdpParseError):
+    """No common codec or transport: answer 488 Not Acceptable Here (RFC 3264 6)."""
+
+    status = 488
+
+
+@dataclass
+class MediaDescription:
+    """One m= section; lines after m= are kept in order as (type, value)."""
+
+    media: str
+    port: int
+    proto: str
+    formats: list[str]
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    port_count: int | None = None
+
+    def attributes(self, name: str) -> list[str | None]:
+        """Values of every a=name[:value] line (None for flag attributes)."""
+        out: list[str | None] = []
+        for t, v in self.lines:
+            if t != "a":
+                continue
+            n, colon, val = v.partition(":")
+            if n == name:
+                out.append(val if colon else None)
+        return out
+
+    def attribute(self, name: str) -> str | None:
+        vals = self.attributes(name)
+        return vals[0] if vals else None
+
+    def has_flag(self, name: str) -> bool:
+        return any(t == "a" and v == name for t, v in self.lines)
+
+    @property
+    def connection_address(self) -> str | None:
+        for t, v in self.lines:
+            if t == "c":
+                return _connection_address(v)
+        return None
+
+
+@dataclass
+class SessionDescription:
+    """A parsed SDP: session-level lines in order (v, o, s, c, t, a...) and media sections."""
+
+    lines: list[tuple[str, str]]
+    media: list[MediaDescription]
+
+    def value(self, kind: str) -> str | None:
+        for t, v in self.lines:
+            if t == kind:
+                return v
+        return None
+
+    def __bytes__(self) -> bytes:
+        out = [f"{t}={v}" for t, v in self.lines]
+        for m in self.media:
+            count = f"/{m.port_count}" if m.port_count is not None else ""
+            out.append(f"m={m.media} {m.port}{count} {m.proto} {' '.join(m.formats)}")
+            out.extend(f"{t}={v}" for t, v in m.lines)
+        return ("\r\n".join(out) + "\r\n").encode()
+
+
+def _connection_address(value: str) -> str:
+    parts = value.split()
+    if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
+        raise SdpParseError("SDP c= line is invalid")
+    return parts[2].split("/")[0]
+
+
+def parse_sdp(data: bytes) -> SessionDescription:
+    """Parse an SDP body (RFC 4566 5); tolerant of bare LF and a missing final newline."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SdpParseError("SDP is not valid UTF-8") from None
+    session: list[tuple[str, str]] = []
+    media: list[MediaDescription] = []
+    for n, raw in enumerate(text.replace("\r\n", "\n").split("\n")):
+        if not raw:
+            continue
+        if len(raw) < 2 or raw[1] != "=" or not raw[0].isalpha():
+            raise SdpParseError("SDP line is malformed")
+        kind, value = raw[0], raw[2:]
+        if n == 0 and (kind != "v" or value != "0"):
+            raise SdpParseError("SDP does not start with v=0")
+        if kind == "m":
+            media.append(_parse_m(value))
+        elif media:
+            media[-1].lines.append((kind, value))
+        else:
+            session.append((kind, value))
+    if not session or session[0] != ("v", "0"):
+        raise SdpParseError("SDP does not start with v=0")
+    sd = SessionDescription(session, media)
+    for t, v in session:
+        if t == "c":
+            _connection_address(v)
+    for m in media:
+        m.connection_address  # noqa: B018 - validates c= lines
+    return sd
+
+
+def _parse_m(value: str) -> MediaDescription:
+    parts = value.split()
+    if len(parts) < 3:
+        raise SdpParseError("SDP m= line is invalid")
+    port_text, _, count = parts[1].partition("/")
+    if not _is_num(port_text) or int(port_text) > 65535 or (count and not _is_num(count)):
+        raise SdpParseError("SDP m= line is invalid")
+    return MediaDescription(parts[0], int(port_text), parts[2], parts[3:], port_count=int(count) if count else None)
+
+
+def _is_num(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 9
+
+
+# ---------------------------------------------------------------- what a peer's SDP says
+
+
+@dataclass(frozen=True)
+class Codec:
+    pt: int
+    name: str
+    """Upper-case encoding name, e.g. PCMU, TELEPHONE-EVENT."""
+    clock_hz: int
+
+
+@dataclass(frozen=True)
+class Crypto:
+    """One a=crypto line (RFC 4568 9.1); the key is kept out of repr."""
+
+    tag: int
+    suite: str
+    key_b64: str
+
+    def __repr__(self) -> str:
+        return f"Crypto(tag={self.tag}, suite={self.suite!r}, key=<redacted>)"
+
+
+@dataclass(frozen=True)
+class RemoteAudio:
+    """The first audio stream of a peer's offer or answer, reduced to what the gateway uses."""
+
+    address: str | None
+    port: int
+    proto: str
+    codecs: tuple[Codec, ...]
+    telephone_event: Codec | None
+    ptime_ms: int | None
+    direction: Direction
+    rtcp: tuple[str, int] | None
+    crypto: tuple[Crypto, ...]
+
+    @property
+    def secure(self) -> bool:
+        return "SAVP" in self.proto
+
+    @property
+    def rtp(self) -> tuple[str, int] | None:
+        """Where to send RTP; None on port 0 or a 0.0.0.0 hold (RFC 3264 8.4)."""
+        if self.port == 0 or self.address in (None, "0.0.0.0", "::"):
+            return None
+        return (self.address, self.port)
+
+
+_RTPMAP = re.compile(r"^([0-9]{1,3})\s+([^/\s]+)/([0-9]{1,6})", re.ASCII)
+_CRYPTO = re.compile(r"^([0-9]{1,9})\s+(\S+)\s+inline:([A-Za-z0-9+/=]+)(\|\S*)?", re.ASCII)
+
+
+def remote_audio(sd: SessionDescription) -> RemoteAudio:
+    """Extract the first audio stream; raise NotAcceptable when there is none."""
+    audio = next((m for m in sd.media if m.media == "audio"), None)
+    if audio is None:
+        raise NotAcceptable("SDP has no audio stream")
+    session_c = next((_connection_address(v) for t, v in sd.lines if t == "c"), None)
+    address = audio.connection_address or session_c
+    names: dict[int, tuple[str, int]] = {}
+    for v in audio.attributes("rtpmap"):
+        m = _RTPMAP.match(v or "")
+        if m:
+            names[int(m.group(1))] = (m.group(2).upper(), int(m.group(3)))
+    codecs: list[Codec] = []
+    te: Codec | None = None
+    for fmt in audio.formats:
+        if not _is_num(fmt) or int(fmt) > 127:
+            continue
+        pt = int(fmt)
+        name, clock = names.get(pt, ({0: "PCMU", 8: "PCMA"}.get(pt, ""), 8000))
+        if not name:
+            continue
+        codec = Codec(pt, name, clock)
+        if name == "TELEPHONE-EVENT":
+            if te is None and clock == 8000:
+                te = codec
+        else:
+            codecs.append(codec)
+    direction = Direction.SENDRECV
+    for d in Direction:
+        if audio.has_flag(d.value):
+            direction = d
+            break
+    else:
+        for d in Direction:
+            if any(t == "a" and v == d.value for t, v in sd.lines):
+                direction = d
+                break
+    ptime = audio.attribute("ptime")
+    ptime_ms = int(float(ptime)) if ptime and re.match(r"^[0-9]{1,4}(\.[0-9]{1,4})?$", ptime) else None
+    rtcp = None
+    rtcp_attr = audio.attribute("rtcp")
+    if rtcp_attr:
+        parts = rtcp_attr.split()
+        if not _is_num(parts[0]) or int(parts[0]) > 65535:
+            raise SdpParseError("SDP a=rtcp is invalid")
+        rtcp_addr = parts[3] if len(parts) >= 4 else address
+        if rtcp_addr:
+            rtcp = (rtcp_addr, int(parts[0]))
+    elif address and audio.port:
+        rtcp = (address, audio.port + 1)
+    crypto = []
+    for v in audio.attributes("crypto"):
+        m = _CRYPTO.match(v or "")
+        if m:
+            crypto.append(Crypto(int(m.group(1)), m.group(2), m.group(3)))
+    return RemoteAudio(address, audio.port, audio.proto, tuple(codecs), te, ptime_ms, direction, rtcp, tuple(crypto))
+
+
+# ---------------------------------------------------------------- building our side
+
+
+def answer_direction(offered: Direction) -> Direction:
+    """RFC 3264 6.1: sendonly is answered recvonly and vice versa."""
+    return {
+        Direction.SENDONLY: Direction.RECVONLY,
+        Direction.RECVONLY: Direction.SENDONLY,
+    }.get(offered, offered)
+
+
+def new_srtp_key() -> str:
+    """Fresh SDES inline key||salt, base64 (RFC 4568 6.1)."""
+    return base64.b64encode(secrets.token_bytes(_SRTP_KEY_SALT_BYTES)).decode()
+
+
+def _valid_key(key_b64: str) -> bool:
+    try:
+        return len(base64.b64decode(key_b64, validate=True)) == _SRTP_KEY_SALT_BYTES
+    except (binascii.Error, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class LocalOffer:
+    """What we offered on a leg, kept to interpret the answer; the key is kept out of repr."""
+
+    codecs: tuple[str, ...]
+    telephone_event_pt: int | None
+    ptime_ms: int
+    srtp_suite: str | None
+    local_key_b64: str | None = field(default=None, repr=False)
+
+
+def _session_lines(address: str, session_id: int, version: int) -> list[tuple[str, str]]:
+    ip = "IP6" if ":" in address else "IP4"
+    return [
+        ("v", "0"),
+        ("o", f"tonewall {session_id} {version} IN {ip} {address}"),
+        ("s", "tonewall"),
+        ("c", f"IN {ip} {address}"),
+        ("t", "0 0"),
+    ]
+
+
+def _audio_section(
+    port: int,
+    codecs: list[tuple[int, str]],
+    te_pt: int | None,
+    direction: Direction,
+    ptime_ms: int,
+    address: str,
+    crypto: Crypto | None,
+) -> MediaDescription:
+    fmts = [str(pt) for pt, _ in codecs] + ([str(te_pt)] if te_pt is not None else [])
+    proto = "RTP/SAVP" if crypto else "RTP/AVP"
+    lines = [("a", f"rtpmap:{pt} {name}/8000") for pt, name in codecs]
+    if te_pt is not None:
+        lines += [("a", f"rtpmap:{te_pt} telephone-event/8000"), ("a", f"fmtp:{te_pt} 0-16")]
+    lines.append(("a", f"ptime:{ptime_ms}"))
+    ip = "IP6" if ":" in address else "IP4"
+    lines.append(("a", f"rtcp:{port + 1} IN {ip} {address}"))  # RFC 3605
+    if crypto is not None:
+        lines.append(("a", f"crypto:{crypto.tag} {crypto.suite} inline:{crypto.key_b64}"))
+    lines.append(("a", direction.value))
+    return MediaDescription("audio", port, proto, fmts, lines)
+
+
+def build_offer(
+    *,
+    address: str,
+    port: int,
+    codecs: list[str],
+    telephone_event_pt: int | None,
+    direction: Direction = Direction.SENDRECV,
+    ptime_ms: int = 20,
+    srtp_suite: str | None = None,
+    session_id: int,
+    version: int,
+) -> tuple[SessionDescription, LocalOffer]:
+    """Our offer on a leg: only PCMU/PCMA in the given order, telephone-event, optional SDES."""
+    chosen = [c for c in codecs if c in SUPPORTED_CODECS] or list(SUPPORTED_CODECS)
+    key = new_srtp_key() if srtp_suite else None
+    crypto = Crypto(1, srtp_suite, key) if srtp_suite and key else None
+    section = _audio_section(
+        port, [(STATIC_PT[c], c) for c in chosen], telephone_event_pt, direction, ptime_ms, address, crypto
+    )
+    sd = SessionDescription(_session_lines(address, session_id, version), [section])
+    return sd, LocalOffer(tuple(chosen), telephone_event_pt, ptime_ms, srtp_suite, key)
+
+
+def build_answer(
+    offer: RemoteAudio,
+    *,
+    address: str,
+    port: int,
+    session_id: int,
+    version: int,
+    direction: Direction | None = None,
+    allowed_codecs: tuple[str, ...] = SUPPORTED_CODECS,
+) -> tuple[SessionDescription, LegMedia]:
+    """Answer a peer's offer (RFC 3264 6): first offered codec we can inspect, their PT numbers.
+
+    Returns our SDP and the peer leg's media. `direction` overrides the plain
+    complement of the offer (the B2BUA passes the other leg's state through).
+    Raises NotAcceptable when no PCMU/PCMA is offered or SRTP is offered with no
+    suite we support.
+    """
+    codec = next((c for c in offer.codecs if c.name in allowed_codecs and c.clock_hz == 8000), None)
+    if codec is None:
+        raise NotAcceptable("SDP offer has no acceptable codec")
+    crypto: Crypto | None = None
+    srtp: SrtpParams | None = None
+    if offer.secure:
+        theirs = next((c for c in offer.crypto if c.suite in SRTP_SUITES and _valid_key(c.key_b64)), None)
+        if theirs is None:
+            raise NotAcceptable("SDP offer has no acceptable crypto suite")
+        crypto = Crypto(theirs.tag, theirs.suite, new_srtp_key())
+        srtp = SrtpParams(theirs.suite, crypto.key_b64, theirs.key_b64)
+    te = offer.telephone_event
+    ptime = offer.ptime_ms or 20
+    ours = direction if direction is not None else answer_direction(offer.direction)
+    if offer.port == 0:
+        section = MediaDescription("audio", 0, offer.proto, [str(codec.pt)])
+    else:
+        section = _audio_section(
+            port, [(codec.pt, codec.name)], te.pt if te else None, ours, ptime, address, crypto
+        )
+    sd = SessionDescription(_session_lines(address, session_id, version), [section])
+    leg = LegMedia(
+        remote_rtp=offer.rtp,
+        remote_rtcp=offer.rtcp if offer.rtp else None,
+        codec=codec.name,
+        audio_pt=codec.pt,
+        telephone_event_pt=te.pt if te else None,
+        direction=offer.direction,
+        ptime_ms=ptime,
+        srtp=srtp,
+    )
+    return sd, leg
+
+
+def leg_from_answer(offer: LocalOffer, answer: RemoteAudio) -> LegMedia:
+    """The leg's media once the peer answered our offer; NotAcceptable if it picked nothing we offered."""
+    codec = next((c for c in answer.codecs if c.name in offer.codecs), None)
+    if codec is None:
+        raise NotAcceptable("SDP answer has no acceptable codec")
+    srtp: SrtpParams | None = None
+    if offer.srtp_suite:
+        theirs = next((c for c in answer.crypto if c.suite == offer.srtp_suite and _valid_key(c.key_b64)), None)
+        if theirs is None or not answer.secure or offer.local_key_b64 is None:
+            raise NotAcceptable("SDP answer has no acceptable crypto suite")
+        srtp = SrtpParams(theirs.suite, offer.local_key_b64, theirs.key_b64)
+    elif answer.secure:
+        raise NotAcceptable("SDP answer has no acceptable crypto suite")
+    te = answer.telephone_event if offer.telephone_event_pt is not None else None
+    return LegMedia(
+        remote_rtp=answer.rtp,
+        remote_rtcp=answer.rtcp if answer.rtp else None,
+        codec=codec.name,
+        audio_pt=codec.pt,
+        telephone_event_pt=te.pt if te else None,
+        direction=answer.direction,
+        ptime_ms=answer.ptime_ms or offer.ptime_ms,
+        srtp=srtp,
+    )
