@@ -1,0 +1,449 @@
+"""Streaming DTMF receiver (ITU-T Q.23 frequencies, Q.24 acceptance rules).
+
+What drives it: blocks of linear samples per stream; nothing else (no clock).
+Safe state: no digit active. `flush` returns a stream to it.
+
+The signal is cut into 40-sample chunks at absolute positions (0, 40, 80, ...)
+of each stream, so the decisions depend only on the samples, never on how they
+were packetised. Each chunk closes one 80-sample Hann window (10 ms, hop 5 ms).
+For every window and each of the 8 DTMF frequencies the bank computes the
+complex DFT value by one matrix product over all streams' chunks. Per window:
+
+* the strongest bin of each group names the candidate pair;
+* the real frequency of each tone comes from the phase advance of that bin
+  between windows 40 samples apart (unambiguous to +-100 Hz), averaged over two
+  lags: this is what separates 1.5 % + 2 Hz (accept) from 3.5 % (reject),
+  which bin magnitudes of ~100-sample blocks cannot;
+* the tone powers, corrected for the window's roll-off at the estimated
+  offset, give the twist, the level and two energy ratios: against the whole
+  window (purity: rejects speech and noise) and against the louder of the two
+  plain 40-sample chunks (coverage: a window counts only when the tone fills
+  more than about half of it, so hits measure duration whatever the level).
+
+A window that passes every check is a hit for that key. A digit is accepted
+after `ACCEPT_HITS` consecutive hits of the same key (tones of 40 ms always,
+tones under 23 ms never) and ends after `END_MISSES` consecutive windows
+without it (a 40 ms pause always ends it; a drop-out of up to ~15 ms does not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dtmf.tones import DBM0_FULL_SCALE_SINE, HIGH_FREQS_HZ, KEYPAD, LOW_FREQS_HZ
+
+SAMPLE_RATE_HZ = 8000
+CHUNK_SAMPLES = 40
+"""Hop between analysis windows (5 ms)."""
+WINDOW_SAMPLES = 2 * CHUNK_SAMPLES
+"""Analysis window (10 ms): short enough to follow a 3.5 % offset tone, long
+enough that the Hann window keeps the other group out of the bin."""
+
+ACCEPT_HITS = 6
+"""Consecutive hit windows that accept a digit: ~30 ms of tone (Q.24: accept 40 ms,
+reject under 20-23 ms)."""
+END_MISSES = 5
+"""Consecutive missed windows that end a digit: a 40 ms pause always does (Q.24)."""
+
+FREQ_TOL_PCT = 2.5
+FREQ_TOL_HZ = 1.0
+"""Decision threshold on the frequency estimate: halfway between the Q.24 accept
+limit (1.5 % + 2 Hz) and the reject limit (3.5 %)."""
+NORMAL_TWIST_DB = 8.7
+"""Largest accepted high-below-low twist (Q.24 figures: accept 8 dB)."""
+REVERSE_TWIST_DB = 4.7
+"""Largest accepted high-above-low twist (Q.24 figures: accept 4 dB)."""
+MIN_PAIR_LEVEL_DBM0 = -29.0
+"""Minimum power of the two tones together (two tones of -32 dBm0)."""
+MIN_TONE_LEVEL_DBM0 = -40.0
+"""Minimum power of the weaker tone (twist is checked separately)."""
+PURITY_MIN = 0.75
+"""Share of the window's power that must be in the two tones (rejects speech)."""
+COVERAGE_MIN = 0.4
+"""Tone power against the louder 40-sample chunk: the tone fills >~55 % of the window."""
+
+_FREQS_HZ = np.array(LOW_FREQS_HZ + HIGH_FREQS_HZ)
+_CODE_TO_DIGIT = tuple(KEYPAD[row][col] for row in range(4) for col in range(4))
+_NONE = -1
+
+
+@dataclass(frozen=True)
+class DigitDetected:
+    """The receiver accepted a digit (emitted at the decision, while the tone is on)."""
+
+    slot: int
+    """Stream slot in the bank (0 for DtmfDetector)."""
+    digit: str
+    """One of "0123456789*#ABCD"."""
+    start_sample: int
+    """Estimated tone onset, samples since the stream began."""
+    decided_sample: int
+    """Sample count at which the decision was made."""
+
+
+@dataclass(frozen=True)
+class DigitEnded:
+    """The tone of an accepted digit ended (pause seen, or flush)."""
+
+    slot: int
+    """Stream slot in the bank (0 for DtmfDetector)."""
+    digit: str
+    """One of "0123456789*#ABCD"."""
+    start_sample: int
+    """Estimated tone onset, as in the DigitDetected event."""
+    end_sample: int
+    """Estimated tone end (one past the last tone sample)."""
+
+
+DetectorEvent = DigitDetected | DigitEnded
+
+
+class DetectorInputError(ValueError):
+    """Malformed arguments to the detector."""
+
+
+def _dbm0_power(level_dbm0: float) -> float:
+    """Mean power (int16 units squared) of a sine at level_dbm0."""
+    peak = 32767.0 * 10.0 ** ((level_dbm0 - DBM0_FULL_SCALE_SINE) / 20.0)
+    return peak * peak / 2.0
+
+
+class _Analysis:
+    """Constant matrices of the window analysis, built once per sample rate."""
+
+    def __init__(self, sample_rate_hz: int) -> None:
+        n = np.arange(WINDOW_SAMPLES)
+        window = 0.5 - 0.5 * np.cos(2 * np.pi * (n + 0.5) / WINDOW_SAMPLES)
+        omega = 2 * np.pi * _FREQS_HZ / sample_rate_hz
+        # Column 2k is the real part, 2k+1 the imaginary part of exp(-j w n) * window,
+        # so the product viewed as complex64 holds the 8 DFT values directly.
+        cols = np.empty((WINDOW_SAMPLES, 16))
+        cols[:, 0::2] = window[:, None] * np.cos(np.outer(n, omega))
+        cols[:, 1::2] = -window[:, None] * np.sin(np.outer(n, omega))
+        # A chunk contributes to two windows: as first half of one, second half of the next.
+        self.dft = np.ascontiguousarray(
+            np.hstack([cols[:CHUNK_SAMPLES], cols[CHUNK_SAMPLES:]]), dtype=np.float32)
+        self.energy = np.ascontiguousarray(np.stack([
+            window[:CHUNK_SAMPLES] ** 2, window[CHUNK_SAMPLES:] ** 2,
+            np.full(CHUNK_SAMPLES, 1.0 / CHUNK_SAMPLES)], axis=1), dtype=np.float32)
+        sum_w = window.sum()
+        self.window_power_norm = float(1.0 / (window ** 2).sum())
+        self.tone_power_norm = float(2.0 / sum_w ** 2)
+        # Phase a bin at f0 advances over one hop for a tone exactly at f0.
+        self.hop_derotate = np.exp(-1j * omega * CHUNK_SAMPLES).astype(np.complex64)
+        self.rad_to_hz = sample_rate_hz / (2 * np.pi * CHUNK_SAMPLES)
+        self.freq_tol_hz = (_FREQS_HZ * FREQ_TOL_PCT / 100.0 + FREQ_TOL_HZ).astype(np.float32)
+        # Window gain at a frequency offset, to correct the tone power for it.
+        self.gain_df_hz = np.linspace(-150.0, 150.0, 601)
+        phasors = np.exp(2j * np.pi * np.outer(self.gain_df_hz, n) / sample_rate_hz)
+        self.gain2 = (np.abs(phasors @ window) / sum_w) ** 2
+
+
+_ANALYSIS: dict[int, _Analysis] = {}
+
+_STATE_FIELDS = (
+    ("a_prev", np.complex64, (8,)),  # first-half DFT of the window the last chunk opened
+    ("x_prev", np.complex64, (8,)),  # DFT of the last window
+    ("p_prev", np.complex64, (8,)),  # last lag product X[j] * conj(X[j-1])
+    ("ea_prev", np.float32, ()),  # first-half windowed energy of the open window
+    ("pc_prev", np.float32, ()),  # mean power of the last chunk
+    ("resid", np.float32, (CHUNK_SAMPLES,)),  # samples of the incomplete chunk
+    ("resid_n", np.int64, ()),
+    ("chunks", np.int64, ()),  # complete chunks processed since the stream began
+    ("run_code", np.int64, ()),  # key of the current run of hits, or -1
+    ("run_len", np.int64, ()),
+    ("run_first", np.int64, ()),  # chunk index of the run's first hit window
+    ("active", np.int64, ()),  # accepted key whose tone is still on, or -1
+    ("active_start", np.int64, ()),
+    ("last_hit", np.int64, ()),  # chunk index of the active key's last hit window
+    ("misses", np.int64, ()),
+    ("in_use", np.bool_, ()),
+)
+
+
+class DetectorBank:
+    """DTMF receivers for many streams, advanced together by one numpy pass per call."""
+
+    def __init__(self, capacity: int = 16, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
+        if sample_rate_hz != SAMPLE_RATE_HZ:
+            raise DetectorInputError("DTMF detector supports 8000 Hz only")
+        if capacity < 1:
+            raise DetectorInputError("detector bank capacity must be positive")
+        if sample_rate_hz not in _ANALYSIS:
+            _ANALYSIS[sample_rate_hz] = _Analysis(sample_rate_hz)
+        self._an = _ANALYSIS[sample_rate_hz]
+        self._capacity = 0
+        self._st: dict[str, np.ndarray] = {}
+        self._grow(capacity)
+
+    @property
+    def capacity(self) -> int:
+        """Number of slots currently allocated."""
+        return self._capacity
+
+    def _grow(self, capacity: int) -> None:
+        old = self._capacity
+        for name, dtype, shape in _STATE_FIELDS:
+            arr = np.zeros((capacity, *shape), dtype=dtype)
+            if old:
+                arr[:old] = self._st[name]
+            self._st[name] = arr
+        self._reset(np.arange(old, capacity))
+        self._capacity = capacity
+
+    def _reset(self, slots: np.ndarray) -> None:
+        st = self._st
+        for name, _, _ in _STATE_FIELDS:
+            st[name][slots] = 0
+        for name in ("run_code", "active", "last_hit"):
+            st[name][slots] = _NONE
+
+    def add_stream(self) -> int:
+        """Claim a free slot with fresh state; the bank grows when full."""
+        free = np.flatnonzero(~self._st["in_use"])
+        if free.size == 0:
+            slot = self._capacity
+            self._grow(2 * self._capacity)
+        else:
+            slot = int(free[0])
+        self._reset(np.array([slot]))
+        self._st["in_use"][slot] = True
+        return slot
+
+    def remove_stream(self, slot: int) -> None:
+        """Release a slot (its open digit, if any, is dropped without an event)."""
+        self._check_slot(slot)
+        self._reset(np.array([slot]))
+
+    def tone_present(self, slots: np.ndarray) -> np.ndarray:
+        """Per slot: a DTMF pair was seen in the latest window or a digit is on.
+
+        The cheap "tone may be starting" status for the masker: true from the first
+        hit window, before the digit is accepted.
+        """
+        idx = np.asarray(slots, dtype=np.int64)
+        return (self._st["run_code"][idx] >= 0) | (self._st["active"][idx] >= 0)
+
+    def _check_slot(self, slot: int) -> None:
+        if not (0 <= slot < self._capacity) or not self._st["in_use"][slot]:
+            raise DetectorInputError("detector slot is not in use")
+
+    def process(self, slots: np.ndarray, frames: np.ndarray) -> list[DetectorEvent]:
+        """Feed frames[i] (int16 or float in int16 units) to stream slots[i]; return events."""
+        slots = np.asarray(slots)
+        frames = np.asarray(frames)
+        if slots.ndim != 1 or frames.ndim != 2 or frames.shape[0] != slots.shape[0]:
+            raise DetectorInputError("detector input must be slots (k,) and frames (k, n)")
+        if slots.size == 0:
+            return []
+        if not np.issubdtype(slots.dtype, np.integer):
+            raise DetectorInputError("detector slots must be integers")
+        slots = slots.astype(np.int64, copy=False)
+        if slots.min() < 0 or slots.max() >= self._capacity:
+            raise DetectorInputError("detector slot is not in use")
+        if not self._st["in_use"][slots].all():
+            raise DetectorInputError("detector slot is not in use")
+        if slots.size > 1 and np.unique(slots).size != slots.size:
+            raise DetectorInputError("detector slot given twice in one call")
+        resid_n = self._st["resid_n"][slots]
+        r0 = int(resid_n[0])
+        if (resid_n == r0).all():
+            return self._process_group(slots, frames, r0)
+        events: list[DetectorEvent] = []
+        for r in np.unique(resid_n):
+            sel = resid_n == r
+            events.extend(self._process_group(slots[sel], frames[sel], int(r)))
+        return events
+
+    def flush(self, slot: int) -> list[DetectorEvent]:
+        """End of stream: close the open digit, if any, and forget any partial run."""
+        self._check_slot(slot)
+        st = self._st
+        events: list[DetectorEvent] = []
+        code = int(st["active"][slot])
+        if code >= 0:
+            events.append(DigitEnded(slot, _CODE_TO_DIGIT[code], int(st["active_start"][slot]),
+                                     _end_sample(int(st["last_hit"][slot]))))
+        st["active"][slot] = _NONE
+        st["run_code"][slot] = _NONE
+        st["run_len"][slot] = 0
+        st["misses"][slot] = 0
+        return events
+
+    def _process_group(self, slots: np.ndarray, frames: np.ndarray, resid: int) -> list[DetectorEvent]:
+        st = self._st
+        k, n = frames.shape
+        total = resid + n
+        n_chunks = total // CHUNK_SAMPLES
+        if n_chunks == 0:
+            st["resid"][slots, resid:total] = frames
+            st["resid_n"][slots] = total
+            return []
+        x = frames.astype(np.float32, copy=False)
+        if resid:
+            x = np.concatenate([st["resid"][slots, :resid], x], axis=1)
+        used = n_chunks * CHUNK_SAMPLES
+        left = total - used
+        if left:
+            st["resid"][slots, :left] = x[:, used:]
+        st["resid_n"][slots] = left
+        hits = self._analyse(slots, np.ascontiguousarray(x[:, :used]), n_chunks)
+        return self._advance(slots, hits)
+
+    def _analyse(self, slots: np.ndarray, x: np.ndarray, n_chunks: int) -> np.ndarray:
+        """Hit key (0-15) or -1 for each (stream, window) closed by these chunks."""
+        an, st = self._an, self._st
+        k = x.shape[0]
+        xc = x.reshape(k * n_chunks, CHUNK_SAMPLES)
+        z = (xc @ an.dft).view(np.complex64).reshape(k, n_chunks, 16)
+        e = ((xc * xc) @ an.energy).reshape(k, n_chunks, 3)
+
+        a_ext = np.concatenate([st["a_prev"][slots, None], z[:, :, :8]], axis=1)
+        win = a_ext[:, :-1] + z[:, :, 8:]
+        ea_ext = np.concatenate([st["ea_prev"][slots, None], e[:, :, 0]], axis=1)
+        window_power = (ea_ext[:, :-1] + e[:, :, 1]) * an.window_power_norm
+        pc_ext = np.concatenate([st["pc_prev"][slots, None], e[:, :, 2]], axis=1)
+        chunk_power = np.maximum(pc_ext[:, :-1], pc_ext[:, 1:])
+        x_ext = np.concatenate([st["x_prev"][slots, None], win], axis=1)
+        lag = x_ext[:, 1:] * np.conj(x_ext[:, :-1])
+        p_ext = np.concatenate([st["p_prev"][slots, None], lag], axis=1)
+        lag2 = p_ext[:, 1:] + p_ext[:, :-1]
+
+        st["a_prev"][slots] = z[:, -1, :8]
+        st["ea_prev"][slots] = e[:, -1, 0]
+        st["pc_prev"][slots] = e[:, -1, 2]
+        st["x_prev"][slots] = win[:, -1]
+        st["p_prev"][slots] = lag[:, -1]
+
+        mag = win.real * win.real + win.imag * win.imag
+        lo = np.argmax(mag[:, :, :4], axis=2)
+        hi = np.argmax(mag[:, :, 4:], axis=2) + 4
+        lo_i, hi_i = lo[:, :, None], hi[:, :, None]
+        df_lo = np.angle(np.take_along_axis(lag2, lo_i, 2)[:, :, 0] * an.hop_derotate[lo]) * an.rad_to_hz
+        df_hi = np.angle(np.take_along_axis(lag2, hi_i, 2)[:, :, 0] * an.hop_derotate[hi]) * an.rad_to_hz
+        # Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
+        ok = (np.abs(df_lo) <= an.freq_tol_hz[lo]) & (np.abs(df_hi) <= an.freq_tol_hz[hi])
+        p_lo = (np.take_along_axis(mag, lo_i, 2)[:, :, 0] * an.tone_power_norm
+                / np.interp(df_lo, an.gain_df_hz, an.gain2))
+        p_hi = (np.take_along_axis(mag, hi_i, 2)[:, :, 0] * an.tone_power_norm
+                / np.interp(df_hi, an.gain_df_hz, an.gain2))
+        pair = p_lo + p_hi
+        # Q.24 twist: high tone up to 8 dB below or 4 dB above the low tone.
+        ok &= p_hi >= p_lo * 10.0 ** (-NORMAL_TWIST_DB / 10)
+        ok &= p_hi <= p_lo * 10.0 ** (REVERSE_TWIST_DB / 10)
+        ok &= pair >= _dbm0_power(MIN_PAIR_LEVEL_DBM0)
+        ok &= np.minimum(p_lo, p_hi) >= _dbm0_power(MIN_TONE_LEVEL_DBM0)
+        ok &= pair >= PURITY_MIN * window_power
+        ok &= pair >= COVERAGE_MIN * chunk_power
+        return np.where(ok, lo * 4 + (hi - 4), _NONE)
+
+    def _advance(self, slots: np.ndarray, hits: np.ndarray) -> list[DetectorEvent]:
+        """Run each stream's hit/miss state machine over its new windows."""
+        st = self._st
+        run_code = st["run_code"][slots]
+        run_len = st["run_len"][slots]
+        run_first = st["run_first"][slots]
+        active = st["active"][slots]
+        active_start = st["active_start"][slots]
+        last_hit = st["last_hit"][slots]
+        misses = st["misses"][slots]
+        chunk0 = st["chunks"][slots]
+        events: list[DetectorEvent] = []
+
+        def pause(n_windows: int) -> None:
+            # Windows without a hit in any of these streams: runs break, misses grow.
+            nonlocal run_code, run_len, misses
+            run_code = np.full_like(run_code, _NONE)
+            run_len = np.zeros_like(run_len)
+            misses = misses + n_windows
+            for i in np.flatnonzero((active >= 0) & (misses >= END_MISSES)):
+                events.append(DigitEnded(int(slots[i]), _CODE_TO_DIGIT[active[i]], int(active_start[i]),
+                                         _end_sample(int(last_hit[i]))))
+                active[i] = _NONE
+
+        n_windows = hits.shape[1]
+        done = 0
+        for t in np.flatnonzero((hits >= 0).any(axis=0)):
+            if t > done:
+                pause(int(t - done))
+            done = t + 1
+            h = hits[:, t]
+            chunk = chunk0 + t
+            is_hit = h >= 0
+            same = is_hit & (h == run_code)
+            run_len = np.where(same, run_len + 1, is_hit.astype(np.int64))
+            run_first = np.where(same, run_first, chunk)
+            run_code = h
+            on = active >= 0
+            held = on & (h == active)
+            last_hit = np.where(held, chunk, last_hit)
+            misses = np.where(held, 0, misses + 1)
+            ending = on & ~held & (misses >= END_MISSES)
+            accepting = (run_len == ACCEPT_HITS) & (run_code != active)
+            if not (ending.any() or accepting.any()):
+                continue
+            for i in np.flatnonzero(ending | accepting):
+                slot = int(slots[i])
+                if active[i] >= 0:
+                    events.append(DigitEnded(slot, _CODE_TO_DIGIT[active[i]], int(active_start[i]),
+                                             _end_sample(int(last_hit[i]))))
+                    active[i] = _NONE
+                if accepting[i]:
+                    active[i] = run_code[i]
+                    active_start[i] = _start_sample(int(run_first[i]))
+                    last_hit[i] = chunk[i]
+                    misses[i] = 0
+                    events.append(DigitDetected(slot, _CODE_TO_DIGIT[run_code[i]], int(active_start[i]),
+                                                int(chunk[i] + 1) * CHUNK_SAMPLES))
+        if n_windows > done:
+            pause(n_windows - done)
+        st["run_code"][slots] = run_code
+        st["run_len"][slots] = run_len
+        st["run_first"][slots] = run_first
+        st["active"][slots] = active
+        st["active_start"][slots] = active_start
+        st["last_hit"][slots] = last_hit
+        st["misses"][slots] = misses
+        st["chunks"][slots] = chunk0 + n_windows
+        return events
+
+
+ONSET_BIAS_SAMPLES = 34
+"""The first hit window is the first one the tone fills past the coverage ratio,
+so the tone began about this far before that window's midpoint (and ended as
+far after the last hit window's midpoint)."""
+
+
+def _start_sample(first_hit_chunk: int) -> int:
+    return max(0, first_hit_chunk * CHUNK_SAMPLES - ONSET_BIAS_SAMPLES)
+
+
+def _end_sample(last_hit_chunk: int) -> int:
+    return last_hit_chunk * CHUNK_SAMPLES + ONSET_BIAS_SAMPLES
+
+
+class DtmfDetector:
+    """DTMF receiver for one stream: any chunk size gives the same events."""
+
+    def __init__(self, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
+        self._bank = DetectorBank(1, sample_rate_hz)
+        self._slot = self._bank.add_stream()
+        self._slots = np.array([self._slot])
+
+    def process(self, samples: np.ndarray) -> list[DetectorEvent]:
+        """Feed int16 (or float, int16 units) samples; return the events they complete."""
+        samples = np.asarray(samples)
+        if samples.ndim != 1:
+            raise DetectorInputError("detector samples must be one-dimensional")
+        return self._bank.process(self._slots, samples[None, :])
+
+    def flush(self) -> list[DetectorEvent]:
+        """End of stream: close the open digit, if any."""
+        return self._bank.flush(self._slot)
+
+    @property
+    def tone_present(self) -> bool:
+        """A DTMF pair was seen in the latest window or a digit is on."""
+        return bool(self._bank.tone_present(self._slots)[0])

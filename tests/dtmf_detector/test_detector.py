@@ -1,0 +1,284 @@
+"""The DTMF receiver against the ITU-T Q.24 acceptance rules, chunking and batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dtmf.detector import (
+    DetectorBank,
+    DetectorInputError,
+    DigitDetected,
+    DigitEnded,
+    DtmfDetector,
+)
+from dtmf.tones import DIGITS, DTMF_FREQS_HZ, white_noise
+
+from .synth import detect, digits_of, g711_round_trip, placed_tone, tone_train
+
+MS = 8  # samples per millisecond
+# One digit per low and per high frequency: "1" (697/1209), "5" (770/1336), "9" (852/1477), "D" (941/1633).
+EACH_FREQ = "159D"
+
+
+def single_digit(samples: np.ndarray, digit: str) -> bool:
+    """The events are exactly one detection of `digit`, closed by its end."""
+    events = detect(samples)
+    return [(type(e), e.digit) for e in events] == [(DigitDetected, digit), (DigitEnded, digit)]
+
+
+@pytest.mark.parametrize("law", ["PCMU", "PCMA"])
+def test_all_sixteen_digits_after_g711(law: str) -> None:
+    rng = np.random.default_rng(1)
+    signal, placed = tone_train([(d, 50, 50) for d in DIGITS], rng)
+    events = detect(g711_round_trip(signal, law))
+    assert digits_of(events) == DIGITS
+    ends = [e for e in events if isinstance(e, DigitEnded)]
+    assert [e.digit for e in ends] == list(DIGITS)
+
+
+def test_start_and_end_within_4_ms() -> None:
+    rng = np.random.default_rng(2)
+    for digit in DIGITS * 3:
+        samples, start, end = placed_tone(digit, rng, duration_ms=float(rng.integers(40, 120)))
+        events = detect(samples)
+        assert [type(e) for e in events] == [DigitDetected, DigitEnded]
+        detected, ended = events
+        assert abs(detected.start_sample - start) <= 4 * MS
+        assert abs(ended.end_sample - end) <= 4 * MS
+        assert ended.start_sample == detected.start_sample
+        # Decided while the tone is on, within 45 ms of its onset.
+        assert start < detected.decided_sample <= start + 45 * MS
+        assert detected.decided_sample < end
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 80, 160, 1000])
+def test_same_events_whatever_the_chunk_size(chunk: int) -> None:
+    rng = np.random.default_rng(3)
+    spec = [(DIGITS[i], float(rng.integers(30, 90)), float(rng.integers(5, 60))) for i in rng.permutation(16)[:8]]
+    signal, _ = tone_train(spec, rng)
+    signal += white_noise(len(signal), -32.0, rng)
+    samples = g711_round_trip(signal)
+    whole = detect(samples)
+    assert len(whole) >= 8
+    assert detect(samples, chunk) == whole
+
+
+def test_float_input_gives_the_same_events_as_int16() -> None:
+    rng = np.random.default_rng(4)
+    signal, _ = tone_train([("7", 60, 60), ("#", 60, 60)], rng)
+    samples = g711_round_trip(signal)
+    assert detect(samples.astype(np.float32)) == detect(samples)
+
+
+def test_bank_equals_one_detector_per_stream() -> None:
+    rng = np.random.default_rng(5)
+    n_streams = 12
+    streams = []
+    for _ in range(n_streams):
+        spec = [(DIGITS[rng.integers(16)], float(rng.integers(35, 100)), float(rng.integers(30, 100)))
+                for _ in range(int(rng.integers(1, 6)))]
+        signal, _ = tone_train(spec, rng, level_dbm0=float(rng.uniform(-25, -3)))
+        signal = np.concatenate([signal, np.zeros(4000)])[:4000]
+        signal += white_noise(len(signal), float(rng.uniform(-60, -30)), rng)
+        streams.append(g711_round_trip(signal, "PCMU" if rng.random() < 0.5 else "PCMA"))
+    bank = DetectorBank(capacity=4)  # grows while streams are added
+    slots = [bank.add_stream() for _ in range(n_streams)]
+    assert bank.capacity >= n_streams
+    pos = np.zeros(n_streams, dtype=int)
+    bank_events: list[DigitDetected | DigitEnded] = []
+    while (pos < 4000).any():
+        n = int(rng.choice([1, 33, 80, 160, 160, 160, 480]))
+        ready = np.flatnonzero((pos + n <= 4000) & (rng.random(n_streams) < 0.8))
+        if ready.size == 0:
+            ready = np.flatnonzero(pos < 4000)
+            n = int(4000 - pos[ready].max())
+            ready = ready[pos[ready] + n <= 4000]
+        frames = np.stack([streams[i][pos[i]:pos[i] + n] for i in ready])
+        bank_events += bank.process(np.array([slots[i] for i in ready]), frames)
+        pos[ready] += n
+    for i in range(n_streams):
+        bank_events += bank.flush(slots[i])
+    for i in range(n_streams):
+        mine = [e for e in bank_events if e.slot == slots[i]]
+        alone = [type(e)(slots[i], *list(vars(e).values())[1:]) for e in detect(streams[i])]
+        assert mine == alone
+    assert sum(isinstance(e, DigitDetected) for e in bank_events) >= n_streams
+
+
+@pytest.mark.parametrize("digit", EACH_FREQ)
+@pytest.mark.parametrize("group", ["low", "high"])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_frequency_deviation_accepted_within_1_5_pct_plus_2_hz(digit: str, group: str, sign: int) -> None:
+    rng = np.random.default_rng(6)
+    nominal = DTMF_FREQS_HZ[digit][0 if group == "low" else 1]
+    offset_pct = sign * (1.5 + 200.0 / nominal)  # Q.24: accept +-(1.5 % + 2 Hz)
+    samples, _, _ = placed_tone(digit, rng, **{f"{group}_offset_pct": offset_pct})
+    assert single_digit(samples, digit)
+
+
+@pytest.mark.parametrize("digit", EACH_FREQ)
+@pytest.mark.parametrize("group", ["low", "high"])
+@pytest.mark.parametrize("offset_pct", [3.5, -3.5, 5.0, -5.0])
+def test_frequency_deviation_rejected_beyond_3_5_pct(digit: str, group: str, offset_pct: float) -> None:
+    rng = np.random.default_rng(7)
+    samples, _, _ = placed_tone(digit, rng, duration_ms=100, **{f"{group}_offset_pct": offset_pct})
+    assert detect(samples) == []
+
+
+@pytest.mark.parametrize("twist_db", [-8.0, 4.0])
+def test_twist_accepted(twist_db: float) -> None:
+    rng = np.random.default_rng(8)
+    for digit in DIGITS:
+        samples, _, _ = placed_tone(digit, rng, twist_db=twist_db)
+        assert single_digit(samples, digit), digit
+
+
+@pytest.mark.parametrize("twist_db", [-10.0, 6.0])
+def test_twist_rejected(twist_db: float) -> None:
+    rng = np.random.default_rng(9)
+    for digit in DIGITS:
+        samples, _, _ = placed_tone(digit, rng, twist_db=twist_db)
+        assert detect(samples) == [], digit
+
+
+@pytest.mark.parametrize("level_dbm0", [0.0, -10.0, -25.0])
+def test_levels_detected(level_dbm0: float) -> None:
+    rng = np.random.default_rng(10)
+    for digit in DIGITS:
+        samples, _, _ = placed_tone(digit, rng, level_dbm0=level_dbm0, law="PCMA")
+        assert single_digit(samples, digit), digit
+
+
+def test_below_threshold_level_rejected() -> None:
+    rng = np.random.default_rng(11)
+    for digit in DIGITS:
+        samples, _, _ = placed_tone(digit, rng, level_dbm0=-37.0)
+        assert detect(samples) == [], digit
+
+
+@pytest.mark.parametrize("level_dbm0", [-10.0, -25.0])
+def test_every_digit_at_15_db_snr(level_dbm0: float) -> None:
+    rng = np.random.default_rng(12)
+    for digit in DIGITS * 2:
+        samples, _, _ = placed_tone(digit, rng, noise_snr_db=15.0, level_dbm0=level_dbm0)
+        assert single_digit(samples, digit), digit
+
+
+def test_40_ms_tones_accepted() -> None:
+    rng = np.random.default_rng(13)
+    for digit in DIGITS * 2:
+        samples, _, _ = placed_tone(digit, rng, duration_ms=40)
+        assert single_digit(samples, digit), digit
+
+
+@pytest.mark.parametrize("duration_ms", [10.0, 20.0, 23.0])
+def test_short_tones_rejected(duration_ms: float) -> None:
+    rng = np.random.default_rng(14)
+    for digit in DIGITS * 2:
+        samples, _, _ = placed_tone(digit, rng, duration_ms=duration_ms)
+        assert detect(samples) == [], digit
+
+
+def test_40_ms_pause_separates_digits() -> None:
+    rng = np.random.default_rng(15)
+    for digit in "1590#D":
+        signal, placed = tone_train([(digit, 45, 40), (digit, 45, 100)], rng)
+        events = detect(g711_round_trip(signal))
+        assert digits_of(events) == digit * 2
+        ends = [e for e in events if isinstance(e, DigitEnded)]
+        assert [abs(e.end_sample - p[2]) <= 4 * MS for e, p in zip(ends, placed)] == [True, True]
+
+
+@pytest.mark.parametrize("dropout_ms", [5.0, 10.0])
+def test_short_dropout_inside_a_tone_is_one_digit(dropout_ms: float) -> None:
+    """Our rule: a drop-out of up to 10 ms (measured; up to ~15 ms) does not split a digit."""
+    rng = np.random.default_rng(16)
+    for digit in "1590#D":
+        signal, placed = tone_train([(digit, 60, dropout_ms), (digit, 60, 100)], rng)
+        events = detect(g711_round_trip(signal))
+        assert [type(e) for e in events] == [DigitDetected, DigitEnded], digit
+        assert abs(events[1].end_sample - placed[1][2]) <= 4 * MS
+
+
+def test_changing_key_without_pause_gives_both_digits() -> None:
+    rng = np.random.default_rng(17)
+    signal, _ = tone_train([("1", 60, 0), ("9", 60, 100)], rng)
+    events = detect(g711_round_trip(signal))
+    assert [(type(e), e.digit) for e in events] == [
+        (DigitDetected, "1"), (DigitEnded, "1"), (DigitDetected, "9"), (DigitEnded, "9")]
+
+
+def test_no_digit_in_silence_or_noise() -> None:
+    rng = np.random.default_rng(18)
+    assert detect(np.zeros(16000, dtype=np.int16)) == []
+    for level_dbm0 in (-40.0, -20.0, -5.0):
+        assert detect(g711_round_trip(white_noise(40000, level_dbm0, rng))) == []
+
+
+def test_no_digit_from_one_tone_of_a_pair() -> None:
+    rng = np.random.default_rng(19)
+    for digit in EACH_FREQ:
+        samples, _, _ = placed_tone(digit, rng, twist_db=-40.0, duration_ms=200)
+        assert detect(samples) == []
+        samples, _, _ = placed_tone(digit, rng, twist_db=30.0, level_dbm0=-40.0, duration_ms=200)
+        assert detect(samples) == []
+
+
+def test_flush_closes_an_open_digit() -> None:
+    rng = np.random.default_rng(20)
+    samples, start, _ = placed_tone("4", rng, duration_ms=100, tail=0)
+    det = DtmfDetector()
+    events = det.process(samples)
+    assert [type(e) for e in events] == [DigitDetected]
+    closing = det.flush()
+    assert [type(e) for e in closing] == [DigitEnded]
+    assert closing[0].digit == "4" and abs(closing[0].end_sample - len(samples)) <= 4 * MS
+    assert det.flush() == []
+
+
+def test_tone_present_rises_before_the_decision() -> None:
+    rng = np.random.default_rng(21)
+    samples, start, _ = placed_tone("8", rng, lead=400, duration_ms=80)
+    det = DtmfDetector()
+    first_present = decided = None
+    for i in range(0, len(samples), 40):
+        events = det.process(samples[i:i + 40])
+        if det.tone_present and first_present is None:
+            first_present = i + 40
+        if events and decided is None:
+            decided = events[0].decided_sample
+    assert first_present is not None and decided is not None
+    assert first_present < decided and first_present - start <= 12 * MS
+
+
+def test_removed_slot_is_reused_with_fresh_state() -> None:
+    rng = np.random.default_rng(22)
+    samples, _, _ = placed_tone("A", rng, duration_ms=100, tail=0)
+    bank = DetectorBank(capacity=2)
+    slot = bank.add_stream()
+    bank.process(np.array([slot]), samples[None, :400])
+    bank.remove_stream(slot)
+    assert bank.add_stream() == slot
+    events = bank.process(np.array([slot]), np.zeros((1, 4000), dtype=np.int16))
+    assert events == [] and bank.flush(slot) == []
+
+
+def test_malformed_input_raises_value_error() -> None:
+    bank = DetectorBank(capacity=2)
+    slot = bank.add_stream()
+    frame = np.zeros((1, 160), dtype=np.int16)
+    with pytest.raises(DetectorInputError, match="not in use"):
+        bank.process(np.array([1]), frame)
+    with pytest.raises(DetectorInputError, match="not in use"):
+        bank.process(np.array([7]), frame)
+    with pytest.raises(DetectorInputError, match="twice"):
+        bank.process(np.array([slot, slot]), np.zeros((2, 160), dtype=np.int16))
+    with pytest.raises(DetectorInputError, match="slots"):
+        bank.process(np.array([slot]), np.zeros(160, dtype=np.int16))
+    with pytest.raises(DetectorInputError, match="not in use"):
+        bank.flush(1)
+    with pytest.raises(ValueError):
+        DtmfDetector(sample_rate_hz=16000)
+    with pytest.raises(ValueError):
+        DtmfDetector().process(np.zeros((2, 2)))
