@@ -150,7 +150,7 @@ class Leg:
 
     __slots__ = (
         "call", "name", "direction", "peer", "media", "srtp", "strict",
-        "pt_map", "audio_pt", "te_pt", "inspect", "capturing", "draining",
+        "pt_map", "audio_pt", "te_pt", "inspect", "capturing",
         "rtp_dest", "rtcp_dest", "rtp_src", "rtcp_src", "sdp_rtp", "sdp_rtcp",
         "last_rx_s", "seq_offset", "held", "slot", "mask_slot", "is_alaw",
         "last_event_ts", "endpoint",
@@ -171,7 +171,6 @@ class Leg:
         self.te_pt = -1
         self.inspect = direction == CALLER_TO_AGENT
         self.capturing = False
-        self.draining = False
         self.rtp_dest: tuple[str, int] | None = None
         """Where RTP to this leg's peer goes: the SDP address until latched."""
         self.rtcp_dest: tuple[str, int] | None = None
@@ -259,7 +258,7 @@ class Relay:
         if leg.mask_slot >= 0 and self.masker is not None:
             self.masker.remove_stream(leg.mask_slot)
         leg.slot = leg.mask_slot = -1
-        leg.capturing = leg.draining = False
+        leg.capturing = False
         self._drop_pending(leg)
 
     def configure(self, call_id: str, caller: LegMedia, agent: LegMedia) -> None:
@@ -279,8 +278,11 @@ class Relay:
                 table[leg.te_pt] = leg.peer.te_pt
             leg.pt_map = bytes(table)
 
-    def set_capture(self, call_id: str, on: bool) -> None:
-        """Switch the caller leg to masking with look-ahead (on) or back to pass-through."""
+    def set_capture(self, call_id: str, on: bool) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+        """Switch the caller leg to masking with look-ahead (on) or back to pass-through.
+
+        Turning it off returns the held packet, masked, for the edge to send.
+        """
         call = self.calls.get(call_id)
         if call is None:
             raise CaptureUnavailable("call has no media")
@@ -294,11 +296,20 @@ class Relay:
                 leg.mask_slot = self.masker.add_stream()
             self.masker.set_capture(leg.mask_slot, True)
             leg.capturing = True
-            leg.draining = False
-        elif leg.capturing:
-            self.masker.set_capture(leg.mask_slot, False)  # type: ignore[union-attr]
-            leg.capturing = False
-            leg.draining = leg.held is not None
+            return []
+        if not leg.capturing:
+            return []
+        # Packets of this iteration still waiting in the batch go out before the switch.
+        sends = self.flush()
+        last = self.masker.set_capture(leg.mask_slot, False)  # type: ignore[union-attr]
+        leg.capturing = False
+        held, leg.held = leg.held, None
+        if held is not None:
+            sent = self._forward_built(leg, held[0] + self._masked_body(leg, held[1], last), 0)
+            if sent is not None:
+                sends.append(sent)
+                self.stats.captured += 1
+        return sends
 
     def next_event(self) -> Any | None:
         """Next relay event (digits, telephone-events, latching), or None."""
@@ -346,7 +357,7 @@ class Relay:
         leg.last_rx_s = now
         if leg.inspect:
             if pt == leg.audio_pt:
-                if leg.capturing or leg.draining:
+                if leg.capturing:
                     self._capture_legs.append(leg)
                     self._capture_headers.append(data[:start])
                     self._capture_payloads.append(data[start:end])
@@ -424,77 +435,89 @@ class Relay:
         Returns the held (capture) packets to send: (leg to send from, bytes, destination).
         """
         out: list[tuple[Leg, bytes, tuple[str, int]]] = []
-        legs = self._batch_legs
-        cap_legs = self._capture_legs
-        if not legs and not cap_legs:
+        if not self._batch_legs and not self._capture_legs:
             return out
-        payloads = self._batch_payloads
-        alaw = self._batch_alaw
-        cap_headers = self._capture_headers
-        cap_payloads = self._capture_payloads
+        legs, payloads, alaw = self._batch_legs, self._batch_payloads, self._batch_alaw
+        cap_legs, cap_headers, cap_payloads = self._capture_legs, self._capture_headers, self._capture_payloads
         self._batch_legs, self._batch_payloads, self._batch_alaw = [], [], False
         self._capture_legs, self._capture_headers, self._capture_payloads = [], [], []
-        cap_rows = [i for i, p in enumerate(cap_payloads) if len(p) == 160]
-        if cap_rows:
-            legs = legs + [cap_legs[i] for i in cap_rows]
-            payloads = payloads + [cap_payloads[i] for i in cap_rows]
-            alaw = alaw or any(cap_legs[i].is_alaw for i in cap_rows)
-        frames = None
-        if legs and (self.detector is not None or cap_rows):
+        cap_of_row = [-1] * len(legs)
+        if cap_legs:
+            legs, payloads = list(legs), list(payloads)
+            for i, p in enumerate(cap_payloads):
+                if len(p) == 160:
+                    legs.append(cap_legs[i])
+                    payloads.append(p)
+                    cap_of_row.append(i)
+                    alaw = alaw or cap_legs[i].is_alaw
+        masked: dict[int, tuple[np.ndarray, bool]] = {}
+        if legs and (self.detector is not None or self.masker is not None):
             codes = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(legs), 160)
             if alaw:
                 is_alaw = np.fromiter((leg.is_alaw for leg in legs), dtype=bool, count=len(legs))
                 frames = np.where(is_alaw[:, None], ALAW_DECODE[codes], ULAW_DECODE[codes])
             else:
                 frames = ULAW_DECODE[codes]
-            if self.detector is not None:
-                slots = np.fromiter((leg.slot for leg in legs), dtype=np.intp, count=len(legs))
-                self.stats.detector_batches += 1
-                for ev in self.detector.process(slots, frames):
-                    self._digit_event(ev)
-        if cap_legs:
-            masked = None
-            changed = None
-            if cap_rows and self.masker is not None:
-                k = len(cap_rows)
-                mslots = np.fromiter((cap_legs[i].mask_slot for i in cap_rows), dtype=np.intp, count=k)
-                masked, changed = self.masker.process(mslots, frames[len(frames) - k:])  # type: ignore[index]
-            row_of = {i: r for r, i in enumerate(cap_rows)}
-            for i, leg in enumerate(cap_legs):
-                r = row_of.get(i)
-                out.extend(self._release_held(leg, cap_headers[i], cap_payloads[i],
-                                              None if r is None or masked is None else masked[r],
-                                              bool(changed[r]) if changed is not None and r is not None else True))
+            for rows in _rounds(legs):
+                self._inspect(legs, rows, frames, cap_of_row, masked)
+        for i, leg in enumerate(cap_legs):
+            out.extend(self._release_held(leg, cap_headers[i], cap_payloads[i], masked.get(i)))
         return out
 
     # ---- internals -------------------------------------------------------------
 
-    def _release_held(self, leg: Leg, header: bytes, payload: bytes, masked_prev: np.ndarray | None,
-                      prev_changed: bool) -> list[tuple[Leg, bytes, tuple[str, int]]]:
-        """Send the held packet (masked) and hold this one; while draining, send both."""
+    def _inspect(self, legs: list[Leg], rows: list[int] | None, frames: np.ndarray, cap_of_row: list[int],
+                 masked: dict[int, tuple[np.ndarray, bool]]) -> None:
+        """One detector call and one masker call over `rows` (each leg at most once)."""
+        if rows is not None:
+            legs = [legs[j] for j in rows]
+            frames = frames[rows]
+            cap_of_row = [cap_of_row[j] for j in rows]
+        if self.detector is not None:
+            slots = np.fromiter((leg.slot for leg in legs), dtype=np.intp, count=len(legs))
+            self.stats.detector_batches += 1
+            for ev in self.detector.process(slots, frames):
+                self._digit_event(ev)
+        if self.masker is not None:
+            pos = [j for j, c in enumerate(cap_of_row) if c >= 0]
+            if pos:
+                mslots = np.fromiter((legs[j].mask_slot for j in pos), dtype=np.intp, count=len(pos))
+                out, changed = self.masker.process(mslots, frames[pos])
+                for r, j in enumerate(pos):
+                    masked[cap_of_row[j]] = (out[r], bool(changed[r]))
+
+    def _masked_body(self, leg: Leg, payload: bytes, masked: tuple[np.ndarray, bool] | None) -> bytes:
+        """The held payload as the agent may hear it."""
+        codec = leg.media.codec if leg.media is not None else "PCMU"
+        if masked is None or len(payload) != 160:
+            # Safe state: audio whose masked form is unknown leaves as silence.
+            return bytes([SILENCE_CODES[codec]]) * len(payload)
+        row, changed = masked
+        if not changed:
+            return payload
+        codes = np.frombuffer(payload, dtype=np.uint8)
+        same = DECODE_TABLES[codec][codes] == row
+        # Unchanged samples keep their exact code (mu-law decode/encode is not the identity).
+        return np.where(same, codes, ENCODE_TABLES[codec][row.view(np.uint16)]).astype(np.uint8).tobytes()
+
+    def _release_held(self, leg: Leg, header: bytes, payload: bytes, masked_prev: tuple[np.ndarray, bool] | None
+                      ) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+        """Send the held packet (masked) and hold this one in its place."""
         sends = []
         held = leg.held
-        codec = leg.media.codec if leg.media is not None else "PCMU"
         if held is not None:
-            prev_header, prev_payload = held
-            if masked_prev is None or len(prev_payload) != 160:
-                # Safe state: audio whose masked form is unknown leaves as silence.
-                body = bytes([SILENCE_CODES[codec]]) * len(prev_payload)
-            elif prev_changed:
-                body = ENCODE_TABLES[codec][masked_prev.view(np.uint16)].tobytes()
-            else:
-                body = prev_payload
-            sends.append(self._forward_built(leg, prev_header + body, 0))
+            sent = self._forward_built(leg, held[0] + self._masked_body(leg, held[1], masked_prev), 0)
+            if sent is not None:
+                sends.append(sent)
             self.stats.captured += 1
-        if leg.draining and not leg.capturing:
+        if not leg.capturing:
+            # The call left capture or was removed between receive and flush.
             leg.held = None
-            leg.draining = False
-            sends.append(self._forward_built(leg, header + payload, leg.seq_offset))
-        else:
-            # Renumbered now: event packets dropped after this one must not shift it.
-            header = bytes([header[0] & ~0x20]) + header[1:]
-            leg.held = (_renumber(header, leg.seq_offset) if leg.seq_offset else header, payload)
-        return [s for s in sends if s is not None]
+            return sends
+        # Renumbered now: event packets dropped after this one must not shift it.
+        header = bytes([header[0] & ~0x20]) + header[1:]
+        leg.held = (_renumber(header, leg.seq_offset) if leg.seq_offset else header, payload)
+        return sends
 
     def _forward_built(self, leg: Leg, data: bytes, seq_offset: int
                        ) -> tuple[Leg, bytes, tuple[str, int]] | None:
@@ -588,6 +611,21 @@ def _source_allowed(latched: tuple[str, int] | None, sdp: tuple[str, int] | None
     if latched is not None:
         return addr == latched
     return sdp is None or addr[0] == sdp[0]
+
+
+def _rounds(legs: list[Leg]) -> list[list[int] | None]:
+    """Row groups with each leg at most once, in arrival order; [None] means all rows."""
+    if len(set(legs)) == len(legs):
+        return [None]
+    seen: dict[Leg, int] = {}
+    rounds: list[list[int] | None] = []
+    for j, leg in enumerate(legs):
+        r = seen.get(leg, 0)
+        seen[leg] = r + 1
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(j)  # type: ignore[union-attr]
+    return rounds
 
 
 def _renumber(data: bytes, offset: int) -> bytes:

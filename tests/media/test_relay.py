@@ -261,8 +261,15 @@ class FakeMasker:
     def remove_stream(self, slot: int) -> None:
         pass
 
-    def set_capture(self, slot: int, on: bool) -> None:
+    def set_capture(self, slot: int, on: bool):
+        was = self.capture.get(slot, False)
         self.capture[slot] = on
+        if was and not on:
+            prev = self.prev.pop(slot)
+            return (np.full(160, 1000, np.int16), True) if prev[0] != 0 else (prev, False)
+        if on:
+            self.prev.pop(slot, None)
+        return None
 
     def process(self, slots, frames):
         out = np.zeros_like(frames)
@@ -292,9 +299,9 @@ def test_capture_holds_one_packet_masks_drops_events_and_renumbers() -> None:
     feed(audio(3, payload=tone))  # releases 2 (unchanged, bit-exact), holds 3
     feed(event(4, 480, 5))  # not forwarded
     feed(event(5, 480, 5, end=True))  # not forwarded
-    feed(audio(6, payload=quiet))  # releases 3 masked
-    relay.set_capture("c1", False)
-    feed(audio(7, payload=quiet))  # draining: releases 6, then 7 as is
+    feed(audio(6, payload=quiet))  # releases 3 masked, holds 6
+    sent.extend(d for _, d, _ in relay.set_capture("c1", False))  # releases 6
+    feed(audio(7, payload=quiet))
     feed(audio(8, payload=quiet))
     pkts = [RtpPacket.parse(p) for p in sent]
     assert [p.sequence_number for p in pkts] == [1, 2, 3, 4, 5, 6]
@@ -320,3 +327,29 @@ def test_remove_call_discards_pending_and_held_packets() -> None:
     relay.receive_rtp(call.caller, audio(1), CALLER_SDP, 0.0)
     relay.remove_call("c1")
     assert relay.flush() == [] and "c1" not in relay.calls
+
+
+def test_same_caller_twice_in_one_iteration_goes_through_in_order() -> None:
+    det = FakeDetector()
+    relay, call = make(detector=det)
+    loud = ulaw_encode(np.full(160, 30000, dtype=np.int16)).tobytes()
+    relay.receive_rtp(call.caller, audio(1, payload=b"\xff" * 160), CALLER_SDP, 0.0)
+    relay.receive_rtp(call.caller, audio(2, payload=loud), CALLER_SDP, 0.0)
+    relay.flush()
+    assert [s.tolist() for s, _ in det.calls] == [[0], [0]]
+    assert det.calls[0][1].max() == 0 and det.calls[1][1].min() > 20000
+
+
+def test_real_detector_reports_in_band_digits_from_pcmu() -> None:
+    detector_mod = pytest.importorskip("dtmf.detector")
+    from dtmf.tones import dtmf_sequence, to_int16
+
+    relay, call = make(detector=detector_mod.DetectorBank(capacity=4))
+    signal, _ = dtmf_sequence("159#", tail_ms=200.0)
+    codes = ulaw_encode(to_int16(signal)).tobytes()
+    for seq in range(len(codes) // 160):
+        out = relay.receive_rtp(call.caller, audio(seq, payload=codes[160 * seq:160 * seq + 160]), CALLER_SDP, 0.0)
+        assert out is not None and out[0][12:] == codes[160 * seq:160 * seq + 160]
+        relay.flush()
+    digits = [e.digit for e in iter(relay.next_event, None) if isinstance(e, InBandDigitDetected)]
+    assert "".join(digits) == "159#"
