@@ -549,15 +549,17 @@ async def capture_events(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away
     finally:
-        app[STATS].sse_streams_active -= 1
         if pending is not None:
+            # let the cancelled __anext__ unwind before closing the generator it runs in
             pending.cancel()
+            await asyncio.wait({pending})
         closer = getattr(stream, "aclose", None)
         if closer is not None:
             try:
                 await closer()
             except Exception:
                 log.warning("closing a progress subscription failed")
+        app[STATS].sse_streams_active -= 1
     return response
 
 
