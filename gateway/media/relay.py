@@ -39,6 +39,8 @@ EVENT_DIGITS = "0123456789*#ABCD"
 """RFC 4733 3.2: events 0-15 are the DTMF keys in this order."""
 PROCESSING_BOUNDS_S: tuple[float, ...] = (1e-6, 2e-6, 5e-6) + LATENCY_BOUNDS_S
 """Per-packet processing buckets, resolving the few microseconds a relayed packet costs."""
+MAX_QUEUED_EVENTS = 100_000
+"""Undrained events beyond this are discarded oldest-first (memory bound)."""
 _SEQ = struct.Struct("!H")
 _NO_PT = 255
 
@@ -111,7 +113,8 @@ class SourceLatched:
 class RelayStats:
     """Plain counters read by the metrics exporter at scrape time."""
 
-    __slots__ = ("relayed", "relayed_bytes", "rtcp_relayed", "drops", "processing", "captured", "detector_batches")
+    __slots__ = ("relayed", "relayed_bytes", "rtcp_relayed", "drops", "processing", "captured",
+                 "detector_batches", "hook_s")
 
     def __init__(self) -> None:
         self.relayed = [0, 0]
@@ -126,6 +129,8 @@ class RelayStats:
         self.captured = 0
         """Caller packets that left masked (or were withheld) during a capture."""
         self.detector_batches = 0
+        self.hook_s = 0.0
+        """Seconds spent in batched detection and masking (measured by the edge)."""
 
     def packets_total(self) -> dict[tuple[str, str], int]:
         """{(direction, outcome): count} for tonewall_packets_total."""
@@ -224,7 +229,7 @@ class Relay:
         self.strict = strict
         self.stats = RelayStats()
         self.calls: dict[str, RelayCall] = {}
-        self._events: deque[Any] = deque()
+        self._events: deque[Any] = deque(maxlen=MAX_QUEUED_EVENTS)
         self._slot_legs: dict[int, Leg] = {}
         self._batch_legs: list[Leg] = []
         self._batch_payloads: list[bytes] = []
@@ -314,6 +319,10 @@ class Relay:
     def next_event(self) -> Any | None:
         """Next relay event (digits, telephone-events, latching), or None."""
         return self._events.popleft() if self._events else None
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
 
     @property
     def pending(self) -> bool:
