@@ -71,6 +71,7 @@ NOISE_RISE_DB_PER_BLOCK = 0.05
 """Background tracker: falls at once to a quieter block, rises 10 dB/s at most."""
 _NOISE_RISE = 10.0 ** (NOISE_RISE_DB_PER_BLOCK / 10.0)
 _NOISE_RISE_ABS = 10.0  # lets the tracker leave zero (mean power, ~ -80 dBm0)
+_UNTRACKED = -1.0  # background power before the first unflagged block
 _NOTCH_HZ = 60.0
 """Comfort-noise notch half-width around each DTMF frequency: wider than the +-3.5 % a
 receiver must reject, so the fill never carries energy a receiver could take for a tone."""
@@ -146,9 +147,9 @@ def analyse_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _track(level: np.ndarray | float, power: np.ndarray | float, flag: np.ndarray | bool):
-    """Background power after one block: flagged blocks leave it alone."""
+    """Background power after one block: flagged blocks leave it alone; the first block sets it."""
     rise = np.minimum(power, level * _NOISE_RISE + _NOISE_RISE_ABS)
-    new = np.where(power < level, power, rise)
+    new = np.where((power < level) | (level < 0), power, rise)
     return np.where(flag, level, new)
 
 
@@ -158,7 +159,7 @@ def _fill(mode: MaskMode, index: np.ndarray, power: np.ndarray) -> np.ndarray:
         return np.zeros(index.shape, dtype=np.int16)
     if mode is MaskMode.FLAT:
         return _FLAT_TABLE[index % len(_FLAT_TABLE)]
-    rms = np.sqrt(np.minimum(power, _CN_MAX_POWER))
+    rms = np.sqrt(np.clip(power, 0.0, _CN_MAX_POWER))
     noise = _CN_TABLE[index % len(_CN_TABLE)] * rms
     return np.clip(np.rint(noise), -32768, 32767).astype(np.int16)
 
@@ -192,7 +193,7 @@ class Masker:
         self._flags: list[bool] = []  # per block, from block index self._base
         self._levels: list[float] = []  # background power before each block
         self._base = 0
-        self._level = 0.0
+        self._level = _UNTRACKED
         self._pending = np.zeros(0, dtype=np.int16)  # received, not yet output
         self._pending_start = 0  # stream index of _pending[0]
         self._filler_left = 0
@@ -339,9 +340,10 @@ class MaskerBank:
                 self._alloc(self._cap * 2)
             slot = self._n_slots
             self._n_slots += 1
-        for name in ("_held", "_held_flags", "_pre_flags", "_held_levels", "_level",
+        for name in ("_held", "_held_flags", "_pre_flags", "_held_levels",
                      "_filler_level", "_n_in", "_held_valid", "_capture"):
             getattr(self, name)[slot] = 0
+        self._level[slot] = _UNTRACKED
         self._always[slot] = mask_always
         return slot
 
