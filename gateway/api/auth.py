@@ -204,13 +204,13 @@ class KeySet:
             if entry.get("use", "sig") != "sig":
                 continue
             try:
-                jwk = jwt.PyJWK(entry)
-            except jwt.PyJWTError:
-                continue  # algorithms we do not accept (RSA, HS*) are skipped
-            algorithm = _algorithm_for(jwk.key)
+                jwk_key = jwt.PyJWK(entry).key
+                algorithm = _algorithm_for(jwk_key)
+            except (jwt.PyJWTError, ValueError):
+                continue  # key types we do not accept (RSA, shared secrets) are skipped
             if entry.get("alg") not in (None, algorithm):
                 continue
-            keys[entry.get("kid")] = _VerifyKey(jwk.key, algorithm)
+            keys[entry.get("kid")] = _VerifyKey(jwk_key, algorithm)
         return cls(keys)
 
     def lookup(self, kid: str | None) -> _VerifyKey:
