@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from dtmf.tones import DBM0_FULL_SCALE_SINE, HIGH_FREQS_HZ, KEYPAD, LOW_FREQS_HZ
 
@@ -122,12 +123,12 @@ class _Analysis:
         cols = np.empty((WINDOW_SAMPLES, 16))
         cols[:, 0::2] = window[:, None] * np.cos(np.outer(n, omega))
         cols[:, 1::2] = -window[:, None] * np.sin(np.outer(n, omega))
-        # A chunk contributes to two windows: as first half of one, second half of the next.
-        self.dft = np.ascontiguousarray(
-            np.hstack([cols[:CHUNK_SAMPLES], cols[CHUNK_SAMPLES:]]), dtype=np.float32)
-        self.energy = np.ascontiguousarray(np.stack([
-            window[:CHUNK_SAMPLES] ** 2, window[CHUNK_SAMPLES:] ** 2,
-            np.full(CHUNK_SAMPLES, 1.0 / CHUNK_SAMPLES)], axis=1), dtype=np.float32)
+        self.dft = np.ascontiguousarray(cols, dtype=np.float32)
+        self.window2 = np.ascontiguousarray(window ** 2, dtype=np.float32)
+        # Sums of |X|^2 over each group, for the gate.
+        self.group_sum = np.zeros((16, 2), dtype=np.float32)
+        self.group_sum[:8, 0] = 1.0
+        self.group_sum[8:, 1] = 1.0
         sum_w = window.sum()
         self.window_power_norm = float(1.0 / (window ** 2).sum())
         self.tone_power_norm = float(2.0 / sum_w ** 2)
@@ -139,18 +140,20 @@ class _Analysis:
         self.gain_df_hz = np.linspace(-150.0, 150.0, 601)
         phasors = np.exp(2j * np.pi * np.outer(self.gain_df_hz, n) / sample_rate_hz)
         self.gain2 = (np.abs(phasors @ window) / sum_w) ** 2
+        # The gate sees raw bin magnitudes: allow for the window's roll-off at a
+        # 5 % offset (-3 dB) and estimation slack before the exact checks.
+        self.gate_pair_mag = _dbm0_power(MIN_PAIR_LEVEL_DBM0 - 4.0) / self.tone_power_norm
+        # Group sums hold the strongest bin plus the others' leakage (< 4x it).
+        self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 10.0) / 10)
+        self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 10.0) / 10)
 
 
 _ANALYSIS: dict[int, _Analysis] = {}
 
 _STATE_FIELDS = (
-    ("a_prev", np.complex64, (8,)),  # first-half DFT of the window the last chunk opened
-    ("x_prev", np.complex64, (8,)),  # DFT of the last window
-    ("p_prev", np.complex64, (8,)),  # last lag product X[j] * conj(X[j-1])
-    ("ea_prev", np.float32, ()),  # first-half windowed energy of the open window
-    ("pc_prev", np.float32, ()),  # mean power of the last chunk
-    ("resid", np.float32, (CHUNK_SAMPLES,)),  # samples of the incomplete chunk
-    ("resid_n", np.int64, ()),
+    ("tail", np.float32, (WINDOW_SAMPLES,)),  # last complete chunk, then the incomplete one
+    ("resid_n", np.int64, ()),  # samples of the incomplete chunk held in tail[40:]
+    ("w_hist", np.float32, (2, 16)),  # DFT (re, im) of the last two windows
     ("chunks", np.int64, ()),  # complete chunks processed since the stream began
     ("run_code", np.int64, ()),  # key of the current run of hits, or -1
     ("run_len", np.int64, ()),
@@ -245,8 +248,11 @@ class DetectorBank:
             raise DetectorInputError("detector slot is not in use")
         if not self._st["in_use"][slots].all():
             raise DetectorInputError("detector slot is not in use")
-        if slots.size > 1 and np.unique(slots).size != slots.size:
-            raise DetectorInputError("detector slot given twice in one call")
+        if slots.size > 1:
+            seen = np.zeros(self._capacity, dtype=np.bool_)
+            seen[slots] = True
+            if np.count_nonzero(seen) != slots.size:
+                raise DetectorInputError("detector slot given twice in one call")
         resid_n = self._st["resid_n"][slots]
         r0 = int(resid_n[0])
         if (resid_n == r0).all():
@@ -274,67 +280,79 @@ class DetectorBank:
 
     def _process_group(self, slots: np.ndarray, frames: np.ndarray, resid: int) -> list[DetectorEvent]:
         st = self._st
-        k, n = frames.shape
+        n = frames.shape[1]
         total = resid + n
         n_chunks = total // CHUNK_SAMPLES
         if n_chunks == 0:
-            st["resid"][slots, resid:total] = frames
+            st["tail"][slots, CHUNK_SAMPLES + resid:CHUNK_SAMPLES + total] = frames
             st["resid_n"][slots] = total
             return []
-        x = frames.astype(np.float32, copy=False)
-        if resid:
-            x = np.concatenate([st["resid"][slots, :resid], x], axis=1)
+        # x: the previous complete chunk (zeros before the stream began), the held
+        # incomplete chunk, then the new samples.
+        x = np.empty((slots.size, CHUNK_SAMPLES + total), dtype=np.float32)
+        x[:, :CHUNK_SAMPLES + resid] = st["tail"][slots, :CHUNK_SAMPLES + resid]
+        x[:, CHUNK_SAMPLES + resid:] = frames
         used = n_chunks * CHUNK_SAMPLES
         left = total - used
-        if left:
-            st["resid"][slots, :left] = x[:, used:]
+        st["tail"][slots, :CHUNK_SAMPLES + left] = x[:, used:]
         st["resid_n"][slots] = left
-        hits = self._analyse(slots, np.ascontiguousarray(x[:, :used]), n_chunks)
-        return self._advance(slots, hits)
+        return self._advance(slots, self._analyse(slots, x, n_chunks))
 
     def _analyse(self, slots: np.ndarray, x: np.ndarray, n_chunks: int) -> np.ndarray:
         """Hit key (0-15) or -1 for each (stream, window) closed by these chunks."""
         an, st = self._an, self._st
-        k = x.shape[0]
-        xc = x.reshape(k * n_chunks, CHUNK_SAMPLES)
-        z = (xc @ an.dft).view(np.complex64).reshape(k, n_chunks, 16)
-        e = ((xc * xc) @ an.energy).reshape(k, n_chunks, 3)
+        k, c = x.shape[0], n_chunks
+        windows = sliding_window_view(x, WINDOW_SAMPLES, axis=1)[:, :c * CHUNK_SAMPLES:CHUNK_SAMPLES]
+        windows = windows.reshape(k * c, WINDOW_SAMPLES)
+        z = windows @ an.dft  # one matrix product: 8 DFT values for every window of every stream
+        w_ext = np.empty((k, c + 2, 16), dtype=np.float32)
+        w_ext[:, :2] = st["w_hist"][slots]
+        w_ext[:, 2:] = z.reshape(k, c, 16)
+        st["w_hist"][slots] = w_ext[:, -2:]
 
-        a_ext = np.concatenate([st["a_prev"][slots, None], z[:, :, :8]], axis=1)
-        win = a_ext[:, :-1] + z[:, :, 8:]
-        ea_ext = np.concatenate([st["ea_prev"][slots, None], e[:, :, 0]], axis=1)
-        window_power = (ea_ext[:, :-1] + e[:, :, 1]) * an.window_power_norm
-        pc_ext = np.concatenate([st["pc_prev"][slots, None], e[:, :, 2]], axis=1)
-        chunk_power = np.maximum(pc_ext[:, :-1], pc_ext[:, 1:])
-        x_ext = np.concatenate([st["x_prev"][slots, None], win], axis=1)
-        lag = x_ext[:, 1:] * np.conj(x_ext[:, :-1])
-        p_ext = np.concatenate([st["p_prev"][slots, None], lag], axis=1)
-        lag2 = p_ext[:, 1:] + p_ext[:, :-1]
+        # Cheap gate over every window: level and a loose twist on the group sums.
+        sq = z * z
+        groups = sq @ an.group_sum
+        lo_sum, hi_sum = groups[:, 0], groups[:, 1]
+        gate = (lo_sum + hi_sum) >= an.gate_pair_mag
+        gate &= hi_sum >= lo_sum * an.gate_normal_twist
+        gate &= hi_sum <= lo_sum * an.gate_reverse_twist
+        hits = np.full(k * c, _NONE, dtype=np.int64)
+        cand = np.flatnonzero(gate)
+        if cand.size:
+            hits[cand] = self._check(cand, c, sq, w_ext, windows)
+        return hits.reshape(k, c)
 
-        st["a_prev"][slots] = z[:, -1, :8]
-        st["ea_prev"][slots] = e[:, -1, 0]
-        st["pc_prev"][slots] = e[:, -1, 2]
-        st["x_prev"][slots] = win[:, -1]
-        st["p_prev"][slots] = lag[:, -1]
-
-        mag = win.real * win.real + win.imag * win.imag
-        lo = np.argmax(mag[:, :, :4], axis=2)
-        hi = np.argmax(mag[:, :, 4:], axis=2) + 4
-        lo_i, hi_i = lo[:, :, None], hi[:, :, None]
-        df_lo = np.angle(np.take_along_axis(lag2, lo_i, 2)[:, :, 0] * an.hop_derotate[lo]) * an.rad_to_hz
-        df_hi = np.angle(np.take_along_axis(lag2, hi_i, 2)[:, :, 0] * an.hop_derotate[hi]) * an.rad_to_hz
+    def _check(self, cand: np.ndarray, c: int, sq: np.ndarray, w_ext: np.ndarray,
+               windows: np.ndarray) -> np.ndarray:
+        """Full Q.24 checks on the windows that passed the gate; key or -1 for each."""
+        an = self._an
+        si, ti = np.divmod(cand, c)
+        cs = sq[cand]
+        mags = cs[:, 0::2] + cs[:, 1::2]
+        lo = np.argmax(mags[:, :4], axis=1)
+        hi = np.argmax(mags[:, 4:], axis=1) + 4
+        rows = np.arange(cand.size)
+        wz = w_ext.view(np.complex64)  # (k, c + 2, 8): windows t-2, t-1, then this call's
+        x0, x1, x2 = wz[si, ti + 2], wz[si, ti + 1], wz[si, ti]
+        # Phase advance of the bin over one hop, averaged over two hops, gives the frequency.
+        lag = x0 * np.conj(x1) + x1 * np.conj(x2)
+        df_lo = np.angle(lag[rows, lo] * an.hop_derotate[lo]) * an.rad_to_hz
+        df_hi = np.angle(lag[rows, hi] * an.hop_derotate[hi]) * an.rad_to_hz
         # Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
         ok = (np.abs(df_lo) <= an.freq_tol_hz[lo]) & (np.abs(df_hi) <= an.freq_tol_hz[hi])
-        p_lo = (np.take_along_axis(mag, lo_i, 2)[:, :, 0] * an.tone_power_norm
-                / np.interp(df_lo, an.gain_df_hz, an.gain2))
-        p_hi = (np.take_along_axis(mag, hi_i, 2)[:, :, 0] * an.tone_power_norm
-                / np.interp(df_hi, an.gain_df_hz, an.gain2))
+        p_lo = mags[rows, lo] * an.tone_power_norm / np.interp(df_lo, an.gain_df_hz, an.gain2)
+        p_hi = mags[rows, hi] * an.tone_power_norm / np.interp(df_hi, an.gain_df_hz, an.gain2)
         pair = p_lo + p_hi
         # Q.24 twist: high tone up to 8 dB below or 4 dB above the low tone.
         ok &= p_hi >= p_lo * 10.0 ** (-NORMAL_TWIST_DB / 10)
         ok &= p_hi <= p_lo * 10.0 ** (REVERSE_TWIST_DB / 10)
         ok &= pair >= _dbm0_power(MIN_PAIR_LEVEL_DBM0)
         ok &= np.minimum(p_lo, p_hi) >= _dbm0_power(MIN_TONE_LEVEL_DBM0)
+        w = windows[cand]
+        w2 = w * w
+        window_power = (w2 @ an.window2) * an.window_power_norm
+        chunk_power = np.maximum(w2[:, :CHUNK_SAMPLES].mean(axis=1), w2[:, CHUNK_SAMPLES:].mean(axis=1))
         ok &= pair >= PURITY_MIN * window_power
         ok &= pair >= COVERAGE_MIN * chunk_power
         return np.where(ok, lo * 4 + (hi - 4), _NONE)
