@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,9 @@ def settings() -> ApiSettings:
     return api_settings()
 
 
-@pytest.fixture
-async def api(tmp_path: Path, settings: ApiSettings) -> AsyncIterator[Api]:
+@asynccontextmanager
+async def running_api(tmp_path: Path, settings: ApiSettings) -> AsyncIterator[Api]:
+    """The API with fakes behind it, served on 127.0.0.1 with a dev-CA certificate."""
     data_dir = tmp_path / "data"
     cert = pki.issue_server_cert(data_dir, "api")
     server_ctx = pki.server_ssl_context(cert)
@@ -94,3 +96,9 @@ async def api(tmp_path: Path, settings: ApiSettings) -> AsyncIterator[Api]:
     finally:
         await session.close()
         await runner.cleanup()
+
+
+@pytest.fixture
+async def api(tmp_path: Path, settings: ApiSettings) -> AsyncIterator[Api]:
+    async with running_api(tmp_path, settings) as running:
+        yield running

@@ -303,6 +303,11 @@ function applyCapture(capture) {
   if (c.state === "tokenizing") setStatus("Card complete. Getting a payment token…", "");
   if (c.state === "tokenized") {
     setStatus("Done: the card was tokenized.", "ok");
+    for (const item of document.querySelectorAll(".fields li")) {
+      item.classList.remove("current", "error");
+      item.classList.add("done");
+      item.querySelector(".state").textContent = "✓ done";
+    }
     $("result").hidden = false;
     $("result-token").value = c.token || "";
     $("copy-token").focus();
