@@ -1,0 +1,939 @@
+"""The B2BUA core: a call is two dialogs (caller leg UAS, agent leg UAC) and two media legs. Sans-IO.
+
+Driven by: `receive(data, source, now)` for every datagram or framed stream
+message, `handle_timer(now)` when `get_timer()` is due, and `hangup(call_id,
+reason, now)` from the edge (media timeout, API). Output: `messages_to_send()`
+as (bytes, Peer) and `next_event()`. SDP is never relayed: each leg gets the
+gateway's own SDP anchored on the media ports of `CallMedia`, with PCMU/PCMA
+only and the telephone-event payload type of that leg. Safe state: any error in
+one call ends that call (BYE/CANCEL both legs, media closed); a malformed
+message is answered 400 (or dropped when it cannot be answered) and never
+touches other calls. In-dialog requests go back over the flow the dialog was
+set up on (symmetric signalling, as SBCs do), so NATed peers and TCP
+connections work without DNS.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Protocol, Union
+
+from gateway.media.leg import Direction, LegMedia
+from gateway.sip.dialog import Dialog, DialogError
+from gateway.sip.message import (
+    Headers,
+    Limits,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    build_response,
+    check_require,
+    new_branch,
+    parse_message,
+    parse_uri,
+)
+from gateway.sip.sdp import (
+    LocalOffer,
+    NotAcceptable,
+    RemoteAudio,
+    SdpParseError,
+    build_answer,
+    build_offer,
+    leg_from_answer,
+    parse_sdp,
+    remote_audio,
+)
+from gateway.sip.transaction import (
+    AckTimedOut,
+    Peer,
+    RequestReceived,
+    ResponseReceived,
+    TimerConfig,
+    TransactionLayer,
+    TransactionTimedOut,
+    TxKey,
+)
+
+__all__ = [
+    "B2bua",
+    "B2buaConfig",
+    "Call",
+    "CallAnswered",
+    "CallEnded",
+    "CallMedia",
+    "CallStarted",
+    "CallState",
+    "InfoDtmfReceived",
+    "MediaController",
+    "MessageRejected",
+    "Peer",
+]
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
+SUPPORTED = ("timer",)
+_DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
+_DTMF_DIGITS = set("0123456789*#ABCD")
+
+
+class CallMedia(Protocol):
+    """The media relay's handle on one call (implemented in gateway/media/relay.py)."""
+
+    caller_port: int
+    agent_port: int
+
+    def configure(self, caller: LegMedia, agent: LegMedia) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MediaController(Protocol):
+    """Allocates media for calls; `open_call` raises OSError when no ports are free (answered 503)."""
+
+    media_address: str
+
+    def open_call(self, call_id: str) -> CallMedia: ...
+
+
+class CallState(Enum):
+    TRYING = "trying"
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class CallStarted:
+    """A caller's INVITE created a call and the agent leg was sent."""
+
+    call_id: str
+    caller: str
+    agent: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class CallAnswered:
+    call_id: str
+    answered_at: float
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    """Both legs are being torn down; `reason` is a short fixed text."""
+
+    call_id: str
+    reason: str
+    ended_at: float
+
+
+@dataclass(frozen=True)
+class InfoDtmfReceived:
+    """A SIP INFO DTMF digit from the caller (RFC 6086 carrier); the digit is kept out of repr."""
+
+    call_id: str
+    digit: str = field(repr=False)
+    forwarded: bool = False
+
+
+@dataclass(frozen=True)
+class MessageRejected:
+    """A message was refused (answered with `status`) or dropped (`status` None)."""
+
+    reason: str
+    status: int | None
+
+
+B2buaEvent = Union[CallStarted, CallAnswered, CallEnded, InfoDtmfReceived, MessageRejected]
+
+
+@dataclass(frozen=True)
+class B2buaConfig:
+    """Routing and behaviour of the B2BUA."""
+
+    next_hop: str
+    """SIP URI of the PBX/ACD or agent; ;transport= or sips: picks the transport; the caller's user is kept."""
+    local_host: str = "127.0.0.1"
+    """Host we put in Via and Contact."""
+    local_ports: tuple[tuple[str, int], ...] = (("udp", 5060), ("tcp", 5060), ("tls", 5061))
+    timers: TimerConfig = TimerConfig()
+    agent_telephone_event_pt: int = 101
+    """Payload type we offer the agent leg for telephone-event (the caller leg keeps the caller's)."""
+    agent_srtp_suite: str | None = None
+    """Offer SDES SRTP with this suite on the agent leg (None: plain RTP)."""
+    ring_timeout_s: float = 180.0
+    """No final answer from the agent leg within this: CANCEL it, 408 to the caller."""
+    limits: Limits = Limits()
+    user_agent: str = "Tonewall"
+
+
+class _Leg(Enum):
+    CALLER = "caller"
+    AGENT = "agent"
+
+    @property
+    def other(self) -> _Leg:
+        return _Leg.AGENT if self is _Leg.CALLER else _Leg.CALLER
+
+
+@dataclass
+class _Pending:
+    """A client transaction we started, and what to do with its responses."""
+
+    call: Call
+    kind: str
+    """invite, reinvite, relay, bye, cancel."""
+    leg: _Leg
+    """Leg the request went out on."""
+    server_key: TxKey | None = None
+    offer: LocalOffer | None = None
+    remote_offer: RemoteAudio | None = None
+    ack: bytes | None = None
+
+
+class Call:
+    """One call through the gateway; `call_id` is opaque and URL-safe (not a SIP Call-ID)."""
+
+    def __init__(self, call_id: str, caller: str, agent: str, started_at: float, media: CallMedia):
+        self.call_id = call_id
+        self.caller = caller
+        self.agent = agent
+        self.started_at = started_at
+        self.state = CallState.TRYING
+        self.media = media
+        self.sip_call_ids: dict[_Leg, str] = {}
+        self.local_tags: dict[_Leg, str] = {}
+        self.peers: dict[_Leg, Peer] = {}
+        self.dialogs: dict[_Leg, Dialog] = {}
+        self.legs: dict[_Leg, LegMedia] = {}
+        self.srtp_suites: dict[_Leg, str | None] = {}
+        self.te_pts: dict[_Leg, int | None] = {}
+        self.sdp_versions: dict[_Leg, int] = {_Leg.CALLER: 0, _Leg.AGENT: 0}
+        self.session_id = secrets.randbelow(2**31)
+        self.invite: SipRequest | None = None
+        self.invite_key: TxKey | None = None
+        self.agent_invite: SipRequest | None = None
+        self.agent_invite_key: TxKey | None = None
+        self.caller_offer: RemoteAudio | None = None
+        self.caller_answer: bytes | None = None
+        self.reinvite_busy = False
+        self.accepted_keys: list[TxKey] = []
+        self.session_interval_s: float | None = None
+        self.session_token = ""
+
+    def __repr__(self) -> str:
+        return f"Call({self.call_id!r}, state={self.state.value})"
+
+
+class B2bua:
+    """The sans-IO back-to-back user agent."""
+
+    def __init__(
+        self,
+        config: B2buaConfig,
+        media: MediaController,
+        info_policy: Callable[[str, bytes, str | None], bool] | None = None,
+    ):
+        self.config = config
+        self.media = media
+        self.info_policy = info_policy
+        """info_policy(call_id, body, content_type) -> forward? (the capture sets it; default forwards)."""
+        self._tx = TransactionLayer(config.timers)
+        self._out: list[tuple[bytes, Peer]] = []
+        self._events: deque[B2buaEvent] = deque()
+        self._calls: dict[str, Call] = {}
+        self._by_sip: dict[str, tuple[Call, _Leg]] = {}
+        self._pending: dict[TxKey, _Pending] = {}
+        self._timers: list[tuple[float, int, str, str]] = []
+        self._timer_seq = 0
+        self._ports = dict(config.local_ports)
+        hop = parse_uri(config.next_hop)
+        if not hop.is_sip:
+            raise ValueError("next hop is not a SIP URI")
+        self._hop = hop
+        default_port = 5061 if hop.transport == "tls" else 5060
+        self._hop_peer = Peer(hop.transport, hop.host.strip("[]"), hop.port or default_port)
+
+    # ------------------------------------------------------------ edge API
+
+    @property
+    def calls(self) -> list[Call]:
+        """Calls not yet ended."""
+        return list(self._calls.values())
+
+    def call(self, call_id: str) -> Call | None:
+        return self._calls.get(call_id)
+
+    def messages_to_send(self) -> list[tuple[bytes, Peer]]:
+        self._drain_tx()
+        out = self._tx.messages_to_send()
+        out.extend(self._out)
+        self._out = []
+        return out
+
+    def next_event(self) -> B2buaEvent | None:
+        self._drain_tx()
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        heap = self._timers
+        while heap and heap[0][2] not in self._calls:
+            heapq.heappop(heap)
+        mine = heap[0][0] if heap else None
+        tx = self._tx.get_timer()
+        if mine is None:
+            return tx
+        return mine if tx is None else min(mine, tx)
+
+    def handle_timer(self, now: float) -> None:
+        self._tx.handle_timer(now)
+        self._drain_tx(now)
+        while self._timers and self._timers[0][0] <= now:
+            _, _, call_id, kind = heapq.heappop(self._timers)
+            call = self._calls.get(call_id)
+            if call is None:
+                continue
+            if kind == "ring" and call.state in (CallState.TRYING, CallState.RINGING):
+                self._end_unanswered(call, 408, "ring timeout", now)
+            elif kind.startswith("session:") and call.state is CallState.ANSWERED:
+                if kind == f"session:{call.session_token}":
+                    self.hangup(call_id, "session expired", now)
+
+    def receive(self, data: bytes | SipRequest | SipResponse, source: Peer, now: float) -> None:
+        """Feed one datagram (or one message already framed from a stream)."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            try:
+                msg = parse_message(bytes(data), self.config.limits)
+            except SipParseError as exc:
+                self._reject_unparsable(bytes(data), exc, source)
+                return
+        else:
+            msg = data
+        try:
+            self._tx.receive(msg, source, now)
+        except SipParseError as exc:
+            self._events.append(MessageRejected(str(exc), None))
+            return
+        self._drain_tx(now)
+
+    def hangup(self, call_id: str, reason: str, now: float) -> None:
+        """End a call from outside (media timeout, API): BYE both legs, or CANCEL/480 if unanswered."""
+        call = self._calls.get(call_id)
+        if call is None:
+            return
+        if call.state is CallState.ANSWERED:
+            for leg in _Leg:
+                self._send_in_dialog(call, leg, "BYE", now, kind="bye")
+            self._end(call, reason, now)
+        else:
+            self._end_unanswered(call, 480, reason, now)
+
+    # ------------------------------------------------------------ dispatch
+
+    def _drain_tx(self, now: float | None = None) -> None:
+        while (ev := self._tx.next_event()) is not None:
+            t = now if now is not None else 0.0
+            try:
+                if isinstance(ev, RequestReceived):
+                    self._on_request(ev, t)
+                elif isinstance(ev, ResponseReceived):
+                    self._on_response(ev, t)
+                elif isinstance(ev, TransactionTimedOut):
+                    self._on_timeout(ev, t)
+                elif isinstance(ev, AckTimedOut):
+                    found = self._call_of_server_key(ev.key)
+                    if found is not None:
+                        self.hangup(found.call_id, "no ACK", t)
+            except (SipParseError, SdpParseError, DialogError) as exc:
+                self._events.append(MessageRejected(str(exc), getattr(exc, "status", 400)))
+                if isinstance(ev, RequestReceived) and ev.key is not None:
+                    self._respond(ev.key, ev.request, getattr(exc, "status", 400), t)
+            except Exception as exc:  # noqa: BLE001 - one message must never take down the loop
+                self._events.append(MessageRejected(f"internal error: {type(exc).__name__}", 500))
+                if isinstance(ev, RequestReceived) and ev.key is not None:
+                    self._respond(ev.key, ev.request, 500, t)
+
+    def _on_request(self, ev: RequestReceived, now: float) -> None:
+        req, key = ev.request, ev.key
+        if req.method == "ACK":
+            self._on_ack(req, now)
+            return
+        assert key is not None
+        found = self._by_sip.get(req.call_id)
+        if req.method == "CANCEL":
+            self._on_cancel(req, key, found, now)
+            return
+        mf = req.max_forwards
+        if mf is not None and mf == 0:
+            self._respond(key, req, 483, now)  # RFC 3261 16.3 / 8.2: Too Many Hops
+            self._events.append(MessageRejected("SIP Max-Forwards is zero", 483))
+            return
+        try:
+            check_require(req, SUPPORTED)
+        except SipParseError as exc:
+            self._respond(key, req, 420, now, extra=[("Unsupported", ", ".join(exc.unsupported))])
+            self._events.append(MessageRejected(str(exc), 420))
+            return
+        if req.method == "OPTIONS":
+            self._respond(key, req, 200, now, extra=self._capabilities())
+            return
+        if req.method == "REFER":
+            # A transfer would take the caller off the inspected media path: refuse it by policy.
+            self._respond(key, req, 403, now, reason="Transfer Not Allowed Through Gateway")
+            return
+        if req.to_tag is None:
+            if req.method == "INVITE":
+                if found is not None:
+                    self._respond(key, req, 482, now)  # RFC 3261 8.2.2.2 merged request
+                    return
+                self._new_call(req, key, ev.source, now)
+            elif req.method in ALLOW:
+                self._respond(key, req, 481, now)
+            else:
+                self._respond(key, req, 501, now, extra=[("Allow", ALLOW)])
+            return
+        if found is None:
+            self._respond(key, req, 481, now)  # RFC 3261 12.2.2
+            return
+        call, leg = found
+        dialog = call.dialogs.get(leg)
+        if dialog is None or not dialog.matches(req):
+            self._respond(key, req, 481, now)
+            return
+        dialog.receive_request(req)
+        if req.method == "BYE":
+            self._respond(key, req, 200, now)
+            self._send_in_dialog(call, leg.other, "BYE", now, kind="bye")
+            self._end(call, f"{leg.value} hangup", now)
+        elif req.method in ("INVITE", "UPDATE"):
+            self._on_reoffer(call, leg, req, key, now)
+        elif req.method == "INFO":
+            self._on_info(call, leg, req, key, now)
+        elif req.method in ALLOW:
+            self._relay(call, leg, req, key, now)
+        else:
+            self._respond(key, req, 501, now, extra=[("Allow", ALLOW)])
+
+    # ------------------------------------------------------------ new call
+
+    def _new_call(self, req: SipRequest, key: TxKey, source: Peer, now: float) -> None:
+        ruri = req.request_uri
+        user = ruri.user or ""
+        offer: RemoteAudio | None = None
+        if req.body:
+            if req.content_type != "application/sdp":
+                self._respond(key, req, 415, now, extra=[("Accept", "application/sdp")])
+                return
+            try:
+                offer = remote_audio(parse_sdp(req.body))
+                if not any(c.name in ("PCMU", "PCMA") for c in offer.codecs):
+                    raise NotAcceptable("SDP offer has no acceptable codec")
+            except NotAcceptable as exc:
+                self._respond(key, req, 488, now)
+                self._events.append(MessageRejected(str(exc), 488))
+                return
+        call_id = secrets.token_urlsafe(12)
+        try:
+            media = self.media.open_call(call_id)
+        except OSError:
+            self._respond(key, req, 503, now, reason="No Media Ports")
+            self._events.append(MessageRejected("no media ports free", 503))
+            return
+        call = Call(call_id, req.from_addr.uri.user or "", user, now, media)
+        call.invite, call.invite_key, call.caller_offer = req, key, offer
+        call.peers[_Leg.CALLER] = source
+        call.peers[_Leg.AGENT] = self._hop_peer
+        call.local_tags[_Leg.CALLER] = secrets.token_hex(6)
+        call.local_tags[_Leg.AGENT] = secrets.token_hex(6)
+        call.sip_call_ids[_Leg.CALLER] = req.call_id
+        call.sip_call_ids[_Leg.AGENT] = secrets.token_hex(12) + "@tonewall"
+        call.srtp_suites[_Leg.CALLER] = offer.crypto[0].suite if offer and offer.secure and offer.crypto else None
+        call.srtp_suites[_Leg.AGENT] = self.config.agent_srtp_suite
+        call.te_pts[_Leg.CALLER] = offer.telephone_event.pt if offer and offer.telephone_event else 101
+        call.te_pts[_Leg.AGENT] = self.config.agent_telephone_event_pt
+        self._calls[call_id] = call
+        self._by_sip[req.call_id] = (call, _Leg.CALLER)
+        self._by_sip[call.sip_call_ids[_Leg.AGENT]] = (call, _Leg.AGENT)
+
+        agent_uri = parse_uri(str(self._hop))
+        agent_uri.user = user or None
+        h = Headers()
+        h.add("Via", self._via(_Leg.AGENT, call))
+        mf = req.max_forwards
+        h.add("Max-Forwards", str(mf - 1 if mf is not None else 70))
+        caller_addr = req.from_addr
+        caller_addr.params = {"tag": call.local_tags[_Leg.AGENT]}
+        h.add("From", str(caller_addr))
+        h.add("To", f"<{agent_uri}>")
+        h.add("Call-ID", call.sip_call_ids[_Leg.AGENT])
+        h.add("CSeq", "1 INVITE")
+        h.add("Contact", self._contact(_Leg.AGENT, call))
+        h.add("Allow", ALLOW)
+        h.add("User-Agent", self.config.user_agent)
+        for name in ("Session-Expires", "Min-SE", "Subject", "P-Asserted-Identity", "Privacy"):
+            v = req.headers.get(name)
+            if v is not None:
+                h.add(name, v)
+        if req.headers.get("Session-Expires") is not None:
+            h.add("Supported", "timer")
+        codecs = [c.name for c in offer.codecs] if offer else ["PCMU", "PCMA"]
+        sd, local = self._offer(call, _Leg.AGENT, codecs, offer.direction if offer else Direction.SENDRECV)
+        h.add("Content-Type", "application/sdp")
+        invite = SipRequest("INVITE", str(agent_uri), h, sd)
+        call.agent_invite = invite
+        akey = self._tx.send_request(invite, self._hop_peer, now)
+        call.agent_invite_key = akey
+        self._pending[akey] = _Pending(call, "invite", _Leg.AGENT, key, local, offer)
+        self._arm(call, "ring", now + self.config.ring_timeout_s)
+        self._events.append(CallStarted(call_id, call.caller, call.agent, now))
+
+    # ------------------------------------------------------------ responses
+
+    def _on_response(self, ev: ResponseReceived, now: float) -> None:
+        p = self._pending.get(ev.key)
+        if p is None:
+            return
+        resp, call = ev.response, p.call
+        if p.kind == "invite":
+            self._on_invite_response(p, ev, now)
+        elif p.kind in ("reinvite", "relay"):
+            if resp.status < 200:
+                return
+            self._pending.pop(ev.key, None)
+            if p.kind == "reinvite":
+                self._on_reinvite_response(p, resp, now)
+            elif p.server_key is not None and call.invite is not None:
+                req = self._tx.request(p.server_key)
+                if req is not None:
+                    extra = [("Content-Type", resp.headers.get("Content-Type") or "")] if resp.body else []
+                    self._respond(p.server_key, req, resp.status, now, reason=resp.reason, body=resp.body, extra=extra)
+        elif resp.status >= 200:
+            self._pending.pop(ev.key, None)
+
+    def _on_invite_response(self, p: _Pending, ev: ResponseReceived, now: float) -> None:
+        resp, call = ev.response, p.call
+        status = resp.status
+        if 200 <= status < 300:
+            if ev.retransmission:
+                if p.ack is not None:
+                    self._out.append((p.ack, call.peers[_Leg.AGENT]))
+                return
+            assert call.agent_invite is not None
+            dialog = Dialog.as_uac(call.agent_invite, resp)
+            dialog.local_contact = self._contact(_Leg.AGENT, call)
+            call.dialogs[_Leg.AGENT] = dialog
+            ack = dialog.new_request("ACK", self._via(_Leg.AGENT, call), cseq=call.agent_invite.cseq[0])
+            p.ack = bytes(ack)
+            self._out.append((p.ack, call.peers[_Leg.AGENT]))
+            if call.state is CallState.ENDED or call.call_id not in self._calls:
+                self._send_bye_on(call, _Leg.AGENT, now)  # answered after CANCEL/timeout
+                return
+            try:
+                self._media_from_agent(call, p, resp)
+            except (SdpParseError, NotAcceptable) as exc:
+                self._events.append(MessageRejected(str(exc), 488))
+                self._send_bye_on(call, _Leg.AGENT, now)
+                self._respond(p.server_key, call.invite, 488, now, to_tag=call.local_tags[_Leg.CALLER])
+                self._end(call, "no common codec", now)
+                return
+            assert call.invite is not None and call.invite_key is not None
+            call.dialogs[_Leg.CALLER] = Dialog.as_uas(
+                call.invite, call.local_tags[_Leg.CALLER], self._contact(_Leg.CALLER, call)
+            )
+            extra = self._session_timer_headers(call, resp, now)
+            self._answer_caller(call, 200, resp.reason, now, extra)
+            call.accepted_keys.append(call.invite_key)
+            call.state = CallState.ANSWERED
+            self._events.append(CallAnswered(call.call_id, now))
+            return
+        if status == 100:
+            return
+        if call.state is CallState.ENDED:
+            if status >= 200:
+                self._pending.pop(ev.key, None)
+            return
+        if status < 200:
+            call.state = CallState.RINGING
+            if resp.body and resp.content_type == "application/sdp":
+                try:
+                    self._media_from_agent(call, p, resp)
+                except (SdpParseError, NotAcceptable):
+                    self._answer_caller(call, status, resp.reason, now, with_sdp=False)
+                    return
+                self._answer_caller(call, status, resp.reason, now)
+            else:
+                self._answer_caller(call, status, resp.reason, now, with_sdp=False)
+            return
+        self._pending.pop(ev.key, None)
+        # RFC 3261 16.7-style relay of the agent's final refusal (status kept; 6xx too).
+        self._respond(call.invite_key, call.invite, status, now, reason=resp.reason, to_tag=call.local_tags[_Leg.CALLER])
+        self._end(call, f"rejected {status}", now)
+
+    def _media_from_agent(self, call: Call, p: _Pending, resp: SipResponse) -> None:
+        assert p.offer is not None
+        agent_leg = leg_from_answer(p.offer, remote_audio(parse_sdp(resp.body)))
+        call.legs[_Leg.AGENT] = agent_leg
+        call.te_pts[_Leg.AGENT] = agent_leg.telephone_event_pt
+        if call.caller_offer is not None and call.caller_answer is None:
+            sd, caller_leg = build_answer(
+                call.caller_offer,
+                address=self.media.media_address,
+                port=call.media.caller_port,
+                session_id=call.session_id,
+                version=self._next_version(call, _Leg.CALLER),
+                allowed_codecs=(agent_leg.codec,),
+            )
+            call.caller_answer = bytes(sd)
+            call.legs[_Leg.CALLER] = caller_leg
+            call.media.configure(caller_leg, agent_leg)
+
+    def _answer_caller(
+        self, call: Call, status: int, reason: str, now: float, extra: list[tuple[str, str]] | None = None,
+        with_sdp: bool = True,
+    ) -> None:
+        assert call.invite is not None and call.invite_key is not None
+        body = call.caller_answer if with_sdp and call.caller_answer else b""
+        hdrs = [("Contact", self._contact(_Leg.CALLER, call)), ("Allow", ALLOW)] + (extra or [])
+        if body:
+            hdrs.append(("Content-Type", "application/sdp"))
+        self._respond(call.invite_key, call.invite, status, now, reason=reason, to_tag=call.local_tags[_Leg.CALLER],
+                      body=body, extra=hdrs)
+
+    def _session_timer_headers(self, call: Call, resp: SipResponse, now: float) -> list[tuple[str, str]]:
+        """RFC 4028: carry Session-Expires through and end the call if no refresh arrives in time."""
+        value = resp.headers.get("Session-Expires") or (call.invite.headers.get("Session-Expires") if call.invite else None)
+        if not value:
+            return []
+        secs = value.split(";")[0].strip()
+        if not secs.isascii() or not secs.isdigit():
+            return []
+        call.session_interval_s = float(int(secs))
+        self._arm_session(call, now)
+        extra = [("Session-Expires", value)]
+        if resp.headers.get("Require") and "timer" in resp.headers.get_all("Require"):
+            extra.append(("Require", "timer"))
+        return extra
+
+    def _arm_session(self, call: Call, now: float) -> None:
+        interval = call.session_interval_s
+        if not interval:
+            return
+        token = secrets.token_hex(4)
+        call.session_token = token
+        # RFC 4028 10: without a refresh, BYE at expiry minus min(32 s, interval / 3).
+        self._arm(call, f"session:{token}", now + interval - min(32.0, interval / 3))
+
+    # ------------------------------------------------------------ CANCEL, ACK, timeouts
+
+    def _on_cancel(self, req: SipRequest, key: TxKey, found: tuple[Call, _Leg] | None, now: float) -> None:
+        invite_key = self._tx.server_invite_for_cancel(req)
+        if invite_key is None or found is None:
+            self._respond(key, req, 481, now)  # RFC 3261 9.2
+            return
+        self._respond(key, req, 200, now)
+        call, _ = found
+        if call.state in (CallState.TRYING, CallState.RINGING) and invite_key == call.invite_key:
+            self._end_unanswered(call, 487, "cancelled", now)
+
+    def _end_unanswered(self, call: Call, status: int, reason: str, now: float) -> None:
+        """Caller leg gets `status`; the agent INVITE is cancelled (RFC 3261 9.1)."""
+        if call.invite is not None and call.invite_key is not None:
+            self._respond(call.invite_key, call.invite, status, now, to_tag=call.local_tags[_Leg.CALLER])
+        inv = call.agent_invite
+        if inv is not None and call.agent_invite_key is not None:
+            h = Headers()
+            h.add("Via", inv.headers.get_all("Via")[0])
+            for name in ("Max-Forwards", "From", "To", "Call-ID"):
+                h.add(name, inv.headers.get(name) or "")
+            h.add("CSeq", f"{inv.cseq[0]} CANCEL")
+            cancel = SipRequest("CANCEL", inv.uri, h)
+            ckey = self._tx.send_request(cancel, call.peers[_Leg.AGENT], now)
+            self._pending[ckey] = _Pending(call, "cancel", _Leg.AGENT)
+        self._end(call, reason, now)
+
+    def _on_ack(self, req: SipRequest, now: float) -> None:
+        found = self._by_sip.get(req.call_id)
+        if found is None:
+            return
+        call, leg = found
+        for key in call.accepted_keys:
+            r = self._tx.request(key)
+            if r is not None and r.cseq[0] == req.cseq[0] and self._by_sip.get(r.call_id, (None, None))[1] is leg:
+                self._tx.confirm(key)
+
+    def _on_timeout(self, ev: TransactionTimedOut, now: float) -> None:
+        if ev.server:
+            found = self._call_of_server_key(ev.key)
+            if found is not None and found.state is CallState.ANSWERED:
+                self.hangup(found.call_id, "no ACK", now)
+            return
+        p = self._pending.pop(ev.key, None)
+        if p is None:
+            return
+        if p.kind == "invite" and p.call.state in (CallState.TRYING, CallState.RINGING):
+            # RFC 3261 8.1.3.1: timer B expiry is treated as a 408 from the next hop.
+            call = p.call
+            self._respond(call.invite_key, call.invite, 408, now, to_tag=call.local_tags[_Leg.CALLER])
+            self._end(call, "agent timeout", now)
+        elif p.kind in ("reinvite", "relay") and p.server_key is not None:
+            req = self._tx.request(p.server_key)
+            if req is not None:
+                self._respond(p.server_key, req, 408, now)
+            if p.kind == "reinvite":
+                p.call.reinvite_busy = False
+                self.hangup(p.call.call_id, "re-INVITE timeout", now)
+
+    def _call_of_server_key(self, key: TxKey) -> Call | None:
+        for call in self._calls.values():
+            if key in call.accepted_keys or key == call.invite_key:
+                return call
+        return None
+
+    # ------------------------------------------------------------ re-INVITE / UPDATE / INFO
+
+    def _on_reoffer(self, call: Call, leg: _Leg, req: SipRequest, key: TxKey, now: float) -> None:
+        if call.reinvite_busy:
+            self._respond(key, req, 491, now)  # RFC 3261 14.2 glare
+            return
+        if not req.body:
+            if req.method == "UPDATE":
+                self._relay(call, leg, req, key, now)
+            else:
+                self._respond(key, req, 488, now, reason="Offerless re-INVITE Not Supported")
+            return
+        try:
+            offer = remote_audio(parse_sdp(req.body))
+            codecs = [c.name for c in offer.codecs if c.name in ("PCMU", "PCMA")]
+            if not codecs:
+                raise NotAcceptable("SDP offer has no acceptable codec")
+        except NotAcceptable as exc:
+            self._respond(key, req, 488, now)
+            self._events.append(MessageRejected(str(exc), 488))
+            return
+        other = leg.other
+        current = call.legs.get(other)
+        # No transcoding: keep both legs on one codec, the current one when the offer still has it.
+        if current is not None and current.codec in codecs:
+            codecs = [current.codec] + [c for c in codecs if c != current.codec]
+        body, local = self._offer(call, other, codecs, offer.direction)
+        extra = [("Content-Type", "application/sdp")]
+        se = req.headers.get("Session-Expires")
+        if se:
+            extra.append(("Session-Expires", se))
+        out = call.dialogs[other].new_request(req.method, self._via(other, call), body=body, extra=extra)
+        ckey = self._tx.send_request(out, call.peers[other], now)
+        self._pending[ckey] = _Pending(call, "reinvite", other, key, local, offer)
+        call.reinvite_busy = True
+
+    def _on_reinvite_response(self, p: _Pending, resp: SipResponse, now: float) -> None:
+        call = p.call
+        call.reinvite_busy = False
+        origin = p.leg.other
+        req = self._tx.request(p.server_key) if p.server_key is not None else None
+        dialog = call.dialogs[p.leg]
+        if 200 <= resp.status < 300:
+            if resp.cseq[1] == "INVITE":
+                ack = dialog.new_request("ACK", self._via(p.leg, call), cseq=resp.cseq[0])
+                self._out.append((bytes(ack), call.peers[p.leg]))
+            dialog.refresh_target(resp)
+        if req is None:
+            return
+        if resp.status >= 300:
+            self._respond(p.server_key, req, resp.status, now, reason=resp.reason)
+            return
+        try:
+            assert p.offer is not None and p.remote_offer is not None
+            new_other = leg_from_answer(p.offer, remote_audio(parse_sdp(resp.body)))
+            sd, new_origin = build_answer(
+                p.remote_offer,
+                address=self.media.media_address,
+                port=self._port(call, origin),
+                session_id=call.session_id,
+                version=self._next_version(call, origin),
+                allowed_codecs=(new_other.codec,),
+            )
+        except (SdpParseError, NotAcceptable) as exc:
+            self._events.append(MessageRejected(str(exc), 488))
+            self._respond(p.server_key, req, 488, now)
+            return
+        call.legs[p.leg] = new_other
+        call.legs[origin] = new_origin
+        call.te_pts[p.leg] = new_other.telephone_event_pt or call.te_pts.get(p.leg)
+        caller, agent = call.legs[_Leg.CALLER], call.legs[_Leg.AGENT]
+        call.media.configure(caller, agent)
+        extra = [("Contact", self._contact(origin, call)), ("Content-Type", "application/sdp")]
+        se = resp.headers.get("Session-Expires")
+        if se:
+            extra.append(("Session-Expires", se))
+        self._respond(p.server_key, req, 200, now, body=bytes(sd), extra=extra)
+        if req.method == "INVITE":
+            call.accepted_keys.append(p.server_key)  # type: ignore[arg-type]
+        self._arm_session(call, now)
+
+    def _on_info(self, call: Call, leg: _Leg, req: SipRequest, key: TxKey, now: float) -> None:
+        ctype = req.content_type
+        digit = _info_digit(req.body, ctype) if leg is _Leg.CALLER else None
+        forward = True if self.info_policy is None else bool(self.info_policy(call.call_id, req.body, ctype))
+        if digit is not None:
+            self._events.append(InfoDtmfReceived(call.call_id, digit, forward))
+        if forward:
+            self._relay(call, leg, req, key, now)
+        else:
+            self._respond(key, req, 200, now)  # RFC 6086: answered, not forwarded (capture in progress)
+
+    def _relay(self, call: Call, leg: _Leg, req: SipRequest, key: TxKey, now: float) -> None:
+        """Relay a non-SDP in-dialog request to the other leg; its final response comes back."""
+        other = leg.other
+        extra = []
+        if req.body and req.headers.get("Content-Type"):
+            extra.append(("Content-Type", req.headers.get("Content-Type") or ""))
+        for name in ("Info-Package", "Event", "Subscription-State"):
+            v = req.headers.get(name)
+            if v is not None:
+                extra.append((name, v))
+        out = call.dialogs[other].new_request(req.method, self._via(other, call), body=req.body, extra=extra)
+        ckey = self._tx.send_request(out, call.peers[other], now)
+        self._pending[ckey] = _Pending(call, "relay", other, key)
+
+    # ------------------------------------------------------------ building blocks
+
+    def _offer(self, call: Call, leg: _Leg, codecs: list[str], direction: Direction) -> tuple[bytes, LocalOffer]:
+        sd, local = build_offer(
+            address=self.media.media_address,
+            port=self._port(call, leg),
+            codecs=codecs,
+            telephone_event_pt=call.te_pts.get(leg),
+            direction=direction,
+            srtp_suite=call.srtp_suites.get(leg),
+            session_id=call.session_id,
+            version=self._next_version(call, leg),
+        )
+        return bytes(sd), local
+
+    def _port(self, call: Call, leg: _Leg) -> int:
+        return call.media.caller_port if leg is _Leg.CALLER else call.media.agent_port
+
+    def _next_version(self, call: Call, leg: _Leg) -> int:
+        call.sdp_versions[leg] += 1  # RFC 4566 5.2: o= version increases with each change
+        return call.sdp_versions[leg]
+
+    def _via(self, leg: _Leg, call: Call) -> str:
+        transport = call.peers[leg].transport
+        port = self._ports.get(transport, 5060)
+        return f"SIP/2.0/{transport.upper()} {self.config.local_host}:{port};branch={new_branch(secrets.token_hex(8))};rport"
+
+    def _contact(self, leg: _Leg, call: Call) -> str:
+        transport = call.peers[leg].transport
+        port = self._ports.get(transport, 5060)
+        scheme_param = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{self.config.local_host}:{port}{scheme_param}>"
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        return [("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", ", ".join(SUPPORTED))]
+
+    def _respond(
+        self,
+        key: TxKey | None,
+        req: SipRequest | None,
+        status: int,
+        now: float,
+        *,
+        reason: str | None = None,
+        to_tag: str | None = None,
+        body: bytes = b"",
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        if key is None or req is None:
+            return
+        if to_tag is None and status > 100 and req.to_tag is None:
+            to_tag = secrets.token_hex(6)
+        resp = build_response(req, status, reason, to_tag=to_tag, body=body, extra=extra or ())
+        self._tx.send_response(key, resp, now)
+
+    def _send_in_dialog(self, call: Call, leg: _Leg, method: str, now: float, kind: str) -> None:
+        dialog = call.dialogs.get(leg)
+        if dialog is None:
+            return
+        req = dialog.new_request(method, self._via(leg, call))
+        ckey = self._tx.send_request(req, call.peers[leg], now)
+        self._pending[ckey] = _Pending(call, kind, leg)
+
+    def _send_bye_on(self, call: Call, leg: _Leg, now: float) -> None:
+        self._send_in_dialog(call, leg, "BYE", now, kind="bye")
+
+    def _end(self, call: Call, reason: str, now: float) -> None:
+        if call.state is CallState.ENDED:
+            return
+        call.state = CallState.ENDED
+        self._calls.pop(call.call_id, None)
+        self._forget(call)
+        try:
+            call.media.close()
+        finally:
+            self._events.append(CallEnded(call.call_id, reason, now))
+
+    def _forget(self, call: Call) -> None:
+        for sip_id in call.sip_call_ids.values():
+            self._by_sip.pop(sip_id, None)
+
+    def _arm(self, call: Call, kind: str, deadline: float) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, call.call_id, kind))
+
+    def _reject_unparsable(self, data: bytes, exc: SipParseError, source: Peer) -> None:
+        """Answer a malformed request when the headers needed for a response can be salvaged."""
+        self._events.append(MessageRejected(str(exc), None))
+        resp = _salvage_response(data, exc.status)
+        if resp is not None:
+            self._events[-1] = MessageRejected(str(exc), exc.status)
+            self._out.append((resp, source))
+
+
+def _info_digit(body: bytes, content_type: str | None) -> str | None:
+    """The digit in an application/dtmf-relay (Signal=5) or application/dtmf (5) INFO body."""
+    if content_type not in _DTMF_INFO_TYPES:
+        return None
+    text = body.decode("ascii", "replace").strip()
+    if content_type == "application/dtmf-relay":
+        for line in text.splitlines():
+            name, _, value = line.partition("=")
+            if name.strip().lower() == "signal":
+                text = value.strip()
+                break
+        else:
+            return None
+    text = text.upper()
+    return text if len(text) == 1 and text in _DTMF_DIGITS else None
+
+
+def _salvage_response(data: bytes, status: int) -> bytes | None:
+    """A bare error response built from the raw Via/From/To/Call-ID/CSeq lines of a request we could not parse."""
+    try:
+        text = data[:8192].decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - decode with replace does not raise in practice
+        return None
+    lines = text.replace("\r\n", "\n").split("\n")
+    if not lines or lines[0].startswith("SIP/") or " SIP/" not in lines[0].upper():
+        return None
+    wanted = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
+              "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
+    found: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            break
+        name, colon, value = line.partition(":")
+        key = name.strip().lower()
+        if colon and key in wanted and "\r" not in value and "\x00" not in value:
+            found.append((wanted[key], value.strip()))
+    names = {n for n, _ in found}
+    if not {"Via", "From", "To", "Call-ID", "CSeq"} <= names:
+        return None
+    if lines[0].split(" ", 1)[0] == "ACK":
+        return None  # RFC 3261 17: never answer an ACK
+    reason = {400: "Bad Request", 413: "Request Entity Too Large", 505: "Version Not Supported",
+              513: "Message Too Large", 420: "Bad Extension"}.get(status, "Bad Request")
+    out = [f"SIP/2.0 {status} {reason}"] + [f"{n}: {v}" for n, v in found] + ["Content-Length: 0", "", ""]
+    return "\r\n".join(out).encode()

@@ -1,0 +1,352 @@
+"""Ladder-diagram tests: fake caller and PBX exchange real SIP text with the B2BUA core, fake clock."""
+
+from __future__ import annotations
+
+import base64
+
+from gateway.b2bua import (
+    B2buaConfig,
+    CallAnswered,
+    CallEnded,
+    CallStarted,
+    CallState,
+    InfoDtmfReceived,
+    MessageRejected,
+)
+from gateway.media.leg import Direction
+from gateway.sip.message import SipRequest, SipResponse
+from gateway.sip.sdp import parse_sdp, remote_audio
+from tests.b2bua.ladder import CALLER, MEDIA_ADDRESS, PBX, FakeMediaController, Net, only, request, sdp, statuses
+
+KEY = base64.b64encode(bytes(range(30))).decode()
+
+
+def start(net: Net, body: bytes | None = None, **kw) -> SipRequest:
+    out = net.send(request("INVITE", body=sdp(40000, fmts="8 0 101") if body is None else body, **kw))
+    assert statuses(out, CALLER) == [100]
+    (agent_invite,) = only(out, PBX)
+    assert isinstance(agent_invite, SipRequest)
+    return agent_invite
+
+
+def connect(net: Net, agent_sdp: bytes | None = None) -> tuple[SipRequest, SipResponse]:
+    inv = start(net)
+    out = net.send(net.answer(inv, 200, body=agent_sdp or sdp(50000, fmts="8 96", te_pt=96, host="192.0.2.20")), PBX)
+    (ok,) = only(out, CALLER)
+    assert isinstance(ok, SipResponse) and ok.status == 200
+    net.send(request("ACK", cseq=1, branch="z9hG4bKack1", to_tag=ok.to_tag))
+    return inv, ok
+
+
+def agent_request(net: Net, inv: SipRequest, method: str, cseq: int, body: bytes = b"", extra: str = "") -> bytes:
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
+    return (
+        f"{method} sip:{MEDIA_ADDRESS}:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP pbx.example.com:5080;branch=z9hG4bKpbx{cseq}\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:1234@pbx.example.com>;tag=agent1\r\n"
+        f"To: {inv.headers.get('From')}\r\n"
+        f"Call-ID: {inv.call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        "Contact: <sip:1234@pbx.example.com:5080>\r\n"
+        f"{ctype}{extra}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def test_basic_call_pt_remap_and_caller_bye():
+    net = Net(B2buaConfig(next_hop="sip:pbx.example.com:5080", agent_telephone_event_pt=96))
+    inv = start(net)
+    assert inv.uri == "sip:1234@pbx.example.com:5080"  # Request-URI user kept
+    offer = remote_audio(parse_sdp(inv.body))
+    assert [c.name for c in offer.codecs] == ["PCMA", "PCMU"]  # caller's order, PCMU/PCMA only
+    assert offer.telephone_event is not None and offer.telephone_event.pt == 96
+    assert offer.rtp == (MEDIA_ADDRESS, 30002)  # anchored on the agent-leg port
+    started = net.events[0]
+    assert isinstance(started, CallStarted) and (started.caller, started.agent) == ("alice", "1234")
+    call = net.gw.call(started.call_id)
+    assert call is not None and call.state is CallState.TRYING
+
+    out = net.send(net.answer(inv, 180), PBX)
+    (ringing,) = only(out, CALLER)
+    assert ringing.status == 180 and ringing.to_tag
+    out = net.send(net.answer(inv, 200, body=sdp(50000, fmts="8 96", te_pt=96, host="192.0.2.20")), PBX)
+    (ack,) = only(out, PBX)
+    assert ack.method == "ACK" and ack.cseq == (1, "ACK") and ack.to_tag == "agent1"
+    (ok,) = only(out, CALLER)
+    assert ok.status == 200 and ok.to_tag == ringing.to_tag
+    answer = remote_audio(parse_sdp(ok.body))
+    assert answer.rtp == (MEDIA_ADDRESS, 30000)
+    assert [c.name for c in answer.codecs] == ["PCMA"]
+    assert answer.telephone_event is not None and answer.telephone_event.pt == 101
+    caller_leg, agent_leg = net.media.opened[started.call_id].configured[-1]
+    assert (caller_leg.telephone_event_pt, agent_leg.telephone_event_pt) == (101, 96)
+    assert caller_leg.remote_rtp == ("192.0.2.10", 40000) and agent_leg.remote_rtp == ("192.0.2.20", 50000)
+    assert caller_leg.codec == agent_leg.codec == "PCMA"
+    assert isinstance(net.events[-1], CallAnswered) and call.state is CallState.ANSWERED
+
+    # The caller ACKs: no 2xx retransmission afterwards.
+    net.send(request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag))
+    assert only(net.advance(2.0), CALLER) == []
+
+    out = net.send(request("BYE", cseq=2, branch="z9hG4bKbye", to_tag=ok.to_tag))
+    assert statuses(out, CALLER) == [200]
+    (bye,) = only(out, PBX)
+    assert bye.method == "BYE" and bye.call_id == inv.call_id and bye.cseq == (2, "BYE")
+    assert net.events[-1] == CallEnded(started.call_id, "caller hangup", net.now)
+    assert net.media.opened[started.call_id].closed and net.gw.calls == []
+    net.send(net.answer(bye, 200), PBX)
+    assert not [e for e in net.events if isinstance(e, MessageRejected)]
+
+
+def test_unacked_2xx_is_retransmitted_then_call_ended():
+    net = Net()
+    inv = start(net)
+    out = net.send(net.answer(inv, 200, body=sdp(50000, host="192.0.2.20")), PBX)
+    assert statuses(out, CALLER) == [200]
+    out = net.advance(40.0)
+    assert statuses(out, CALLER)[:3] == [200, 200, 200]
+    assert "BYE" in statuses(out, PBX)
+    assert isinstance(net.events[-1], CallEnded) and net.events[-1].reason == "no ACK"
+
+
+def test_busy():
+    net = Net()
+    inv = start(net)
+    out = net.send(net.answer(inv, 486), PBX)
+    assert statuses(out, PBX) == ["ACK"]
+    assert statuses(out, CALLER) == [486]
+    assert net.events[-1].reason == "rejected 486"
+
+
+def test_cancel_before_answer():
+    net = Net()
+    inv = start(net)
+    net.send(net.answer(inv, 180), PBX)
+    out = net.send(request("CANCEL", branch="z9hG4bKc1"))
+    assert sorted(statuses(out, CALLER)) == [200, 487]
+    (cancel,) = only(out, PBX)
+    assert cancel.method == "CANCEL" and cancel.top_via.branch == inv.top_via.branch
+    assert net.events[-1].reason == "cancelled"
+    out = net.send(net.answer(inv, 487), PBX)
+    assert statuses(out, PBX) == ["ACK"]
+    # A late 200 from the agent after the CANCEL: ACK and BYE it.
+    late = net.send(net.answer(inv, 200, body=sdp(50000)), PBX)
+    assert not only(late, CALLER)
+
+
+def test_cancel_unknown_is_481():
+    net = Net()
+    out = net.send(request("CANCEL", branch="z9hG4bKnone"))
+    assert statuses(out, CALLER) == [481]
+
+
+def test_agent_hangs_up():
+    net = Net()
+    inv, ok = connect(net)
+    out = net.send(agent_request(net, inv, "BYE", 1), PBX)
+    assert statuses(out, PBX) == [200]
+    (bye,) = only(out, CALLER)
+    assert bye.method == "BYE" and bye.to_tag == "caller1" and bye.from_tag == ok.to_tag
+    assert bye.uri == "sip:alice@192.0.2.10:5060"
+    assert net.events[-1].reason == "agent hangup"
+
+
+def test_reinvite_hold_and_resume_from_caller():
+    net = Net()
+    inv, ok = connect(net)
+    call_id = net.events[0].call_id
+    hold = request("INVITE", cseq=2, branch="z9hG4bKre1", to_tag=ok.to_tag, body=sdp(40000, direction="sendonly"))
+    out = net.send(hold)
+    (reinv,) = only(out, PBX)
+    assert reinv.method == "INVITE" and reinv.to_tag == "agent1"
+    assert remote_audio(parse_sdp(reinv.body)).direction is Direction.SENDONLY
+    out = net.send(net.answer(reinv, 200, body=sdp(50000, direction="recvonly", host="192.0.2.20")), PBX)
+    assert statuses(out, PBX) == ["ACK"]
+    (ok2,) = only(out, CALLER)
+    assert ok2.status == 200 and remote_audio(parse_sdp(ok2.body)).direction is Direction.RECVONLY
+    caller_leg, agent_leg = net.media.opened[call_id].configured[-1]
+    assert caller_leg.direction is Direction.SENDONLY and agent_leg.direction is Direction.RECVONLY
+    v1 = parse_sdp(ok.body).value("o").split()[2]
+    v2 = parse_sdp(ok2.body).value("o").split()[2]
+    assert int(v2) > int(v1)
+    net.send(request("ACK", cseq=2, branch="z9hG4bKack2", to_tag=ok.to_tag))
+    # Resume on a new port.
+    out = net.send(request("INVITE", cseq=3, branch="z9hG4bKre2", to_tag=ok.to_tag, body=sdp(40010)))
+    (reinv2,) = only(out, PBX)
+    out = net.send(net.answer(reinv2, 200, body=sdp(50000, host="192.0.2.20")), PBX)
+    (ok3,) = only(out, CALLER)
+    caller_leg, _ = net.media.opened[call_id].configured[-1]
+    assert caller_leg.direction is Direction.SENDRECV and caller_leg.remote_rtp == ("192.0.2.10", 40010)
+    assert ok3.status == 200
+
+
+def test_reinvite_from_agent_with_codec_change_and_glare():
+    net = Net()
+    inv, ok = connect(net, sdp(50000, fmts="0 101", host="192.0.2.20"))
+    out = net.send(agent_request(net, inv, "INVITE", 1, body=sdp(50020, fmts="8 0 101", host="192.0.2.20")), PBX)
+    (reinv,) = only(out, CALLER)
+    offered = remote_audio(parse_sdp(reinv.body))
+    assert offered.codecs[0].name == "PCMU"  # the current codec stays first: no transcoding
+    # Glare: the caller re-INVITEs while ours is pending.
+    out = net.send(request("INVITE", cseq=2, branch="z9hG4bKgl", to_tag=ok.to_tag, body=sdp(40000)))
+    assert statuses(out, CALLER) == [100, 491]
+    out = net.send(net.answer(reinv, 200, tag="caller1", body=sdp(40000, fmts="0 101")), CALLER)
+    (ok2,) = only(out, PBX)
+    assert ok2.status == 200 and remote_audio(parse_sdp(ok2.body)).rtp == (MEDIA_ADDRESS, 30002)
+
+
+def test_udp_retransmissions():
+    net = Net()
+    raw = request("INVITE", body=sdp(40000))
+    net.send(raw)
+    out = net.send(raw)  # caller retransmits: 100 again, no second agent INVITE
+    assert statuses(out, CALLER) == [100] and only(out, PBX) == []
+    out = net.advance(0.5)  # timer A retransmits to the agent
+    assert statuses(out, PBX) == ["INVITE"]
+    assert len(net.gw.calls) == 1
+
+
+def test_agent_timeout_gives_408():
+    net = Net()
+    start(net)
+    out = net.advance(40.0)
+    assert statuses(out, CALLER)[-1] == 408
+    assert net.events[-1].reason == "agent timeout"
+
+
+def test_ring_timeout_cancels_agent():
+    net = Net(B2buaConfig(next_hop="sip:pbx.example.com:5080", ring_timeout_s=60.0))
+    inv = start(net)
+    net.send(net.answer(inv, 180), PBX)
+    out = net.advance(61.0)
+    assert 408 in statuses(out, CALLER) and "CANCEL" in statuses(out, PBX)
+
+
+def test_srtp_on_caller_leg_only():
+    extra = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
+    net = Net()
+    inv = start(net, sdp(40000, proto="RTP/SAVP", extra=extra))
+    assert "RTP/AVP" in inv.body.decode() and "crypto" not in inv.body.decode()
+    out = net.send(net.answer(inv, 200, body=sdp(50000, host="192.0.2.20")), PBX)
+    (ok,) = only(out, CALLER)
+    text = ok.body.decode()
+    assert "RTP/SAVP" in text and "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" in text
+    caller_leg, agent_leg = next(iter(net.media.opened.values())).configured[-1]
+    assert caller_leg.srtp is not None and caller_leg.srtp.remote_key_b64 == KEY and agent_leg.srtp is None
+
+
+def test_srtp_on_agent_leg_only():
+    net = Net(B2buaConfig(next_hop="sips:pbx.example.com", agent_srtp_suite="AES_CM_128_HMAC_SHA1_32"))
+    out = net.send(request("INVITE", body=sdp(40000)))
+    (inv,) = [m for m, p in out if p.transport == "tls"]
+    assert inv.top_via.transport == "TLS" and "RTP/SAVP" in inv.body.decode()
+    assert "AES_CM_128_HMAC_SHA1_32" in inv.body.decode()
+
+
+def test_options_refer_unknown_max_forwards_require():
+    net = Net()
+    out = net.send(request("OPTIONS", branch="z9hG4bKo"))
+    (resp,) = only(out, CALLER)
+    assert resp.status == 200 and "INFO" in resp.headers.get("Allow") and resp.headers.get("Accept") == "application/sdp"
+    out = net.send(request("FOO", branch="z9hG4bKf"))
+    assert statuses(out, CALLER) == [501]
+    out = net.send(request("INVITE", branch="z9hG4bKmf", max_forwards=0, body=sdp(40000)))
+    assert statuses(out, CALLER) == [100, 483]
+    out = net.send(request("INVITE", branch="z9hG4bKrq", call_id="rq", extra="Require: 100rel\r\n", body=sdp(40000)))
+    (_, bad_ext) = only(out, CALLER)
+    assert bad_ext.status == 420 and bad_ext.headers.get("Unsupported") == "100rel"
+    inv, ok = connect(net)
+    out = net.send(request("REFER", cseq=2, branch="z9hG4bKref", to_tag=ok.to_tag,
+                           extra="Refer-To: <sip:other@example.com>\r\n"))
+    (refused,) = only(out, CALLER)
+    assert refused.status == 403 and only(out, PBX) == []
+
+
+def test_no_acceptable_codec_488_and_no_ports_503():
+    net = Net()
+    out = net.send(request("INVITE", body=sdp(40000, fmts="9 101")))
+    assert statuses(out, CALLER) == [100, 488] and only(out, PBX) == []
+    net = Net(media=FakeMediaController(free_calls=0))
+    out = net.send(request("INVITE", body=sdp(40000)))
+    assert statuses(out, CALLER) == [100, 503]
+
+
+def test_info_dtmf_policy():
+    decisions = []
+
+    def policy(call_id, body, content_type):
+        decisions.append(content_type)
+        return False
+
+    net = Net(policy=policy)
+    inv, ok = connect(net)
+    body = b"Signal=5\r\nDuration=160\r\n"
+    raw = request("INFO", cseq=2, branch="z9hG4bKinfo", to_tag=ok.to_tag,
+                  extra="Content-Type: application/dtmf-relay\r\n", body=body)
+    out = net.send(raw)
+    assert statuses(out, CALLER) == [200] and only(out, PBX) == []
+    ev = net.events[-1]
+    assert isinstance(ev, InfoDtmfReceived) and ev.digit == "5" and not ev.forwarded
+    assert "5" not in repr(ev).replace(ev.call_id, "")
+    assert decisions == ["application/dtmf-relay"]
+
+
+def test_info_relayed_when_policy_allows():
+    net = Net(policy=lambda *a: True)
+    inv, ok = connect(net)
+    raw = request("INFO", cseq=2, branch="z9hG4bKinfo", to_tag=ok.to_tag,
+                  extra="Content-Type: application/dtmf-relay\r\n", body=b"Signal=7\r\nDuration=100\r\n")
+    out = net.send(raw)
+    (info,) = only(out, PBX)
+    assert info.method == "INFO" and info.body == b"Signal=7\r\nDuration=100\r\n"
+    out = net.send(net.answer(info, 200), PBX)
+    assert statuses(out, CALLER) == [200]
+
+
+def test_hangup_from_edge_ends_both_legs():
+    net = Net()
+    inv, ok = connect(net)
+    call_id = net.events[0].call_id
+    net.gw.hangup(call_id, "media timeout", net.now)
+    out = net.flush()
+    assert statuses(out, CALLER) == ["BYE"] and statuses(out, PBX) == ["BYE"]
+    assert net.events[-1].reason == "media timeout"
+
+
+def test_session_timer_ends_call_without_refresh():
+    net = Net()
+    inv = start(net, body=None, extra="Session-Expires: 90\r\nSupported: timer\r\n")
+    assert inv.headers.get("Session-Expires") == "90"
+    out = net.send(net.answer(inv, 200, body=sdp(50000)), PBX)
+    (ok,) = only(out, CALLER)
+    assert ok.headers.get("Session-Expires") == "90"
+    net.send(request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag))
+    assert only(net.advance(50.0), CALLER) == []  # 90 - min(32, 30) = 60 s
+    out = net.advance(100.0)
+    assert "BYE" in statuses(out, CALLER) and "BYE" in statuses(out, PBX)
+    assert any(isinstance(e, CallEnded) and e.reason == "session expired" for e in net.events)
+
+
+def test_malformed_garbage_and_other_calls_unaffected():
+    net = Net()
+    inv, ok = connect(net)
+    bad = request("OPTIONS", branch="z9hG4bKbad").replace(b"Max-Forwards: 70", b"Max-Forwards: abc")
+    out = net.send(bad)
+    (resp,) = only(out, CALLER)
+    assert resp.status == 400 and resp.call_id == "call-1@192.0.2.10"
+    out = net.send(b"\x00\xff garbage")
+    assert out == []
+    out = net.send(request("OPTIONS", branch="z9hG4bKv").replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1))
+    assert statuses(out, CALLER) == [505]
+    rejected = [e for e in net.events if isinstance(e, MessageRejected)]
+    assert [e.status for e in rejected] == [400, None, 505]
+    # The call still works.
+    out = net.send(request("BYE", cseq=2, branch="z9hG4bKbye", to_tag=ok.to_tag))
+    assert statuses(out, PBX) == ["BYE"]
+
+
+def test_bye_with_wrong_tag_is_481():
+    net = Net()
+    connect(net)
+    out = net.send(request("BYE", cseq=2, branch="z9hG4bKb", to_tag="nope"))
+    assert statuses(out, CALLER) == [481]
