@@ -4,20 +4,82 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Sequence
+
+from gateway.config import FLAG_KEYS, ConfigError, load_config
 
 SUBCOMMANDS = ("run", "demo", "vault", "token", "audit", "check")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tonewall", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tonewall", description="Secure payment-capture voice gateway.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMANDS:
-        sub.add_parser(name, help=f"{name} (not built yet)")
+    run = sub.add_parser("run", help="start the gateway (foreground; SIGTERM stops it)")
+    run.add_argument("--config", metavar="FILE", help="TOML config; embedded defaults without it")
+    helps = {
+        "--sip-listen": ("HOST:PORT", "SIP on UDP and TCP (default 127.0.0.1:5060)"),
+        "--next-hop": ("SIP-URI", "where calls go; ;transport=tcp|tls or sips: picks the transport"),
+        "--api-listen": ("HOST:PORT", "agent API over HTTPS (default 127.0.0.1:8443)"),
+        "--metrics-listen": ("HOST:PORT", "Prometheus metrics over HTTP (default 127.0.0.1:9464)"),
+        "--rtp-ports": ("LOW-HIGH", "RTP/RTCP port range (default 20000-29999)"),
+        "--data-dir": ("DIR", "keys, vault, audit (default ./tonewall-data)"),
+    }
+    for flag in FLAG_KEYS:
+        metavar, text = helps[flag]
+        run.add_argument(flag, metavar=metavar, help=text)
+    run.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    sub.add_parser("demo", help="end-to-end demo on loopback (not built yet)")
+    sub.add_parser("vault", help="embedded tokenization vault: serve | rotate-key | client-cert", add_help=False)
+    sub.add_parser("token", help="token issue --role ROLE [--agent ID] [--ttl S] [--data-dir DIR]", add_help=False)
+    audit = sub.add_parser("audit", help="audit verify [--data-dir DIR]")
+    audit.add_argument("action", choices=("verify",))
+    audit.add_argument("--data-dir", default="./tonewall-data")
+    sub.add_parser("check", help="compliance report (not built yet)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(args: argparse.Namespace) -> int:
+    overrides = {FLAG_KEYS[flag]: getattr(args, flag[2:].replace("-", "_"))
+                 for flag in FLAG_KEYS if getattr(args, flag[2:].replace("-", "_")) is not None}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"tonewall: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"tonewall: config OK ({config.source})")
+        return 0
+    from gateway.app import run
+
+    return run(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # vault and token own their argument parsers; hand them the rest of the line.
+    if argv[:1] == ["vault"]:
+        from gateway.vault.server import main as vault_main
+
+        return vault_main(argv[1:])
+    if argv[:2] == ["token", "issue"]:
+        from gateway.api.auth import issue_token_main
+
+        return issue_token_main(argv[2:])
+    if argv[:1] == ["token"]:
+        print("usage: tonewall token issue --role ROLE [--agent ID] [--ttl SECONDS] [--data-dir DIR]",
+              file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "audit":
+        from gateway.audit import verify_data_dir
+
+        result = verify_data_dir(args.data_dir)
+        for problem in result.problems:
+            print(problem)
+        print(f"audit: {'ok' if result.ok else 'FAILED'} ({result.records} records)")
+        return 0 if result.ok else 1
     print(f"tonewall: '{args.command}' is not built yet", file=sys.stderr)
     return 2
 

@@ -243,14 +243,14 @@ class SipTransport:
 
     # ---- input
 
-    def _feed(self, data: bytes, source: Any) -> None:
+    def _feed(self, data: Any, source: Any) -> None:
         """Hand one message to the core; any exception is one counted drop, never a crash."""
         self.received += 1
         try:
             self.core.receive(data, source, self._loop.time())
         except ValueError as exc:
             status = getattr(exc, "status", None) or 400
-            answer = error_response(data, status)
+            answer = error_response(data, status) if isinstance(data, bytes) else None
             if answer is not None:
                 self.drops[f"{source.transport}_answered_{status}"] += 1
                 self._send(answer, source)
@@ -274,8 +274,8 @@ class SipTransport:
         self._feed(data, source)
 
     def _stream_message(self, conn: _Stream, message: Any) -> None:
-        data = message if isinstance(message, (bytes, bytearray)) else bytes(message)
-        self._feed(bytes(data), self.peer_type(conn.kind, conn.remote[0], conn.remote[1], conn.connection_id))
+        """A framed message goes to the core as the framer gave it (parsed once, not re-serialised)."""
+        self._feed(message, self.peer_type(conn.kind, conn.remote[0], conn.remote[1], conn.connection_id))
 
     # ---- output
 

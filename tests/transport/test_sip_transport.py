@@ -33,7 +33,8 @@ class EchoCore:
         self.received: list[tuple[bytes, Peer]] = []
         self.timer: float | None = None
 
-    def receive(self, data: bytes, source: Peer, now: float) -> None:
+    def receive(self, data, source: Peer, now: float) -> None:
+        data = data if isinstance(data, bytes) else bytes(data)  # framed stream messages arrive parsed
         self.received.append((data, source))
         if data.startswith(b"BOOM"):
             raise RuntimeError("core bug")
