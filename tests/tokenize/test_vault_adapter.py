@@ -171,14 +171,25 @@ async def test_vault_restart_between_attempts(tmp_path):
         await (await restarted).close()
 
 
-def test_body_buffer_is_wiped(tmp_path):
-    tok = vault_tokenizer(tmp_path, 1)
-    body = tok.encode(card(), "k")
-    assert b'"pan":"5555555555554444"' in body and b'"cvv":"123"' in body
-    from gateway.capture.digits import wipe_bytearray
+async def test_request_bodies_wiped_after_each_attempt(tmp_path):
+    vault = await open_vault(tmp_path, Faults(errors_500=1))
+    tok = vault_tokenizer(tmp_path, vault.port)
+    bodies: list[bytearray] = []
+    encode = tok.encode
 
-    wipe_bytearray(body)
-    assert not any(body)
+    def spy(c, key):
+        body = encode(c, key)
+        assert b'"pan":"5555555555554444"' in body and b'"cvv":"123"' in body
+        bodies.append(body)
+        return body
+
+    tok.encode = spy
+    try:
+        await tok.tokenize(card(), "cap-w")
+        assert len(bodies) == 2 and all(not any(b) for b in bodies)
+    finally:
+        await tok.close()
+        await vault.close()
 
 
 def test_plain_http_and_unverified_tls_refused(tmp_path):
