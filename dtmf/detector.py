@@ -179,6 +179,7 @@ class DetectorBank:
         self._an = _ANALYSIS[sample_rate_hz]
         self._capacity = 0
         self._st: dict[str, np.ndarray] = {}
+        self._work: dict[str, np.ndarray] = {}
         self._grow(capacity)
 
     @property
@@ -278,6 +279,15 @@ class DetectorBank:
         st["misses"][slot] = 0
         return events
 
+    def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 work array reused across calls: fresh large arrays cost page faults."""
+        size = int(np.prod(shape))
+        buf = self._work.get(name)
+        if buf is None or buf.size < size:
+            buf = np.empty(max(size, 0 if buf is None else 2 * buf.size), dtype=np.float32)
+            self._work[name] = buf
+        return buf[:size].reshape(shape)
+
     def _process_group(self, slots: np.ndarray, frames: np.ndarray, resid: int) -> list[DetectorEvent]:
         st = self._st
         n = frames.shape[1]
@@ -289,8 +299,10 @@ class DetectorBank:
             return []
         # x: the previous complete chunk (zeros before the stream began), the held
         # incomplete chunk, then the new samples.
-        x = np.empty((slots.size, CHUNK_SAMPLES + total), dtype=np.float32)
-        x[:, :CHUNK_SAMPLES + resid] = st["tail"][slots, :CHUNK_SAMPLES + resid]
+        tail = self._scratch("tail", (slots.size, WINDOW_SAMPLES))
+        np.take(st["tail"], slots, axis=0, out=tail)
+        x = self._scratch("x", (slots.size, CHUNK_SAMPLES + total))
+        x[:, :CHUNK_SAMPLES + resid] = tail[:, :CHUNK_SAMPLES + resid]
         x[:, CHUNK_SAMPLES + resid:] = frames
         used = n_chunks * CHUNK_SAMPLES
         left = total - used
@@ -302,17 +314,21 @@ class DetectorBank:
         """Hit key (0-15) or -1 for each (stream, window) closed by these chunks."""
         an, st = self._an, self._st
         k, c = x.shape[0], n_chunks
-        windows = sliding_window_view(x, WINDOW_SAMPLES, axis=1)[:, :c * CHUNK_SAMPLES:CHUNK_SAMPLES]
-        windows = windows.reshape(k * c, WINDOW_SAMPLES)
-        z = windows @ an.dft  # one matrix product: 8 DFT values for every window of every stream
-        w_ext = np.empty((k, c + 2, 16), dtype=np.float32)
-        w_ext[:, :2] = st["w_hist"][slots]
+        windows = self._scratch("windows", (k * c, WINDOW_SAMPLES))
+        np.copyto(windows.reshape(k, c, WINDOW_SAMPLES),
+                  sliding_window_view(x, WINDOW_SAMPLES, axis=1)[:, :c * CHUNK_SAMPLES:CHUNK_SAMPLES])
+        # One matrix product: the 8 DFT values of every window of every stream.
+        z = np.matmul(windows, an.dft, out=self._scratch("z", (k * c, 16)))
+        hist = self._scratch("hist", (k, 2, 16))
+        np.take(st["w_hist"], slots, axis=0, out=hist)
+        w_ext = self._scratch("w_ext", (k, c + 2, 16))
+        w_ext[:, :2] = hist
         w_ext[:, 2:] = z.reshape(k, c, 16)
         st["w_hist"][slots] = w_ext[:, -2:]
 
         # Cheap gate over every window: level and a loose twist on the group sums.
-        sq = z * z
-        groups = sq @ an.group_sum
+        sq = np.multiply(z, z, out=self._scratch("sq", (k * c, 16)))
+        groups = np.matmul(sq, an.group_sum, out=self._scratch("groups", (k * c, 2)))
         lo_sum, hi_sum = groups[:, 0], groups[:, 1]
         gate = (lo_sum + hi_sum) >= an.gate_pair_mag
         gate &= hi_sum >= lo_sum * an.gate_normal_twist
