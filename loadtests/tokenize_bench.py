@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway import pki  # noqa: E402
 from gateway.capture.card import Brand, SensitiveCard  # noqa: E402
-from gateway.capture.digits import SensitiveDigits  # noqa: E402
+from gateway.capture.sensitive import SensitiveDigits  # noqa: E402
 from gateway.tokenize import RetryPolicy, VaultTokenizer  # noqa: E402
 from gateway.vault import VaultSettings, start_vault  # noqa: E402
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NoReturn
 
-from gateway.capture.digits import SensitiveDigits
+from gateway.capture.sensitive import SensitiveDigits
 
 MAX_EXPIRY_YEARS_AHEAD = 20
 POSTCODE_LENGTHS = range(3, 11)

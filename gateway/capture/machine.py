@@ -27,7 +27,7 @@ from gateway.capture.card import (
     pan_problem,
     postcode_problem,
 )
-from gateway.capture.digits import SensitiveDigits
+from gateway.capture.sensitive import SensitiveDigits
 
 
 class Field(Enum):

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import aiohttp
 
 from gateway.capture.card import SensitiveCard
-from gateway.capture.digits import wipe_bytearray
+from gateway.capture.sensitive import wipe_bytearray
 from gateway.tokenize.tokenizer import (
     TokenizationError,
     TokenizationRejected,

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from gateway import pki
 from gateway.capture.card import SensitiveCard, brand_rule, cvv_problem, expiry_problem, pan_problem
-from gateway.capture.digits import SensitiveDigits, SensitiveDigitsError, wipe_bytearray
+from gateway.capture.sensitive import SensitiveDigits, SensitiveDigitsError, wipe_bytearray
 from gateway.vault.keyring import Keyring, add_kek
 from gateway.vault.store import IdempotencyConflict, VaultStore, VaultStoreError
 

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.capture.card import SensitiveCard
-from gateway.capture.digits import SensitiveDigits, wipe_bytearray
+from gateway.capture.sensitive import SensitiveDigits, wipe_bytearray
 from gateway.vault.keyring import NONCE_BYTES, Keyring, KeyringError
 
 TOKEN_ALPHABET = "abcdefghjkmnpqrstuvwxyz"  # letters only: a token never holds a digit run

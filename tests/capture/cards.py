@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.capture.digits import SensitiveDigits
+from gateway.capture.sensitive import SensitiveDigits
 
 
 def luhn_digit(body: str) -> str:

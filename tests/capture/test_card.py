@@ -19,7 +19,7 @@ from gateway.capture.card import (
     pan_problem,
     postcode_problem,
 )
-from gateway.capture.digits import SensitiveDigits, SensitiveDigitsError
+from gateway.capture.sensitive import SensitiveDigits, SensitiveDigitsError
 from tests.capture.cards import TEST_PANS, digits, flip_last, make_pan
 
 TODAY = datetime.date(2025, 6, 15)

@@ -146,7 +146,7 @@ async def test_no_card_data_anywhere(tmp_path, caplog):
             outputs += [repr(e) for e in service._captures[view.capture_id].history]
             await service.cancel(view.capture_id, "a")
         try:
-            from gateway.capture.digits import SensitiveDigits
+            from gateway.capture.sensitive import SensitiveDigits
 
             buf = SensitiveDigits(2)
             for ch in TEST_PANS[0]:
