@@ -252,6 +252,7 @@ def openapi_document() -> dict[str, Any]:
                         "capture_id": {"type": "string"},
                         "call_id": {"type": "string"},
                         "agent": {"type": ["string", "null"]},
+                        "fields": {"type": "array", "items": {"enum": list(CAPTURE_FIELDS)}},
                         "state": {"enum": list(CAPTURE_STATES)},
                         "brand": {"type": ["string", "null"]},
                         "last4": {"type": ["string", "null"], "pattern": "^[0-9]{4}$"},

@@ -58,8 +58,9 @@ LAST4 = re.compile(r"^[0-9]{4}$")
 DIGIT = re.compile(r"[0-9]")
 # Keys whose strings may carry digits: identifiers and the permitted last four.
 DIGITS_ALLOWED_KEYS = frozenset({"last4", "token", "capture_id", "call_id", "agent", "caller"})
-CONFLICT_REASONS = frozenset({"capture already active", "already active"})
-NOT_FOUND_REASONS = frozenset({"unknown call", "no such call", "call ended"})
+CONFLICT_REASONS = frozenset({"capture_active", "capture already active"})
+NOT_FOUND_REASONS = frozenset({"unknown_call", "unknown call"})
+BAD_REQUEST_REASONS = frozenset({"invalid_fields"})
 
 CONSOLE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -217,6 +218,7 @@ def capture_json(view: Any, capture_id: str | None = None) -> dict[str, Any]:
         "capture_id": str(getattr(view, "capture_id", None) or capture_id),
         "call_id": str(getattr(view, "call_id", "")),
         "agent": getattr(view, "agent", None),
+        "fields": list(getattr(view, "fields", ()) or ()),
         "state": str(getattr(state, "value", state)),
         "brand": _text(getattr(view, "brand", None)),
         "last4": getattr(view, "last4", None),
@@ -427,8 +429,6 @@ async def start_capture(request: web.Request) -> web.Response:
     except Forbidden as exc:
         raise _forbid(request, identity, exc) from None
     captures = request.app[CAPTURES]
-    if captures.capture_active(call_id):
-        raise ApiError(409, "conflict", "capture already active")
     try:
         view = await captures.start(call_id, fields, identity.actor)
     except CaptureRefused as exc:
@@ -437,6 +437,8 @@ async def start_capture(request: web.Request) -> web.Response:
             raise ApiError(409, "conflict", "capture already active") from None
         if reason in NOT_FOUND_REASONS:
             raise ApiError(404, "not_found", "unknown call") from None
+        if reason in BAD_REQUEST_REASONS:
+            raise ApiError(400, "bad_request", reason) from None
         raise ApiError(422, "refused", _safe_reason(reason)) from None
     body = capture_json(view)
     return web.json_response(

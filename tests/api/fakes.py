@@ -19,6 +19,7 @@ class FakeCall:
     caller: str
     state: str = "answered"
     started_at: float = 1_700_000_000.0
+    codec: str = "PCMU"
 
 
 class FakeCalls:
@@ -39,6 +40,7 @@ class FakeView:
     capture_id: str
     call_id: str
     agent: str
+    fields: tuple[str, ...] = ("pan", "expiry", "cvv")
     state: str = "collecting"
     brand: str | None = None
     last4: str | None = None
@@ -113,6 +115,55 @@ class FakeCaptures:
         self.views[capture_id] = replace(self.views[capture_id], **changes)
         for queue in self.queues.get(capture_id, []):
             queue.put_nowait(None)
+
+
+@dataclass
+class FakeMasking:
+    """The relay's capture switch, as the capture service drives it."""
+
+    switched: list[tuple[str, bool]] = field(default_factory=list)
+    feedback: list[tuple[str, str]] = field(default_factory=list)
+
+    def set_capture(self, call_id: str, on: bool) -> None:
+        self.switched.append((call_id, on))
+
+    def play_feedback(self, call_id: str, kind: str) -> None:
+        self.feedback.append((call_id, kind))
+
+
+class FakeTokenizer:
+    """Answers with a token derived from a counter, or raises what the test sets in `fail_with`."""
+
+    def __init__(self) -> None:
+        self.fail_with: Exception | None = None
+        self.count = 0
+
+    async def tokenize(self, card: Any, idempotency_key: str) -> Any:
+        from gateway.tokenize.tokenizer import TokenResult
+
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.count += 1
+        return TokenResult(token=f"tok_test_{card.last4}_{self.count}", brand=card.brand.value, last4=card.last4)
+
+    async def close(self) -> None:
+        return None
+
+
+class RecordingAudit:
+    """The real hash-chained AuditLog, remembering what went in for the test to inspect."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    def record(self, event: str, **fields: Any) -> Any:
+        result = self.log.record(event, **fields)
+        self.records.append((event, fields))
+        return result
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [fields for event, fields in self.records if event == name]
 
 
 @dataclass

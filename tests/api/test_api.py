@@ -65,24 +65,24 @@ async def test_list_calls_shape(api: Api) -> None:
     assert headers["X-Content-Type-Options"] == "nosniff"
 
 
-async def test_start_capture_answers_201_with_top_level_id(api: Api) -> None:
+async def test_start_capture_answers_201_with_masking_already_on(api: Api) -> None:
     status, body, headers = await _json(api, "POST", "/v1/calls/call-a1/captures", api.token())
     assert status == 201
     _conforms(body, "Capture")
-    assert body["capture_id"] == "cap-1" and body["state"] == "collecting"
-    assert headers["Location"] == "/v1/captures/cap-1"
-    assert api.captures.started == [("call-a1", ("pan", "expiry", "cvv"), "agent:alice")]
-    status, got, headers = await _json(api, "GET", "/v1/captures/cap-1", api.token())
+    assert body["state"] == "collecting" and body["fields"] == ["pan", "expiry", "cvv"]
+    assert headers["Location"] == f"/v1/captures/{body['capture_id']}"
+    assert api.masking.switched == [("call-a1", True)]
+    assert api.audit.events("capture.started")[0]["actor"] == "agent:alice"
+    status, got, headers = await _json(api, "GET", f"/v1/captures/{body['capture_id']}", api.token())
     assert (status, got) == (200, body)
     assert headers["Cache-Control"] == "no-store"
 
 
 async def test_start_capture_with_fields(api: Api) -> None:
-    status, _, _ = await _json(
+    status, body, _ = await _json(
         api, "POST", "/v1/calls/call-a1/captures", api.token(), json={"fields": ["pan", "cvv", "postcode"]}
     )
-    assert status == 201
-    assert api.captures.started[0][1] == ("pan", "cvv", "postcode")
+    assert (status, body["fields"]) == (201, ["pan", "cvv", "postcode"])
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ async def test_start_capture_rejects_bad_bodies(api: Api, body: bytes, reason: s
         data=body, headers={"Content-Type": "application/json"},
     )
     assert (status, got) == (400, {"error": "bad_request", "reason": reason})
-    assert api.captures.started == []
+    assert api.masking.switched == []
 
 
 async def test_start_capture_rejects_non_json_and_huge_bodies(api: Api) -> None:
@@ -120,7 +120,7 @@ async def test_start_capture_rejects_non_json_and_huge_bodies(api: Api) -> None:
         data=b'{"fields": [' + b'"pan",' * 10_000 + b'"pan"]}', headers={"Content-Type": "application/json"},
     )
     assert status == 413 and got["error"] == "payload_too_large"
-    assert api.captures.started == []
+    assert api.masking.switched == []
 
 
 async def test_capture_conflicts_refusals_and_unknowns(api: Api) -> None:
@@ -128,22 +128,30 @@ async def test_capture_conflicts_refusals_and_unknowns(api: Api) -> None:
     assert (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[0] == 201
     status, body, _ = await _json(api, "POST", "/v1/calls/call-a1/captures", token)
     assert (status, body) == (409, {"error": "conflict", "reason": "capture already active"})
-    api.captures.refuse["call-a2"] = "codec not inspectable"
-    status, body, _ = await _json(api, "POST", "/v1/calls/call-a2/captures", token)
-    assert (status, body) == (422, {"error": "refused", "reason": "codec not inspectable"})
+    status, body, _ = await _json(api, "POST", "/v1/calls/call-g1/captures", token)
+    assert (status, body) == (422, {"error": "refused", "reason": "codec_not_inspectable"})
     status, body, _ = await _json(api, "POST", "/v1/calls/no-such-call/captures", token)
     assert (status, body) == (404, {"error": "not_found", "reason": "unknown call"})
-    status, body, _ = await _json(api, "GET", "/v1/captures/cap-999", token)
+    status, body, _ = await _json(api, "GET", "/v1/captures/cap_nope", token)
     assert (status, body) == (404, {"error": "not_found", "reason": "unknown capture"})
     status, body, _ = await _json(api, "GET", "/v1/nowhere", token)
     assert status == 404 and body["error"] == "not_found"
     status, body, _ = await _json(api, "PUT", "/v1/calls", token)
     assert status == 405 and body["error"] == "method_not_allowed"
+    assert api.masking.switched == [("call-a1", True)], "refused captures never touch masking"
 
 
-async def test_refusal_reasons_with_digits_are_withheld(api: Api) -> None:
-    api.captures.refuse["call-a1"] = "card 4111111111111111 refused"
-    status, body, _ = await _json(api, "POST", "/v1/calls/call-a1/captures", api.token())
+async def test_a_new_capture_may_start_once_the_last_one_ended(api: Api) -> None:
+    token = api.token()
+    first = (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[1]["capture_id"]
+    assert (await _json(api, "DELETE", f"/v1/captures/{first}", token))[0] == 200
+    status, body, _ = await _json(api, "POST", "/v1/calls/call-a1/captures", token)
+    assert status == 201 and body["capture_id"] != first
+
+
+async def test_refusal_reasons_with_digits_are_withheld(fake_api: Api) -> None:
+    fake_api.captures.refuse["call-a1"] = "card 4111111111111111 refused"
+    status, body, _ = await _json(fake_api, "POST", "/v1/calls/call-a1/captures", fake_api.token())
     assert (status, body["reason"]) == (422, "capture refused")
 
 
@@ -151,11 +159,22 @@ async def test_cancel(api: Api) -> None:
     token = api.token()
     capture_id = (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[1]["capture_id"]
     status, body, _ = await _json(api, "DELETE", f"/v1/captures/{capture_id}", token)
-    assert (status, body["state"]) == (200, "cancelled")
-    assert api.captures.cancelled == [(capture_id, "agent:alice")]
+    assert (status, body["state"], body["reason"]) == (200, "cancelled", "cancelled")
+    assert [r["actor"] for r in api.audit.events("capture.cancelled")] == ["agent:alice"]
     status, body, _ = await _json(api, "DELETE", f"/v1/captures/{capture_id}", token)
     assert (status, body["state"]) == (200, "cancelled")
-    assert len(api.captures.cancelled) == 1, "cancelling an ended capture changes nothing"
+    assert len(api.audit.events("capture.cancelled")) == 1, "cancelling an ended capture changes nothing"
+
+
+async def test_whole_capture_over_the_api(api: Api) -> None:
+    token = api.token()
+    capture_id = (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[1]["capture_id"]
+    api.key("call-a1", "4111111111111111#1230#123#")
+    view = await api.settled(capture_id)
+    status, body, _ = await _json(api, "GET", f"/v1/captures/{capture_id}", token)
+    assert status == 200
+    assert (body["state"], body["brand"], body["last4"]) == ("tokenized", "visa", "1111")
+    assert body["token"] == view.token and body["token"].startswith("tok_test_")
 
 
 def parse_sse(raw: str) -> list[tuple[str, Any]]:
@@ -189,13 +208,10 @@ def _no_digits(payload: Any, key: str = "") -> None:
             _no_digits(item, key)
     elif isinstance(payload, str) and key not in SSE_DIGITS_ALLOWED:
         assert not re.search(r"[0-9]", payload), (key, payload)
-    elif key == "last4":
-        pass
 
 
-async def test_events_stream_progress_heartbeats_and_end(api: Api) -> None:
-    token = api.token()
-    capture_id = (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[1]["capture_id"]
+async def _read_stream(api: Api, capture_id: str, token: str, during) -> str:
+    """The whole event stream; `during(response)` runs once the first event has arrived."""
     async with api.session.get(
         api.base + f"/v1/captures/{capture_id}/events", headers=api.auth(token)
     ) as response:
@@ -203,49 +219,97 @@ async def test_events_stream_progress_heartbeats_and_end(api: Api) -> None:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         assert response.headers["Cache-Control"] == "no-store"
         first = await response.content.readuntil(b"\n\n")
-        assert first.startswith(b"event: state\n")
-        api.captures.emit(capture_id, {"type": "digit_entered", "field": "pan", "count": 1, "brand": None})
+        middle = await during(response)
+        rest = await response.content.read()
+    return (first + middle + rest).decode()
+
+
+async def test_events_stream_progress_heartbeats_and_end(api: Api) -> None:
+    token = api.token()
+    capture_id = (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[1]["capture_id"]
+
+    async def caller_keys(response: Any) -> bytes:
+        api.key("call-a1", "4")
         # the heartbeat period is 50 ms here: wait for one comment line before going on
         seen = b""
         while b": keepalive" not in seen:
             seen += await response.content.readuntil(b"\n\n")
-        api.captures.emit(capture_id, {"type": "digit_entered", "field": "pan", "count": 16, "brand": "visa"})
-        api.captures.emit(capture_id, {"type": "field_completed", "field": "pan", "brand": "visa", "last4": "1111", "valid": True})
-        api.captures.emit(capture_id, {"type": "digit_entered", "field": "pan", "digits": "4111111111111111"})
-        api.captures.emit(capture_id, {"type": "debug", "field": "pan", "value": 4111111111111111})
-        api.captures.emit(capture_id, {"type": "field_completed", "field": "expiry", "last4": "12/30"})
-        api.captures.finish(capture_id, state="tokenized", brand="visa", last4="1111", token="tok_abc123")
-        rest = await response.content.read()
-    raw = (first + seen + rest).decode()
+        api.key("call-a1", "111111111111111#1230#123#")
+        return seen
+
+    raw = await _read_stream(api, capture_id, token, caller_keys)
     events = parse_sse(raw)
     names = [name for name, _ in events]
-    assert names[0] == "state" and names[-1] == "end"
-    assert "comment" in names
+    assert names[0] == "state" and names[-1] == "end" and "comment" in names
     progress = [data for name, data in events if name == "progress"]
-    assert [event["count"] for event in progress if "count" in event] == [1, 16]
-    assert progress[-1] == {"type": "field_completed", "field": "pan", "brand": "visa", "last4": "1111", "valid": True}
-    assert events[-1][1]["token"] == "tok_abc123" and events[-1][1]["state"] == "tokenized"
+    pan_counts = [e["count"] for e in progress if e.get("type") == "digit" and e["field"] == "pan"]
+    assert pan_counts == list(range(1, 17))
+    completed = [e for e in progress if e.get("type") == "field_completed"]
+    assert [e["field"] for e in completed] == ["pan", "expiry", "cvv"]
+    assert completed[0]["last4"] == "1111" and completed[0]["brand"] == "visa"
+    assert events[-1][1]["state"] == "tokenized" and events[-1][1]["token"].startswith("tok_test_1111")
     for _, data in events:
         _no_digits(data)
-    assert "4111111111111111" not in raw and "12/30" not in raw
+    for secret in ("4111111111111111", "41111111", "1230", "123#"):
+        assert secret not in raw
     from gateway.api.server import STATS
 
-    assert api.app[STATS].events_withheld_total == 3
+    assert api.app[STATS].events_withheld_total == 0
     assert api.app[STATS].sse_streams_active == 0
-    assert api.captures.subscribers(capture_id) == 0
+
+
+async def test_events_carry_rejections_and_hang_up(api: Api) -> None:
+    token = api.token()
+    capture_id = (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[1]["capture_id"]
+
+    async def caller_errs_then_hangs_up(response: Any) -> bytes:
+        api.key("call-a1", "4111111111111112#")
+        api.captures.on_call_ended("call-a1")
+        return b""
+
+    events = parse_sse(await _read_stream(api, capture_id, token, caller_errs_then_hangs_up))
+    progress = [data for name, data in events if name == "progress"]
+    rejected = [e for e in progress if e.get("type") == "field_rejected"]
+    assert rejected and rejected[0]["reason"] == "luhn" and rejected[0]["valid"] is False
+    assert (events[-1][0], events[-1][1]["state"], events[-1][1]["reason"]) == ("end", "failed", "call_ended")
+    for _, data in events:
+        _no_digits(data)
 
 
 async def test_events_of_an_ended_capture_are_state_then_end(api: Api) -> None:
     token = api.token()
     capture_id = (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[1]["capture_id"]
-    api.captures.finish(capture_id, state="failed", reason="caller hung up")
+    await _json(api, "DELETE", f"/v1/captures/{capture_id}", token)
     async with api.session.get(api.base + f"/v1/captures/{capture_id}/events", headers=api.auth(token)) as response:
         events = parse_sse((await response.content.read()).decode())
     assert [name for name, _ in events] == ["state", "end"]
-    assert events[-1][1]["reason"] == "caller hung up"
+    assert events[-1][1]["state"] == "cancelled"
 
 
-async def test_client_leaving_the_stream_closes_the_subscription(api: Api) -> None:
+async def test_the_api_withholds_unsafe_events(fake_api: Api) -> None:
+    api = fake_api
+    token = api.token()
+    capture_id = (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[1]["capture_id"]
+
+    async def leaky_service(response: Any) -> bytes:
+        api.captures.emit(capture_id, {"type": "digit", "field": "pan", "count": 1})
+        api.captures.emit(capture_id, {"type": "digit", "field": "pan", "digits": "4111111111111111"})
+        api.captures.emit(capture_id, {"type": "debug", "field": "pan", "value": 4111111111111111})
+        api.captures.emit(capture_id, {"type": "field_completed", "field": "expiry", "last4": "12/30"})
+        api.captures.finish(capture_id, state="tokenized", brand="visa", last4="1111", token="tok_abc123")
+        return b""
+
+    raw = await _read_stream(api, capture_id, token, leaky_service)
+    events = parse_sse(raw)
+    assert [name for name, _ in events] == ["state", "progress", "end"]
+    assert "4111111111111111" not in raw and "12/30" not in raw
+    from gateway.api.server import STATS
+
+    assert api.app[STATS].events_withheld_total == 3
+
+
+async def test_client_leaving_the_stream_closes_the_subscription(fake_api: Api) -> None:
+    api = fake_api
     token = api.token()
     capture_id = (await _json(api, "POST", "/v1/calls/call-a1/captures", token))[1]["capture_id"]
     response = await api.session.get(api.base + f"/v1/captures/{capture_id}/events", headers=api.auth(token))
@@ -256,7 +320,7 @@ async def test_client_leaving_the_stream_closes_the_subscription(api: Api) -> No
 
     # the server notices at its next heartbeat write; wait for that, bounded by the test timeout
     while api.app[STATS].sse_streams_active:
-        await __import__("asyncio").sleep(0.01)
+        await asyncio.sleep(0.01)
     assert api.captures.subscribers(capture_id) == 0
 
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway.api.auth import issue_token
 from gateway.api.server import STATS
-from tests.api.conftest import Api
+from tests.api.conftest import ALICE_CALLS, ALL_CALLS, Api
 
 PROTECTED = [
     ("GET", "/v1/calls"),
@@ -30,7 +30,6 @@ async def _seed(api: Api) -> dict[str, str]:
     """One capture on an alice call and one on a bob call, made through the service."""
     alice = await api.captures.start("call-a2", ["pan"], "agent:alice")
     bob = await api.captures.start("call-b1", ["pan"], "agent:bob")
-    api.captures.started.clear()
     return {"alice": alice.capture_id, "bob": bob.capture_id}
 
 
@@ -95,6 +94,12 @@ def _hs256(claims: dict[str, object], secret: bytes) -> str:
     return signing_input + "." + _b64(mac)
 
 
+def _untouched(api: Api, seeded: int) -> None:
+    """No capture started or cancelled through the API (seeded ones were started directly)."""
+    assert len(api.audit.events("capture.started")) == seeded
+    assert api.audit.events("capture.cancelled") == []
+
+
 @pytest.mark.parametrize("method,path", PROTECTED)
 async def test_bad_credentials_are_401_and_audited(api: Api, method: str, path: str) -> None:
     ids = await _seed(api)
@@ -114,8 +119,7 @@ async def test_bad_credentials_are_401_and_audited(api: Api, method: str, path: 
         assert len(failures) == before + 1, name
         assert failures[-1]["reason"] == body["reason"]
         assert token is None or token not in json.dumps(failures[-1])
-    assert api.captures.started == []
-    assert api.captures.cancelled == []
+    _untouched(api, seeded=2)
 
 
 async def test_reasons_name_the_failure(api: Api) -> None:
@@ -163,10 +167,10 @@ async def test_agent_reaching_for_another_agents_call(api: Api) -> None:
     denied = api.audit.events("access_denied")
     assert len(denied) == len(checks)
     assert {record["actor"] for record in denied} == {"agent:alice"}
-    assert api.captures.started == [] and api.captures.cancelled == []
+    _untouched(api, seeded=2)
     assert api.captures.get(ids["bob"]).state == "collecting"
     status, body = await _status(api, "GET", api.base + "/v1/calls", alice)
-    assert {call["call_id"] for call in body["calls"]} == {"call-a1", "call-a2"}
+    assert {call["call_id"] for call in body["calls"]} == ALICE_CALLS
 
 
 async def test_an_agent_token_for_bob_sees_only_bob(api: Api) -> None:
@@ -178,10 +182,10 @@ async def test_an_agent_token_for_bob_sees_only_bob(api: Api) -> None:
 @pytest.mark.parametrize(
     "role,claims,calls_seen",
     [
-        ("ops", {}, {"call-a1", "call-a2", "call-b1", "call-c1"}),
-        ("admin", {"amr": ["pwd", "mfa"]}, {"call-a1", "call-a2", "call-b1", "call-c1"}),
-        ("supervisor", {"agents": ["alice", "carol"]}, {"call-a1", "call-a2", "call-c1"}),
-        ("supervisor", {"team": "*"}, {"call-a1", "call-a2", "call-b1", "call-c1"}),
+        ("ops", {}, ALL_CALLS),
+        ("admin", {"amr": ["pwd", "mfa"]}, ALL_CALLS),
+        ("supervisor", {"agents": ["alice", "carol"]}, ALICE_CALLS | {"call-c1"}),
+        ("supervisor", {"team": "*"}, ALL_CALLS),
         ("supervisor", {}, set()),
     ],
 )
@@ -194,7 +198,7 @@ async def test_roles_see_their_calls_and_never_start_captures(
     assert {call["call_id"] for call in body["calls"]} == calls_seen
     status, body = await _status(api, "POST", api.base + "/v1/calls/call-a1/captures", token)
     assert (status, body["error"]) == (403, "forbidden")
-    assert api.captures.started == []
+    _untouched(api, seeded=0)
 
 
 @pytest.mark.parametrize("role", ["ops", "admin"])
@@ -208,7 +212,7 @@ async def test_ops_and_admin_have_no_capture_access(api: Api, role: str) -> None
     ]:
         status, _ = await _status(api, method, api.base + path, token)
         assert status == 403, (role, method, path)
-    assert api.captures.cancelled == []
+    _untouched(api, seeded=2)
 
 
 async def test_supervisor_reads_and_cancels_only_their_team(api: Api) -> None:
@@ -220,7 +224,7 @@ async def test_supervisor_reads_and_cancels_only_their_team(api: Api) -> None:
     assert status == 403
     status, body = await _status(api, "DELETE", api.base + f"/v1/captures/{ids['alice']}", token)
     assert (status, body["state"]) == (200, "cancelled")
-    assert api.captures.cancelled == [(ids["alice"], "supervisor:sue")]
+    assert [r["actor"] for r in api.audit.events("capture.cancelled")] == ["supervisor:sue"]
 
 
 @pytest.mark.parametrize(
