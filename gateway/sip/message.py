@@ -9,6 +9,7 @@ line ends, folded header lines, leading CRLFs). Every malformed input raises
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -140,7 +141,9 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(low, name)
 
 
+@lru_cache(maxsize=1024)
 def _key(name: str) -> str:
+    """Lookup key of a header name; cached because peers use a small set of spellings."""
     return canonical_name(name).lower()
 
 
@@ -311,6 +314,7 @@ def _split_params(text: str) -> tuple[str, str]:
     return text, ""
 
 
+_URI_BAD = re.compile(r"[\s<>]")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?$")
 
 
@@ -354,7 +358,7 @@ class SipUri:
 def parse_uri(text: str) -> SipUri:
     """Parse a URI; sip:/sips: are decomposed, other schemes are kept as opaque text."""
     text = text.strip()
-    if any(c.isspace() for c in text) or "<" in text or ">" in text:
+    if _URI_BAD.search(text):
         raise SipParseError("SIP URI contains whitespace or brackets")
     scheme, colon, rest = text.partition(":")
     if not colon or not scheme or not re.match(r"^[A-Za-z][A-Za-z0-9+\-.]*$", scheme):
