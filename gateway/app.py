@@ -10,6 +10,7 @@ started after SIP and stopped before it. Stopping BYEs every active call first.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import resource
@@ -164,7 +165,7 @@ class Gateway:
             await self.sip.close()
         if self.media is not None:
             self.media.close()
-        log.info("tonewall stopped")
+        log.info("tonewall stopped %s", json.dumps(self.counters(), sort_keys=True))
 
     async def run(self) -> None:
         """Start, then serve until SIGTERM or SIGINT."""
