@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gateway.tokenize.tokenizer import TokenizationUnavailable
 from tests.api.conftest import Api, api_settings, running_api
 from tests.browser.cdp import Page, chromium_path, launch
 from tests.conftest import require_binary
@@ -24,7 +25,6 @@ from tests.conftest import require_binary
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_TOKEN = "tok_visa_1111_9f8e7d"
 
 
 def _spki_pin(cert_path: Path) -> str:
@@ -50,16 +50,20 @@ async def _sign_in(page: Page, api: Api, token: str) -> None:
     await page.evaluate("document.getElementById('token-input').focus()")
     await page.send("Input.insertText", text=token)
     await page.evaluate("document.getElementById('sign-in').click()")
-    await page.wait_for("document.querySelectorAll('#calls-body tr').length === 2")
+    await page.wait_for("document.querySelectorAll('#calls-body tr').length === 3")
 
 
 async def _start_capture(page: Page, api: Api, row: int) -> str:
-    before = len(api.captures.started)
+    before = len(api.audit.events("capture.started"))
     await page.evaluate(f"document.querySelectorAll('#calls-body button')[{row}].click()")
-    await _wait_python(lambda: len(api.captures.started) > before)
-    capture_id = f"cap-{len(api.captures.started)}"
-    await _wait_python(lambda: api.captures.subscribers(capture_id) > 0)
-    return capture_id
+    await _wait_python(lambda: len(api.audit.events("capture.started")) > before)
+    await page.wait_for("document.getElementById('capture-status').textContent.includes('Masking is on')")
+    return api.audit.events("capture.started")[-1]["capture_id"]
+
+
+async def _close_panel(page: Page) -> None:
+    await page.evaluate("document.getElementById('close-capture').click()")
+    await page.wait_for("document.getElementById('capture-panel').hidden")
 
 
 async def test_console_login_capture_progress_token(tmp_path: Path) -> None:
@@ -72,20 +76,14 @@ async def test_console_login_capture_progress_token(tmp_path: Path) -> None:
             callers = await page.evaluate(
                 "[...document.querySelectorAll('#calls-body tr td:first-child')].map(td => td.textContent)"
             )
-            assert callers == ["sip:+15550001@example.net", "sip:+15550002@example.net"]
+            assert callers == [
+                "sip:+15550001@example.net", "sip:+15550002@example.net", "sip:+15550005@example.net"
+            ]
             assert await page.evaluate("sessionStorage.getItem('tonewall.token') !== null")
 
-            # 1. a capture that completes with a token
+            # 1. a capture that completes with a token: the caller keys the card
             capture_id = await _start_capture(page, api, 0)
-            await page.wait_for("document.getElementById('capture-status').textContent.includes('Masking is on')")
-            for count in range(1, 17):
-                api.captures.emit(capture_id, {"type": "digit_entered", "field": "pan", "count": count, "brand": "visa" if count >= 1 else None})
-            api.captures.emit(capture_id, {"type": "field_completed", "field": "pan", "brand": "visa", "last4": "1111", "valid": True})
-            api.captures.emit(capture_id, {"type": "digit_entered", "field": "pan", "digits": "4111111111111111"})
-            for count in range(1, 5):
-                api.captures.emit(capture_id, {"type": "digit_entered", "field": "expiry", "count": count})
-            api.captures.emit(capture_id, {"type": "field_completed", "field": "expiry", "valid": True})
-            api.captures.emit(capture_id, {"type": "digit_entered", "field": "cvv", "count": 2})
+            api.key("call-a1", "4111111111111111#1230#12")
             await page.wait_for("document.querySelector('#field-cvv .dots').textContent === '••'")
             progress = await page.evaluate(
                 "({pan: document.querySelector('#field-pan .dots').textContent,"
@@ -96,9 +94,10 @@ async def test_console_login_capture_progress_token(tmp_path: Path) -> None:
             )
             assert progress == {"pan": "•" * 16, "panState": "✓ done", "brand": "Visa", "validity": "Valid", "last4": "1111"}
             await page.screenshot(tmp_path / "console-progress.png")
-            api.captures.emit(capture_id, {"type": "digit_entered", "field": "cvv", "count": 3})
-            api.captures.finish(capture_id, state="tokenized", brand="visa", last4="1111", token=TEST_TOKEN)
-            await page.wait_for(f"document.getElementById('result-token').value === {json.dumps(TEST_TOKEN)}")
+            api.key("call-a1", "3#")
+            view = await api.settled(capture_id)
+            assert view.state == "tokenized"
+            await page.wait_for(f"document.getElementById('result-token').value === {json.dumps(view.token)}")
             assert "tokenized" in await page.evaluate("document.getElementById('capture-status').textContent")
             await page.send("Browser.grantPermissions", permissions=["clipboardReadWrite", "clipboardSanitizedWrite"])
             await page.evaluate("document.getElementById('copy-token').click()")
@@ -109,27 +108,34 @@ async def test_console_login_capture_progress_token(tmp_path: Path) -> None:
             if os.environ.get("TONEWALL_DOCS_SCREENSHOT"):
                 await page.screenshot(REPO / "docs" / "console.png")
             text = await page.evaluate("document.body.innerText")
-            assert "4111111111111111" not in text and "411111" not in text
+            assert "4111111111111111" not in text and "411111" not in text and "1230" not in text
 
             # 2. the agent cancels
-            await page.evaluate("document.getElementById('close-capture').click()")
-            await page.wait_for("document.getElementById('capture-panel').hidden")
+            await _close_panel(page)
             capture_id = await _start_capture(page, api, 1)
             await page.evaluate("document.getElementById('cancel-capture').click()")
             await page.wait_for("document.getElementById('capture-error').textContent.includes('cancelled')")
-            assert api.captures.cancelled == [(capture_id, "agent:alice")]
+            assert [r["capture_id"] for r in api.audit.events("capture.cancelled")] == [capture_id]
 
             # 3. the processor is down: a clear error, no token
-            await page.evaluate("document.getElementById('close-capture').click()")
+            await _close_panel(page)
+            api.tokenizer.fail_with = TokenizationUnavailable("connect_failed")
             capture_id = await _start_capture(page, api, 0)
-            api.captures.finish(capture_id, state="failed", reason="processor unavailable")
+            api.key("call-a1", "5555555555554444#1230#123#")
             await page.wait_for("document.getElementById('capture-error').textContent.includes('payment processor')")
             assert await page.evaluate("document.getElementById('result').hidden")
 
-            # 4. refused: the call's codec cannot be inspected
-            await page.evaluate("document.getElementById('close-capture').click()")
-            api.captures.refuse["call-a2"] = "codec not inspectable"
-            await page.evaluate("document.querySelectorAll('#calls-body button')[1].click()")
+            # 4. the caller hangs up mid-entry
+            await _close_panel(page)
+            capture_id = await _start_capture(page, api, 1)
+            api.key("call-a2", "4111")
+            await page.wait_for("document.querySelector('#field-pan .dots').textContent === '••••'")
+            api.captures.on_call_ended("call-a2")
+            await page.wait_for("document.getElementById('capture-error').textContent.includes('hung up')")
+
+            # 5. refused: the call's codec cannot be inspected
+            await _close_panel(page)
+            await page.evaluate("document.querySelectorAll('#calls-body button')[2].click()")
             await page.wait_for("document.getElementById('capture-error').textContent.includes('cannot be protected')")
 
             # accessibility basics: every control is labelled, progress is announced

@@ -49,7 +49,7 @@ async function api(path, options = {}) {
 }
 
 function friendlyReason(reason) {
-  const text = String(reason || "").toLowerCase();
+  const text = String(reason || "").toLowerCase().replace(/_/g, " ");
   if (/processor|vault|unavailable|tokeni[sz]ation|timed out|timeout.*token/.test(text))
     return "The payment processor is not reachable. No card data was kept; try again shortly.";
   if (/hang|hung|call ended|bye|caller left/.test(text))
@@ -261,6 +261,11 @@ function fieldItem(name) {
 
 function applyProgress(event) {
   const kind = String(event.type || event.event || "").toLowerCase();
+  if (kind === "state") {
+    const { type, ...capture } = event;
+    applyCapture(capture);
+    return;
+  }
   const item = fieldItem(event.field);
   if (item) {
     for (const other of document.querySelectorAll(".fields li")) other.classList.remove("current");
@@ -289,7 +294,6 @@ function applyProgress(event) {
   }
   if (event.brand) $("brand").textContent = BRAND_LABELS[event.brand] || event.brand;
   if (event.last4) $("last4").textContent = event.last4;
-  if (event.state) applyCapture(Object.assign({}, state.capture, { state: event.state }));
   const fieldName = FIELD_LABELS[event.field] || "";
   const count = event.count ?? event.digits_entered;
   if (item && Number.isInteger(count)) setStatus(`${fieldName}: ${count} digit${count === 1 ? "" : "s"} entered`, "");
