@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -146,6 +147,7 @@ async def launch(executable: str, user_data_dir: Path, extra_flags: list[str]) -
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "HOME": str(user_data_dir)},
+        start_new_session=True,  # its own process group: every helper process is stopped with it
     )
     session: aiohttp.ClientSession | None = None
     browser: Browser | None = None
@@ -186,5 +188,9 @@ async def launch(executable: str, user_data_dir: Path, extra_flags: list[str]) -
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # helpers left behind by the browser, if any
+        except ProcessLookupError:
+            pass
         if drain is not None:
             drain.cancel()
