@@ -238,14 +238,14 @@ def run_point(relay: str, n: int, duration_s: float) -> dict:
         if relay == "direct":
             targets, pid = agents, None
         elif relay == "rtpengine":
-            engine = RtpEngine(40000, 40000 + 8 * n + 100)
+            engine = RtpEngine(10000, 10000 + 8 * n + 100)  # below the ephemeral range
             targets, pid = engine.open_calls(callers, agents), engine.pid
         else:
             env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
             proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve", relay],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
             proc.stdin.write(json.dumps({"callers": callers, "agents": agents,
-                                         "ports": [30000, 30000 + 4 * n + 100]}) + "\n")
+                                         "ports": [20000, 20000 + 4 * n + 100]}) + "\n")
             proc.stdin.flush()
             targets = [tuple(t) for t in json.loads(proc.stdout.readline())["targets"]]
             pid = proc.pid
