@@ -250,6 +250,7 @@ class Gateway:
     def counters(self) -> dict[str, Any]:
         """Snapshot for metrics and tests: SIP drops by reason, calls, media stats."""
         sip = self.sip
+        stats = self.media.relay.stats if self.media is not None else None
         return {
             "sip_received": sip.received if sip else 0,
             "sip_sent": sip.sent if sip else 0,
@@ -258,6 +259,8 @@ class Gateway:
             "calls_active": len(self.b2bua.calls) if self.b2bua else 0,
             "calls_started": self.stats.calls_started,
             "calls_ended": dict(self.stats.calls_ended),
+            "rtp_packets": {"/".join(k): v for k, v in stats.packets_total().items()} if stats else {},
+            "rtp_drops": {"/".join(k): v for k, v in stats.drops_total().items()} if stats else {},
         }
 
 
