@@ -194,7 +194,8 @@ class RtpMediaController:
                     send(out[0], out[1])
                 except OSError:
                     relay.stats.drops[leg.direction]["send"] += 1
-        relay.stats.record_processing(perf_counter() - t0, n)
+        if n:
+            relay.stats.record_processing(perf_counter() - t0, n)
         if (relay.pending or (self.on_event is not None and relay.has_events)) and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)

@@ -353,3 +353,39 @@ def test_real_detector_reports_in_band_digits_from_pcmu() -> None:
         relay.flush()
     digits = [e.digit for e in iter(relay.next_event, None) if isinstance(e, InBandDigitDetected)]
     assert "".join(digits) == "159#"
+
+
+def test_capture_with_real_masker_keeps_sequence_continuous_and_hides_the_tone() -> None:
+    masker_mod = pytest.importorskip("dtmf.masker")
+    detector_mod = pytest.importorskip("dtmf.detector")
+    from dtmf.tones import dtmf_sequence, to_int16
+
+    relay, call = make(detector=detector_mod.DetectorBank(capacity=4),
+                       masker=masker_mod.MaskerBank(masker_mod.MaskMode.SILENCE, capacity=4))
+    signal, _ = dtmf_sequence("7", lead_ms=200.0, tail_ms=200.0)
+    codes = ulaw_encode(to_int16(signal)).tobytes()
+    relay.set_capture("c1", True)
+    sent = []
+    for seq in range(len(codes) // 160):
+        out = relay.receive_rtp(call.caller, audio(seq, payload=codes[160 * seq:160 * seq + 160]), CALLER_SDP, 0.0)
+        assert out is None  # held for the look-ahead
+        sent.extend(d for _, d, _ in relay.flush())
+    sent.extend(d for _, d, _ in relay.set_capture("c1", False))
+    pkts = [RtpPacket.parse(p) for p in sent]
+    assert [p.sequence_number for p in pkts] == list(range(len(codes) // 160))
+    agent_audio = np.concatenate([ULAW_DECODE[np.frombuffer(p.payload, np.uint8)] for p in pkts])
+    assert np.abs(agent_audio.astype(np.int32)).max() < 100  # the tone never reached the agent
+    digits = [e.digit for e in iter(relay.next_event, None) if isinstance(e, InBandDigitDetected)]
+    assert digits == ["7"]  # still detected for the capture
+
+
+def test_media_cores_do_no_io() -> None:
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "gateway" / "media"
+    for name in ("rtp.py", "srtp.py", "relay.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"asyncio", "socket", "ssl", "time", "prometheus_client"}, name
