@@ -28,10 +28,10 @@ without it (a 40 ms pause always ends it; a drop-out of up to ~15 ms does not).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from dtmf.tones import DBM0_FULL_SCALE_SINE, HIGH_FREQS_HZ, KEYPAD, LOW_FREQS_HZ
 
@@ -125,10 +125,6 @@ class _Analysis:
         cols[:, 1::2] = -window[:, None] * np.sin(np.outer(n, omega))
         self.dft = np.ascontiguousarray(cols, dtype=np.float32)
         self.window2 = np.ascontiguousarray(window ** 2, dtype=np.float32)
-        # Sums of |X|^2 over each group, for the gate.
-        self.group_sum = np.zeros((16, 2), dtype=np.float32)
-        self.group_sum[:8, 0] = 1.0
-        self.group_sum[8:, 1] = 1.0
         sum_w = window.sum()
         self.window_power_norm = float(1.0 / (window ** 2).sum())
         self.tone_power_norm = float(2.0 / sum_w ** 2)
@@ -143,9 +139,11 @@ class _Analysis:
         # The gate sees raw bin magnitudes: allow for the window's roll-off at a
         # 5 % offset (-3 dB) and estimation slack before the exact checks.
         self.gate_pair_mag = _dbm0_power(MIN_PAIR_LEVEL_DBM0 - 4.0) / self.tone_power_norm
-        # Group sums hold the strongest bin plus the others' leakage (< 4x it).
-        self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 10.0) / 10)
-        self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 10.0) / 10)
+        accepted_df = np.abs(self.gain_df_hz) <= self.freq_tol_hz.max() + 1.0
+        self.gate_coverage = (self.tone_power_norm / self.gain2[accepted_df].min()
+                              * CHUNK_SAMPLES / COVERAGE_MIN)
+        self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 4.0) / 10)
+        self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 4.0) / 10)
 
 
 _ANALYSIS: dict[int, _Analysis] = {}
@@ -281,7 +279,7 @@ class DetectorBank:
 
     def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 work array reused across calls: fresh large arrays cost page faults."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self._work.get(name)
         if buf is None or buf.size < size:
             buf = np.empty(max(size, 0 if buf is None else 2 * buf.size), dtype=np.float32)
@@ -298,15 +296,18 @@ class DetectorBank:
             st["resid_n"][slots] = total
             return []
         # x: the previous complete chunk (zeros before the stream began), the held
-        # incomplete chunk, then the new samples.
-        tail = self._scratch("tail", (slots.size, WINDOW_SAMPLES))
-        np.take(st["tail"], slots, axis=0, out=tail)
-        x = self._scratch("x", (slots.size, CHUNK_SAMPLES + total))
-        x[:, :CHUNK_SAMPLES + resid] = tail[:, :CHUNK_SAMPLES + resid]
-        x[:, CHUNK_SAMPLES + resid:] = frames
+        # incomplete chunk, then the new samples up to the last complete chunk.
+        k = slots.size
         used = n_chunks * CHUNK_SAMPLES
         left = total - used
-        st["tail"][slots, :CHUNK_SAMPLES + left] = x[:, used:]
+        tail = self._scratch("tail", (k, WINDOW_SAMPLES))
+        np.take(st["tail"], slots, axis=0, out=tail)
+        x = self._scratch("x", (k, CHUNK_SAMPLES + used))
+        x[:, :CHUNK_SAMPLES + resid] = tail[:, :CHUNK_SAMPLES + resid]
+        x[:, CHUNK_SAMPLES + resid:] = frames[:, :n - left]
+        st["tail"][slots, :CHUNK_SAMPLES] = x[:, used:]
+        if left:
+            st["tail"][slots, CHUNK_SAMPLES:CHUNK_SAMPLES + left] = frames[:, n - left:]
         st["resid_n"][slots] = left
         return self._advance(slots, self._analyse(slots, x, n_chunks))
 
@@ -314,9 +315,11 @@ class DetectorBank:
         """Hit key (0-15) or -1 for each (stream, window) closed by these chunks."""
         an, st = self._an, self._st
         k, c = x.shape[0], n_chunks
+        chunks = x.reshape(k, c + 1, CHUNK_SAMPLES)
         windows = self._scratch("windows", (k * c, WINDOW_SAMPLES))
-        np.copyto(windows.reshape(k, c, WINDOW_SAMPLES),
-                  sliding_window_view(x, WINDOW_SAMPLES, axis=1)[:, :c * CHUNK_SAMPLES:CHUNK_SAMPLES])
+        w3 = windows.reshape(k, c, WINDOW_SAMPLES)
+        w3[:, :, :CHUNK_SAMPLES] = chunks[:, :-1]
+        w3[:, :, CHUNK_SAMPLES:] = chunks[:, 1:]
         # One matrix product: the 8 DFT values of every window of every stream.
         z = np.matmul(windows, an.dft, out=self._scratch("z", (k * c, 16)))
         hist = self._scratch("hist", (k, 2, 16))
@@ -326,35 +329,41 @@ class DetectorBank:
         w_ext[:, 2:] = z.reshape(k, c, 16)
         st["w_hist"][slots] = w_ext[:, -2:]
 
-        # Cheap gate over every window: level and a loose twist on the group sums.
+        # Cheap gate over every window, implied by the exact checks: level, twist
+        # with slack, and coverage (the pair cannot beat the two strongest bins, and
+        # the window cannot hold more than its louder chunk).
         sq = np.multiply(z, z, out=self._scratch("sq", (k * c, 16)))
-        groups = np.matmul(sq, an.group_sum, out=self._scratch("groups", (k * c, 2)))
-        lo_sum, hi_sum = groups[:, 0], groups[:, 1]
-        gate = (lo_sum + hi_sum) >= an.gate_pair_mag
-        gate &= hi_sum >= lo_sum * an.gate_normal_twist
-        gate &= hi_sum <= lo_sum * an.gate_reverse_twist
+        mag = np.add(sq[:, 0::2], sq[:, 1::2], out=self._scratch("mag", (k * c, 8)))
+        lo_max = np.maximum(np.maximum(mag[:, 0], mag[:, 1]), np.maximum(mag[:, 2], mag[:, 3]))
+        hi_max = np.maximum(np.maximum(mag[:, 4], mag[:, 5]), np.maximum(mag[:, 6], mag[:, 7]))
+        pair_max = lo_max + hi_max
+        gate = pair_max >= an.gate_pair_mag
+        gate &= hi_max >= lo_max * an.gate_normal_twist
+        gate &= hi_max <= lo_max * an.gate_reverse_twist
+        chunk_energy = np.einsum("ijk,ijk->ij", chunks, chunks)
+        louder = np.maximum(chunk_energy[:, :-1], chunk_energy[:, 1:]).ravel()
+        gate &= pair_max * an.gate_coverage >= louder
         hits = np.full(k * c, _NONE, dtype=np.int64)
         cand = np.flatnonzero(gate)
         if cand.size:
-            hits[cand] = self._check(cand, c, sq, w_ext, windows)
+            hits[cand] = self._check(cand, c, mag, w_ext, windows)
         return hits.reshape(k, c)
 
-    def _check(self, cand: np.ndarray, c: int, sq: np.ndarray, w_ext: np.ndarray,
+    def _check(self, cand: np.ndarray, c: int, mag: np.ndarray, w_ext: np.ndarray,
                windows: np.ndarray) -> np.ndarray:
         """Full Q.24 checks on the windows that passed the gate; key or -1 for each."""
         an = self._an
         si, ti = np.divmod(cand, c)
-        cs = sq[cand]
-        mags = cs[:, 0::2] + cs[:, 1::2]
+        mags = mag[cand]
         lo = np.argmax(mags[:, :4], axis=1)
         hi = np.argmax(mags[:, 4:], axis=1) + 4
         rows = np.arange(cand.size)
         wz = w_ext.view(np.complex64)  # (k, c + 2, 8): windows t-2, t-1, then this call's
-        x0, x1, x2 = wz[si, ti + 2], wz[si, ti + 1], wz[si, ti]
         # Phase advance of the bin over one hop, averaged over two hops, gives the frequency.
-        lag = x0 * np.conj(x1) + x1 * np.conj(x2)
-        df_lo = np.angle(lag[rows, lo] * an.hop_derotate[lo]) * an.rad_to_hz
-        df_hi = np.angle(lag[rows, hi] * an.hop_derotate[hi]) * an.rad_to_hz
+        x0, x1, x2 = wz[si, ti + 2, lo], wz[si, ti + 1, lo], wz[si, ti, lo]
+        df_lo = np.angle((x0 * np.conj(x1) + x1 * np.conj(x2)) * an.hop_derotate[lo]) * an.rad_to_hz
+        x0, x1, x2 = wz[si, ti + 2, hi], wz[si, ti + 1, hi], wz[si, ti, hi]
+        df_hi = np.angle((x0 * np.conj(x1) + x1 * np.conj(x2)) * an.hop_derotate[hi]) * an.rad_to_hz
         # Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
         ok = (np.abs(df_lo) <= an.freq_tol_hz[lo]) & (np.abs(df_hi) <= an.freq_tol_hz[hi])
         p_lo = mags[rows, lo] * an.tone_power_norm / np.interp(df_lo, an.gain_df_hz, an.gain2)
@@ -376,6 +385,13 @@ class DetectorBank:
     def _advance(self, slots: np.ndarray, hits: np.ndarray) -> list[DetectorEvent]:
         """Run each stream's hit/miss state machine over its new windows."""
         st = self._st
+        # Streams with no hit, no run and no digit on only count their windows.
+        busy = (hits >= 0).any(axis=1) | (st["active"][slots] >= 0) | (st["run_code"][slots] >= 0)
+        if not busy.all():
+            st["chunks"][slots[~busy]] += hits.shape[1]
+            slots, hits = slots[busy], hits[busy]
+            if slots.size == 0:
+                return []
         run_code = st["run_code"][slots]
         run_len = st["run_len"][slots]
         run_first = st["run_first"][slots]
