@@ -40,6 +40,7 @@ from gateway.capture.machine import (
     FieldStarted,
     parse_fields,
 )
+from gateway.stats import SLOW_BOUNDS_S, Histogram, LabelledCounter
 from gateway.tokenize.tokenizer import (
     TokenizationError,
     TokenizationRejected,
@@ -114,6 +115,20 @@ class CaptureView:
 TERMINAL_STATES = frozenset({"tokenized", "failed", "cancelled"})
 
 
+class CaptureStats:
+    """Plain counters the metrics exporter reads at scrape time."""
+
+    def __init__(self) -> None:
+        self.outcomes = LabelledCounter()
+        """Ended captures by outcome: tokenized, failed, cancelled, refused."""
+        self.tokenization = Histogram(SLOW_BOUNDS_S)
+        """Seconds from handing the card to the tokenizer to its answer (success or error)."""
+        self.tokenization_errors = LabelledCounter()
+        """By kind: timeout, rejected, unavailable, internal."""
+        self.digits = LabelledCounter()
+        """Digits taken into a capture, by method (inband, rfc4733, info), after de-duplication."""
+
+
 class _Capture:
     """Mutable bookkeeping for one capture (never holds digits itself; the entry and card do)."""
 
@@ -168,6 +183,7 @@ class CaptureService:
         self._mask_holders: dict[str, set[str]] = {}
         self._last_digit: dict[str, tuple[str, str, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self.stats = CaptureStats()
 
     # clocks
 
@@ -186,6 +202,7 @@ class CaptureService:
         try:
             return self._start(call_id, fields or [f.value for f in DEFAULT_FIELDS], actor)
         except CaptureRefused as refused:
+            self.stats.outcomes["refused"] += 1
             self._audit_safely("capture.refused", actor=actor, call_id=call_id, outcome=refused.reason)
             raise
 
@@ -292,6 +309,7 @@ class CaptureService:
             if prev_digit == digit and prev_method != method and now - prev_now < self._dedup_window_s:
                 self._last_digit[call_id] = previous
                 return
+        self.stats.digits[method] += 1
         capture_id = self._collecting.get(call_id)
         if capture_id is None:
             return
@@ -445,20 +463,26 @@ class CaptureService:
         card = capture.card
         if card is None:
             return
+        started = self._now()
         try:
             result = await self._tokenizer.tokenize(card, capture.view.capture_id)
         except asyncio.CancelledError:
             raise
         except TokenizationTimeout:
+            self._tokenized_in(started, "timeout")
             self._finish(capture, "failed", reason="processor_timeout", now=self._now())
         except TokenizationRejected as exc:
+            self._tokenized_in(started, "rejected")
             self._finish(capture, "failed", reason=f"processor_rejected_{_word(exc.reason)}", now=self._now())
         except TokenizationError:
+            self._tokenized_in(started, "unavailable")
             self._finish(capture, "failed", reason="processor_unavailable", now=self._now())
         except Exception:
+            self._tokenized_in(started, "internal")
             log.exception("tokenizer failed unexpectedly")
             self._finish(capture, "failed", reason="internal_error", now=self._now())
         else:
+            self._tokenized_in(started, None)
             if capture.view.state == "tokenizing":
                 capture.view = dataclasses.replace(capture.view, token=result.token, brand=result.brand,
                                                    last4=result.last4)
@@ -467,6 +491,11 @@ class CaptureService:
             card.wipe()
             capture.card = None
             self._arm()
+
+    def _tokenized_in(self, started: float, error_kind: str | None) -> None:
+        self.stats.tokenization.observe(max(0.0, self._now() - started))
+        if error_kind is not None:
+            self.stats.tokenization_errors[error_kind] += 1
 
     def _finish(self, capture: _Capture, state: str, *, reason: str | None, now: float,
                 actor: str | None = None, audit: bool = True) -> None:
@@ -481,6 +510,7 @@ class CaptureService:
         if capture.card is not None and (capture.task is None or capture.task.done()):
             capture.card.wipe()
         capture.ended_mono = now
+        self.stats.outcomes[state] += 1
         capture.view = dataclasses.replace(capture.view, state=state, reason=reason, ended_at=self._wallclock())
         event = {"cancelled": "capture.cancelled", "tokenized": "capture.completed"}.get(state, "capture.failed")
         if audit:
