@@ -64,6 +64,19 @@ def serve(mode: str) -> None:
                 m.configure(LegMedia(c, (c[0], c[1] + 1), "PCMU", 0, 101),
                             LegMedia(a, (a[0], a[1] + 1), "PCMU", 0, 101))
                 targets.append((HOST, m.caller_port))
+        elif mode == "bare-proto":  # bare relay on datagram protocols instead of add_reader
+            class Forward(asyncio.DatagramProtocol):
+                def __init__(self, out, dest) -> None:
+                    self.out, self.dest = out, dest
+
+                def datagram_received(self, data, addr) -> None:
+                    self.out.sendto(data, self.dest)
+
+            for a in agents:
+                tx, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(HOST, 0))
+                rx, _ = await loop.create_datagram_endpoint(lambda tx=tx, a=a: Forward(tx, a),
+                                                            local_addr=(HOST, 0))
+                targets.append((HOST, rx.get_extra_info("sockname")[1]))
         else:  # bare: recvfrom/sendto, nothing else
             socks = []
             for a in agents:

@@ -27,16 +27,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from dtmf.g711 import ALAW_DECODE, DECODE_TABLES, ENCODE_TABLES, SILENCE_CODES, ULAW_DECODE
+from dtmf.rfc4733 import TelephoneEventReceiver, TelephoneEventStarted
 from gateway.media.leg import LegMedia, SrtpParams
-from gateway.media.rtp import RtcpError, RtpError, parse_rtcp, rtp_payload_bounds
+from gateway.media.rtp import RTP_HEADER, RtcpError, RtpError, parse_rtcp, rtp_payload_bounds
 from gateway.media.srtp import SrtpError, SrtpLeg
 from gateway.stats import LATENCY_BOUNDS_S, Histogram, LabelledCounter
 
 CALLER_TO_AGENT = 0
 AGENT_TO_CALLER = 1
 DIRECTION_NAMES = ("caller_to_agent", "agent_to_caller")
-EVENT_DIGITS = "0123456789*#ABCD"
-"""RFC 4733 3.2: events 0-15 are the DTMF keys in this order."""
 PROCESSING_BOUNDS_S: tuple[float, ...] = (1e-6, 2e-6, 5e-6) + LATENCY_BOUNDS_S
 """Per-packet processing buckets, resolving the few microseconds a relayed packet costs."""
 MAX_QUEUED_EVENTS = 100_000
@@ -85,18 +84,25 @@ class InBandDigitEnded:
 
 @dataclass(frozen=True)
 class TelephoneEventDetected:
-    """The caller sent the first packet of a new RFC 4733 event."""
+    """The caller began an RFC 4733 DTMF event (reported once, however often it is sent)."""
 
     call_id: str
-    event: int
-    """RFC 4733 event code (0-15 are DTMF keys)."""
-    digit: str | None
-    """The DTMF key for codes 0-15, else None."""
+    digit: str
     rtp_timestamp: int
     """RTP timestamp identifying the event (RFC 4733 2.5.1.1)."""
+    volume: int
+    """Power level in -dBm0 (RFC 4733 2.3.4)."""
+
+
+@dataclass(frozen=True)
+class TelephoneEventEnded:
+    """The caller's RFC 4733 event ended: end packet seen, superseded, or timed out."""
+
+    call_id: str
+    digit: str
+    rtp_timestamp: int
     duration_samples: int
-    ended: bool
-    """The E bit was set on this packet."""
+    end_seen: bool
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ class Leg:
         "pt_map", "audio_pt", "te_pt", "inspect", "capturing",
         "rtp_dest", "rtcp_dest", "rtp_src", "rtcp_src", "sdp_rtp", "sdp_rtcp",
         "last_rx_s", "seq_offset", "held", "slot", "mask_slot", "is_alaw",
-        "last_event_ts", "endpoint",
+        "te_receiver", "endpoint",
     )
 
     def __init__(self, call: RelayCall, name: str, direction: int, strict: bool) -> None:
@@ -192,7 +198,8 @@ class Leg:
         self.slot = -1
         self.mask_slot = -1
         self.is_alaw = False
-        self.last_event_ts: int | None = None
+        self.te_receiver: TelephoneEventReceiver | None = None
+        """RFC 4733 de-duplication for the caller's events (created on the first one)."""
         self.endpoint: Any = None
         """Opaque handle for the edge (its socket pair); the core never touches it."""
 
@@ -231,6 +238,9 @@ class Relay:
         self.calls: dict[str, RelayCall] = {}
         self._events: deque[Any] = deque(maxlen=MAX_QUEUED_EVENTS)
         self._slot_legs: dict[int, Leg] = {}
+        self._te_legs: set[Leg] = set()
+        self.timer_changed = False
+        """Set when a telephone-event packet may have moved `get_timer()`; the edge clears it."""
         self._batch_legs: list[Leg] = []
         self._batch_payloads: list[bytes] = []
         self._batch_alaw = False
@@ -264,6 +274,7 @@ class Relay:
             self.masker.remove_stream(leg.mask_slot)
         leg.slot = leg.mask_slot = -1
         leg.capturing = False
+        self._te_legs.discard(leg)
         self._drop_pending(leg)
 
     def configure(self, call_id: str, caller: LegMedia, agent: LegMedia) -> None:
@@ -378,7 +389,9 @@ class Relay:
                     if leg.is_alaw:
                         self._batch_alaw = True
             else:
-                self._telephone_event(leg, data, start, end)
+                if not self._telephone_event(leg, data, start, end, now):
+                    self.stats.drops[d]["telephone_event"] += 1
+                    return None
                 if leg.capturing:
                     # Issue 4 item 1: the caller's RFC 4733 events never reach the agent.
                     leg.seq_offset += 1
@@ -568,19 +581,39 @@ class Relay:
             leg.rtp_src = leg.rtp_dest = addr
         self._events.append(SourceLatched(leg.call.call_id, leg.name, rtcp, addr))
 
-    def _telephone_event(self, leg: Leg, data: bytes, start: int, end: int) -> None:
-        # RFC 4733 2.3: event (8), E (1), R (1), volume (6), duration (16).
-        if end - start < 4:
-            return
-        ts = struct.unpack_from("!I", data, 4)[0]
-        if ts == leg.last_event_ts:
-            return
-        leg.last_event_ts = ts
-        event = data[start]
-        duration = (data[start + 2] << 8) | data[start + 3]
-        self._events.append(TelephoneEventDetected(
-            leg.call.call_id, event, EVENT_DIGITS[event] if event < 16 else None, ts, duration,
-            bool(data[start + 1] & 0x80)))
+    def _telephone_event(self, leg: Leg, data: bytes, start: int, end: int, now: float) -> bool:
+        """Feed the receiver; False when the payload is malformed (RFC 4733 2.3: 4 octets)."""
+        receiver = leg.te_receiver
+        if receiver is None:
+            receiver = leg.te_receiver = TelephoneEventReceiver()
+            self._te_legs.add(leg)
+        self.timer_changed = True
+        _, b1, _, ts, ssrc = RTP_HEADER.unpack_from(data)
+        try:
+            events = receiver.receive(ssrc, ts, bool(b1 & 0x80), data[start:end], now)
+        except ValueError:
+            return False
+        self._telephone_events(leg, events)
+        return True
+
+    def _telephone_events(self, leg: Leg, events: list[Any]) -> None:
+        call_id = leg.call.call_id
+        for ev in events:
+            if isinstance(ev, TelephoneEventStarted):
+                self._events.append(TelephoneEventDetected(call_id, ev.digit, ev.timestamp, ev.volume))
+            else:
+                self._events.append(TelephoneEventEnded(call_id, ev.digit, ev.timestamp, ev.duration,
+                                                        ev.end_seen))
+
+    def get_timer(self) -> float | None:
+        """Loop time at which `handle_timer` must run (RFC 4733 events whose end was lost)."""
+        times = [t for t in (leg.te_receiver.get_timer() for leg in self._te_legs) if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """End telephone-events whose packets stopped without an end packet."""
+        for leg in list(self._te_legs):
+            self._telephone_events(leg, leg.te_receiver.handle_timer(now))  # type: ignore[union-attr]
 
     def _digit_event(self, ev: Any) -> None:
         leg = self._slot_legs.get(ev.slot)

@@ -116,6 +116,8 @@ class RtpMediaController:
         self._loop = loop or asyncio.get_running_loop()
         self._calls: dict[str, RtpCallMedia] = {}
         self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
 
     def open_call(self, call_id: str) -> RtpCallMedia:
         """Bind both legs' port pairs and start relaying (to nothing until `configure`)."""
@@ -157,6 +159,9 @@ class RtpMediaController:
     def close(self) -> None:
         for call_id in list(self._calls):
             self.close_call(call_id)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_at = None
 
     def set_capture(self, call_id: str, on: bool) -> None:
         """Switch a call's caller leg into or out of capture; sends the released packet."""
@@ -196,7 +201,8 @@ class RtpMediaController:
                     relay.stats.drops[leg.direction]["send"] += 1
         if n:
             relay.stats.record_processing(perf_counter() - t0, n)
-        if (relay.pending or (self.on_event is not None and relay.has_events)) and not self._flush_scheduled:
+        if (relay.pending or relay.timer_changed or (self.on_event is not None and relay.has_events)) \
+                and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
@@ -233,10 +239,35 @@ class RtpMediaController:
             sends = []
         self._send_all(sends)
         relay.stats.hook_s += perf_counter() - t0
+        if relay.timer_changed:
+            relay.timer_changed = False
+            self._arm_timer()
+        self._deliver_events()
+
+    def _arm_timer(self) -> None:
+        when = self.relay.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer) if when is not None else None
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self.relay.handle_timer(self._loop.time())
+        self._arm_timer()
+        self._deliver_events()
+
+    def _deliver_events(self) -> None:
+        relay = self.relay
         if self.on_event is not None:
             ev = relay.next_event()
             while ev is not None:
-                self.on_event(ev)
+                try:
+                    self.on_event(ev)
+                except Exception:  # noqa: BLE001 - a handler's bug must not stop the media loop
+                    relay.stats.drops[0]["event_handler_error"] += 1
                 ev = relay.next_event()
 
     def _send_all(self, sends: list[tuple[Leg, bytes, tuple[str, int]]]) -> None:

@@ -389,3 +389,31 @@ def test_media_cores_do_no_io() -> None:
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not imported & {"asyncio", "socket", "ssl", "time", "prometheus_client"}, name
+
+
+def test_telephone_events_reported_once_and_lost_end_times_out() -> None:
+    from gateway.media.relay import TelephoneEventEnded
+
+    relay, call = make()
+    for seq, end in ((1, False), (2, False), (3, True), (4, True), (5, True)):  # RFC 4733 end retransmits
+        assert relay.receive_rtp(call.caller, event(seq, 800, 9, end=end), CALLER_SDP, 1.0) is not None
+    assert relay.receive_rtp(call.caller, event(6, 1600, 11), CALLER_SDP, 2.0) is not None  # '#', end lost
+    assert relay.timer_changed
+    when = relay.get_timer()
+    assert when is not None and when > 2.0
+    relay.handle_timer(when)
+    events = [e for e in iter(relay.next_event, None) if not isinstance(e, SourceLatched)]
+    assert events == [
+        TelephoneEventDetected("c1", "9", 800, 10),
+        TelephoneEventEnded("c1", "9", 800, 400, True),
+        TelephoneEventDetected("c1", "#", 1600, 10),
+        TelephoneEventEnded("c1", "#", 1600, 400, False),
+    ]
+    assert relay.get_timer() is None
+
+
+def test_malformed_telephone_event_is_dropped() -> None:
+    relay, call = make()
+    bad = bytes(RtpPacket(payload_type=101, sequence_number=1, timestamp=5, payload=b"\x01\x02"))
+    assert relay.receive_rtp(call.caller, bad, CALLER_SDP, 0.0) is None
+    assert relay.stats.drops[0]["telephone_event"] == 1
