@@ -160,6 +160,7 @@ _STATE_FIELDS = (
     ("active_start", np.int64, ()),
     ("last_hit", np.int64, ()),  # chunk index of the active key's last hit window
     ("misses", np.int64, ()),
+    ("busy", np.bool_, ()),  # a run of hits or a digit is on
     ("in_use", np.bool_, ()),
 )
 
@@ -178,6 +179,7 @@ class DetectorBank:
         self._capacity = 0
         self._st: dict[str, np.ndarray] = {}
         self._work: dict[str, np.ndarray] = {}
+        self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._grow(capacity)
 
     @property
@@ -192,6 +194,7 @@ class DetectorBank:
             if old:
                 arr[:old] = self._st[name]
             self._st[name] = arr
+        self._seen = np.zeros(capacity, dtype=np.bool_)
         self._reset(np.arange(old, capacity))
         self._capacity = capacity
 
@@ -248,9 +251,11 @@ class DetectorBank:
         if not self._st["in_use"][slots].all():
             raise DetectorInputError("detector slot is not in use")
         if slots.size > 1:
-            seen = np.zeros(self._capacity, dtype=np.bool_)
+            seen = self._seen
             seen[slots] = True
-            if np.count_nonzero(seen) != slots.size:
+            unique = np.count_nonzero(seen) == slots.size
+            seen[slots] = False
+            if not unique:
                 raise DetectorInputError("detector slot given twice in one call")
         resid_n = self._st["resid_n"][slots]
         r0 = int(resid_n[0])
@@ -272,6 +277,7 @@ class DetectorBank:
             events.append(DigitEnded(slot, _CODE_TO_DIGIT[code], int(st["active_start"][slot]),
                                      _end_sample(int(st["last_hit"][slot]))))
         st["active"][slot] = _NONE
+        st["busy"][slot] = False
         st["run_code"][slot] = _NONE
         st["run_len"][slot] = 0
         st["misses"][slot] = 0
@@ -279,12 +285,19 @@ class DetectorBank:
 
     def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 work array reused across calls: fresh large arrays cost page faults."""
+        view = self._views.get((name, shape))
+        if view is not None:
+            return view
         size = math.prod(shape)
         buf = self._work.get(name)
         if buf is None or buf.size < size:
             buf = np.empty(max(size, 0 if buf is None else 2 * buf.size), dtype=np.float32)
             self._work[name] = buf
-        return buf[:size].reshape(shape)
+            self._views.clear()
+        if len(self._views) > 512:
+            self._views.clear()
+        view = self._views[(name, shape)] = buf[:size].reshape(shape)
+        return view
 
     def _process_group(self, slots: np.ndarray, frames: np.ndarray, resid: int) -> list[DetectorEvent]:
         st = self._st
@@ -309,10 +322,16 @@ class DetectorBank:
         if left:
             st["tail"][slots, CHUNK_SAMPLES:CHUNK_SAMPLES + left] = frames[:, n - left:]
         st["resid_n"][slots] = left
-        return self._advance(slots, self._analyse(slots, x, n_chunks))
+        hits = self._analyse(slots, x, n_chunks)
+        if hits is None:
+            if not st["busy"][slots].any():
+                st["chunks"][slots] += n_chunks
+                return []
+            hits = np.full((k, n_chunks), _NONE, dtype=np.int64)
+        return self._advance(slots, hits)
 
-    def _analyse(self, slots: np.ndarray, x: np.ndarray, n_chunks: int) -> np.ndarray:
-        """Hit key (0-15) or -1 for each (stream, window) closed by these chunks."""
+    def _analyse(self, slots: np.ndarray, x: np.ndarray, n_chunks: int) -> np.ndarray | None:
+        """Hit key (0-15) or -1 for each (stream, window) closed by these chunks (None: no hit)."""
         an, st = self._an, self._st
         k, c = x.shape[0], n_chunks
         chunks = x.reshape(k, c + 1, CHUNK_SAMPLES)
@@ -322,12 +341,6 @@ class DetectorBank:
         w3[:, :, CHUNK_SAMPLES:] = chunks[:, 1:]
         # One matrix product: the 8 DFT values of every window of every stream.
         z = np.matmul(windows, an.dft, out=self._scratch("z", (k * c, 16)))
-        hist = self._scratch("hist", (k, 2, 16))
-        np.take(st["w_hist"], slots, axis=0, out=hist)
-        w_ext = self._scratch("w_ext", (k, c + 2, 16))
-        w_ext[:, :2] = hist
-        w_ext[:, 2:] = z.reshape(k, c, 16)
-        st["w_hist"][slots] = w_ext[:, -2:]
 
         # Cheap gate over every window, implied by the exact checks: level, twist
         # with slack, and coverage (the pair cannot beat the two strongest bins, and
@@ -341,13 +354,25 @@ class DetectorBank:
         gate &= hi_max >= lo_max * an.gate_normal_twist
         gate &= hi_max <= lo_max * an.gate_reverse_twist
         chunk_energy = np.einsum("ijk,ijk->ij", chunks, chunks)
-        louder = np.maximum(chunk_energy[:, :-1], chunk_energy[:, 1:]).ravel()
-        gate &= pair_max * an.gate_coverage >= louder
-        hits = np.full(k * c, _NONE, dtype=np.int64)
+        pair_max *= an.gate_coverage
+        gate &= pair_max >= chunk_energy[:, :-1].ravel()
+        gate &= pair_max >= chunk_energy[:, 1:].ravel()
         cand = np.flatnonzero(gate)
+        hits = None
         if cand.size:
+            w_ext = self._scratch("w_ext", (k, c + 2, 16))
+            w_ext[:, :2] = st["w_hist"][slots]
+            w_ext[:, 2:] = z.reshape(k, c, 16)
+            hits = np.full(k * c, _NONE, dtype=np.int64)
             hits[cand] = self._check(cand, c, mag, w_ext, windows)
-        return hits.reshape(k, c)
+            hits = hits.reshape(k, c)
+        # Keep the last two windows' DFT for the next call's phase advance.
+        if c >= 2:
+            st["w_hist"][slots] = z.reshape(k, c, 16)[:, -2:]
+        else:
+            st["w_hist"][slots, 0] = st["w_hist"][slots, 1]
+            st["w_hist"][slots, 1] = z
+        return hits
 
     def _check(self, cand: np.ndarray, c: int, mag: np.ndarray, w_ext: np.ndarray,
                windows: np.ndarray) -> np.ndarray:
@@ -386,7 +411,7 @@ class DetectorBank:
         """Run each stream's hit/miss state machine over its new windows."""
         st = self._st
         # Streams with no hit, no run and no digit on only count their windows.
-        busy = (hits >= 0).any(axis=1) | (st["active"][slots] >= 0) | (st["run_code"][slots] >= 0)
+        busy = (hits >= 0).any(axis=1) | st["busy"][slots]
         if not busy.all():
             st["chunks"][slots[~busy]] += hits.shape[1]
             slots, hits = slots[busy], hits[busy]
@@ -450,6 +475,7 @@ class DetectorBank:
         if n_windows > done:
             pause(n_windows - done)
         st["run_code"][slots] = run_code
+        st["busy"][slots] = (run_code >= 0) | (active >= 0)
         st["run_len"][slots] = run_len
         st["run_first"][slots] = run_first
         st["active"][slots] = active
