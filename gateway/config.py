@@ -94,7 +94,7 @@ class ApiConfig:
     tls_key_file: str | None = None
     jwt_public_key_file: str | None = None
     jwks_file: str | None = None
-    audience: str = "tonewall"
+    audience: str = "tonewall-api"
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,8 @@ class ProcessorConfig:
 
 @dataclass(frozen=True)
 class VaultConfig:
-    listen: HostPort = HostPort("127.0.0.1", 8444)
+    listen: HostPort = HostPort("127.0.0.1", 0)
+    """The embedded vault listens on loopback; port 0 picks a free port (only the gateway calls it)."""
     kek_file: str | None = None
     """None with kek_env unset: a key is generated under DATA_DIR/vault."""
     kek_env: str | None = None

@@ -336,6 +336,11 @@ class CaptureService:
         self._last_digit.pop(call_id, None)
         self._arm()
 
+    @property
+    def collecting_count(self) -> int:
+        """Captures taking keys right now."""
+        return len(self._collecting)
+
     def capture_active(self, call_id: str) -> bool:
         """True while the caller's DTMF on this call must not reach the agent."""
         return bool(self._mask_holders.get(call_id))
