@@ -124,9 +124,12 @@ class _Analysis:
         cols[:, 0::2] = window[:, None] * np.cos(np.outer(n, omega))
         cols[:, 1::2] = -window[:, None] * np.sin(np.outer(n, omega))
         self.dft = np.ascontiguousarray(cols, dtype=np.float32)
-        self.window2 = np.ascontiguousarray(window ** 2, dtype=np.float32)
+        sum_w2 = (window ** 2).sum()
+        self.energy = np.zeros((WINDOW_SAMPLES, 3), dtype=np.float32)
+        self.energy[:, 0] = window ** 2 / sum_w2
+        self.energy[:CHUNK_SAMPLES, 1] = 1.0 / CHUNK_SAMPLES
+        self.energy[CHUNK_SAMPLES:, 2] = 1.0 / CHUNK_SAMPLES
         sum_w = window.sum()
-        self.window_power_norm = float(1.0 / (window ** 2).sum())
         self.tone_power_norm = float(2.0 / sum_w ** 2)
         # Phase a bin at f0 advances over one hop for a tone exactly at f0.
         self.hop_derotate = np.exp(-1j * omega * CHUNK_SAMPLES).astype(np.complex64)
@@ -167,6 +170,9 @@ _STATE_FIELDS = (
 
 class DetectorBank:
     """DTMF receivers for many streams, advanced together by one numpy pass per call."""
+
+    vector_min_streams = 24
+    """From this many streams with a tone in progress, the state machine runs vectorised."""
 
     def __init__(self, capacity: int = 16, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
         if sample_rate_hz != SAMPLE_RATE_HZ:
@@ -379,20 +385,19 @@ class DetectorBank:
         """Full Q.24 checks on the windows that passed the gate; key or -1 for each."""
         an = self._an
         si, ti = np.divmod(cand, c)
-        mags = mag[cand]
-        lo = np.argmax(mags[:, :4], axis=1)
-        hi = np.argmax(mags[:, 4:], axis=1) + 4
-        rows = np.arange(cand.size)
+        mc = mag[cand]
+        bins = np.argmax(mc.reshape(-1, 2, 4), axis=2)  # strongest low and high bin
+        bins[:, 1] += 4
+        s2, t2 = si[:, None], ti[:, None]
         wz = w_ext.view(np.complex64)  # (k, c + 2, 8): windows t-2, t-1, then this call's
-        # Phase advance of the bin over one hop, averaged over two hops, gives the frequency.
-        x0, x1, x2 = wz[si, ti + 2, lo], wz[si, ti + 1, lo], wz[si, ti, lo]
-        df_lo = np.angle((x0 * np.conj(x1) + x1 * np.conj(x2)) * an.hop_derotate[lo]) * an.rad_to_hz
-        x0, x1, x2 = wz[si, ti + 2, hi], wz[si, ti + 1, hi], wz[si, ti, hi]
-        df_hi = np.angle((x0 * np.conj(x1) + x1 * np.conj(x2)) * an.hop_derotate[hi]) * an.rad_to_hz
+        x0, x1, x2 = wz[s2, t2 + 2, bins], wz[s2, t2 + 1, bins], wz[s2, t2, bins]
+        # The phase advance of each bin over one hop, averaged over two hops, gives
+        # the tone's frequency offset from nominal.
+        df = np.angle((x0 * np.conj(x1) + x1 * np.conj(x2)) * an.hop_derotate[bins]) * an.rad_to_hz
         # Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
-        ok = (np.abs(df_lo) <= an.freq_tol_hz[lo]) & (np.abs(df_hi) <= an.freq_tol_hz[hi])
-        p_lo = mags[rows, lo] * an.tone_power_norm / np.interp(df_lo, an.gain_df_hz, an.gain2)
-        p_hi = mags[rows, hi] * an.tone_power_norm / np.interp(df_hi, an.gain_df_hz, an.gain2)
+        ok = (np.abs(df) <= an.freq_tol_hz[bins]).all(axis=1)
+        p = np.take_along_axis(mc, bins, 1) * an.tone_power_norm / np.interp(df, an.gain_df_hz, an.gain2)
+        p_lo, p_hi = p[:, 0], p[:, 1]
         pair = p_lo + p_hi
         # Q.24 twist: high tone up to 8 dB below or 4 dB above the low tone.
         ok &= p_hi >= p_lo * 10.0 ** (-NORMAL_TWIST_DB / 10)
@@ -400,12 +405,52 @@ class DetectorBank:
         ok &= pair >= _dbm0_power(MIN_PAIR_LEVEL_DBM0)
         ok &= np.minimum(p_lo, p_hi) >= _dbm0_power(MIN_TONE_LEVEL_DBM0)
         w = windows[cand]
-        w2 = w * w
-        window_power = (w2 @ an.window2) * an.window_power_norm
-        chunk_power = np.maximum(w2[:, :CHUNK_SAMPLES].mean(axis=1), w2[:, CHUNK_SAMPLES:].mean(axis=1))
-        ok &= pair >= PURITY_MIN * window_power
-        ok &= pair >= COVERAGE_MIN * chunk_power
-        return np.where(ok, lo * 4 + (hi - 4), _NONE)
+        e = (w * w) @ an.energy  # window power, first and second chunk power
+        ok &= pair >= PURITY_MIN * e[:, 0]
+        ok &= pair >= COVERAGE_MIN * np.maximum(e[:, 1], e[:, 2])
+        return np.where(ok, bins[:, 0] * 4 + bins[:, 1] - 4, _NONE)
+
+    def _advance_each(self, slots: np.ndarray, hits: np.ndarray) -> list[DetectorEvent]:
+        """The state machine of `_advance`, stream by stream in Python: cheaper for a few streams."""
+        st = self._st
+        names = ("run_code", "run_len", "run_first", "active", "active_start", "last_hit", "misses", "chunks")
+        cols = [st[name][slots].tolist() for name in names]
+        events: list[DetectorEvent] = []
+        for i, (slot, row) in enumerate(zip(slots.tolist(), hits.tolist())):
+            run_code, run_len, run_first, active, active_start, last_hit, misses, chunk0 = (
+                col[i] for col in cols)
+            for t, h in enumerate(row):
+                chunk = chunk0 + t
+                if h < 0:
+                    run_code, run_len = _NONE, 0
+                elif h == run_code:
+                    run_len += 1
+                else:
+                    run_code, run_len, run_first = h, 1, chunk
+                if active >= 0:
+                    if h == active:
+                        last_hit, misses = chunk, 0
+                    else:
+                        misses += 1
+                        if misses >= END_MISSES:
+                            events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
+                                                     _end_sample(last_hit)))
+                            active = _NONE
+                if run_len == ACCEPT_HITS and run_code != active:
+                    if active >= 0:
+                        events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
+                                                 _end_sample(last_hit)))
+                    active, active_start = run_code, _start_sample(run_first)
+                    last_hit, misses = chunk, 0
+                    events.append(DigitDetected(slot, _CODE_TO_DIGIT[active], active_start,
+                                                (chunk + 1) * CHUNK_SAMPLES))
+            for col, value in zip(cols, (run_code, run_len, run_first, active, active_start,
+                                         last_hit, misses, chunk0 + len(row))):
+                col[i] = value
+        for name, col in zip(names, cols):
+            st[name][slots] = col
+        st["busy"][slots] = (st["run_code"][slots] >= 0) | (st["active"][slots] >= 0)
+        return events
 
     def _advance(self, slots: np.ndarray, hits: np.ndarray) -> list[DetectorEvent]:
         """Run each stream's hit/miss state machine over its new windows."""
@@ -417,6 +462,8 @@ class DetectorBank:
             slots, hits = slots[busy], hits[busy]
             if slots.size == 0:
                 return []
+        if slots.size < self.vector_min_streams:
+            return self._advance_each(slots, hits)
         run_code = st["run_code"][slots]
         run_len = st["run_len"][slots]
         run_first = st["run_first"][slots]

@@ -71,7 +71,9 @@ def test_float_input_gives_the_same_events_as_int16() -> None:
     assert detect(samples.astype(np.float32)) == detect(samples)
 
 
-def test_bank_equals_one_detector_per_stream() -> None:
+@pytest.mark.parametrize("vector_min_streams", [0, 1000])
+def test_bank_equals_one_detector_per_stream(vector_min_streams: int) -> None:
+    """Both state-machine paths (vectorised, per stream) give the single detector's events."""
     rng = np.random.default_rng(5)
     n_streams = 12
     streams = []
@@ -83,6 +85,7 @@ def test_bank_equals_one_detector_per_stream() -> None:
         signal += white_noise(len(signal), float(rng.uniform(-60, -30)), rng)
         streams.append(g711_round_trip(signal, "PCMU" if rng.random() < 0.5 else "PCMA"))
     bank = DetectorBank(capacity=4)  # grows while streams are added
+    bank.vector_min_streams = vector_min_streams
     slots = [bank.add_stream() for _ in range(n_streams)]
     assert bank.capacity >= n_streams
     pos = np.zeros(n_streams, dtype=int)
