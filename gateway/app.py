@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from dtmf.detector import DetectorBank
+from dtmf.masker import MaskerBank, MaskMode
 from gateway.b2bua import B2bua, B2buaConfig, CallAnswered, CallEnded, CallStarted, MessageRejected
 from gateway.config import Config, NextHop, parse_next_hop
 from gateway.media.relay import Relay
@@ -99,7 +101,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self.data_dir = prepare_data_dir(config.data_dir)
         low, high = config.media.rtp_ports
-        relay = Relay(strict=config.media.strict_source)
+        # The DTMF hook: every caller packet goes through the detector bank; the masker
+        # bank takes over a caller leg while a capture is on.
+        relay = Relay(detector=DetectorBank(), masker=MaskerBank(MaskMode(config.capture.mask_mode)),
+                      strict=config.media.strict_source)
         self.media = RtpMediaController(config.media.address, low, high, relay=relay,
                                         on_event=self._on_media_event, loop=loop)
         hop = config.sip.next_hop

@@ -50,8 +50,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tonewall: config OK ({config.source})")
         return 0
     from gateway.app import run
+    from gateway.extensions import default_extensions
 
-    return run(config)
+    return run(config, default_extensions(config))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

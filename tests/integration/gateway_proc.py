@@ -25,6 +25,8 @@ class GatewayProcess:
     def __init__(self, tmp_path: Path, *, next_hop_port: int, next_hop_transport: str = "udp",
                  rtp_ports: int = 200, extra: list[str] | None = None, config: str | None = None) -> None:
         self.sip_port = free_port()
+        self.api_port = free_port()
+        self.metrics_port = free_port()
         self.rtp_low = free_block(rtp_ports)
         self.rtp_high = self.rtp_low + rtp_ports - 1
         self.data_dir = tmp_path / "data"
@@ -32,7 +34,8 @@ class GatewayProcess:
                                                    if next_hop_transport != "udp" else "")
         self.args = [sys.executable, "-m", "gateway.cli", "run", "--data-dir", str(self.data_dir),
                      "--sip-listen", f"127.0.0.1:{self.sip_port}", "--rtp-ports", f"{self.rtp_low}-{self.rtp_high}",
-                     "--next-hop", hop]
+                     "--next-hop", hop, "--api-listen", f"127.0.0.1:{self.api_port}",
+                     "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
         if config is not None:
             path = tmp_path / "tonewall.toml"
             path.write_text(config)
