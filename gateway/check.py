@@ -385,7 +385,7 @@ def check_api_tls(config: Config, data_dir: Path, now: float) -> CheckResult:
     try:
         context = require_modern_tls(_server_context(cert, key))
         weak = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        weak.minimum_version = ssl.TLSVersion.TLSv1
+        weak.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
         floor_enforced = _tls_floor_ok(require_modern_tls(weak))
     except (ssl.SSLError, OSError, ValueError, TypeError):
         return _fail(name, "the configured API certificate and key cannot be loaded together")

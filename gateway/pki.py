@@ -131,7 +131,7 @@ def _load_pair(files: CertFiles) -> tuple[x509.Certificate, ec.EllipticCurvePriv
 def ensure_ca(data_dir: str | os.PathLike[str]) -> CertFiles:
     """Create the development CA in DATA_DIR/tls, or reuse the one there while it is valid."""
     folder = tls_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
     files = CertFiles(folder / "ca.pem", folder / "ca-key.pem")
     pair = _load_pair(files)

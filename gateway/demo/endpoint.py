@@ -66,7 +66,7 @@ class Endpoint:
         self.received = Recording()
         """Every RTP packet that reached this endpoint (the agent's call recorder)."""
         self.sent = Recording()
-        """What this endpoint's microphone produced, linear, for control checks."""
+        """What this endpoint sent, as sent, for control checks."""
         self.rtp_dropped = 0
         self.packets_sent = 0
         self._sip: asyncio.DatagramTransport | None = None
@@ -149,9 +149,10 @@ class Endpoint:
 
     def _on_established(self, event: CallEstablished) -> None:
         media = event.media
-        self.received.codec = media.codec
-        self.received.audio_pt = media.audio_pt
-        self.received.telephone_event_pt = media.telephone_event_pt
+        for recording in (self.received, self.sent):
+            recording.codec = media.codec
+            recording.audio_pt = media.audio_pt
+            recording.telephone_event_pt = media.telephone_event_pt
         self._dest = media.remote_rtp
         self.start_audio()
 
@@ -173,11 +174,11 @@ class Endpoint:
             return
         frame = self.voice.next_frame()
         now = self.loop.time()
-        self.sent.add_sent(frame, now)
         codes = ENCODE_TABLES[ua.media.codec][np.asarray(frame, dtype=np.int16).view(np.uint16)]
         packet = RtpPacket(payload_type=ua.media.audio_pt, sequence_number=self._seq, timestamp=self._ts,
                            ssrc=self._ssrc, payload=codes.tobytes(), marker=n == 0)
         transport.sendto(bytes(packet), dest)
+        self.sent.add(packet, now)
         self.packets_sent += 1
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + len(frame)) & 0xFFFFFFFF  # RFC 3550 5.1: timestamp in samples

@@ -47,6 +47,7 @@ class Recording:
     other_packets: int = 0
 
     def add(self, packet: RtpPacket, now: float) -> None:
+        """Keep an audio payload with its time; count anything else by kind."""
         if packet.payload_type == self.audio_pt:
             self.payloads.append(packet.payload)
             self.arrivals_s.append(now)
@@ -54,12 +55,6 @@ class Recording:
             self.telephone_events += 1
         else:
             self.other_packets += 1
-
-    def add_sent(self, samples: np.ndarray, now: float) -> None:
-        """Keep what we sent ourselves (the caller's own microphone), already linear."""
-        self.payloads.append(samples.astype(np.int16).tobytes())
-        self.arrivals_s.append(now)
-        self.codec = "L16"
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -70,8 +65,6 @@ class Recording:
                   if (start_s is None or t >= start_s) and (end_s is None or t < end_s)]
         if not chosen:
             return np.zeros(0, dtype=np.int16)
-        if self.codec == "L16":
-            return np.frombuffer(b"".join(chosen), dtype=np.int16)
         return DECODE_TABLES[self.codec][np.frombuffer(b"".join(chosen), dtype=np.uint8)]
 
     def level_dbm0(self, start_s: float | None = None, end_s: float | None = None) -> float:
@@ -115,10 +108,12 @@ def multimon_available() -> bool:
     return shutil.which("multimon-ng") is not None and shutil.which("sox") is not None
 
 
-def multimon_tone_count(wav: Path, timeout_s: float = 20.0) -> int:
-    """How many DTMF digits multimon-ng hears in a WAV (the digits themselves are dropped here)."""
-    raw = subprocess.run(["sox", "-D", str(wav), "-t", "raw", "-r", "22050", "-e", "signed-integer",
-                          "-b", "16", "-c", "1", "-"], capture_output=True, check=True, timeout=timeout_s).stdout
+def multimon_tone_count(samples: np.ndarray, timeout_s: float = 20.0) -> int:
+    """How many DTMF digits multimon-ng hears in 8 kHz audio, piped (no file holds the audio)."""
+    raw = subprocess.run(["sox", "-D", "-t", "raw", "-r", str(SAMPLE_RATE_HZ), "-e", "signed-integer", "-b", "16",
+                          "-c", "1", "-", "-t", "raw", "-r", "22050", "-e", "signed-integer", "-b", "16", "-c", "1",
+                          "-"], input=samples.astype("<i2").tobytes(), capture_output=True, check=True,
+                         timeout=timeout_s).stdout
     out = subprocess.run(["multimon-ng", "-q", "-c", "-a", "DTMF", "-t", "raw", "-"], input=raw,
                          capture_output=True, check=True, timeout=timeout_s).stdout.decode()
     return sum(1 for line in out.splitlines() if "DTMF:" in line)

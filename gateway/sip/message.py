@@ -147,8 +147,23 @@ def _key(name: str) -> str:
     return canonical_name(name).lower()
 
 
+@lru_cache(maxsize=1024)
+def _wire_key(name: str) -> str | None:
+    """Lookup key of a header name read off the wire, or None when it is not a token (RFC 3261 25.1)."""
+    return _key(name) if _TOKEN.match(name) else None
+
+
+@lru_cache(maxsize=256)
+def _param_name(name: str) -> str | None:
+    """Lower-cased parameter name, or None when it is not a token; peers use a handful of names."""
+    return name.lower() if _TOKEN.match(name) else None
+
+
 def split_list(value: str) -> list[str]:
     """Split a header value on commas outside quotes and <> (RFC 3261 7.3.1)."""
+    if "," not in value and '"' not in value:
+        value = value.strip()
+        return [value] if value else []
     parts: list[str] = []
     start = 0
     quoted = False
@@ -179,12 +194,28 @@ def split_list(value: str) -> list[str]:
 
 
 class Headers:
-    """Ordered (name as written, value) pairs with case-insensitive, compact-form-aware lookup."""
+    """Ordered (name as written, value) pairs with case-insensitive, compact-form-aware lookup.
 
-    __slots__ = ("_items",)
+    Lookup keys are computed once per line, and values parsed by the message
+    accessors (From, To, Via, CSeq) are memoised here; every mutation clears the
+    memo, so a changed header is parsed again on the next access.
+    """
+
+    __slots__ = ("_items", "_keys", "_memo")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()):
         self._items: list[tuple[str, str]] = list(items)
+        self._keys: list[str] = [_key(n) for n, _ in self._items]
+        self._memo: dict[str, object] = {}
+
+    @classmethod
+    def _trusted(cls, items: list[tuple[str, str]], keys: list[str]) -> Headers:
+        """Build from pairs whose keys are already known (parser, response builder)."""
+        h = cls.__new__(cls)
+        h._items = items
+        h._keys = keys
+        h._memo = {}
+        return h
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -193,7 +224,7 @@ class Headers:
         return len(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        return isinstance(name, str) and _key(name) in self._keys
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Headers) and self._items == other._items
@@ -206,20 +237,23 @@ class Headers:
         return list(self._items)
 
     def copy(self) -> Headers:
-        return Headers(self._items)
+        h = Headers._trusted(list(self._items), list(self._keys))
+        h._memo = dict(self._memo)  # memoised values are never mutated, so they can be shared
+        return h
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Value of the first header with this name (any case, compact or full)."""
-        key = _key(name)
-        for n, v in self._items:
-            if _key(n) == key:
-                return v
-        return default
+        try:
+            return self._items[self._keys.index(_key(name))][1]
+        except ValueError:
+            return default
 
     def values(self, name: str) -> list[str]:
         """Raw values of every header line with this name, in order."""
         key = _key(name)
-        return [v for n, v in self._items if _key(n) == key]
+        if self._keys.count(key) == 1:
+            return [self._items[self._keys.index(key)][1]]
+        return [item[1] for k, item in zip(self._keys, self._items) if k == key]
 
     def get_all(self, name: str) -> list[str]:
         """Every element of a (possibly comma-separated, repeated) list header, in order."""
@@ -233,48 +267,67 @@ class Headers:
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         """Append a header line (or insert it before all others, e.g. a new top Via)."""
+        key = _key(name)
+        self._memo.clear()
         if first:
-            key = _key(name)
-            for i, (n, _) in enumerate(self._items):
-                if _key(n) == key:
-                    self._items.insert(i, (name, value))
-                    return
-            self._items.insert(0, (name, value))
+            try:
+                i = self._keys.index(key)
+            except ValueError:
+                i = 0
+            self._items.insert(i, (name, value))
+            self._keys.insert(i, key)
         else:
             self._items.append((name, value))
+            self._keys.append(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of this header with one line, at the first one's position."""
         key = _key(name)
-        idx = None
-        kept: list[tuple[str, str]] = []
-        for n, v in self._items:
-            if _key(n) == key:
-                if idx is None:
-                    idx = len(kept)
-                    kept.append((n, value))
-            else:
-                kept.append((n, v))
-        if idx is None:
-            kept.append((name, value))
-        self._items = kept
+        self._memo.clear()
+        keys = self._keys
+        if key not in keys:
+            self._items.append((name, value))
+            keys.append(key)
+            return
+        i = keys.index(key)
+        self._items[i] = (self._items[i][0], value)
+        if keys.count(key) > 1:
+            pairs = [(k, it) for j, (k, it) in enumerate(zip(keys, self._items)) if k != key or j == i]
+            self._keys = [k for k, _ in pairs]
+            self._items = [it for _, it in pairs]
 
     def remove(self, name: str) -> None:
         key = _key(name)
-        self._items = [(n, v) for n, v in self._items if _key(n) != key]
+        if key not in self._keys:
+            return
+        self._memo.clear()
+        pairs = [(k, it) for k, it in zip(self._keys, self._items) if k != key]
+        self._keys = [k for k, _ in pairs]
+        self._items = [it for _, it in pairs]
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first element of a list header (e.g. the top Via)."""
         key = _key(name)
-        for i, (n, v) in enumerate(self._items):
-            if _key(n) == key:
-                parts = split_list(v) if key not in _NOT_LISTS else [v]
-                if len(parts) <= 1:
-                    del self._items[i]
-                else:
-                    self._items[i] = (n, ", ".join(parts[1:]))
-                return parts[0] if parts else v
-        return None
+        try:
+            i = self._keys.index(key)
+        except ValueError:
+            return None
+        self._memo.clear()
+        n, v = self._items[i]
+        parts = split_list(v) if key not in _NOT_LISTS else [v]
+        if len(parts) <= 1:
+            del self._items[i]
+            del self._keys[i]
+        else:
+            self._items[i] = (n, ", ".join(parts[1:]))
+        return parts[0] if parts else v
+
+    def _replace_first_element(self, key: str, element: str) -> None:
+        """Put `element` in place of the first element of a list header (e.g. a stamped top Via)."""
+        i = self._keys.index(key)
+        n, v = self._items[i]
+        rest = split_list(v)[1:] if key not in _NOT_LISTS and ("," in v) else []
+        self._items[i] = (n, ", ".join([element, *rest]))
 
 
 # ---------------------------------------------------------------- URIs and addresses
@@ -285,17 +338,14 @@ def _parse_params(text: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     if not text:
         return params
-    if not text.startswith(";"):
+    if text[0] != ";":
         raise SipParseError("SIP parameter list is malformed")
     for part in text[1:].split(";"):
-        part = part.strip()
-        if not part:
-            raise SipParseError("SIP parameter list is malformed")
         name, eq, value = part.partition("=")
-        name = name.strip()
-        if not _TOKEN.match(name):
+        pname = _param_name(name.strip())
+        if pname is None:
             raise SipParseError("SIP parameter list is malformed")
-        params[name.lower()] = value.strip() if eq else None
+        params[pname] = value.strip() if eq else None
     return params
 
 
@@ -315,7 +365,14 @@ def _split_params(text: str) -> tuple[str, str]:
 
 
 _URI_BAD = re.compile(r"[\s<>]")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+\-.]*$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?$")
+# The common sip:/sips: URI in one match: user without ; ? @, host, port, params, no headers.
+# Anything else takes the general path below, which gives the same result for these.
+_SIP_URI_FAST = re.compile(
+    r"([sS][iI][pP][sS]?):(?:([^:@;?\s<>]+)(?::([^@;?\s<>]*))?@)?"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?((?:;[^;?@\s<>]*)*)"
+)
 
 
 @dataclass
@@ -357,11 +414,21 @@ class SipUri:
 
 def parse_uri(text: str) -> SipUri:
     """Parse a URI; sip:/sips: are decomposed, other schemes are kept as opaque text."""
+    m = _SIP_URI_FAST.fullmatch(text)
+    if m is not None:
+        port = int(m.group(5)) if m.group(5) else None
+        if port is not None and not 0 < port < 65536:
+            raise SipParseError("SIP URI has an invalid port")
+        ptext = m.group(6)
+        return SipUri(
+            m.group(1).lower(), m.group(4).lower(), m.group(2), m.group(3), port,
+            _parse_params(ptext) if ptext else {}, "",
+        )
     text = text.strip()
     if _URI_BAD.search(text):
         raise SipParseError("SIP URI contains whitespace or brackets")
     scheme, colon, rest = text.partition(":")
-    if not colon or not scheme or not re.match(r"^[A-Za-z][A-Za-z0-9+\-.]*$", scheme):
+    if not colon or not scheme or not _SCHEME.match(scheme):
         raise SipParseError("SIP URI has no scheme")
     scheme = scheme.lower()
     if scheme not in ("sip", "sips"):
@@ -406,9 +473,20 @@ class NameAddr:
         return f"{name}<{self.uri}>{params}"
 
 
+_NAME_ADDR_FAST = re.compile(
+    r'(?:("[^"\\]*")[ \t]*|([A-Za-z0-9\-.!%*_+`\'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`\'~]+)*)[ \t]*)?'
+    r'<([^<>"]*)>[ \t]*((?:;[^;<>"]*)*)'
+)
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """Parse name-addr or addr-spec with params; in addr-spec form ';' starts header params."""
     text = text.strip()
+    m = _NAME_ADDR_FAST.fullmatch(text)
+    if m is not None:
+        # The common `["Name"] <uri>;params` form in one match; others take the general path.
+        ptext = m.group(4)
+        return NameAddr(parse_uri(m.group(3)), m.group(1) or m.group(2), _parse_params(ptext) if ptext else {}, True)
     if not text:
         raise SipParseError("SIP address is empty")
     display: str | None = None
@@ -492,8 +570,25 @@ def new_branch(token: str) -> str:
 # ---------------------------------------------------------------- messages
 
 
+def _copy_uri(uri: SipUri) -> SipUri:
+    return SipUri(uri.scheme, uri.host, uri.user, uri.password, uri.port, dict(uri.params), uri.headers, uri.raw)
+
+
+def _copy_name_addr(addr: NameAddr) -> NameAddr:
+    return NameAddr(_copy_uri(addr.uri), addr.display_name, dict(addr.params), addr.bracketed)
+
+
+def _copy_via(via: Via) -> Via:
+    return Via(via.transport, via.host, via.port, dict(via.params))
+
+
 class _Message:
-    """What requests and responses share: headers, body and typed accessors."""
+    """What requests and responses share: headers, body and typed accessors.
+
+    The accessors parse a header once and memoise the result in `headers`
+    (cleared when a header changes); the public ones return copies the caller
+    may change, the `first_via`/`*_tag` ones read the shared parse.
+    """
 
     headers: Headers
     body: bytes
@@ -506,8 +601,8 @@ class _Message:
         """Wire form; Content-Length always recomputed, header names as written."""
         lines = [self._start_line()]
         has_length = False
-        for name, value in self.headers:
-            if _key(name) == "content-length":
+        for key, (name, value) in zip(self.headers._keys, self.headers._items):
+            if key == "content-length":
                 if has_length:
                     continue
                 has_length = True
@@ -515,46 +610,81 @@ class _Message:
             lines.append(f"{name}: {value}")
         if not has_length:
             lines.append(f"Content-Length: {len(self.body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode() + self.body
 
     @property
     def call_id(self) -> str:
-        v = self.headers.get("Call-ID")
-        if not v:
-            raise SipParseError("SIP message has no Call-ID")
-        return v
+        memo = self.headers._memo
+        v = memo.get("call-id")
+        if v is None:
+            v = self.headers.get("Call-ID")
+            if not v:
+                raise SipParseError("SIP message has no Call-ID")
+            memo["call-id"] = v
+        return v  # type: ignore[return-value]
 
     @property
     def cseq(self) -> tuple[int, str]:
         """(sequence number, method) from CSeq (RFC 3261 20.16)."""
-        return parse_cseq(self.headers.get("CSeq") or "")
+        memo = self.headers._memo
+        v = memo.get("cseq")
+        if v is None:
+            v = memo["cseq"] = parse_cseq(self.headers.get("CSeq") or "")
+        return v  # type: ignore[return-value]
+
+    def _vias(self) -> list[Via]:
+        memo = self.headers._memo
+        v = memo.get("via")
+        if v is None:
+            v = memo["via"] = [parse_via(x) for x in self.headers.get_all("Via")]
+        return v  # type: ignore[return-value]
 
     @property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.get_all("Via")]
+        return [_copy_via(v) for v in self._vias()]
+
+    @property
+    def first_via(self) -> Via:
+        """The top Via as parsed; shared with the memo, so read it, never change it."""
+        vias = self._vias()
+        if not vias:
+            raise SipParseError("SIP message has no Via")
+        return vias[0]
 
     @property
     def top_via(self) -> Via:
-        first = next(iter(self.headers.get_all("Via")), None)
-        if first is None:
-            raise SipParseError("SIP message has no Via")
-        return parse_via(first)
+        return _copy_via(self.first_via)
+
+    def replace_top_via(self, via: Via) -> None:
+        """Put a changed top Via in place (e.g. received/rport stamped), keeping the others."""
+        old = self._vias()
+        self.headers._replace_first_element("via", str(via))
+        self.headers._memo.clear()
+        self.headers._memo["via"] = [via, *old[1:]]
+
+    def _addr(self, key: str, name: str) -> NameAddr:
+        memo = self.headers._memo
+        v = memo.get(key)
+        if v is None:
+            v = memo[key] = parse_name_addr(self._required(name))
+        return v  # type: ignore[return-value]
 
     @property
     def from_addr(self) -> NameAddr:
-        return parse_name_addr(self._required("From"))
+        return _copy_name_addr(self._addr("from", "From"))
 
     @property
     def to_addr(self) -> NameAddr:
-        return parse_name_addr(self._required("To"))
+        return _copy_name_addr(self._addr("to", "To"))
 
     @property
     def from_tag(self) -> str | None:
-        return self.from_addr.tag
+        return self._addr("from", "From").params.get("tag")
 
     @property
     def to_tag(self) -> str | None:
-        return self.to_addr.tag
+        return self._addr("to", "To").params.get("tag")
 
     @property
     def content_type(self) -> str | None:
@@ -666,8 +796,10 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> SipRequest | Sip
         raise SipParseError("SIP start line is empty")
     msg = _parse_start_line(start)
     items: list[tuple[str, str]] = []
+    keys: list[str] = []
+    max_line = limits.max_header_line_bytes
     for line in lines[1:]:
-        if len(line) > limits.max_header_line_bytes:
+        if len(line) > max_line:
             raise SipParseError("SIP header line is too long", 513)
         if line[:1] in (" ", "\t"):
             # RFC 3261 7.3.1: a line starting with whitespace continues the previous one.
@@ -678,12 +810,14 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> SipRequest | Sip
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not _TOKEN.match(name):
+        key = _wire_key(name)
+        if not colon or key is None:
             raise SipParseError("SIP header is malformed")
         items.append((name, value.strip()))
+        keys.append(key)
         if len(items) > limits.max_headers:
             raise SipParseError("SIP message has too many headers", 513)
-    msg.headers = Headers(items)
+    msg.headers = Headers._trusted(items, keys)
     _check_mandatory(msg)
     return msg
 
@@ -714,19 +848,27 @@ def _parse_start_line(line: str) -> SipRequest | SipResponse:
     return SipRequest(method, uri, version=version)
 
 
+_MANDATORY = tuple((name.lower(), name) for name in ("To", "From", "Call-ID", "CSeq", "Via"))
+_SINGLE = tuple(
+    (name.lower(), name)
+    for name in ("To", "From", "Call-ID", "CSeq", "Content-Length", "Max-Forwards", "Content-Type")
+)
+
+
 def _check_mandatory(msg: SipRequest | SipResponse) -> None:
     """RFC 3261 8.1.1 / 8.2.1: To, From, Call-ID, CSeq and Via must be present and sane."""
     h = msg.headers
-    for name in ("To", "From", "Call-ID", "CSeq", "Via"):
-        if h.get(name) is None:
+    keys = h._keys
+    for key, name in _MANDATORY:
+        if key not in keys:
             raise SipParseError(f"SIP message has no {name}")
-    for name in ("To", "From", "Call-ID", "CSeq", "Content-Length", "Max-Forwards", "Content-Type"):
-        if len(h.values(name)) > 1:
+    for key, name in _SINGLE:
+        if keys.count(key) > 1:
             raise SipParseError(f"SIP message has more than one {name}")
-    num, method = parse_cseq(h.get("CSeq") or "")
-    msg.from_addr  # noqa: B018 - parse to validate
-    msg.to_addr  # noqa: B018
-    msg.vias  # noqa: B018
+    _, method = msg.cseq
+    msg.from_tag  # noqa: B018 - parse to validate (and memoise)
+    msg.to_tag  # noqa: B018
+    msg.first_via  # noqa: B018
     if isinstance(msg, SipRequest):
         msg.max_forwards  # noqa: B018
         # RFC 3261 8.2.1 / RFC 4475 3.1.2.13: CSeq method must match the request method.
@@ -772,6 +914,9 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> SipRequest | 
     return msg
 
 
+_RESPONSE_COPIED = frozenset(("via", "from", "to", "call-id", "cseq"))
+
+
 def build_response(
     request: SipRequest,
     status: int,
@@ -783,14 +928,29 @@ def build_response(
 ) -> SipResponse:
     """A response to `request` per RFC 3261 8.2.6.2: Via, From, To, Call-ID, CSeq copied."""
     items: list[tuple[str, str]] = []
-    for name, value in request.headers:
-        key = _key(name)
-        if key == "to" and to_tag is not None and status != 100:
-            addr = parse_name_addr(value)
-            if addr.tag is None:
-                addr.params["tag"] = to_tag
-                value = str(addr)
-        if key in ("via", "from", "to", "call-id", "cseq") or (key == "timestamp" and status == 100):
+    keys: list[str] = []
+    tag_added = False
+    for key, (name, value) in zip(request.headers._keys, request.headers._items):
+        if key in _RESPONSE_COPIED or (key == "timestamp" and status == 100):
+            if key == "to" and to_tag is not None and status != 100 and request.to_tag is None:
+                # RFC 3261 8.2.6.2: the UAS adds its tag; after an addr-spec or name-addr alike,
+                # a trailing ;tag= is a header parameter.
+                value = f"{value};tag={to_tag}"
+                tag_added = True
             items.append((name, value))
-    items.extend(extra)
-    return SipResponse(status, reason if reason is not None else REASON_PHRASES.get(status, ""), Headers(items), body)
+            keys.append(key)
+    for name, value in extra:
+        items.append((name, value))
+        keys.append(_key(name))
+    resp = SipResponse(
+        status, reason if reason is not None else REASON_PHRASES.get(status, ""), Headers._trusted(items, keys), body
+    )
+    # The copied headers parse as they did in the request: share the request's parses.
+    src = request.headers._memo
+    memo = resp.headers._memo
+    for k in ("via", "from", "call-id", "cseq"):
+        if k in src:
+            memo[k] = src[k]
+    if not tag_added and "to" in src:
+        memo["to"] = src["to"]
+    return resp

@@ -23,8 +23,8 @@ from gateway.sip.message import (
     SipParseError,
     SipRequest,
     SipResponse,
+    Via,
     build_response,
-    parse_via,
 )
 
 
@@ -121,7 +121,7 @@ class _Tx:
 
 def server_key(request: SipRequest) -> TxKey:
     """RFC 3261 17.2.3 matching key; ACK maps onto its INVITE; RFC 2543 fallback without the cookie."""
-    via = request.top_via
+    via = request.first_via
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
     if branch.startswith(BRANCH_MAGIC):
@@ -133,7 +133,7 @@ def server_key(request: SipRequest) -> TxKey:
 
 def client_key(msg: SipRequest | SipResponse) -> TxKey:
     """RFC 3261 17.1.3: top Via branch plus CSeq method."""
-    branch = msg.top_via.branch
+    branch = msg.first_via.params.get("branch")
     if not branch:
         raise SipParseError("SIP Via header has no branch")
     return ("c", branch, msg.cseq[1])
@@ -143,7 +143,7 @@ def response_destination(request: SipRequest, source: Peer) -> Peer:
     """Where responses to `request` go: the connection on streams, else RFC 3581 rport / RFC 3261 18.2.2."""
     if source.reliable:
         return source
-    via = request.top_via
+    via = request.first_via
     if "rport" in via.params:
         return source
     return Peer(source.transport, source.host, via.port or 5060)
@@ -151,16 +151,20 @@ def response_destination(request: SipRequest, source: Peer) -> Peer:
 
 def stamp_via(request: SipRequest, source: Peer) -> None:
     """Add received= and rport= to the top Via (RFC 3261 18.2.1, RFC 3581 4)."""
-    first = request.headers.pop_first("Via")
-    if first is None:
+    try:
+        top = request.first_via
+    except SipParseError:
         return
-    via = parse_via(first)
+    rport = "rport" in top.params
+    if top.host == source.host and not rport:
+        return
+    via = Via(top.transport, top.host, top.port, dict(top.params))
     if via.host != source.host:
         via.params["received"] = source.host
-    if "rport" in via.params:
+    if rport:
         via.params["received"] = source.host
         via.params["rport"] = str(source.port)
-    request.headers.add("Via", str(via), first=True)
+    request.replace_top_via(via)
 
 
 def ack_for(request: SipRequest, response: SipResponse) -> SipRequest:

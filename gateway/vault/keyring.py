@@ -47,7 +47,7 @@ class Keyring:
         if not path.exists():
             if not create:
                 raise KeyringError("KEK file is missing")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             _append_key(path, _new_id(set()), secrets.token_bytes(KEY_BYTES))
         if path.stat().st_mode & 0o077:
             raise KeyringError("KEK file is readable by group or others")

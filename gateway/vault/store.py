@@ -86,7 +86,7 @@ class VaultStore:
     def __init__(self, db_path: str | Path, keyring: Keyring) -> None:
         self.db_path = Path(db_path)
         self.keyring = keyring
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.db_path.exists():
             self.db_path.touch(mode=0o600)
         self._db = sqlite3.connect(self.db_path, isolation_level=None, timeout=5.0)

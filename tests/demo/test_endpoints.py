@@ -7,7 +7,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from dtmf.g711 import ulaw_encode
 from gateway.demo.endpoint import Endpoint
 from gateway.demo.process import GatewayPorts, GatewayProcess
 from gateway.demo.useragent import CallEnded, CallEstablished
@@ -24,8 +23,7 @@ async def endpoints() -> tuple[Endpoint, Endpoint]:
 
 def payloads_of(sent: Endpoint) -> list[bytes]:
     """What the caller put on the wire, frame by frame, as PCMU."""
-    audio = sent.sent.samples()
-    return [ulaw_encode(audio[i:i + 160]).tobytes() for i in range(0, len(audio), 160)]
+    return list(sent.sent.payloads)
 
 
 async def talk_and_hang_up(caller: Endpoint, agent: Endpoint, talk_s: float) -> None:
