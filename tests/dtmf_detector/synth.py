@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import sys
 import wave
 from pathlib import Path
 
@@ -83,7 +84,10 @@ def audio_files(pattern: str) -> list[str]:
 
 def load_spandsp_module():
     """loadtests/spandsp_rx.py as a module (loadtests is not a package)."""
+    if "spandsp_rx" in sys.modules:
+        return sys.modules["spandsp_rx"]
     spec = importlib.util.spec_from_file_location("spandsp_rx", REPO / "loadtests" / "spandsp_rx.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["spandsp_rx"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
