@@ -23,6 +23,7 @@ from gateway.capture.service import CaptureService
 from gateway.config import Config
 from gateway.media.relay import InBandDigitDetected, TelephoneEventDetected
 from gateway.metrics import LoopLagMonitor, MetricSpec, build_registry, start_metrics_server
+from gateway.stats import SLOW_BOUNDS_S, Histogram
 from gateway.tokenize.tokenizer import Tokenizer
 
 log = logging.getLogger("tonewall")
@@ -273,6 +274,18 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
     def capture_stats() -> Any:
         return capture.service.stats if capture is not None and capture.service is not None else None
 
+    def sip_messages(kind: str) -> dict[tuple[str, ...], int]:
+        counts = gateway.sip.messages if gateway.sip is not None else {}
+        return {(d, label): n for (d, k, label), n in counts.items() if k == kind}
+
+    detection_latency = Histogram(SLOW_BOUNDS_S)
+
+    def on_media(event: Any) -> None:
+        if isinstance(event, InBandDigitDetected):
+            detection_latency.observe((event.decided_sample - event.start_sample) / 8000.0)
+
+    gateway.media_event_handlers.append(on_media)
+
     def by_label(counter: Any) -> dict[tuple[str, ...], int]:
         return {(str(k),): v for k, v in counter.items()} if counter is not None else {}
 
@@ -299,10 +312,13 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
                    ("reason",), read=lambda: by_label(gateway.stats.sip_rejected)),
         MetricSpec("sip_dropped_total", "counter", "SIP datagrams or streams dropped by the transport, by reason",
                    ("reason",), read=lambda: by_label(gateway.sip.drops if gateway.sip else None)),
-        MetricSpec("sip_received_total", "counter", "SIP messages received",
-                   read=lambda: gateway.sip.received if gateway.sip else 0),
-        MetricSpec("sip_sent_total", "counter", "SIP messages sent",
-                   read=lambda: gateway.sip.sent if gateway.sip else 0),
+        MetricSpec("sip_requests_total", "counter", "SIP requests received (in) and sent (out), by method",
+                   ("direction", "method"), read=lambda: sip_messages("request")),
+        MetricSpec("sip_responses_total", "counter", "SIP responses received (in) and sent (out), by class",
+                   ("direction", "status_class"), read=lambda: sip_messages("response")),
+        MetricSpec("dtmf_detection_latency_seconds", "histogram",
+                   "In-band DTMF: tone onset to the detector's decision",
+                   read=lambda: detection_latency),
         MetricSpec("event_loop_lag_seconds", "histogram", "How late the event loop runs a due callback",
                    read=lambda: lag.histogram),
         MetricSpec("dtmf_digits_total", "counter", "DTMF digits seen from callers, by method", ("method",),

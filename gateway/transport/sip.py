@@ -86,6 +86,23 @@ def error_response(data: bytes, status: int) -> bytes | None:
     return "\r\n".join(out).encode("utf-8")
 
 
+KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "UPDATE",
+                           "PRACK", "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE", "PUBLISH"})
+
+
+def message_label(message: Any) -> tuple[str, str]:
+    """("request", METHOD) or ("response", "2xx") for counting; unknown methods fold into "other"."""
+    if isinstance(message, (bytes, bytearray)):
+        if message.startswith(b"SIP/2.0 "):
+            return "response", chr(message[8]) + "xx" if len(message) > 8 and 49 <= message[8] <= 54 else "invalid"
+        method = bytes(message[:message.find(b" ")]).decode("ascii", "replace")
+    elif hasattr(message, "method"):
+        method = message.method
+    else:
+        return "response", f"{int(getattr(message, 'status', 0)) // 100}xx"
+    return "request", method if method in KNOWN_METHODS else "other"
+
+
 def _exception_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
@@ -188,6 +205,8 @@ class SipTransport:
         """Refused input and failed sends by reason; read by the metrics exporter."""
         self.received = 0
         self.sent = 0
+        self.messages: Counter[tuple[str, str, str]] = Counter()
+        """(direction "in"|"out", "request"|"response", method or status class) -> count."""
         self._loop = asyncio.get_event_loop()
         self._udp: _Datagram | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -246,6 +265,7 @@ class SipTransport:
     def _feed(self, data: Any, source: Any) -> None:
         """Hand one message to the core; any exception is one counted drop, never a crash."""
         self.received += 1
+        self.messages[("in", *message_label(data))] += 1
         try:
             self.core.receive(data, source, self._loop.time())
         except ValueError as exc:
@@ -326,6 +346,7 @@ class SipTransport:
         kind, host, port = destination[0], destination[1], destination[2]
         connection_id = destination[3] if len(destination) > 3 else None
         self.sent += 1
+        self.messages[("out", *message_label(data))] += 1
         if kind == "udp":
             if self._udp is None or self._udp.transport is None:
                 self.drops["send_no_udp"] += 1
