@@ -124,6 +124,7 @@ class _Analysis:
         cols[:, 0::2] = window[:, None] * np.cos(np.outer(n, omega))
         cols[:, 1::2] = -window[:, None] * np.sin(np.outer(n, omega))
         self.dft = np.ascontiguousarray(cols, dtype=np.float32)
+        self.ones = np.ones(CHUNK_SAMPLES, dtype=np.float32)
         sum_w2 = (window ** 2).sum()
         self.energy = np.zeros((WINDOW_SAMPLES, 3), dtype=np.float32)
         self.energy[:, 0] = window ** 2 / sum_w2
@@ -320,7 +321,7 @@ class DetectorBank:
         used = n_chunks * CHUNK_SAMPLES
         left = total - used
         tail = self._scratch("tail", (k, WINDOW_SAMPLES))
-        np.take(st["tail"], slots, axis=0, out=tail)
+        st["tail"].take(slots, axis=0, out=tail, mode="clip")  # slots were range-checked
         x = self._scratch("x", (k, CHUNK_SAMPLES + used))
         x[:, :CHUNK_SAMPLES + resid] = tail[:, :CHUNK_SAMPLES + resid]
         x[:, CHUNK_SAMPLES + resid:] = frames[:, :n - left]
@@ -359,7 +360,9 @@ class DetectorBank:
         gate = pair_max >= an.gate_pair_mag
         gate &= hi_max >= lo_max * an.gate_normal_twist
         gate &= hi_max <= lo_max * an.gate_reverse_twist
-        chunk_energy = np.einsum("ijk,ijk->ij", chunks, chunks)
+        x2 = np.multiply(x, x, out=self._scratch("x2", x.shape))
+        chunk_energy = np.matmul(x2.reshape(k * (c + 1), CHUNK_SAMPLES), an.ones,
+                                 out=self._scratch("chunk_energy", (k * (c + 1),))).reshape(k, c + 1)
         pair_max *= an.gate_coverage
         gate &= pair_max >= chunk_energy[:, :-1].ravel()
         gate &= pair_max >= chunk_energy[:, 1:].ravel()
@@ -460,6 +463,19 @@ class DetectorBank:
         if not busy.all():
             st["chunks"][slots[~busy]] += hits.shape[1]
             slots, hits = slots[busy], hits[busy]
+            if slots.size == 0:
+                return []
+        # Streams inside an accepted tone that hit it in every new window: bulk update.
+        active = st["active"][slots]
+        steady = (active >= 0) & (st["run_code"][slots] == active) & (hits == active[:, None]).all(axis=1)
+        if steady.any():
+            held = slots[steady]
+            c = hits.shape[1]
+            st["run_len"][held] += c
+            st["last_hit"][held] = st["chunks"][held] + (c - 1)
+            st["misses"][held] = 0
+            st["chunks"][held] += c
+            slots, hits = slots[~steady], hits[~steady]
             if slots.size == 0:
                 return []
         if slots.size < self.vector_min_streams:
