@@ -20,6 +20,7 @@ unknown leaves as silence, never as the caller's audio.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -119,8 +120,8 @@ class SourceLatched:
 class RelayStats:
     """Plain counters read by the metrics exporter at scrape time."""
 
-    __slots__ = ("relayed", "relayed_bytes", "rtcp_relayed", "drops", "processing", "captured",
-                 "detector_batches", "hook_s")
+    __slots__ = ("relayed", "relayed_bytes", "rtcp_relayed", "drops", "processing_counts",
+                 "processing_sum_s", "captured", "detector_batches", "hook_s")
 
     def __init__(self) -> None:
         self.relayed = [0, 0]
@@ -130,8 +131,10 @@ class RelayStats:
         self.rtcp_relayed = [0, 0]
         self.drops = (LabelledCounter(), LabelledCounter())
         """Dropped packets by reason, per direction index."""
-        self.processing = Histogram(PROCESSING_BOUNDS_S)
-        """Per-packet processing time (tonewall_packet_processing_seconds)."""
+        self.processing_counts = [0] * (len(PROCESSING_BOUNDS_S) + 1)
+        """Per-packet processing time per PROCESSING_BOUNDS_S bucket (last: +Inf); plain ints
+        because a numpy element update costs more than relaying a packet."""
+        self.processing_sum_s = 0.0
         self.captured = 0
         """Caller packets that left masked (or were withheld) during a capture."""
         self.detector_batches = 0
@@ -153,7 +156,16 @@ class RelayStats:
     def record_processing(self, elapsed_s: float, packets: int) -> None:
         """Record a batch's processing time as `packets` observations of its mean."""
         if packets:
-            self.processing.observe_repeated(elapsed_s / packets, packets)
+            self.processing_counts[bisect_left(PROCESSING_BOUNDS_S, elapsed_s / packets)] += packets
+            self.processing_sum_s += elapsed_s
+
+    @property
+    def processing(self) -> Histogram:
+        """tonewall_packet_processing_seconds, built at scrape time."""
+        hist = Histogram(PROCESSING_BOUNDS_S)
+        hist.counts[:] = self.processing_counts
+        hist.sum_s = self.processing_sum_s
+        return hist
 
 
 class Leg:
