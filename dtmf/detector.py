@@ -125,11 +125,6 @@ class _Analysis:
         cols[:, 1::2] = -window[:, None] * np.sin(np.outer(n, omega))
         self.dft = np.ascontiguousarray(cols, dtype=np.float32)
         self.ones = np.ones(CHUNK_SAMPLES, dtype=np.float32)
-        sum_w2 = (window ** 2).sum()
-        self.energy = np.zeros((WINDOW_SAMPLES, 3), dtype=np.float32)
-        self.energy[:, 0] = window ** 2 / sum_w2
-        self.energy[:CHUNK_SAMPLES, 1] = 1.0 / CHUNK_SAMPLES
-        self.energy[CHUNK_SAMPLES:, 2] = 1.0 / CHUNK_SAMPLES
         sum_w = window.sum()
         self.tone_power_norm = float(2.0 / sum_w ** 2)
         # Phase a bin at f0 advances over one hop for a tone exactly at f0.
@@ -144,8 +139,9 @@ class _Analysis:
         # 5 % offset (-3 dB) and estimation slack before the exact checks.
         self.gate_pair_mag = _dbm0_power(MIN_PAIR_LEVEL_DBM0 - 4.0) / self.tone_power_norm
         accepted_df = np.abs(self.gain_df_hz) <= self.freq_tol_hz.max() + 1.0
-        self.gate_coverage = (self.tone_power_norm / self.gain2[accepted_df].min()
-                              * CHUNK_SAMPLES / COVERAGE_MIN)
+        pair_bound = self.tone_power_norm / self.gain2[accepted_df].min()
+        self.gate_coverage = pair_bound * CHUNK_SAMPLES / COVERAGE_MIN
+        self.gate_purity = pair_bound * WINDOW_SAMPLES / PURITY_MIN
         self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 4.0) / 10)
         self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 4.0) / 10)
 
@@ -363,9 +359,11 @@ class DetectorBank:
         x2 = np.multiply(x, x, out=self._scratch("x2", x.shape))
         chunk_energy = np.matmul(x2.reshape(k * (c + 1), CHUNK_SAMPLES), an.ones,
                                  out=self._scratch("chunk_energy", (k * (c + 1),))).reshape(k, c + 1)
+        e_open, e_close = chunk_energy[:, :-1].ravel(), chunk_energy[:, 1:].ravel()
+        gate &= pair_max * an.gate_purity >= e_open + e_close
         pair_max *= an.gate_coverage
-        gate &= pair_max >= chunk_energy[:, :-1].ravel()
-        gate &= pair_max >= chunk_energy[:, 1:].ravel()
+        gate &= pair_max >= e_open
+        gate &= pair_max >= e_close
         cand = np.flatnonzero(gate)
         hits = None
         if cand.size:
@@ -373,7 +371,7 @@ class DetectorBank:
             w_ext[:, :2] = st["w_hist"][slots]
             w_ext[:, 2:] = z.reshape(k, c, 16)
             hits = np.full(k * c, _NONE, dtype=np.int64)
-            hits[cand] = self._check(cand, c, mag, w_ext, windows)
+            hits[cand] = self._check(cand, c, mag, w_ext, chunk_energy)
             hits = hits.reshape(k, c)
         # Keep the last two windows' DFT for the next call's phase advance.
         if c >= 2:
@@ -384,7 +382,7 @@ class DetectorBank:
         return hits
 
     def _check(self, cand: np.ndarray, c: int, mag: np.ndarray, w_ext: np.ndarray,
-               windows: np.ndarray) -> np.ndarray:
+               chunk_energy: np.ndarray) -> np.ndarray:
         """Full Q.24 checks on the windows that passed the gate; key or -1 for each."""
         an = self._an
         si, ti = np.divmod(cand, c)
@@ -407,10 +405,9 @@ class DetectorBank:
         ok &= p_hi <= p_lo * 10.0 ** (REVERSE_TWIST_DB / 10)
         ok &= pair >= _dbm0_power(MIN_PAIR_LEVEL_DBM0)
         ok &= np.minimum(p_lo, p_hi) >= _dbm0_power(MIN_TONE_LEVEL_DBM0)
-        w = windows[cand]
-        e = (w * w) @ an.energy  # window power, first and second chunk power
-        ok &= pair >= PURITY_MIN * e[:, 0]
-        ok &= pair >= COVERAGE_MIN * np.maximum(e[:, 1], e[:, 2])
+        e_open, e_close = chunk_energy[si, ti], chunk_energy[si, ti + 1]
+        ok &= pair * WINDOW_SAMPLES >= PURITY_MIN * (e_open + e_close)
+        ok &= pair * CHUNK_SAMPLES >= COVERAGE_MIN * np.maximum(e_open, e_close)
         return np.where(ok, bins[:, 0] * 4 + bins[:, 1] - 4, _NONE)
 
     def _advance_each(self, slots: np.ndarray, hits: np.ndarray) -> list[DetectorEvent]:
