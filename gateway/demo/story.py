@@ -157,6 +157,8 @@ class ProgressPrinter:
         if self.open_field is not None:
             self.d.write(text + "\n")
             self.open_field = None
+        elif text.strip():
+            self.d.detail(text.strip())
 
     def handle(self, kind: str, data: dict[str, Any]) -> None:
         self.events += 1
