@@ -322,9 +322,11 @@ class Relay:
                 raise CaptureUnavailable("caller codec cannot be masked")
             if leg.mask_slot < 0:
                 leg.mask_slot = self.masker.add_stream()
+            # Rows this leg left for detection go first: the detector sees each leg in order.
+            sends = self.flush()
             self.masker.set_capture(leg.mask_slot, True)
             leg.capturing = True
-            return []
+            return sends
         if not leg.capturing:
             return []
         # Packets of this iteration still waiting in the batch go out before the switch.
@@ -463,17 +465,24 @@ class Relay:
         self.stats.rtcp_relayed[d] += 1
         return data, dest
 
-    def flush(self) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+    def flush(self, max_detect_rows: int | None = None) -> list[tuple[Leg, bytes, tuple[str, int]]]:
         """Run this iteration's caller packets through the detector and masker in one call each.
 
         Returns the held (capture) packets to send: (leg to send from, bytes, destination).
+        `max_detect_rows` bounds the pass-through (already forwarded) rows inspected now; the
+        rest stay `pending`, so the edge can read sockets in between (a long detector call
+        is latency for every packet that arrives during it). Capture rows always go now.
         """
         out: list[tuple[Leg, bytes, tuple[str, int]]] = []
         if not self._batch_legs and not self._capture_legs:
             return out
         legs, payloads, alaw = self._batch_legs, self._batch_payloads, self._batch_alaw
         cap_legs, cap_headers, cap_payloads = self._capture_legs, self._capture_headers, self._capture_payloads
-        self._batch_legs, self._batch_payloads, self._batch_alaw = [], [], False
+        if max_detect_rows is not None and len(legs) > max_detect_rows:
+            self._batch_legs, self._batch_payloads = legs[max_detect_rows:], payloads[max_detect_rows:]
+            legs, payloads = legs[:max_detect_rows], payloads[:max_detect_rows]
+        else:
+            self._batch_legs, self._batch_payloads, self._batch_alaw = [], [], False
         self._capture_legs, self._capture_headers, self._capture_payloads = [], [], []
         cap_of_row = [-1] * len(legs)
         if cap_legs:

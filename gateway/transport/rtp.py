@@ -22,6 +22,8 @@ from gateway.media.leg import LegMedia
 from gateway.media.relay import Leg, Relay, RelayCall
 
 MAX_DATAGRAM_BYTES = 2048
+DETECT_ROWS_PER_FLUSH = 256
+"""Pass-through rows per detector call; the rest wait one iteration so sockets are read between."""
 READS_PER_WAKEUP = 64
 """Bound on datagrams drained from one socket per wakeup (fairness between sockets)."""
 
@@ -233,12 +235,15 @@ class RtpMediaController:
         relay = self.relay
         t0 = perf_counter()
         try:
-            sends = relay.flush()
+            sends = relay.flush(DETECT_ROWS_PER_FLUSH)
         except Exception:  # noqa: BLE001 - one batch's failure must not stop the loop
             relay.stats.drops[0]["hook_error"] += 1
             sends = []
         self._send_all(sends)
         relay.stats.hook_s += perf_counter() - t0
+        if relay.pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
         if relay.timer_changed:
             relay.timer_changed = False
             self._arm_timer()

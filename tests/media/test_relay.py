@@ -417,3 +417,17 @@ def test_malformed_telephone_event_is_dropped() -> None:
     bad = bytes(RtpPacket(payload_type=101, sequence_number=1, timestamp=5, payload=b"\x01\x02"))
     assert relay.receive_rtp(call.caller, bad, CALLER_SDP, 0.0) is None
     assert relay.stats.drops[0]["telephone_event"] == 1
+
+
+def test_flush_bounds_detection_rows_and_keeps_the_rest_in_order() -> None:
+    det = FakeDetector()
+    relay, call = make(detector=det)
+    for seq in range(5):
+        relay.receive_rtp(call.caller, audio(seq, payload=bytes([0xF0 + seq]) * 160), CALLER_SDP, 0.0)
+    relay.flush(max_detect_rows=2)
+    assert relay.pending
+    relay.flush(max_detect_rows=2)
+    relay.flush(max_detect_rows=2)
+    assert not relay.pending
+    firsts = [int(f[0]) for _, frames in det.calls for f in frames]
+    assert firsts == [int(ULAW_DECODE[0xF0 + s]) for s in range(5)]
