@@ -183,6 +183,10 @@ def test_file_named_with_digits_is_redacted(data_dir):
     (make_pan("5", 12)[:12], 0),         # too short
     ("ab" + "0123456789012345" * 2 + "cdef", 0),  # inside a 32+ hex string: a hash, not a PAN
     (f"{PAN[:4]} {PAN[4:8]}-{PAN[8:12]} {PAN[12:]}", 0),  # mixed separators
+    (f"12 {PAN[:4]} {PAN[4:8]} {PAN[8:12]} {PAN[12:]}", 1),
+    (f"1{PAN[:4]} {PAN[4:8]} {PAN[8:12]} {PAN[12:]}", 0),  # first group of 5 digits
+    (" ".join([PAN[:4], PAN[4:8], PAN[8:12], PAN[12:]] * 2), 2),  # two grouped PANs back to back
+    ("2024-01-01 12:00:00 from 127.0.0.1:5060 +44 20 7946 0958", 0),
 ])
 def test_scan_bytes(text, count):
     assert check.scan_bytes(text.encode()) == count
@@ -200,9 +204,23 @@ def test_any_luhn_valid_run_between_separators_is_found(body, left, right):
     assert check.scan_bytes(data.replace(pan.encode(), b"x" * len(pan))) == check.scan_bytes(left + b"\n\n" + right)
 
 
+@settings(max_examples=60, deadline=None)
+@given(offset=st.integers(0, 700), grouped=st.booleans(), noise=st.binary(min_size=800, max_size=800))
+def test_chunked_file_scan_equals_whole_buffer_scan(tmp_path_factory, offset, grouped, noise):
+    pan = f"{PAN[:4]} {PAN[4:8]} {PAN[8:12]} {PAN[12:]}" if grouped else PAN
+    data = noise[:offset] + b"\n" + pan.encode() + b"\n" + noise[offset:]
+    path = tmp_path_factory.mktemp("scan") / "blob"
+    path.write_bytes(data)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(check, "CHUNK_BYTES", 97)
+        mp.setattr(check, "RIGHT_CONTEXT_BYTES", 40)
+        chunked = check.scan_file(path)
+    assert chunked == check.scan_bytes(data) >= 1
+
+
 def test_audit_chain_hex_does_not_false_alarm(tmp_path):
     log = AuditLog.open(tmp_path, fsync=False)
-    for i in range(2000):
+    for i in range(1000):
         log.record("call.started", call_id=f"c{i}")
     assert check.scan_file(log.path) == 0
 
