@@ -31,7 +31,7 @@ from gateway.demo.endpoint import Endpoint
 from gateway.demo.process import GatewayPorts, GatewayProcess, GatewayStartError
 from gateway.demo.recording import Recording, multimon_available, multimon_tone_count
 from gateway.demo.useragent import CallEnded, CallEstablished, CallFailed
-from gateway.demo.voice import CallerVoice, KeyingTiming, SensitiveKeys
+from gateway.demo.voice import FRAME_SAMPLES, CallerVoice, KeyingTiming, SensitiveKeys
 
 AGENT = "alice"
 CALLER = "bob"
@@ -325,6 +325,8 @@ class Story:
         self.printer = ProgressPrinter(self.d)
         self.windows: dict[str, tuple[float, float]] = {}
         self.key_count = 0
+        self.tone_packets: list[int] = []
+        """Indexes of the caller's sent packets that carry any keyed-tone sample."""
         self.metrics: MetricsSummary | None = None
 
     async def run(self) -> int:
@@ -429,6 +431,9 @@ class Story:
         queued_at = loop.time()
         spans = self.caller.voice.key(keys, KeyingTiming())
         keys.wipe()
+        self.tone_packets = sorted({i for span in spans
+                                    for i in range(span.start_sample // FRAME_SAMPLES,
+                                                   (span.end_sample - 1) // FRAME_SAMPLES + 1)})
         first_tone_s = queued_at + (spans[0].start_sample - before) / 8000.0
         last_tone_s = queued_at + (spans[-1].end_sample - before) / 8000.0
         self.windows["keying"] = (first_tone_s - 0.2, last_tone_s + 0.3)
@@ -529,10 +534,17 @@ class Story:
         start, end = self.windows["keying"]
         control = len(sent.tones(start, end))
         in_capture = [t for t in found if self.windows["capture"][0] <= t.at_s <= self.windows["capture"][1]]
+        # "No decoder finds a digit" is not proof (DESIGN.md): also count tone-bearing packets that reached the
+        # agent bit for bit, which catches an onset the masker let through whatever a decoder makes of it.
+        received = set(heard.payloads)
+        tone_payloads = [sent.payloads[i] for i in self.tone_packets if i < len(sent.payloads)]
+        leaked = sum(1 for p in tone_payloads if p in received)
         self.checks.append(Check(
-            "agent recording holds no DTMF", not found and control == self.key_count,
+            "agent recording holds no DTMF",
+            not found and control == self.key_count and leaked == 0 and len(tone_payloads) > 0,
             f"dtmf.detector finds {len(found)} key(s) in the agent's recording ({len(in_capture)} in the capture "
-            f"window); control: {control} of {self.key_count} in the caller's own audio"))
+            f"window); {leaked} of {len(tone_payloads)} tone-bearing packets reached the agent unchanged; "
+            f"control: {control} of {self.key_count} keys in the caller's own audio"))
         if multimon_available():
             agent_count = multimon_tone_count(heard.samples())
             caller_count = multimon_tone_count(sent.samples(start, end))

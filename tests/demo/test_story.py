@@ -83,3 +83,58 @@ def test_the_whole_demo_passes_and_never_prints_the_card():
         assert f"PASS  {check}" in done.stdout
     assert re.search(r"state tokenized, brand visa, last four 1111, token \S+", done.stdout, re.IGNORECASE)
     assert re.search(r"Console: https://127\.0\.0\.1:\d+/", done.stdout)
+
+
+def _call_audio(mask: bool) -> tuple[Story, object, object]:
+    """A caller who talks, keys the test card and talks again; the 'agent' hears it masked or not."""
+    import datetime
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dtmf.g711 import ulaw_encode
+    from gateway.demo.recording import Recording
+    from gateway.demo.story import _test_card_keys
+    from gateway.demo.voice import CallerVoice
+    from gateway.media.rtp import RtpPacket
+
+    voice = CallerVoice(np.random.default_rng(5))
+    voice.talk(1.0)
+    keys = _test_card_keys(datetime.date(2026, 1, 1))
+    spans = voice.key(keys)
+    voice.talk(1.0)
+    sent, heard = Recording(), Recording()
+    frames = []
+    while not voice.idle:
+        frames.append(voice.next_frame())
+    tone_packets = sorted({i for s in spans for i in range(s.start_sample // 160, (s.end_sample - 1) // 160 + 1)})
+    for i, frame in enumerate(frames):
+        now = i * 0.02
+        payload = ulaw_encode(frame).tobytes()
+        sent.add(RtpPacket(payload=payload), now)
+        if mask and i in tone_packets:
+            payload = bytes([0xFF]) * 160
+        heard.add(RtpPacket(payload=payload), now)
+    story = Story(io.StringIO())
+    story.caller, story.agent = SimpleNamespace(sent=sent), SimpleNamespace(received=heard)
+    story.key_count, story.tone_packets = len(keys), tone_packets
+    end_s = len(frames) * 0.02
+    story.windows = {"before the capture": (0.1, 1.0), "keying": (1.0, end_s - 1.0),
+                     "capture": (1.0, end_s - 0.5), "after the capture": (end_s - 0.9, end_s)}
+    return story, sent, heard
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_recording_checks_fail_when_tones_reach_the_agent(mask):
+    story, _, _ = _call_audio(mask)
+    story._check_recordings()
+    result = {c.name: c for c in story.checks}
+    no_dtmf = result["agent recording holds no DTMF"]
+    assert no_dtmf.ok is mask, no_dtmf.detail
+    assert "control: 26 of 26 keys" in no_dtmf.detail
+    if not mask:
+        assert "finds 26 key(s)" in no_dtmf.detail
+    assert result["agent heard the caller outside the tones"].ok
+    assert result["no RFC 4733 event reached the agent"].ok
+    if result["multimon-ng agrees"].ok is not None:
+        assert result["multimon-ng agrees"].ok is mask
