@@ -42,6 +42,7 @@ class AgentApi:
         self.context = ssl.create_default_context(cafile=str(ca_file))
         self.token = token
         self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
         self.log = (log_dir / "api-responses.log").open("a")
 
     def _connection(self, timeout_s: float) -> http.client.HTTPSConnection:

@@ -32,13 +32,22 @@ class E2eGateway:
     def __init__(self, folder: Path, config: str | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
+        self.config = config
         self.agent_port = free_port()
         self.proc = GatewayProcess(folder, next_hop_port=self.agent_port, config=config)
         self.data_dir = self.proc.data_dir
         self.stopped = False
 
-    def start(self) -> E2eGateway:
-        self.proc.start()
+    def start(self, attempts: int = 3) -> E2eGateway:
+        for attempt in range(attempts):
+            try:
+                self.proc.start()
+                break
+            except RuntimeError:
+                # Free ports are picked, then bound by the child: other work on the machine can win the race.
+                if attempt == attempts - 1 or "could not bind" not in " ".join(self.proc.lines):
+                    raise
+                self.proc = GatewayProcess(self.folder, next_hop_port=self.agent_port, config=self.config)
         line = next(x for x in self.proc.lines if "tonewall listening" in x)
         found = re.search(r"vault=(https://\S+)", line)
         self.vault_url = found.group(1) if found else None

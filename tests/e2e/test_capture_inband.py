@@ -41,7 +41,7 @@ def test_inband_card_tokenized_and_agent_hears_no_digit(gateway, artifacts):
     expiry = future_expiry()
     card_keys = f"{PAN}#{expiry}#{CVV}#"
     talk_after_ms = 700.0
-    log_dir.mkdir(parents=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
     pre = write_wav(log_dir / "pre.wav",
                     np.concatenate([speech_like(1000, rng), keyed("7", rng, lead_ms=200, tail_ms=200)]))
     card_signal = keyed(card_keys, rng, talk_after_ms=talk_after_ms, tail_ms=100)
