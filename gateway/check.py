@@ -304,13 +304,17 @@ def _worst(statuses: Iterable[Status]) -> Status:
 
 
 def _raw_toml(path: str | None) -> tuple[str, dict[str, Any]]:
+    """The config's text and its TOML tree; the text alone when it does not parse (still scanned)."""
     if path is None:
         return "", {}
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        return text, tomllib.loads(text)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    except OSError:
         return "", {}
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text, {}
 
 
 def _leaves(data: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:

@@ -291,6 +291,7 @@ def test_config_file_writable_by_others_fails(tmp_path, data_dir):
     '[api]\naudience = "' + "ab12" * 16 + '"\n',
     f'# test card {PAN}\n[capture]\nmask = "always"\n',
     '[processor]\nkind = "stripe"\nurl = "https://user:hunter2@api.example"\n',
+    f'[capture\nnote = "{PAN}"\n',  # does not parse: the text is still scanned
 ])
 def test_inline_secret_fails(tmp_path, data_dir, text):
     report = run(data_dir, write_config(tmp_path, text))
@@ -456,3 +457,10 @@ def test_codecs(monkeypatch):
     monkeypatch.setattr("gateway.sip.sdp.SUPPORTED_CODECS", ("PCMU", "G729"))
     result = check.check_codecs()
     assert result.status is check.Status.FAIL and "G729" in result.detail
+
+
+def test_config_error_echoing_a_value_is_redacted(tmp_path, data_dir):
+    report = run(data_dir, write_config(tmp_path, f'[sip]\nlisten = "{PAN}"\n'))
+    result = by_name(report)["config.load"]
+    assert result.status is check.Status.FAIL and "sip.listen" in result.detail
+    no_digit_runs(report)
