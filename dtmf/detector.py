@@ -7,7 +7,9 @@ The signal is cut into 40-sample chunks at absolute positions (0, 40, 80, ...)
 of each stream, so the decisions depend only on the samples, never on how they
 were packetised. Each chunk closes one 80-sample Hann window (10 ms, hop 5 ms).
 For every window and each of the 8 DTMF frequencies the bank computes the
-complex DFT value by one matrix product over all streams' chunks. Per window:
+complex DFT value by one matrix product over all streams' windows; a cheap gate
+(implied by the exact checks) leaves only the few windows that may hold a DTMF
+pair for the exact checks. Per window:
 
 * the strongest bin of each group names the candidate pair;
 * the real frequency of each tone comes from the phase advance of that bin
@@ -15,10 +17,11 @@ complex DFT value by one matrix product over all streams' chunks. Per window:
   lags: this is what separates 1.5 % + 2 Hz (accept) from 3.5 % (reject),
   which bin magnitudes of ~100-sample blocks cannot;
 * the tone powers, corrected for the window's roll-off at the estimated
-  offset, give the twist, the level and two energy ratios: against the whole
-  window (purity: rejects speech and noise) and against the louder of the two
-  plain 40-sample chunks (coverage: a window counts only when the tone fills
-  more than about half of it, so hits measure duration whatever the level).
+  offset, give the twist, the level and two energy ratios: against the mean
+  power of the window's 80 samples (purity: rejects speech and noise) and
+  against the louder of its two 40-sample chunks (coverage: a window counts only
+  when the tone fills more than about half of it, so hits measure duration
+  whatever the level).
 
 A window that passes every check is a hit for that key. A digit is accepted
 after `ACCEPT_HITS` consecutive hits of the same key (tones of 40 ms always,
@@ -61,7 +64,7 @@ MIN_PAIR_LEVEL_DBM0 = -29.0
 MIN_TONE_LEVEL_DBM0 = -40.0
 """Minimum power of the weaker tone (twist is checked separately)."""
 PURITY_MIN = 0.75
-"""Share of the window's power that must be in the two tones (rejects speech)."""
+"""Share of the window's mean power that must be in the two tones (rejects speech)."""
 COVERAGE_MIN = 0.4
 """Tone power against the louder 40-sample chunk: the tone fills >~55 % of the window."""
 
@@ -135,8 +138,8 @@ class _Analysis:
         self.gain_df_hz = np.linspace(-150.0, 150.0, 601)
         phasors = np.exp(2j * np.pi * np.outer(self.gain_df_hz, n) / sample_rate_hz)
         self.gain2 = (np.abs(phasors @ window) / sum_w) ** 2
-        # The gate sees raw bin magnitudes: allow for the window's roll-off at a
-        # 5 % offset (-3 dB) and estimation slack before the exact checks.
+        # The gate sees raw bin magnitudes, before the roll-off correction (at most
+        # 1 dB at an accepted offset): its bounds hold whenever the exact checks pass.
         self.gate_pair_mag = _dbm0_power(MIN_PAIR_LEVEL_DBM0 - 4.0) / self.tone_power_norm
         accepted_df = np.abs(self.gain_df_hz) <= self.freq_tol_hz.max() + 1.0
         pair_bound = self.tone_power_norm / self.gain2[accepted_df].min()
@@ -431,11 +434,13 @@ class DetectorBank:
                     if h == active:
                         last_hit, misses = chunk, 0
                     else:
+                        # Q.24: a pause of 40 ms separates digits; short drop-outs do not.
                         misses += 1
                         if misses >= END_MISSES:
                             events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
                                                      _end_sample(last_hit)))
                             active = _NONE
+                # Q.24: a tone of 40 ms is a digit, one under 20-23 ms is not.
                 if run_len == ACCEPT_HITS and run_code != active:
                     if active >= 0:
                         events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
