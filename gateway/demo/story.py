@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,6 +102,7 @@ class Display:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.dot = "\u2022" if self.tty and "utf" in str(getattr(out, "encoding", "") or "").lower() else "."
         self.step_no = 0
 
     def _c(self, code: str, text: str) -> str:
@@ -176,7 +178,7 @@ class ProgressPrinter:
             if self.open_field is None:
                 self.open_field = field
                 self.d.write("      " + FIELD_LABELS.get(field, field) + "  ")
-            self.d.write("\u2022" if self.d.tty else ".")
+            self.d.write(self.d.dot)
         elif typ == "field_completed":
             if data.get("brand"):
                 self._close(f"  {_brand(data['brand'])}, valid, ends {data.get('last4')}")
@@ -350,11 +352,13 @@ class Story:
             d.check(check)
         if self.console_url:
             d.line(f"Console: {self.console_url} (the agent's web console; it served this call while the demo ran)")
-        if self.keep:
+        failed = [c.name for c in self.checks if c.ok is False]
+        if self.keep or failed:
             d.line(f"Kept: {self.work_dir} (gateway.log, data/, agent-recording.wav); "
                    f"`tonewall run --data-dir {self.work_dir / 'data'}` and `tonewall token issue --role agent "
                    f"--agent {AGENT} --data-dir {self.work_dir / 'data'}` reuse it")
-        failed = [c.name for c in self.checks if c.ok is False]
+        else:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
         elapsed = time.monotonic() - t0
         if failed or not self.checks:
             d.line(f"FAILED: {', '.join(failed) or 'no checks ran'} ({elapsed:.1f} s)")
@@ -526,7 +530,6 @@ class Story:
     def _check_recordings(self) -> None:
         agent, caller = self.agent, self.caller
         if agent is None or caller is None or "capture" not in self.windows:
-            self._discard()
             return
         heard, sent = agent.received, caller.sent
         heard.write_wav(self.work_dir / "agent-recording.wav")
@@ -546,18 +549,22 @@ class Story:
             f"window); {leaked} of {len(tone_payloads)} tone-bearing packets reached the agent unchanged; "
             f"control: {control} of {self.key_count} keys in the caller's own audio"))
         if multimon_available():
-            agent_count = multimon_tone_count(heard.samples())
-            caller_count = multimon_tone_count(sent.samples(start, end))
-            self.checks.append(Check(
-                "multimon-ng agrees", agent_count == 0 and caller_count >= self.key_count // 2,
-                f"{agent_count} key(s) in the agent's recording; control: {caller_count} in the caller's audio"))
+            try:
+                agent_count = multimon_tone_count(heard.samples())
+                caller_count = multimon_tone_count(sent.samples(start, end))
+            except (subprocess.SubprocessError, OSError) as exc:
+                self.checks.append(Check("multimon-ng agrees", False, f"multimon-ng failed: {type(exc).__name__}"))
+                agent_count = caller_count = None
+            if agent_count is not None and caller_count is not None:
+                self.checks.append(Check(
+                    "multimon-ng agrees", agent_count == 0 and caller_count >= self.key_count // 2,
+                    f"{agent_count} key(s) in the agent's recording; control: {caller_count} in the caller's audio"))
         else:
             self.checks.append(Check("multimon-ng agrees", None, "multimon-ng or sox not installed"))
         self.checks.append(Check(
             "no RFC 4733 event reached the agent", heard.telephone_events == 0,
             f"{heard.telephone_events} telephone-event packet(s) among {len(heard) + heard.telephone_events} received"))
         self.checks.append(self._heard_check(heard, sent))
-        self._discard()
 
     def _heard_check(self, heard: Recording, sent: Recording) -> Check:
         """Outside the capture the agent hears the caller, bit for bit (DESIGN.md contract 2)."""
@@ -575,10 +582,6 @@ class Story:
         if len(parts) < 2:
             ok = False
         return Check("agent heard the caller outside the tones", ok, "; ".join(parts) or "no talk windows")
-
-    def _discard(self) -> None:
-        if not self.keep:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 def run_story(out: TextIO = sys.stdout, *, keep: bool = False, seed: int | None = None) -> int:

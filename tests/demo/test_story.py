@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,8 @@ async def test_a_failed_step_is_named_and_the_exit_status_is_1(monkeypatch):
     assert await story.run() == 1
     assert "FAIL  gateway started: tonewall run did not start" in out.getvalue()
     assert "FAILED: gateway started" in out.getvalue()
-    assert not story.work_dir.exists()
+    assert f"Kept: {story.work_dir}" in out.getvalue()  # kept for the log, since it failed
+    shutil.rmtree(story.work_dir)
 
 
 def _demo_command() -> list[str]:
