@@ -50,9 +50,23 @@ class Extension(Protocol):
     async def stop(self) -> None: ...
 
 
+PR_SET_DUMPABLE = 4
+
+
 def disable_core_dumps() -> None:
-    """DESIGN.md card data rules: a core dump would hold card digits from memory."""
+    """DESIGN.md card data rules: a core dump (or a ptrace by a same-user process) would expose card digits.
+
+    RLIMIT_CORE 0 stops ordinary dumps; PR_SET_DUMPABLE 0 also stops dumps piped to a
+    core_pattern handler and same-user ptrace attaches.
+    """
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the rlimit is what we have
+        pass
 
 
 def prepare_data_dir(path: str) -> Path:

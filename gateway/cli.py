@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit verify [--data-dir DIR]")
     audit.add_argument("action", choices=("verify",))
     audit.add_argument("--data-dir", default="./tonewall-data")
-    sub.add_parser("check", help="compliance report (not built yet)")
+    sub.add_parser("check", help="compliance report: check [--config FILE] [--data-dir DIR] [--json]",
+                   add_help=False)
     return parser
 
 
@@ -66,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.api.auth import issue_token_main
 
         return issue_token_main(argv[2:])
+    if argv[:1] == ["check"]:
+        from gateway.check import main as check_main
+
+        return check_main(argv[1:])
     if argv[:1] == ["token"]:
         print("usage: tonewall token issue --role ROLE [--agent ID] [--ttl SECONDS] [--data-dir DIR]",
               file=sys.stderr)

@@ -137,7 +137,7 @@ class VaultConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     path: str | None = None
-    """None: DATA_DIR/audit.log."""
+    """None: DATA_DIR/audit/audit.jsonl (its HMAC key beside it, audit.key)."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ class Config:
         return best
 
     def audit_path(self) -> Path:
-        return Path(self.audit.path) if self.audit.path else Path(self.data_dir) / "audit.log"
+        return Path(self.audit.path) if self.audit.path else Path(self.data_dir) / "audit" / "audit.jsonl"
 
 
 # ---- value parsers: each takes the raw value and raises ValueError with a short reason

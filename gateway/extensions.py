@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import pki
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, load_or_create_key
 from gateway.b2bua import CallEnded, InfoDtmfReceived
 from gateway.capture.machine import CardEntryConfig, parse_fields
 from gateway.capture.service import CaptureService
@@ -139,7 +139,11 @@ class MaskingBridge:
         self._gateway = gateway
 
     def set_capture(self, call_id: str, on: bool) -> None:
-        self._gateway.media.set_capture(call_id, on)
+        media = self._gateway.media
+        if not on and call_id not in media.calls:
+            # The B2BUA closes a call's media before it reports CallEnded: nothing is left to unmask.
+            return
+        media.set_capture(call_id, on)
 
     def play_feedback(self, call_id: str, kind: str) -> None:
         play = getattr(self._gateway.media, "play_feedback", None)
@@ -162,7 +166,12 @@ class CaptureExtension:
     async def start(self, gateway: Any) -> str | None:
         config: Config = gateway.config
         loop = asyncio.get_running_loop()
-        self.audit = AuditLog.open(config.data_dir)
+        if config.audit.path:
+            path = config.audit_path()
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.audit = AuditLog(path, load_or_create_key(path.parent / "audit.key"))
+        else:
+            self.audit = AuditLog.open(config.data_dir)
         self.tokenizer = build_tokenizer(config, self._vault.url if self._vault else None)
         self.calls = CallDirectory(gateway)
         capture = config.capture
