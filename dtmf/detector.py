@@ -121,12 +121,9 @@ class _Analysis:
         n = np.arange(WINDOW_SAMPLES)
         window = 0.5 - 0.5 * np.cos(2 * np.pi * (n + 0.5) / WINDOW_SAMPLES)
         omega = 2 * np.pi * _FREQS_HZ / sample_rate_hz
-        # Column 2k is the real part, 2k+1 the imaginary part of exp(-j w n) * window,
-        # so the product viewed as complex64 holds the 8 DFT values directly.
-        cols = np.empty((WINDOW_SAMPLES, 16))
-        cols[:, 0::2] = window[:, None] * np.cos(np.outer(n, omega))
-        cols[:, 1::2] = -window[:, None] * np.sin(np.outer(n, omega))
-        self.dft = np.ascontiguousarray(cols, dtype=np.float32)
+        # Rows 0-7: real parts, rows 8-15: imaginary parts of window * exp(-j w n).
+        rows = np.vstack([window * np.cos(np.outer(omega, n)), -window * np.sin(np.outer(omega, n))])
+        self.dft_rows = np.ascontiguousarray(rows, dtype=np.float32)
         self.ones = np.ones(CHUNK_SAMPLES, dtype=np.float32)
         sum_w = window.sum()
         self.tone_power_norm = float(2.0 / sum_w ** 2)
@@ -154,7 +151,7 @@ _ANALYSIS: dict[int, _Analysis] = {}
 _STATE_FIELDS = (
     ("tail", np.float32, (WINDOW_SAMPLES,)),  # last complete chunk, then the incomplete one
     ("resid_n", np.int64, ()),  # samples of the incomplete chunk held in tail[40:]
-    ("w_hist", np.float32, (2, 16)),  # DFT (re, im) of the last two windows
+    ("w_hist", np.float32, (2, 16)),  # DFT (8 re, 8 im) of the last two windows, older first
     ("chunks", np.int64, ()),  # complete chunks processed since the stream began
     ("run_code", np.int64, ()),  # key of the current run of hits, or -1
     ("run_len", np.int64, ()),
@@ -345,16 +342,17 @@ class DetectorBank:
         w3 = windows.reshape(k, c, WINDOW_SAMPLES)
         w3[:, :, :CHUNK_SAMPLES] = chunks[:, :-1]
         w3[:, :, CHUNK_SAMPLES:] = chunks[:, 1:]
-        # One matrix product: the 8 DFT values of every window of every stream.
-        z = np.matmul(windows, an.dft, out=self._scratch("z", (k * c, 16)))
+        # One matrix product: the 8 DFT values of every window of every stream, as
+        # rows (re of the 8 bins, then im) so that the gate runs on contiguous rows.
+        kc = k * c
+        z = np.matmul(an.dft_rows, windows.T, out=self._scratch("z", (16, kc)))
 
         # Cheap gate over every window, implied by the exact checks: level, twist
-        # with slack, and coverage (the pair cannot beat the two strongest bins, and
-        # the window cannot hold more than its louder chunk).
-        sq = np.multiply(z, z, out=self._scratch("sq", (k * c, 16)))
-        mag = np.add(sq[:, 0::2], sq[:, 1::2], out=self._scratch("mag", (k * c, 8)))
-        lo_max = np.maximum(np.maximum(mag[:, 0], mag[:, 1]), np.maximum(mag[:, 2], mag[:, 3]))
-        hi_max = np.maximum(np.maximum(mag[:, 4], mag[:, 5]), np.maximum(mag[:, 6], mag[:, 7]))
+        # with slack, purity and coverage (the pair cannot beat the two strongest
+        # bins; the chunk energies are exact).
+        sq = np.multiply(z, z, out=self._scratch("sq", (16, kc)))
+        mag = np.add(sq[:8], sq[8:], out=self._scratch("mag", (8, kc)))
+        lo_max, hi_max = mag.reshape(2, 4, kc).max(axis=1)
         pair_max = lo_max + hi_max
         gate = pair_max >= an.gate_pair_mag
         gate &= hi_max >= lo_max * an.gate_normal_twist
@@ -369,32 +367,41 @@ class DetectorBank:
         gate &= pair_max >= e_close
         cand = np.flatnonzero(gate)
         hits = None
+        hist = st["w_hist"]
         if cand.size:
-            w_ext = self._scratch("w_ext", (k, c + 2, 16))
-            w_ext[:, :2] = st["w_hist"][slots]
-            w_ext[:, 2:] = z.reshape(k, c, 16)
-            hits = np.full(k * c, _NONE, dtype=np.int64)
-            hits[cand] = self._check(cand, c, mag, w_ext, chunk_energy)
+            hits = np.full(kc, _NONE, dtype=np.int64)
+            hits[cand] = self._check(slots, cand, c, mag, z, hist, chunk_energy)
             hits = hits.reshape(k, c)
         # Keep the last two windows' DFT for the next call's phase advance.
         if c >= 2:
-            st["w_hist"][slots] = z.reshape(k, c, 16)[:, -2:]
+            hist[slots] = z.reshape(16, k, c)[:, :, -2:].transpose(1, 2, 0)
         else:
-            st["w_hist"][slots, 0] = st["w_hist"][slots, 1]
-            st["w_hist"][slots, 1] = z
+            hist[slots, 0] = hist[slots, 1]
+            hist[slots, 1] = z.T
         return hits
 
-    def _check(self, cand: np.ndarray, c: int, mag: np.ndarray, w_ext: np.ndarray,
-               chunk_energy: np.ndarray) -> np.ndarray:
+    def _check(self, slots: np.ndarray, cand: np.ndarray, c: int, mag: np.ndarray, z: np.ndarray,
+               hist: np.ndarray, chunk_energy: np.ndarray) -> np.ndarray:
         """Full Q.24 checks on the windows that passed the gate; key or -1 for each."""
         an = self._an
         si, ti = np.divmod(cand, c)
-        mc = mag[cand]
+        mc = mag[:, cand].T
         bins = np.argmax(mc.reshape(-1, 2, 4), axis=2)  # strongest low and high bin
         bins[:, 1] += 4
-        s2, t2 = si[:, None], ti[:, None]
-        wz = w_ext.view(np.complex64)  # (k, c + 2, 8): windows t-2, t-1, then this call's
-        x0, x1, x2 = wz[s2, t2 + 2, bins], wz[s2, t2 + 1, bins], wz[s2, t2, bins]
+
+        def bin_values(back: int) -> np.ndarray:
+            # Complex DFT of the chosen bins `back` windows before each candidate.
+            inside = ti >= back
+            col = np.where(inside, cand - back, 0)[:, None]
+            values = z[bins, col] + 1j * z[bins + 8, col]
+            if not inside.all():
+                out = np.flatnonzero(~inside)
+                old = hist[slots[si[out]], 2 + ti[out] - back]  # (m, 16)
+                rows = np.arange(out.size)[:, None]
+                values[out] = old[rows, bins[out]] + 1j * old[rows, bins[out] + 8]
+            return values
+
+        x0, x1, x2 = bin_values(0), bin_values(1), bin_values(2)
         # The phase advance of each bin over one hop, averaged over two hops, gives
         # the tone's frequency offset from nominal.
         df = np.angle((x0 * np.conj(x1) + x1 * np.conj(x2)) * an.hop_derotate[bins]) * an.rad_to_hz
