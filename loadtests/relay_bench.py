@@ -104,6 +104,7 @@ def serve(mode: str) -> None:
             r = ctl.relay.stats
             print(json.dumps({"relayed": r.relayed, "drops": sum(r.drops_total().values()),
                               "detector_batches": r.detector_batches, "hook_s": round(r.hook_s, 3),
+                              "rows_left": len(ctl.relay._batch_legs),
                               "detector_max_ms": round(detector.max_s * 1e3, 2) if detector else None,
                               "mean_rows_per_batch": round(detector.rows / max(1, r.detector_batches), 1)
                               if detector else None}), flush=True)

@@ -471,14 +471,17 @@ class Relay:
         Returns the held (capture) packets to send: (leg to send from, bytes, destination).
         `max_detect_rows` bounds the pass-through (already forwarded) rows inspected now; the
         rest stay `pending`, so the edge can read sockets in between (a long detector call
-        is latency for every packet that arrives during it). Capture rows always go now.
+        is latency for every packet that arrives during it). A backlog beyond four times the
+        bound goes in one call. Capture rows always go now.
         """
         out: list[tuple[Leg, bytes, tuple[str, int]]] = []
         if not self._batch_legs and not self._capture_legs:
             return out
         legs, payloads, alaw = self._batch_legs, self._batch_payloads, self._batch_alaw
         cap_legs, cap_headers, cap_payloads = self._capture_legs, self._capture_headers, self._capture_payloads
-        if max_detect_rows is not None and len(legs) > max_detect_rows:
+        if max_detect_rows is not None and max_detect_rows < len(legs) <= 4 * max_detect_rows:
+            # Past 4x the bound the relay is overloaded: one big call is cheapest per row and
+            # keeps the backlog (and its memory) from growing.
             self._batch_legs, self._batch_payloads = legs[max_detect_rows:], payloads[max_detect_rows:]
             legs, payloads = legs[:max_detect_rows], payloads[:max_detect_rows]
         else:

@@ -431,3 +431,14 @@ def test_flush_bounds_detection_rows_and_keeps_the_rest_in_order() -> None:
     assert not relay.pending
     firsts = [int(f[0]) for _, frames in det.calls for f in frames]
     assert firsts == [int(ULAW_DECODE[0xF0 + s]) for s in range(5)]
+
+
+def test_flush_takes_an_overload_backlog_in_one_call() -> None:
+    det = FakeDetector()
+    relay = Relay(detector=det)
+    calls = [relay.add_call(f"c{i}") for i in range(9)]
+    for i, call in enumerate(calls):
+        relay.configure(f"c{i}", leg(("10.0.1.1", 4000 + 2 * i)), leg(("10.0.2.1", 6000 + 2 * i)))
+        relay.receive_rtp(call.caller, audio(1), ("10.0.1.1", 4000 + 2 * i), 0.0)
+    relay.flush(max_detect_rows=2)
+    assert not relay.pending and len(det.calls) == 1 and len(det.calls[0][0]) == 9
