@@ -102,6 +102,7 @@ REASON_PHRASES: dict[int, str] = {
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")  # RFC 3261 25.1 token
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _LINE_SPLIT = re.compile(r"\r?\n")
+_HEADER_LINE = re.compile(r"^([^:\n]*):([^\n]*)$", re.MULTILINE)
 
 
 class SipParseError(ValueError):
@@ -562,6 +563,13 @@ def parse_via(text: str) -> Via:
     return Via(m.group(1).upper(), m.group(2).lower(), port, params)
 
 
+# Parses shared between messages through the header memo: the same From/To/Via text
+# comes back in every message of a transaction or dialog. The cached objects are
+# never mutated; the public accessors hand out copies.
+_shared_name_addr = lru_cache(maxsize=4096)(parse_name_addr)
+_shared_via = lru_cache(maxsize=4096)(parse_via)
+
+
 def new_branch(token: str) -> str:
     """A branch with the RFC 3261 magic cookie; `token` must be unique (e.g. secrets.token_hex)."""
     return BRANCH_MAGIC + token
@@ -630,14 +638,14 @@ class _Message:
         memo = self.headers._memo
         v = memo.get("cseq")
         if v is None:
-            v = memo["cseq"] = parse_cseq(self.headers.get("CSeq") or "")
+            v = memo["cseq"] = _shared_cseq(self.headers.get("CSeq") or "")
         return v  # type: ignore[return-value]
 
     def _vias(self) -> list[Via]:
         memo = self.headers._memo
         v = memo.get("via")
         if v is None:
-            v = memo["via"] = [parse_via(x) for x in self.headers.get_all("Via")]
+            v = memo["via"] = [_shared_via(x) for x in self.headers.get_all("Via")]
         return v  # type: ignore[return-value]
 
     @property
@@ -667,7 +675,7 @@ class _Message:
         memo = self.headers._memo
         v = memo.get(key)
         if v is None:
-            v = memo[key] = parse_name_addr(self._required(name))
+            v = memo[key] = _shared_name_addr(self._required(name))
         return v  # type: ignore[return-value]
 
     @property
@@ -767,6 +775,9 @@ def parse_cseq(value: str) -> tuple[int, str]:
     return num, parts[1]
 
 
+_shared_cseq = lru_cache(maxsize=1024)(parse_cseq)
+
+
 def check_require(request: SipRequest, supported: Iterable[str]) -> None:
     """Raise 420 listing option tags in Require that we do not support (RFC 3261 8.2.2.3)."""
     if request.method in ("ACK", "CANCEL"):
@@ -790,15 +801,45 @@ def _decode(data: bytes) -> str:
 def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> SipRequest | SipResponse:
     """Parse a start line and header block (no blank line, no body); checks the mandatory headers."""
     text = _decode(head)
-    lines = _LINE_SPLIT.split(text)
-    start = lines[0]
+    start, nl, block = text.partition("\n")
+    if start.endswith("\r"):
+        start = start[:-1]
     if not start:
         raise SipParseError("SIP start line is empty")
     msg = _parse_start_line(start)
+    headers = _fast_headers(block, limits) if nl else None
+    if headers is None:
+        headers = _slow_headers(_LINE_SPLIT.split(text)[1:], limits)
+    msg.headers = headers
+    _check_mandatory(msg)
+    return msg
+
+
+def _fast_headers(block: str, limits: Limits) -> Headers | None:
+    """One regex pass over an unfolded header block; None sends anything unusual to the line loop."""
+    if (
+        len(block) > limits.max_header_line_bytes
+        or "\n " in block
+        or "\n\t" in block
+        or block[:1] in (" ", "\t")
+    ):
+        return None
+    found = _HEADER_LINE.findall(block)
+    if len(found) != block.count("\n") + 1 or len(found) > limits.max_headers:
+        return None
+    items = [(n.rstrip(" \t"), v.strip()) for n, v in found]
+    keys = [_wire_key(n) for n, _ in items]
+    if None in keys:
+        return None
+    return Headers._trusted(items, keys)  # type: ignore[arg-type]
+
+
+def _slow_headers(lines: list[str], limits: Limits) -> Headers:
+    """The general header loop: folded lines (RFC 3261 7.3.1) and exact errors."""
     items: list[tuple[str, str]] = []
     keys: list[str] = []
     max_line = limits.max_header_line_bytes
-    for line in lines[1:]:
+    for line in lines:
         if len(line) > max_line:
             raise SipParseError("SIP header line is too long", 513)
         if line[:1] in (" ", "\t"):
@@ -817,9 +858,7 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> SipRequest | Sip
         keys.append(key)
         if len(items) > limits.max_headers:
             raise SipParseError("SIP message has too many headers", 513)
-    msg.headers = Headers._trusted(items, keys)
-    _check_mandatory(msg)
-    return msg
+    return Headers._trusted(items, keys)
 
 
 def _parse_start_line(line: str) -> SipRequest | SipResponse:

@@ -200,18 +200,43 @@ _RTPMAP = re.compile(r"^([0-9]{1,3})\s+([^/\s]+)/([0-9]{1,6})", re.ASCII)
 _CRYPTO = re.compile(r"^([0-9]{1,9})\s+(\S+)\s+inline:([A-Za-z0-9+/=]+)(\|\S*)?", re.ASCII)
 
 
+_DIRECTIONS = {d.value: d for d in Direction}
+# Iterating an Enum class and reading .value are slow; the order is the precedence.
+_DIRECTION_ORDER = tuple((d.value, d) for d in Direction)
+_PTIME = re.compile(r"^[0-9]{1,4}(\.[0-9]{1,4})?$")
+
+
 def remote_audio(sd: SessionDescription) -> RemoteAudio:
     """Extract the first audio stream; raise NotAcceptable when there is none."""
     audio = next((m for m in sd.media if m.media == "audio"), None)
     if audio is None:
         raise NotAcceptable("SDP has no audio stream")
-    session_c = next((_connection_address(v) for t, v in sd.lines if t == "c"), None)
-    address = audio.connection_address or session_c
+    # One pass over the section's lines; the first of a kind wins where only one counts.
+    media_c: str | None = None
     names: dict[int, tuple[str, int]] = {}
-    for v in audio.attributes("rtpmap"):
-        m = _RTPMAP.match(v or "")
-        if m:
-            names[int(m.group(1))] = (m.group(2).upper(), int(m.group(3)))
+    flags: set[str] = set()
+    ptime: str | None = None
+    rtcp_attr: str | None = None
+    crypto_vals: list[str] = []
+    for t, v in audio.lines:
+        if t == "a":
+            n, colon, val = v.partition(":")
+            if not colon:
+                flags.add(v)
+            elif n == "rtpmap":
+                m = _RTPMAP.match(val)
+                if m:
+                    names[int(m.group(1))] = (m.group(2).upper(), int(m.group(3)))
+            elif n == "ptime":
+                ptime = val if ptime is None else ptime
+            elif n == "rtcp":
+                rtcp_attr = val if rtcp_attr is None else rtcp_attr
+            elif n == "crypto":
+                crypto_vals.append(val)
+        elif t == "c" and media_c is None:
+            media_c = _connection_address(v)
+    session_c = next((_connection_address(v) for t, v in sd.lines if t == "c"), None)
+    address = media_c or session_c
     codecs: list[Codec] = []
     te: Codec | None = None
     for fmt in audio.formats:
@@ -227,23 +252,24 @@ def remote_audio(sd: SessionDescription) -> RemoteAudio:
                 te = codec
         else:
             codecs.append(codec)
-    direction = Direction.SENDRECV
-    for d in Direction:
-        if audio.has_flag(d.value):
+    direction = None
+    for value, d in _DIRECTION_ORDER:
+        if value in flags:
             direction = d
             break
     else:
-        for d in Direction:
-            if any(t == "a" and v == d.value for t, v in sd.lines):
+        session_flags = {v for t, v in sd.lines if t == "a" and v in _DIRECTIONS}
+        for value, d in _DIRECTION_ORDER:
+            if value in session_flags:
                 direction = d
                 break
-    ptime = audio.attribute("ptime")
-    ptime_ms = int(float(ptime)) if ptime and re.match(r"^[0-9]{1,4}(\.[0-9]{1,4})?$", ptime) else None
+    if direction is None:
+        direction = Direction.SENDRECV
+    ptime_ms = int(float(ptime)) if ptime and _PTIME.match(ptime) else None
     rtcp = None
-    rtcp_attr = audio.attribute("rtcp")
     if rtcp_attr:
         parts = rtcp_attr.split()
-        if not _is_num(parts[0]) or int(parts[0]) > 65535:
+        if not parts or not _is_num(parts[0]) or int(parts[0]) > 65535:
             raise SdpParseError("SDP a=rtcp is invalid")
         rtcp_addr = parts[3] if len(parts) >= 4 else address
         if rtcp_addr:
@@ -251,8 +277,8 @@ def remote_audio(sd: SessionDescription) -> RemoteAudio:
     elif address and audio.port:
         rtcp = (address, audio.port + 1)
     crypto = []
-    for v in audio.attributes("crypto"):
-        m = _CRYPTO.match(v or "")
+    for v in crypto_vals:
+        m = _CRYPTO.match(v)
         if m:
             crypto.append(Crypto(int(m.group(1)), m.group(2), m.group(3)))
     return RemoteAudio(address, audio.port, audio.proto, tuple(codecs), te, ptime_ms, direction, rtcp, tuple(crypto))
