@@ -31,9 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="end-to-end demo on loopback (not built yet)")
     sub.add_parser("vault", help="embedded tokenization vault: serve | rotate-key | client-cert", add_help=False)
     sub.add_parser("token", help="token issue --role ROLE [--agent ID] [--ttl S] [--data-dir DIR]", add_help=False)
-    audit = sub.add_parser("audit", help="audit verify [--data-dir DIR]")
+    audit = sub.add_parser("audit", help="audit verify [--data-dir DIR] [--list]")
     audit.add_argument("action", choices=("verify",))
     audit.add_argument("--data-dir", default="./tonewall-data")
+    audit.add_argument("--list", action="store_true", help="also print one line per record")
     sub.add_parser("check", help="compliance report: check [--config FILE] [--data-dir DIR] [--json]",
                    add_help=False)
     return parser
@@ -84,10 +85,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = verify_data_dir(args.data_dir)
         for problem in result.problems:
             print(problem)
+        _print_audit_records(args.data_dir, args.list)
         print(f"audit: {'ok' if result.ok else 'FAILED'} ({result.records} records)")
         return 0 if result.ok else 1
     print(f"tonewall: '{args.command}' is not built yet", file=sys.stderr)
     return 2
+
+
+AUDIT_LIST_FIELDS = ("actor", "call_id", "capture_id", "outcome", "reason", "brand", "last4", "token")
+
+
+def _print_audit_records(data_dir: str, each: bool) -> None:
+    """What the log holds: counts by event, and with --list one line per record (audited fields only)."""
+    import json
+    from collections import Counter
+    from pathlib import Path
+
+    path = Path(data_dir) / "audit" / "audit.jsonl"
+    counts: Counter[str] = Counter()
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # already reported by the verifier
+        if not isinstance(record, dict):
+            continue
+        counts[str(record.get("event"))] += 1
+        if each:
+            fields = " ".join(f"{k}={record[k]}" for k in AUDIT_LIST_FIELDS if record.get(k) is not None)
+            print(f"{record.get('seq')} {record.get('time')} {record.get('event')} {fields}".rstrip())
+    if counts:
+        print("events: " + ", ".join(f"{name}={n}" for name, n in sorted(counts.items())))
 
 
 if __name__ == "__main__":
