@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dtmf.detector import (
     DetectorBank,
@@ -285,3 +287,32 @@ def test_malformed_input_raises_value_error() -> None:
         DtmfDetector(sample_rate_hz=16000)
     with pytest.raises(ValueError):
         DtmfDetector().process(np.zeros((2, 2)))
+
+
+_PARTITION_SIGNAL: list[np.ndarray] = []
+
+
+def _partition_signal() -> np.ndarray:
+    if not _PARTITION_SIGNAL:
+        rng = np.random.default_rng(23)
+        signal, _ = tone_train([("3", 55, 45), ("*", 70, 10), ("*", 60, 60), ("C", 45, 80)], rng)
+        signal += white_noise(len(signal), -35.0, rng)
+        _PARTITION_SIGNAL.append(g711_round_trip(signal, "PCMA"))
+    return _PARTITION_SIGNAL[0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=40))
+def test_any_partition_of_the_stream_gives_the_same_events(sizes: list[int]) -> None:
+    samples = _partition_signal()
+    det = DtmfDetector()
+    events: list[DigitDetected | DigitEnded] = []
+    pos = 0
+    for size in sizes * (len(samples) // max(sum(sizes), 1) + 1):
+        events += det.process(samples[pos:pos + size])
+        pos += size
+        if pos >= len(samples):
+            break
+    events += det.process(samples[pos:]) + det.flush()
+    assert events == detect(samples)
+    assert digits_of(events) == "3*C"  # the 10 ms drop-out is bridged
