@@ -31,6 +31,18 @@ HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+RELAY_NICE = 0
+
+
+def _relay_priority() -> None:
+    """Runs in the relay child before exec: every relay gets the same scheduling priority."""
+    if RELAY_NICE:
+        try:
+            os.nice(RELAY_NICE)
+        except OSError:
+            pass
+
+
 def cpu_s(pid: int) -> float:
     """utime + stime of a process (all threads), from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
@@ -179,7 +191,7 @@ class RtpEngine:
             ["rtpengine", "--table=-1", f"--interface={HOST}", f"--listen-ng={HOST}:{self.ng_port}",
              "--foreground", "--delete-delay=0", f"--port-min={port_low}", f"--port-max={port_high}",
              "--log-stderr", "--log-level=3", "--no-fallback"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_relay_priority)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.settimeout(2.0)
         self.pid = self.proc.pid
@@ -257,7 +269,8 @@ def run_point(relay: str, n: int, duration_s: float) -> dict:
         else:
             env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
             proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve", relay],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                    preexec_fn=_relay_priority)
             proc.stdin.write(json.dumps({"callers": callers, "agents": agents,
                                          "ports": [20000, 20000 + 4 * n + 100]}) + "\n")
             proc.stdin.flush()
@@ -298,7 +311,11 @@ def main() -> None:
     ap.add_argument("--streams", default="100,500,1000")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds per point (2 s warm-up)")
     ap.add_argument("--relays", default="direct,tonewall,rtpengine,bare")
+    ap.add_argument("--relay-nice", type=int, default=0,
+                    help="nice increment for the relay processes (e.g. -10 on a shared machine, as root)")
     args = ap.parse_args()
+    global RELAY_NICE
+    RELAY_NICE = args.relay_nice
     relays = args.relays.split(",")
     if "rtpengine" in relays and shutil.which("rtpengine") is None:
         print("rtpengine not installed: skipping it", file=sys.stderr)

@@ -2,9 +2,9 @@
 
 Each leg gets an even RTP port and the odd RTCP port above it (RFC 3550 11), bound
 on the media address. Sockets are non-blocking and watched with `loop.add_reader`;
-a readable socket is drained with `recvfrom` until it would block (bounded), each
-datagram goes through `Relay.receive_rtp`/`receive_rtcp`, and the answer is sent at
-once from the other leg's socket. Once per loop iteration with caller packets
+each wakeup reads one datagram (the poller is level-triggered), passes it through
+`Relay.receive_rtp`/`receive_rtcp`, and sends the answer at once from the other
+leg's socket. Once per loop iteration with caller packets
 pending, `Relay.flush()` runs from `loop.call_soon`: one numpy call for the DTMF
 detector (and masker) over everything that arrived in that iteration.
 Run it on uvloop (PEERS.md: the default loop loses packets from ~500 streams).
@@ -25,7 +25,7 @@ MAX_DATAGRAM_BYTES = 2048
 DETECT_ROWS_PER_FLUSH = 256
 """Pass-through rows per detector call; the rest wait one iteration so sockets are read between."""
 READS_PER_WAKEUP = 64
-"""Bound on datagrams drained from one socket per wakeup (fairness between sockets)."""
+"""Bound on RTCP datagrams drained from one socket per wakeup."""
 
 
 class PortRange:
@@ -179,32 +179,27 @@ class RtpMediaController:
     # ---- the hot path ----------------------------------------------------------
 
     def _read_rtp(self, leg: Leg) -> None:
+        # One datagram per wakeup: the poller is level-triggered, so a socket with more
+        # queued is called again next iteration, and the usual single packet per socket
+        # costs one recvfrom instead of a second one that fails with EAGAIN.
         relay = self.relay
-        receive = relay.receive_rtp
-        recv = leg.endpoint.rtp.recvfrom
-        send = leg.peer.endpoint.rtp.sendto
-        now = self._loop.time()
         t0 = perf_counter()
-        n = 0
-        while n < READS_PER_WAKEUP:
+        try:
+            data, addr = leg.endpoint.rtp.recvfrom(MAX_DATAGRAM_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # e.g. ICMP port unreachable reported on this socket
+            relay.stats.drops[leg.direction]["socket"] += 1
+            return
+        out = relay.receive_rtp(leg, data, addr, self._loop.time())
+        if out is not None:
             try:
-                data, addr = recv(MAX_DATAGRAM_BYTES)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # e.g. ICMP port unreachable reported on this socket
-                relay.stats.drops[leg.direction]["socket"] += 1
-                continue
-            n += 1
-            out = receive(leg, data, addr, now)
-            if out is not None:
-                try:
-                    send(out[0], out[1])
-                except OSError:
-                    relay.stats.drops[leg.direction]["send"] += 1
-        if n:
-            relay.stats.record_processing(perf_counter() - t0, n)
-        if (relay.pending or relay.timer_changed or (self.on_event is not None and relay.has_events)) \
-                and not self._flush_scheduled:
+                leg.peer.endpoint.rtp.sendto(out[0], out[1])
+            except OSError:
+                relay.stats.drops[leg.direction]["send"] += 1
+        relay.stats.record_processing(perf_counter() - t0, 1)
+        if not self._flush_scheduled and (relay.pending or relay.timer_changed
+                                          or (self.on_event is not None and relay.has_events)):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
