@@ -139,7 +139,8 @@ class GatewayProcess:
                 break
             await asyncio.sleep(0.05)
         await self.stop()
-        raise GatewayStartError("tonewall run did not start")
+        tail = [line for line in self.log_lines() if line.strip()][-1:]
+        raise GatewayStartError(f"tonewall run did not start (exit {self.returncode}): {' '.join(tail)[-300:]}")
 
     def log_lines(self) -> list[str]:
         try:
