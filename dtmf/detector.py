@@ -73,7 +73,13 @@ _CODE_TO_DIGIT = tuple(KEYPAD[row][col] for row in range(4) for col in range(4))
 _NONE = -1
 
 
-@dataclass(frozen=True)
+def _redacted_repr(event: object) -> str:
+    # During a capture the digits are card data: a repr (logs, tracebacks) never shows them.
+    fields = ", ".join(f"{k}=<redacted>" if k == "digit" else f"{k}={v!r}" for k, v in vars(event).items())
+    return f"{type(event).__name__}({fields})"
+
+
+@dataclass(frozen=True, repr=False)
 class DigitDetected:
     """The receiver accepted a digit (emitted at the decision, while the tone is on)."""
 
@@ -86,8 +92,10 @@ class DigitDetected:
     decided_sample: int
     """Sample count at which the decision was made."""
 
+    __repr__ = _redacted_repr
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class DigitEnded:
     """The tone of an accepted digit ended (pause seen, or flush)."""
 
@@ -99,6 +107,8 @@ class DigitEnded:
     """Estimated tone onset, as in the DigitDetected event."""
     end_sample: int
     """Estimated tone end (one past the last tone sample)."""
+
+    __repr__ = _redacted_repr
 
 
 DetectorEvent = DigitDetected | DigitEnded

@@ -316,3 +316,16 @@ def test_any_partition_of_the_stream_gives_the_same_events(sizes: list[int]) -> 
     events += det.process(samples[pos:]) + det.flush()
     assert events == detect(samples)
     assert digits_of(events) == "3*C"  # the 10 ms drop-out is bridged
+
+
+def test_event_reprs_never_show_the_digit() -> None:
+    """Digits keyed during a capture are card data: logs and tracebacks must not show them."""
+    rng = np.random.default_rng(24)
+    for digit in "*#":
+        samples, _, _ = placed_tone(digit, rng)
+        events = detect(samples)
+        assert [e.digit for e in events] == [digit, digit]
+        for event in events:
+            text = repr(event) + str(event) + f"{event}"
+            assert digit not in text
+            assert "digit=<redacted>" in text and f"start_sample={event.start_sample}" in text
