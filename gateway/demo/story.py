@@ -31,7 +31,7 @@ import numpy as np
 from gateway.demo.endpoint import Endpoint
 from gateway.demo.process import GatewayPorts, GatewayProcess, GatewayStartError
 from gateway.demo.recording import Recording, multimon_available, multimon_tone_count
-from gateway.demo.useragent import CallEnded, CallEstablished, CallFailed
+from gateway.demo.useragent import CallEnded, CallEstablished
 from gateway.demo.voice import FRAME_SAMPLES, CallerVoice, KeyingTiming, SensitiveKeys
 
 AGENT = "alice"

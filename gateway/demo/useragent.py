@@ -22,7 +22,6 @@ from gateway.sip.message import (
     Headers,
     SipParseError,
     SipRequest,
-    SipResponse,
     build_response,
     new_branch,
     parse_message,
