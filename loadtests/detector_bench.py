@@ -160,8 +160,8 @@ def battery() -> list[tuple[str, bool | None, dict]]:
     for pct, expect in ((1.5, True), (2.5, None), (3.5, False), (5.0, False)):
         for sign in (1, -1):
             for group in ("low", "high"):
-                rows.append((f"{group} {sign * pct:+.1f} %{(' + 2 Hz' if sign > 0 else ' - 2 Hz') if expect else ''}", expect,
-                             {"offset": (group, sign * pct, bool(expect))}))
+                hz = (" + 2 Hz" if sign > 0 else " - 2 Hz") if expect else ""
+                rows.append((f"{group} {sign * pct:+.1f} %{hz}", expect, {"offset": (group, sign * pct, bool(expect))}))
     rows += [(f"twist {t:+.0f} dB", -8 <= t <= 4, {"twist_db": t}) for t in (-8, 4, -10, 6)]
     rows += [(f"level {lv:+.0f} dBm0", {0: True, -25: True, -30: None, -36: False}[lv], {"level_dbm0": lv})
              for lv in (0, -25, -30, -36)]
