@@ -399,19 +399,19 @@ class DetectorBank:
         bins = np.argmax(mc.reshape(-1, 2, 4), axis=2)  # strongest low and high bin
         bins[:, 1] += 4
 
-        def bin_values(back: int) -> np.ndarray:
-            # Complex DFT of the chosen bins `back` windows before each candidate.
-            inside = ti >= back
-            col = np.where(inside, cand - back, 0)[:, None]
-            values = z[bins, col] + 1j * z[bins + 8, col]
-            if not inside.all():
-                out = np.flatnonzero(~inside)
-                old = hist[slots[si[out]], 2 + ti[out] - back]  # (m, 16)
-                rows = np.arange(out.size)[:, None]
-                values[out] = old[rows, bins[out]] + 1j * old[rows, bins[out] + 8]
-            return values
-
-        x0, x1, x2 = bin_values(0), bin_values(1), bin_values(2)
+        # Complex DFT of the chosen bins in the window itself and the two before it
+        # (from this call's windows, or from the stream's history): (n, 3, 2).
+        back = np.arange(3)
+        inside = ti[:, None] >= back  # (n, 3)
+        col = np.where(inside, cand[:, None] - back, 0)[:, :, None]
+        b3 = bins[:, None, :]
+        fresh = z[b3, col] + 1j * z[b3 + 8, col]
+        if not inside.all():
+            rows = np.arange(cand.size)[:, None, None]
+            old = hist[slots[si]]  # (n, 2, 16), older first
+            h = np.clip(ti[:, None] - back + 2, 0, 1)[:, :, None]
+            fresh = np.where(inside[:, :, None], fresh, old[rows, h, b3] + 1j * old[rows, h, b3 + 8])
+        x0, x1, x2 = fresh[:, 0], fresh[:, 1], fresh[:, 2]
         # The phase advance of each bin over one hop, averaged over two hops, gives
         # the tone's frequency offset from nominal.
         df = np.angle((x0 * np.conj(x1) + x1 * np.conj(x2)) * an.hop_derotate[bins]) * an.rad_to_hz
