@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar, text = helps[flag]
         run.add_argument(flag, metavar=metavar, help=text)
     run.add_argument("--check-config", action="store_true", help="validate the config and exit")
-    sub.add_parser("demo", help="end-to-end demo on loopback (not built yet)")
+    sub.add_parser("demo", help="end-to-end secure capture on loopback: demo [--keep] [--seed N]",
+                   add_help=False)
     sub.add_parser("vault", help="embedded tokenization vault: serve | rotate-key | client-cert", add_help=False)
     sub.add_parser("token", help="token issue --role ROLE [--agent ID] [--ttl S] [--data-dir DIR]", add_help=False)
     audit = sub.add_parser("audit", help="audit verify [--data-dir DIR] [--list]")
@@ -68,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.api.auth import issue_token_main
 
         return issue_token_main(argv[2:])
+    if argv[:1] == ["demo"]:
+        from gateway.demo import main as demo_main
+
+        return demo_main(argv[1:])
     if argv[:1] == ["check"]:
         from gateway.check import main as check_main
 
