@@ -152,6 +152,10 @@ class _Analysis:
         pair_bound = self.tone_power_norm / self.gain2[accepted_df].min()
         self.gate_coverage = pair_bound * CHUNK_SAMPLES / COVERAGE_MIN
         self.gate_purity = pair_bound * WINDOW_SAMPLES / PURITY_MIN
+        self.normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10)
+        self.reverse_twist = 10.0 ** (REVERSE_TWIST_DB / 10)
+        self.min_pair_power = _dbm0_power(MIN_PAIR_LEVEL_DBM0)
+        self.min_tone_power = _dbm0_power(MIN_TONE_LEVEL_DBM0)
         self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 4.0) / 10)
         self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 4.0) / 10)
 
@@ -409,7 +413,7 @@ class DetectorBank:
         if not inside.all():
             rows = np.arange(cand.size)[:, None, None]
             old = hist[slots[si]]  # (n, 2, 16), older first
-            h = np.clip(ti[:, None] - back + 2, 0, 1)[:, :, None]
+            h = ((ti[:, None] - back + 2) & 1)[:, :, None]  # 0 or 1 where outside this call
             fresh = np.where(inside[:, :, None], fresh, old[rows, h, b3] + 1j * old[rows, h, b3 + 8])
         x0, x1, x2 = fresh[:, 0], fresh[:, 1], fresh[:, 2]
         # The phase advance of each bin over one hop, averaged over two hops, gives
@@ -417,14 +421,17 @@ class DetectorBank:
         df = np.angle((x0 * np.conj(x1) + x1 * np.conj(x2)) * an.hop_derotate[bins]) * an.rad_to_hz
         # Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
         ok = (np.abs(df) <= an.freq_tol_hz[bins]).all(axis=1)
-        p = np.take_along_axis(mc, bins, 1) * an.tone_power_norm / np.interp(df, an.gain_df_hz, an.gain2)
+        # Tone powers, corrected for the window's roll-off at the estimated offset.
+        p = mc[np.arange(cand.size)[:, None], bins] * an.tone_power_norm
+        p /= np.interp(df, an.gain_df_hz, an.gain2)
         p_lo, p_hi = p[:, 0], p[:, 1]
         pair = p_lo + p_hi
         # Q.24 twist: high tone up to 8 dB below or 4 dB above the low tone.
-        ok &= p_hi >= p_lo * 10.0 ** (-NORMAL_TWIST_DB / 10)
-        ok &= p_hi <= p_lo * 10.0 ** (REVERSE_TWIST_DB / 10)
-        ok &= pair >= _dbm0_power(MIN_PAIR_LEVEL_DBM0)
-        ok &= np.minimum(p_lo, p_hi) >= _dbm0_power(MIN_TONE_LEVEL_DBM0)
+        ok &= p_hi >= p_lo * an.normal_twist
+        ok &= p_hi <= p_lo * an.reverse_twist
+        ok &= pair >= an.min_pair_power
+        ok &= p_lo >= an.min_tone_power
+        ok &= p_hi >= an.min_tone_power
         e_open, e_close = chunk_energy[si, ti], chunk_energy[si, ti + 1]
         ok &= pair * WINDOW_SAMPLES >= PURITY_MIN * (e_open + e_close)
         ok &= pair * CHUNK_SAMPLES >= COVERAGE_MIN * np.maximum(e_open, e_close)
