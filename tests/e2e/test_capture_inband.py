@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from tests.e2e.agentapi import detokenize
+from tests.e2e.cards import INBAND_CVV, INBAND_PAN
 from tests.e2e.conftest import call_through
 from tests.e2e.keypad import both_decoders, future_expiry, keyed, read_wav, rms_dbfs, speech_like, write_wav
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-PAN = "4111111111111111"
-CVV = "123"
+PAN, CVV = INBAND_PAN, INBAND_CVV
 
 
 def _window_rms_max(samples: np.ndarray, start_s: float, end_s: float) -> float:

@@ -13,13 +13,13 @@ import time
 import pytest
 
 from tests.e2e.agentapi import detokenize
+from tests.e2e.cards import RFC4733_CVV, RFC4733_PAN
 from tests.e2e.conftest import call_through, wait_until
 from tests.e2e.keypad import both_decoders, future_expiry
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-PAN = "5555555555554444"
-CVV = "737"
+PAN, CVV = RFC4733_PAN, RFC4733_CVV
 
 
 def test_rfc4733_card_tokenized_and_no_event_reaches_agent(gateway, artifacts):

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from gateway import pki
+from tests.e2e.cards import FAULT_PAN, PROCESSOR_DOWN_CVV, PROCESSOR_DOWN_PAN
 from tests.e2e.conftest import E2eGateway, call_through
 from tests.e2e.keypad import both_decoders, future_expiry, keyed, speech_like, write_wav
 from tests.peers.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-PAN = "4012888888881881"
-DISCOVER_PAN = "6011111111111117"
+PAN = FAULT_PAN
 
 
 def _states(stream) -> list[tuple[str | None, str | None]]:
@@ -123,7 +123,7 @@ def test_processor_down_fails_closed(processor_down, artifacts):
     log_dir = artifacts / "processor-down" / "call"
     log_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(13)
-    keys = f"{DISCOVER_PAN}#{future_expiry()}#321#"
+    keys = f"{PROCESSOR_DOWN_PAN}#{future_expiry()}#{PROCESSOR_DOWN_CVV}#"
     card = write_wav(log_dir / "card.wav", np.concatenate([keyed(keys, rng, tail_ms=100), speech_like(500, rng)]))
     late_hash = write_wav(log_dir / "hash.wav", keyed("#", rng, tail_ms=200))
     api = processor_down.agent_api(log_dir)

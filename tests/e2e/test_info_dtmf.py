@@ -14,13 +14,13 @@ import time
 import pytest
 
 from tests.e2e.agentapi import detokenize
+from tests.e2e.cards import INFO_CID, INFO_PAN
 from tests.e2e.conftest import call_through, wait_until
 from tests.e2e.keypad import future_expiry
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-PAN = "378282246310005"
-CID = "2468"
+PAN, CID = INFO_PAN, INFO_CID
 
 
 def test_info_dtmf_answered_not_forwarded_during_capture(gateway, artifacts):
