@@ -43,6 +43,7 @@ from gateway.sip.sdp import (
     SdpParseError,
     build_answer,
     build_offer,
+    build_rejection,
     leg_from_answer,
     parse_sdp,
     remote_audio,
@@ -55,6 +56,7 @@ from gateway.sip.transaction import (
     TimerConfig,
     TransactionLayer,
     TransactionTimedOut,
+    TransportFailed,
     TxKey,
 )
 
@@ -74,6 +76,7 @@ __all__ = [
 ]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
+_INSPECTABLE = ("PCMU", "PCMA")
 SUPPORTED = ("timer",)
 _DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
 _DTMF_DIGITS = set("0123456789*#ABCD")
@@ -174,6 +177,8 @@ class _Leg(Enum):
     CALLER = "caller"
     AGENT = "agent"
 
+    __hash__ = object.__hash__  # Enum's hash is a Python call; legs key several dicts per message
+
     @property
     def other(self) -> _Leg:
         return _Leg.AGENT if self is _Leg.CALLER else _Leg.CALLER
@@ -194,6 +199,45 @@ class _Pending:
     ack: bytes | None = None
 
 
+@dataclass
+class _LateOffer:
+    """A peer's offer that came in its 2xx (its INVITE carried none, RFC 3264 / RFC 3261 13.2.1).
+
+    We offered the other leg in our 2xx; that leg's ACK carries the answer, from
+    which we build our answer for the ACK we still owe `offer_leg`.
+    """
+
+    offer_leg: _Leg
+    their_offer: RemoteAudio
+    our_offer: LocalOffer
+    ack_cseq: int
+    """CSeq number of our INVITE on `offer_leg`, reused by the ACK (RFC 3261 13.2.2.4)."""
+    answer_cseq: int
+    """CSeq number of the INVITE on the other leg, whose ACK carries the answer."""
+    pending: _Pending | None = None
+    """The initial INVITE's record, which keeps the ACK to repeat for 2xx retransmissions."""
+    offer_key: TxKey | None = None
+    """For a re-INVITE: its client transaction, whose 2xx retransmissions get the ACK again."""
+
+
+class _RandomPool:
+    """Hex digits from `secrets` drawn in bulk: tags, Call-IDs and branches stay unguessable
+    (RFC 3261 19.3: tags cryptographically random) without one system call each."""
+
+    def __init__(self, chunk_bytes: int = 2048):
+        self._chunk = chunk_bytes
+        self._hex = ""
+        self._pos = 0
+
+    def hex(self, n: int) -> str:
+        if self._pos + n > len(self._hex):
+            self._hex = secrets.token_hex(self._chunk)
+            self._pos = 0
+        out = self._hex[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+
 class Call:
     """One call through the gateway; `call_id` is opaque and URL-safe (not a SIP Call-ID)."""
 
@@ -212,7 +256,7 @@ class Call:
         self.srtp_suites: dict[_Leg, str | None] = {}
         self.te_pts: dict[_Leg, int | None] = {}
         self.sdp_versions: dict[_Leg, int] = {_Leg.CALLER: 0, _Leg.AGENT: 0}
-        self.session_id = secrets.randbelow(2**31)
+        self.session_id = 0
         self.invite: SipRequest | None = None
         self.invite_key: TxKey | None = None
         self.agent_invite: SipRequest | None = None
@@ -223,6 +267,12 @@ class Call:
         self.accepted_keys: list[TxKey] = []
         self.session_interval_s: float | None = None
         self.session_token = ""
+        self.late: _LateOffer | None = None
+        self.forks: dict[str, bytes] = {}
+        """To tag -> ACK of an extra 2xx from another fork of the agent INVITE (re-sent on retransmission)."""
+        self.pending_keys: set[TxKey] = set()
+        self.acks: dict[TxKey, bytes] = {}
+        """ACKs of answered re-INVITEs, re-sent when their 2xx is retransmitted."""
 
     def __repr__(self) -> str:
         return f"Call({self.call_id!r}, state={self.state.value})"
@@ -247,8 +297,16 @@ class B2bua:
         self._calls: dict[str, Call] = {}
         self._by_sip: dict[str, tuple[Call, _Leg]] = {}
         self._pending: dict[TxKey, _Pending] = {}
+        self._by_server_key: dict[TxKey, Call] = {}
+        self._acks: dict[TxKey, tuple[bytes, Peer]] = {}
         self._timers: list[tuple[float, int, str, str]] = []
         self._timer_seq = 0
+        self._lingering: deque[tuple[float, TxKey]] = deque()
+        """Cancelled agent INVITEs awaiting a final answer; dropped after 64*T1 (RFC 3261 9.1)."""
+        self._random = _RandomPool()
+        self._via_heads = {
+            t: f"SIP/2.0/{t.upper()} {config.local_host}:{port};branch={new_branch('')}" for t, port in config.local_ports
+        }
         self._ports = dict(config.local_ports)
         hop = parse_uri(config.next_hop)
         if not hop.is_sip:
@@ -268,11 +326,17 @@ class B2bua:
         return self._calls.get(call_id)
 
     def messages_to_send(self) -> list[tuple[bytes, Peer]]:
+        """Everything to send, in order; ACKs for 2xx (sent outside transactions) come first, so an
+        ACK we owed precedes the BYE that follows it."""
         self._drain_tx()
-        out = self._tx.messages_to_send()
-        out.extend(self._out)
-        self._out = []
+        out, self._out = self._out, []
+        out.extend(self._tx.messages_to_send())
         return out
+
+    @property
+    def pending_transactions(self) -> int:
+        """Requests we sent that still wait for a final response (or linger after a CANCEL)."""
+        return len(self._pending)
 
     def next_event(self) -> B2buaEvent | None:
         self._drain_tx()
@@ -283,6 +347,8 @@ class B2bua:
         while heap and heap[0][2] not in self._calls:
             heapq.heappop(heap)
         mine = heap[0][0] if heap else None
+        if self._lingering and (mine is None or self._lingering[0][0] < mine):
+            mine = self._lingering[0][0]
         tx = self._tx.get_timer()
         if mine is None:
             return tx
@@ -291,6 +357,12 @@ class B2bua:
     def handle_timer(self, now: float) -> None:
         self._tx.handle_timer(now)
         self._drain_tx(now)
+        while self._lingering and self._lingering[0][0] <= now:
+            _, key = self._lingering.popleft()
+            p = self._untrack(key)
+            if p is not None:
+                # RFC 3261 9.1: no final response 64*T1 after the CANCEL: consider it cancelled.
+                self._tx.terminate(key)
         while self._timers and self._timers[0][0] <= now:
             _, _, call_id, kind = heapq.heappop(self._timers)
             call = self._calls.get(call_id)
@@ -319,6 +391,15 @@ class B2bua:
             return
         self._drain_tx(now)
 
+    def transport_failed(self, peer: Peer, now: float) -> None:
+        """The edge reports a dead TCP/TLS connection, or a send that failed (ICMP unreachable), to `peer`.
+
+        RFC 3261 17.1.4 / 8.1.3.1: transactions over that flow end; a request we sent
+        counts as answered 503, a response we could not deliver ends its call.
+        """
+        self._tx.transport_failed(peer, now)
+        self._drain_tx(now)
+
     def hangup(self, call_id: str, reason: str, now: float) -> None:
         """End a call from outside (media timeout, API): BYE both legs, or CANCEL/480 if unanswered."""
         call = self._calls.get(call_id)
@@ -344,9 +425,11 @@ class B2bua:
                 elif isinstance(ev, TransactionTimedOut):
                     self._on_timeout(ev, t)
                 elif isinstance(ev, AckTimedOut):
-                    found = self._call_of_server_key(ev.key)
+                    found = self._by_server_key.get(ev.key)
                     if found is not None:
                         self.hangup(found.call_id, "no ACK", t)
+                elif isinstance(ev, TransportFailed):
+                    self._on_transport_failed(ev, t)
             except (SipParseError, SdpParseError, DialogError) as exc:
                 self._events.append(MessageRejected(str(exc), getattr(exc, "status", 400)))
                 if isinstance(ev, RequestReceived) and ev.key is not None:
@@ -435,21 +518,25 @@ class B2bua:
                 self._respond(key, req, 488, now)
                 self._events.append(MessageRejected(str(exc), 488))
                 return
-        call_id = secrets.token_urlsafe(12)
+        rnd = self._random
+        call_id = rnd.hex(24)
         try:
             media = self.media.open_call(call_id)
         except OSError:
             self._respond(key, req, 503, now, reason="No Media Ports")
             self._events.append(MessageRejected("no media ports free", 503))
             return
-        call = Call(call_id, req.from_addr.uri.user or "", user, now, media)
+        caller_addr = req.from_addr
+        call = Call(call_id, caller_addr.uri.user or "", user, now, media)
+        call.session_id = int(rnd.hex(7), 16)
         call.invite, call.invite_key, call.caller_offer = req, key, offer
+        self._by_server_key[key] = call
         call.peers[_Leg.CALLER] = source
         call.peers[_Leg.AGENT] = self._hop_peer
-        call.local_tags[_Leg.CALLER] = secrets.token_hex(6)
-        call.local_tags[_Leg.AGENT] = secrets.token_hex(6)
+        call.local_tags[_Leg.CALLER] = rnd.hex(12)
+        call.local_tags[_Leg.AGENT] = rnd.hex(12)
         call.sip_call_ids[_Leg.CALLER] = req.call_id
-        call.sip_call_ids[_Leg.AGENT] = secrets.token_hex(12) + "@tonewall"
+        call.sip_call_ids[_Leg.AGENT] = rnd.hex(24) + "@tonewall"
         call.srtp_suites[_Leg.CALLER] = offer.crypto[0].suite if offer and offer.secure and offer.crypto else None
         call.srtp_suites[_Leg.AGENT] = self.config.agent_srtp_suite
         call.te_pts[_Leg.CALLER] = offer.telephone_event.pt if offer and offer.telephone_event else 101
@@ -458,35 +545,37 @@ class B2bua:
         self._by_sip[req.call_id] = (call, _Leg.CALLER)
         self._by_sip[call.sip_call_ids[_Leg.AGENT]] = (call, _Leg.AGENT)
 
-        agent_uri = parse_uri(str(self._hop))
-        agent_uri.user = user or None
-        h = Headers()
-        h.add("Via", self._via(_Leg.AGENT, call))
+        agent_uri = self._agent_uri(user)
         mf = req.max_forwards
-        h.add("Max-Forwards", str(mf - 1 if mf is not None else 70))
-        caller_addr = req.from_addr
         caller_addr.params = {"tag": call.local_tags[_Leg.AGENT]}
-        h.add("From", str(caller_addr))
-        h.add("To", f"<{agent_uri}>")
-        h.add("Call-ID", call.sip_call_ids[_Leg.AGENT])
-        h.add("CSeq", "1 INVITE")
-        h.add("Contact", self._contact(_Leg.AGENT, call))
-        h.add("Allow", ALLOW)
-        h.add("User-Agent", self.config.user_agent)
+        items = [
+            ("Via", self._via(_Leg.AGENT, call)),
+            ("Max-Forwards", str(mf - 1 if mf is not None else 70)),
+            ("From", str(caller_addr)),
+            ("To", f"<{agent_uri}>"),
+            ("Call-ID", call.sip_call_ids[_Leg.AGENT]),
+            ("CSeq", "1 INVITE"),
+            ("Contact", self._contact(_Leg.AGENT, call)),
+            ("Allow", ALLOW),
+            ("User-Agent", self.config.user_agent),
+        ]
         for name in ("Session-Expires", "Min-SE", "Subject", "P-Asserted-Identity", "Privacy"):
             v = req.headers.get(name)
             if v is not None:
-                h.add(name, v)
+                items.append((name, v))
         if req.headers.get("Session-Expires") is not None:
-            h.add("Supported", "timer")
-        codecs = [c.name for c in offer.codecs] if offer else ["PCMU", "PCMA"]
-        sd, local = self._offer(call, _Leg.AGENT, codecs, offer.direction if offer else Direction.SENDRECV)
-        h.add("Content-Type", "application/sdp")
-        invite = SipRequest("INVITE", str(agent_uri), h, sd)
+            items.append(("Supported", "timer"))
+        local: LocalOffer | None = None
+        sd = b""
+        if offer is not None:
+            sd, local = self._offer(call, _Leg.AGENT, [c.name for c in offer.codecs], offer.direction)
+            items.append(("Content-Type", "application/sdp"))
+        # else: late offer (RFC 3261 13.2.1): the agent offers in its 2xx, we relay it to the caller.
+        invite = SipRequest("INVITE", agent_uri, Headers(items), sd)
         call.agent_invite = invite
         akey = self._tx.send_request(invite, self._hop_peer, now)
         call.agent_invite_key = akey
-        self._pending[akey] = _Pending(call, "invite", _Leg.AGENT, key, local, offer)
+        self._track(akey, _Pending(call, "invite", _Leg.AGENT, key, local, offer))
         self._arm(call, "ring", now + self.config.ring_timeout_s)
         self._events.append(CallStarted(call_id, call.caller, call.agent, now))
 
@@ -495,6 +584,8 @@ class B2bua:
     def _on_response(self, ev: ResponseReceived, now: float) -> None:
         p = self._pending.get(ev.key)
         if p is None:
+            if ev.retransmission and ev.key in self._acks:
+                self._out.append(self._acks[ev.key])  # RFC 3261 13.2.2.4: ACK every 2xx retransmission
             return
         resp, call = ev.response, p.call
         if p.kind == "invite":
@@ -502,82 +593,209 @@ class B2bua:
         elif p.kind in ("reinvite", "relay"):
             if resp.status < 200:
                 return
-            self._pending.pop(ev.key, None)
+            self._untrack(ev.key)
             if p.kind == "reinvite":
-                self._on_reinvite_response(p, resp, now)
+                self._on_reinvite_response(p, ev.key, resp, now)
             elif p.server_key is not None and call.invite is not None:
                 req = self._tx.request(p.server_key)
                 if req is not None:
                     extra = [("Content-Type", resp.headers.get("Content-Type") or "")] if resp.body else []
                     self._respond(p.server_key, req, resp.status, now, reason=resp.reason, body=resp.body, extra=extra)
         elif resp.status >= 200:
-            self._pending.pop(ev.key, None)
+            self._untrack(ev.key)
 
     def _on_invite_response(self, p: _Pending, ev: ResponseReceived, now: float) -> None:
         resp, call = ev.response, p.call
         status = resp.status
         if 200 <= status < 300:
-            if ev.retransmission:
-                if p.ack is not None:
-                    self._out.append((p.ack, call.peers[_Leg.AGENT]))
+            dialog = call.dialogs.get(_Leg.AGENT)
+            if dialog is not None:
+                if resp.to_tag == dialog.remote_tag:
+                    if p.ack is not None:  # else the ACK waits for the caller's answer (late offer)
+                        self._out.append((p.ack, call.peers[_Leg.AGENT]))
+                else:
+                    self._on_forked_2xx(call, resp, now)
                 return
             assert call.agent_invite is not None
             dialog = Dialog.as_uac(call.agent_invite, resp)
             dialog.local_contact = self._contact(_Leg.AGENT, call)
             call.dialogs[_Leg.AGENT] = dialog
-            ack = dialog.new_request("ACK", self._via(_Leg.AGENT, call), cseq=call.agent_invite.cseq[0])
-            p.ack = bytes(ack)
-            self._out.append((p.ack, call.peers[_Leg.AGENT]))
             if call.state is CallState.ENDED or call.call_id not in self._calls:
-                self._send_bye_on(call, _Leg.AGENT, now)  # answered after CANCEL/timeout
+                # Answered after CANCEL/timeout: ACK (with an answer if it offered) and BYE it.
+                p.ack = self._ack_2xx(call, _Leg.AGENT, dialog, call.agent_invite.cseq[0], self._fallback_answer(call, resp))
+                self._send_bye_on(call, _Leg.AGENT, now)
                 return
+            if p.offer is None:
+                self._on_late_offer_2xx(call, p, resp, now)
+                return
+            p.ack = self._ack_2xx(call, _Leg.AGENT, dialog, call.agent_invite.cseq[0], None)
             try:
-                self._media_from_agent(call, p, resp)
+                if resp.body or call.caller_answer is None:  # RFC 3261 13.2.1: else the 18x held the answer
+                    self._media_from_agent(call, p, resp)
             except (SdpParseError, NotAcceptable) as exc:
                 self._events.append(MessageRejected(str(exc), 488))
                 self._send_bye_on(call, _Leg.AGENT, now)
                 self._respond(p.server_key, call.invite, 488, now, to_tag=call.local_tags[_Leg.CALLER])
                 self._end(call, "no common codec", now)
                 return
-            assert call.invite is not None and call.invite_key is not None
-            call.dialogs[_Leg.CALLER] = Dialog.as_uas(
-                call.invite, call.local_tags[_Leg.CALLER], self._contact(_Leg.CALLER, call)
-            )
-            extra = self._session_timer_headers(call, resp, now)
-            self._answer_caller(call, 200, resp.reason, now, extra)
-            call.accepted_keys.append(call.invite_key)
-            call.state = CallState.ANSWERED
-            self._events.append(CallAnswered(call.call_id, now))
+            self._accept_caller(call, resp, call.caller_answer or b"", now)
             return
         if status == 100:
             return
         if call.state is CallState.ENDED:
             if status >= 200:
-                self._pending.pop(ev.key, None)
+                self._untrack(ev.key)
             return
         if status < 200:
             call.state = CallState.RINGING
-            if resp.body and resp.content_type == "application/sdp":
+            body = b""
+            if p.offer is not None and resp.body and resp.content_type == "application/sdp":
+                # Early media (RFC 3960): an answer in an unreliable 18x is a preview of the 2xx's.
                 try:
                     self._media_from_agent(call, p, resp)
-                except (SdpParseError, NotAcceptable):
-                    self._answer_caller(call, status, resp.reason, now, with_sdp=False)
-                    return
-                self._answer_caller(call, status, resp.reason, now)
-            else:
-                self._answer_caller(call, status, resp.reason, now, with_sdp=False)
+                    body = call.caller_answer or b""
+                except (SdpParseError, NotAcceptable) as exc:
+                    self._events.append(MessageRejected(str(exc), 488))
+            self._answer_caller(call, status, resp.reason, now, body=body)
             return
-        self._pending.pop(ev.key, None)
+        self._untrack(ev.key)
         # RFC 3261 16.7-style relay of the agent's final refusal (status kept; 6xx too).
         self._respond(call.invite_key, call.invite, status, now, reason=resp.reason, to_tag=call.local_tags[_Leg.CALLER])
         self._end(call, f"rejected {status}", now)
 
+    def _accept_caller(self, call: Call, resp: SipResponse, body: bytes, now: float) -> None:
+        """Our 2xx to the caller: the caller's dialog is set up and the call is answered."""
+        assert call.invite is not None and call.invite_key is not None
+        call.dialogs[_Leg.CALLER] = Dialog.as_uas(
+            call.invite, call.local_tags[_Leg.CALLER], self._contact(_Leg.CALLER, call)
+        )
+        extra = self._session_timer_headers(call, resp, now)
+        self._answer_caller(call, 200, resp.reason, now, extra, body=body)
+        call.accepted_keys.append(call.invite_key)
+        call.state = CallState.ANSWERED
+        self._events.append(CallAnswered(call.call_id, now))
+
+    def _on_forked_2xx(self, call: Call, resp: SipResponse, now: float) -> None:
+        """RFC 3261 13.2.2.4: a 2xx from another fork gets its own ACK, then a BYE: one agent per call."""
+        tag = resp.to_tag or ""
+        ack = call.forks.get(tag)
+        if ack is not None:
+            self._out.append((ack, call.peers[_Leg.AGENT]))  # a retransmission of that fork's 2xx
+            return
+        assert call.agent_invite is not None
+        fork = Dialog.as_uac(call.agent_invite, resp)
+        call.forks[tag] = self._ack_2xx(call, _Leg.AGENT, fork, call.agent_invite.cseq[0], self._fallback_answer(call, resp))
+        req = fork.new_request("BYE", self._via(_Leg.AGENT, call))
+        self._track(self._tx.send_request(req, call.peers[_Leg.AGENT], now), _Pending(call, "bye", _Leg.AGENT))
+
+    def _ack_2xx(self, call: Call, leg: _Leg, dialog: Dialog, cseq: int, body: bytes | None) -> bytes:
+        """Send the ACK for a 2xx (end to end, no transaction: RFC 3261 13.2.2.4); returns its bytes."""
+        extra = [("Content-Type", "application/sdp")] if body else None
+        ack = dialog.new_request("ACK", self._via(leg, call), cseq=cseq, body=body or b"", extra=extra)
+        data = bytes(ack)
+        self._out.append((data, call.peers[leg]))
+        return data
+
+    def _fallback_answer(self, call: Call, resp: SipResponse, leg: _Leg = _Leg.AGENT) -> bytes | None:
+        """An answer refusing the offer in a 2xx we hang up on (RFC 3261 13.2.2.4: the ACK must answer)."""
+        if not resp.body or resp.content_type != "application/sdp" or resp.cseq[1] != "INVITE":
+            return None
+        try:
+            offer = remote_audio(parse_sdp(resp.body))
+        except SdpParseError:
+            return None
+        if call.agent_invite is not None and call.agent_invite.body and resp.cseq[0] == call.agent_invite.cseq[0]:
+            return None  # our INVITE offered: its 2xx holds an answer, not an offer
+        return bytes(build_rejection(offer, address=self.media.media_address, session_id=call.session_id,
+                                     version=self._next_version(call, leg)))
+
+    def _on_late_offer_2xx(self, call: Call, p: _Pending, resp: SipResponse, now: float) -> None:
+        """The agent offered in its 2xx: offer the caller the same in our 2xx; the ACKs carry the answers."""
+        assert call.agent_invite is not None and call.invite is not None
+        try:
+            if not resp.body or resp.content_type != "application/sdp":
+                raise NotAcceptable("SDP offer is missing from the 2xx")
+            their = remote_audio(parse_sdp(resp.body))
+            codecs = [c.name for c in their.codecs if c.name in _INSPECTABLE]
+            if not codecs:
+                raise NotAcceptable("SDP offer has no acceptable codec")
+        except (SdpParseError, NotAcceptable) as exc:
+            self._events.append(MessageRejected(str(exc), 488))
+            p.ack = self._ack_2xx(call, _Leg.AGENT, call.dialogs[_Leg.AGENT], call.agent_invite.cseq[0],
+                                  self._fallback_answer(call, resp))
+            self._send_bye_on(call, _Leg.AGENT, now)
+            self._respond(call.invite_key, call.invite, 488, now, to_tag=call.local_tags[_Leg.CALLER])
+            self._end(call, "no common codec", now)
+            return
+        body, ours = self._offer(call, _Leg.CALLER, codecs, their.direction)
+        call.late = _LateOffer(_Leg.AGENT, their, ours, call.agent_invite.cseq[0], call.invite.cseq[0], p)
+        call.reinvite_busy = True  # RFC 3264 4: no new offer until this one is answered
+        self._accept_caller(call, resp, body, now)
+
+    def _on_late_answer(self, call: Call, ack: SipRequest, now: float) -> None:
+        """The ACK that answers our late offer: answer the offering leg in the ACK we owe it."""
+        late = call.late
+        assert late is not None
+        call.late = None
+        call.reinvite_busy = False
+        answer_leg, offer_leg = late.offer_leg.other, late.offer_leg
+        dialog = call.dialogs[offer_leg]
+        try:
+            if not ack.body or ack.content_type != "application/sdp":
+                raise NotAcceptable("SDP answer is missing from the ACK")
+            new_answer_leg = leg_from_answer(late.our_offer, remote_audio(parse_sdp(ack.body)))
+            sd, new_offer_leg = build_answer(
+                late.their_offer,
+                address=self.media.media_address,
+                port=self._port(call, offer_leg),
+                session_id=call.session_id,
+                version=self._next_version(call, offer_leg),
+                allowed_codecs=(new_answer_leg.codec,),
+            )
+        except (SdpParseError, NotAcceptable) as exc:
+            # RFC 3261 13.2.2.4: still ACK with a valid answer, then hang up.
+            self._events.append(MessageRejected(str(exc), 488))
+            body = bytes(build_rejection(late.their_offer, address=self.media.media_address,
+                                         session_id=call.session_id, version=self._next_version(call, offer_leg)))
+            data = self._ack_2xx(call, offer_leg, dialog, late.ack_cseq, body)
+            self._remember_ack(call, late, data)
+            self.hangup(call.call_id, "no common codec", now)
+            return
+        data = self._ack_2xx(call, offer_leg, dialog, late.ack_cseq, bytes(sd))
+        self._remember_ack(call, late, data)
+        call.legs[answer_leg] = new_answer_leg
+        call.legs[offer_leg] = new_offer_leg
+        call.te_pts[offer_leg] = new_offer_leg.telephone_event_pt
+        call.media.configure(call.legs[_Leg.CALLER], call.legs[_Leg.AGENT])
+
+    def _remember_ack(self, call: Call, late: _LateOffer, data: bytes) -> None:
+        if late.pending is not None:
+            late.pending.ack = data
+        elif late.offer_key is not None:
+            self._keep_ack(call, late.offer_key, data, late.offer_leg)
+
+    def _keep_ack(self, call: Call, key: TxKey, data: bytes, leg: _Leg) -> None:
+        call.acks[key] = data
+        self._acks[key] = (data, call.peers[leg])
+
+    def _owed_ack(self, call: Call) -> None:
+        """Hanging up while a late offer waits for its answer: the offering leg still gets its ACK first."""
+        late = call.late
+        if late is None:
+            return
+        call.late = None
+        body = bytes(build_rejection(late.their_offer, address=self.media.media_address,
+                                     session_id=call.session_id, version=self._next_version(call, late.offer_leg)))
+        data = self._ack_2xx(call, late.offer_leg, call.dialogs[late.offer_leg], late.ack_cseq, body)
+        self._remember_ack(call, late, data)
+
     def _media_from_agent(self, call: Call, p: _Pending, resp: SipResponse) -> None:
+        """The agent's answer (in a 18x or the 2xx) sets up both legs; a later one updates the agent leg."""
         assert p.offer is not None
         agent_leg = leg_from_answer(p.offer, remote_audio(parse_sdp(resp.body)))
-        call.legs[_Leg.AGENT] = agent_leg
-        call.te_pts[_Leg.AGENT] = agent_leg.telephone_event_pt
-        if call.caller_offer is not None and call.caller_answer is None:
+        if call.caller_offer is None:
+            return
+        if call.caller_answer is None:
             sd, caller_leg = build_answer(
                 call.caller_offer,
                 address=self.media.media_address,
@@ -588,14 +806,20 @@ class B2bua:
             )
             call.caller_answer = bytes(sd)
             call.legs[_Leg.CALLER] = caller_leg
-            call.media.configure(caller_leg, agent_leg)
+        elif agent_leg.codec != call.legs[_Leg.CALLER].codec:
+            # The caller already has our answer with the earlier codec and we never transcode:
+            # a codec the relay would misread could hide DTMF from the detector, so fail closed.
+            raise NotAcceptable("SDP answer changed the codec")
+        if call.legs.get(_Leg.AGENT) != agent_leg:
+            call.legs[_Leg.AGENT] = agent_leg
+            call.te_pts[_Leg.AGENT] = agent_leg.telephone_event_pt
+            call.media.configure(call.legs[_Leg.CALLER], agent_leg)
 
     def _answer_caller(
         self, call: Call, status: int, reason: str, now: float, extra: list[tuple[str, str]] | None = None,
-        with_sdp: bool = True,
+        body: bytes = b"",
     ) -> None:
         assert call.invite is not None and call.invite_key is not None
-        body = call.caller_answer if with_sdp and call.caller_answer else b""
         hdrs = [("Contact", self._contact(_Leg.CALLER, call)), ("Allow", ALLOW)] + (extra or [])
         if body:
             hdrs.append(("Content-Type", "application/sdp"))
@@ -643,15 +867,15 @@ class B2bua:
         if call.invite is not None and call.invite_key is not None:
             self._respond(call.invite_key, call.invite, status, now, to_tag=call.local_tags[_Leg.CALLER])
         inv = call.agent_invite
-        if inv is not None and call.agent_invite_key is not None:
-            h = Headers()
-            h.add("Via", inv.headers.get_all("Via")[0])
+        akey = call.agent_invite_key
+        if inv is not None and akey is not None and akey in self._pending:
+            items = [("Via", inv.headers.get_all("Via")[0])]
             for name in ("Max-Forwards", "From", "To", "Call-ID"):
-                h.add(name, inv.headers.get(name) or "")
-            h.add("CSeq", f"{inv.cseq[0]} CANCEL")
-            cancel = SipRequest("CANCEL", inv.uri, h)
+                items.append((name, inv.headers.get(name) or ""))
+            items.append(("CSeq", f"{inv.cseq[0]} CANCEL"))
+            cancel = SipRequest("CANCEL", inv.uri, Headers(items))
             ckey = self._tx.send_request(cancel, call.peers[_Leg.AGENT], now)
-            self._pending[ckey] = _Pending(call, "cancel", _Leg.AGENT)
+            self._track(ckey, _Pending(call, "cancel", _Leg.AGENT))
         self._end(call, reason, now)
 
     def _on_ack(self, req: SipRequest, now: float) -> None:
@@ -659,18 +883,22 @@ class B2bua:
         if found is None:
             return
         call, leg = found
+        num = req.cseq[0]
         for key in call.accepted_keys:
             r = self._tx.request(key)
-            if r is not None and r.cseq[0] == req.cseq[0] and self._by_sip.get(r.call_id, (None, None))[1] is leg:
+            if r is not None and r.cseq[0] == num and self._by_sip.get(r.call_id, (None, None))[1] is leg:
                 self._tx.confirm(key)
+        late = call.late
+        if late is not None and late.offer_leg is not leg and late.answer_cseq == num:
+            self._on_late_answer(call, req, now)
 
     def _on_timeout(self, ev: TransactionTimedOut, now: float) -> None:
         if ev.server:
-            found = self._call_of_server_key(ev.key)
+            found = self._by_server_key.get(ev.key)
             if found is not None and found.state is CallState.ANSWERED:
                 self.hangup(found.call_id, "no ACK", now)
             return
-        p = self._pending.pop(ev.key, None)
+        p = self._untrack(ev.key)
         if p is None:
             return
         if p.kind == "invite" and p.call.state in (CallState.TRYING, CallState.RINGING):
@@ -686,11 +914,33 @@ class B2bua:
                 p.call.reinvite_busy = False
                 self.hangup(p.call.call_id, "re-INVITE timeout", now)
 
-    def _call_of_server_key(self, key: TxKey) -> Call | None:
-        for call in self._calls.values():
-            if key in call.accepted_keys or key == call.invite_key:
-                return call
-        return None
+    def _on_transport_failed(self, ev: TransportFailed, now: float) -> None:
+        """RFC 3261 17.1.4 / 17.2.4: what a flow failure means for the call using it."""
+        if ev.server:
+            call = self._by_server_key.get(ev.key)
+            if call is None or call.call_id not in self._calls:
+                return
+            if call.state is CallState.ANSWERED:
+                self.hangup(call.call_id, "caller unreachable", now)
+            elif ev.key == call.invite_key:
+                self._end_unanswered(call, 503, "caller unreachable", now)
+            return
+        p = self._untrack(ev.key)
+        if p is None:
+            return
+        call = p.call
+        reason = f"{p.leg.value} unreachable"
+        if p.kind == "invite" and call.state in (CallState.TRYING, CallState.RINGING):
+            # RFC 3261 8.1.3.1: a transport error counts as a 503 from the next hop.
+            self._respond(call.invite_key, call.invite, 503, now, to_tag=call.local_tags[_Leg.CALLER])
+            self._end(call, reason, now)
+        elif p.kind in ("reinvite", "relay") and p.server_key is not None:
+            req = self._tx.request(p.server_key)
+            if req is not None:
+                self._respond(p.server_key, req, 503, now)
+            if p.kind == "reinvite":
+                call.reinvite_busy = False
+                self.hangup(call.call_id, reason, now)
 
     # ------------------------------------------------------------ re-INVITE / UPDATE / INFO
 
@@ -698,47 +948,56 @@ class B2bua:
         if call.reinvite_busy:
             self._respond(key, req, 491, now)  # RFC 3261 14.2 glare
             return
+        other = leg.other
+        se = req.headers.get("Session-Expires")
         if not req.body:
             if req.method == "UPDATE":
                 self._relay(call, leg, req, key, now)
-            else:
-                self._respond(key, req, 488, now, reason="Offerless re-INVITE Not Supported")
+                return
+            # Offerless re-INVITE (RFC 3261 14.1): relay it offerless; the other leg offers in its
+            # 2xx, we offer the same in ours, and the ACKs carry the answers back.
+            extra = [("Session-Expires", se)] if se else None
+            out = call.dialogs[other].new_request("INVITE", self._via(other, call), extra=extra)
+            ckey = self._tx.send_request(out, call.peers[other], now)
+            self._track(ckey, _Pending(call, "reinvite", other, key))
+            call.reinvite_busy = True
             return
         try:
             offer = remote_audio(parse_sdp(req.body))
-            codecs = [c.name for c in offer.codecs if c.name in ("PCMU", "PCMA")]
+            codecs = [c.name for c in offer.codecs if c.name in _INSPECTABLE]
             if not codecs:
                 raise NotAcceptable("SDP offer has no acceptable codec")
         except NotAcceptable as exc:
             self._respond(key, req, 488, now)
             self._events.append(MessageRejected(str(exc), 488))
             return
-        other = leg.other
         current = call.legs.get(other)
         # No transcoding: keep both legs on one codec, the current one when the offer still has it.
         if current is not None and current.codec in codecs:
             codecs = [current.codec] + [c for c in codecs if c != current.codec]
         body, local = self._offer(call, other, codecs, offer.direction)
         extra = [("Content-Type", "application/sdp")]
-        se = req.headers.get("Session-Expires")
         if se:
             extra.append(("Session-Expires", se))
         out = call.dialogs[other].new_request(req.method, self._via(other, call), body=body, extra=extra)
         ckey = self._tx.send_request(out, call.peers[other], now)
-        self._pending[ckey] = _Pending(call, "reinvite", other, key, local, offer)
+        self._track(ckey, _Pending(call, "reinvite", other, key, local, offer))
         call.reinvite_busy = True
 
-    def _on_reinvite_response(self, p: _Pending, resp: SipResponse, now: float) -> None:
+    def _on_reinvite_response(self, p: _Pending, ckey: TxKey, resp: SipResponse, now: float) -> None:
         call = p.call
         call.reinvite_busy = False
         origin = p.leg.other
         req = self._tx.request(p.server_key) if p.server_key is not None else None
         dialog = call.dialogs[p.leg]
+        late = 200 <= resp.status < 300 and resp.cseq[1] == "INVITE" and p.offer is None
         if 200 <= resp.status < 300:
-            if resp.cseq[1] == "INVITE":
-                ack = dialog.new_request("ACK", self._via(p.leg, call), cseq=resp.cseq[0])
-                self._out.append((bytes(ack), call.peers[p.leg]))
+            if resp.cseq[1] == "INVITE" and not late:
+                self._keep_ack(call, ckey, self._ack_2xx(call, p.leg, dialog, resp.cseq[0], None), p.leg)
             dialog.refresh_target(resp)
+        if late:
+            self._on_late_reoffer_2xx(call, p, ckey, resp, req, now)
+            return
         if req is None:
             return
         if resp.status >= 300:
@@ -764,14 +1023,51 @@ class B2bua:
         call.te_pts[p.leg] = new_other.telephone_event_pt or call.te_pts.get(p.leg)
         caller, agent = call.legs[_Leg.CALLER], call.legs[_Leg.AGENT]
         call.media.configure(caller, agent)
+        self._accept_reoffer(call, p, req, resp, bytes(sd), now)
+
+    def _accept_reoffer(self, call: Call, p: _Pending, req: SipRequest, resp: SipResponse, body: bytes,
+                        now: float) -> None:
+        origin = p.leg.other
         extra = [("Contact", self._contact(origin, call)), ("Content-Type", "application/sdp")]
         se = resp.headers.get("Session-Expires")
         if se:
             extra.append(("Session-Expires", se))
-        self._respond(p.server_key, req, 200, now, body=bytes(sd), extra=extra)
-        if req.method == "INVITE":
-            call.accepted_keys.append(p.server_key)  # type: ignore[arg-type]
+        self._respond(p.server_key, req, 200, now, body=body, extra=extra)
+        if req.method == "INVITE" and p.server_key is not None:
+            call.accepted_keys.append(p.server_key)
+            self._by_server_key[p.server_key] = call
         self._arm_session(call, now)
+
+    def _on_late_reoffer_2xx(self, call: Call, p: _Pending, ckey: TxKey, resp: SipResponse,
+                             req: SipRequest | None, now: float) -> None:
+        """The other leg offered in the 2xx to our offerless re-INVITE: relay the offer to the origin."""
+        origin = p.leg.other
+        try:
+            if req is None:
+                raise NotAcceptable("SDP offer has nowhere to go")
+            if not resp.body or resp.content_type != "application/sdp":
+                raise NotAcceptable("SDP offer is missing from the 2xx")
+            their = remote_audio(parse_sdp(resp.body))
+            codecs = [c.name for c in their.codecs if c.name in _INSPECTABLE]
+            if not codecs:
+                raise NotAcceptable("SDP offer has no acceptable codec")
+        except (SdpParseError, NotAcceptable) as exc:
+            # Still ACK the 2xx with a valid answer (RFC 3261 13.2.2.4); the old media stays.
+            self._events.append(MessageRejected(str(exc), 488))
+            body = self._fallback_answer(call, resp, p.leg)
+            self._keep_ack(call, ckey, self._ack_2xx(call, p.leg, call.dialogs[p.leg], resp.cseq[0], body), p.leg)
+            if req is not None:
+                self._respond(p.server_key, req, 488, now)
+            if body is not None:
+                self.hangup(call.call_id, "no common codec", now)  # we refused that leg's media
+            return
+        current = call.legs.get(origin)
+        if current is not None and current.codec in codecs:
+            codecs = [current.codec] + [c for c in codecs if c != current.codec]
+        body, ours = self._offer(call, origin, codecs, their.direction)
+        call.late = _LateOffer(p.leg, their, ours, resp.cseq[0], req.cseq[0], offer_key=ckey)
+        call.reinvite_busy = True
+        self._accept_reoffer(call, p, req, resp, body, now)
 
     def _on_info(self, call: Call, leg: _Leg, req: SipRequest, key: TxKey, now: float) -> None:
         ctype = req.content_type
@@ -796,7 +1092,7 @@ class B2bua:
                 extra.append((name, v))
         out = call.dialogs[other].new_request(req.method, self._via(other, call), body=req.body, extra=extra)
         ckey = self._tx.send_request(out, call.peers[other], now)
-        self._pending[ckey] = _Pending(call, "relay", other, key)
+        self._track(ckey, _Pending(call, "relay", other, key))
 
     # ------------------------------------------------------------ building blocks
 
@@ -822,8 +1118,26 @@ class B2bua:
 
     def _via(self, leg: _Leg, call: Call) -> str:
         transport = call.peers[leg].transport
-        port = self._ports.get(transport, 5060)
-        return f"SIP/2.0/{transport.upper()} {self.config.local_host}:{port};branch={new_branch(secrets.token_hex(8))};rport"
+        head = self._via_heads.get(transport)
+        if head is None:
+            head = f"SIP/2.0/{transport.upper()} {self.config.local_host}:5060;branch={new_branch('')}"
+        return f"{head}{self._random.hex(16)};rport"
+
+    def _agent_uri(self, user: str) -> str:
+        """The next hop's URI with the caller's Request-URI user (DESIGN: the user is kept)."""
+        uri = parse_uri(str(self._hop))
+        uri.user = user or None
+        return str(uri)
+
+    def _track(self, key: TxKey, pending: _Pending) -> None:
+        self._pending[key] = pending
+        pending.call.pending_keys.add(key)
+
+    def _untrack(self, key: TxKey) -> _Pending | None:
+        p = self._pending.pop(key, None)
+        if p is not None:
+            p.call.pending_keys.discard(key)
+        return p
 
     def _contact(self, leg: _Leg, call: Call) -> str:
         transport = call.peers[leg].transport
@@ -857,9 +1171,11 @@ class B2bua:
         dialog = call.dialogs.get(leg)
         if dialog is None:
             return
+        if method == "BYE":
+            self._owed_ack(call)  # an ACK we still owe for a 2xx goes before the BYE
         req = dialog.new_request(method, self._via(leg, call))
         ckey = self._tx.send_request(req, call.peers[leg], now)
-        self._pending[ckey] = _Pending(call, kind, leg)
+        self._track(ckey, _Pending(call, kind, leg))
 
     def _send_bye_on(self, call: Call, leg: _Leg, now: float) -> None:
         self._send_in_dialog(call, leg, "BYE", now, kind="bye")
@@ -870,6 +1186,14 @@ class B2bua:
         call.state = CallState.ENDED
         self._calls.pop(call.call_id, None)
         self._forget(call)
+        akey = call.agent_invite_key
+        for key in list(call.pending_keys):
+            if key != akey:
+                self._untrack(key)  # responses to our BYE/CANCEL/relays of an ended call change nothing
+        if akey is not None and akey in self._pending:
+            # The agent INVITE may still see a late 2xx (ACK and BYE it) or its 487. RFC 3261 9.1:
+            # without a final response 64*T1 after the CANCEL, it is forgotten.
+            self._lingering.append((now + 64 * self.config.timers.t1_s, akey))
         try:
             call.media.close()
         finally:
@@ -878,6 +1202,12 @@ class B2bua:
     def _forget(self, call: Call) -> None:
         for sip_id in call.sip_call_ids.values():
             self._by_sip.pop(sip_id, None)
+        if call.invite_key is not None:
+            self._by_server_key.pop(call.invite_key, None)
+        for key in call.accepted_keys:
+            self._by_server_key.pop(key, None)
+        for key in call.acks:
+            self._acks.pop(key, None)
 
     def _arm(self, call: Call, kind: str, deadline: float) -> None:
         self._timer_seq += 1

@@ -450,3 +450,10 @@ def leg_from_answer(offer: LocalOffer, answer: RemoteAudio) -> LegMedia:
         ptime_ms=answer.ptime_ms or offer.ptime_ms,
         srtp=srtp,
     )
+
+
+def build_rejection(offer: RemoteAudio, *, address: str, session_id: int, version: int) -> SessionDescription:
+    """An answer that refuses the offered audio stream: port 0 and one offered format (RFC 3264 6)."""
+    fmt = str(offer.codecs[0].pt) if offer.codecs else (str(offer.telephone_event.pt) if offer.telephone_event else "0")
+    section = MediaDescription("audio", 0, offer.proto, [fmt])
+    return SessionDescription(_session_lines(address, session_id, version), [section])

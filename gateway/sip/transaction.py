@@ -98,7 +98,32 @@ class AckTimedOut:
     key: TxKey
 
 
-TransactionEvent = Union[RequestReceived, ResponseReceived, TransactionTimedOut, AckTimedOut]
+@dataclass(frozen=True)
+class TransportFailed:
+    """The edge could not deliver this transaction's messages (RFC 3261 17.1.4, 17.2.4); it has ended.
+
+    A client transaction's TU treats it as a 503 from the next hop (RFC 3261 8.1.3.1).
+    """
+
+    key: TxKey
+    method: str
+    server: bool
+
+
+TransactionEvent = Union[RequestReceived, ResponseReceived, TransactionTimedOut, AckTimedOut, TransportFailed]
+
+# States in which a transaction still has something to deliver: a request awaiting its
+# final response, or a response being (re)sent. Wait states only absorb retransmissions.
+_DELIVERING = frozenset((TxState.CALLING, TxState.TRYING, TxState.PROCEEDING))
+_SERVER_DELIVERING = frozenset((TxState.TRYING, TxState.PROCEEDING, TxState.COMPLETED, TxState.ACCEPTED))
+
+
+def same_flow(failed: Peer, peer: Peer) -> bool:
+    """Whether `peer` is reached over the flow that failed: same address, and the same connection
+    when both name one (a transaction to a host without a pinned connection rides whichever is open)."""
+    if (failed.transport, failed.host, failed.port) != (peer.transport, peer.host, peer.port):
+        return False
+    return failed.connection_id is None or peer.connection_id is None or failed.connection_id == peer.connection_id
 
 
 class _Tx:
@@ -301,6 +326,23 @@ class TransactionLayer:
         key = key[:-1] + ("INVITE",)
         return key if key in self._txs else None
 
+    def transport_failed(self, peer: Peer, now: float) -> None:
+        """The edge reports a dead TCP/TLS connection or a failed send (e.g. ICMP unreachable) to `peer`.
+
+        RFC 3261 17.1.4 / 17.2.4: every transaction still delivering over that flow
+        ends at once and the TU hears `TransportFailed` (a client treats it as 503).
+        """
+        failed = [
+            tx
+            for tx in self._txs.values()
+            if same_flow(peer, tx.peer)
+            and tx.state in (_SERVER_DELIVERING if tx.server else _DELIVERING)
+            and not (tx.server and tx.confirmed)
+        ]
+        for tx in failed:
+            self._terminate(tx)
+            self._events.append(TransportFailed(tx.key, tx.request.method, tx.server))
+
     def terminate(self, key: TxKey) -> None:
         """Drop a transaction silently (e.g. its call was torn down)."""
         tx = self._txs.get(key)
@@ -454,11 +496,13 @@ __all__ = [
     "TransactionEvent",
     "TransactionLayer",
     "TransactionTimedOut",
+    "TransportFailed",
     "TxKey",
     "TxState",
     "ack_for",
     "client_key",
     "response_destination",
+    "same_flow",
     "server_key",
     "stamp_via",
 ]

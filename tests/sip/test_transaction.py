@@ -11,6 +11,7 @@ from gateway.sip.transaction import (
     TimerConfig,
     TransactionLayer,
     TransactionTimedOut,
+    TransportFailed,
     TxState,
 )
 
@@ -245,3 +246,63 @@ def test_server_response_parse_round_trip():
     (data, _), = server.messages_to_send()
     resp = parse_message(data)
     assert isinstance(resp, SipResponse) and resp.status == 100 and resp.to_tag is None
+
+
+def test_transport_failure_ends_client_transactions_on_that_flow_only():
+    """RFC 3261 17.1.4: a send failure ends the client transaction at once and tells the TU."""
+    client = TransactionLayer()
+    other = Peer("udp", "192.0.2.3", 5060)
+    k1 = client.send_request(request(branch="z9hG4bK1"), UAS, 0.0)
+    k2 = client.send_request(request("OPTIONS", branch="z9hG4bK2"), UAS, 0.0)
+    k3 = client.send_request(request(branch="z9hG4bK3"), other, 0.0)
+    client.messages_to_send()
+    client.transport_failed(UAS, 0.2)
+    failed = events(client)
+    assert sorted((e.key, e.method, e.server) for e in failed) == sorted(
+        [(k1, "INVITE", False), (k2, "OPTIONS", False)]
+    )
+    assert all(isinstance(e, TransportFailed) for e in failed)
+    assert client.state(k1) is TxState.TERMINATED and client.state(k3) is TxState.CALLING
+    # No retransmission and no second report for the failed ones; the other flow carries on.
+    run_until(client, 40.0)
+    late = events(client)
+    assert [type(e) for e in late] == [TransactionTimedOut] and late[0].key == k3
+
+
+def test_transport_failure_of_one_connection_spares_the_others():
+    client = TransactionLayer()
+    conn7 = Peer("tcp", "192.0.2.2", 5060, 7)
+    conn8 = Peer("tcp", "192.0.2.2", 5060, 8)
+    k7 = client.send_request(request(branch="z9hG4bK7", transport="TCP"), conn7, 0.0)
+    k8 = client.send_request(request(branch="z9hG4bK8", transport="TCP"), conn8, 0.0)
+    client.transport_failed(conn7, 1.0)
+    assert [e.key for e in events(client)] == [k7]
+    assert client.state(k8) is TxState.CALLING
+
+
+def test_transport_failure_ends_server_transaction_sending_a_response():
+    """RFC 3261 17.2.4: the server transaction cannot deliver its response: the TU hears it."""
+    client, server = TransactionLayer(), TransactionLayer()
+    client.send_request(request(), UAS, 0.0)
+    deliver(client, server, UAC, 0.0)
+    (ev,) = events(server)
+    server.messages_to_send()
+    server.send_response(ev.key, build_response(ev.request, 200, to_tag="b1"), 1.0)
+    server.messages_to_send()
+    server.transport_failed(UAC, 1.1)
+    (failed,) = events(server)
+    assert failed == TransportFailed(ev.key, "INVITE", True)
+    assert run_until(server, 40.0) == []  # nothing retransmitted, no AckTimedOut
+    assert events(server) == []
+
+
+def test_transport_failure_after_final_response_is_not_reported():
+    client, server = TransactionLayer(), TransactionLayer()
+    key = client.send_request(request("OPTIONS"), UAS, 0.0)
+    deliver(client, server, UAC, 0.0)
+    (ev,) = events(server)
+    server.send_response(ev.key, build_response(ev.request, 200, to_tag="b1"), 0.1)
+    deliver(server, client, UAS, 0.1)
+    events(client)
+    client.transport_failed(UAS, 0.2)
+    assert events(client) == [] and client.state(key) is TxState.COMPLETED
