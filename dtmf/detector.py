@@ -26,7 +26,8 @@ pair for the exact checks. Per window:
 A window that passes every check is a hit for that key. A digit is accepted
 after `ACCEPT_HITS` consecutive hits of the same key (tones of 40 ms always,
 tones under 23 ms never) and ends after `END_MISSES` consecutive windows
-without it (a 40 ms pause always ends it; a drop-out of up to ~15 ms does not).
+without it: a pause of 25 ms or more (Q.24: 40 ms) always separates two digits, a
+drop-out of up to 15 ms inside a tone never does (18-20 ms: either).
 """
 
 from __future__ import annotations
