@@ -4,30 +4,49 @@ What drives it: packets of 16-bit linear samples (decoded G.711), nothing else;
 no clock. Its safe state is "mask": every decision errs towards masking.
 
 How it decides. The audio is cut into 5 ms blocks (40 samples, four per 20 ms
-packet, aligned to the stream's first sample). A block is *flagged* ("a tone may
-be here") when it carries enough energy and most of it sits at one DTMF
-low-group and one high-group frequency. This is deliberately looser and faster
-than the detector (dtmf.detector): a false flag costs 5-15 ms of speech during a
-capture, a missed one would leak. A block is masked when it, or the block after
-it (the pre-guard, look-ahead only), or one of the two blocks before it (the
-hang-over for tone tails and echo) is flagged:
+packet, aligned to the stream's first sample). Each block is projected onto the
+eight DTMF frequencies (one matrix product for every row of a batch). Two tests
+use those projections:
+
+  * the *loose flag* of a block: loud enough, and >= half its energy at the best
+    low-group plus best high-group frequency. 5 ms cannot resolve 200 Hz, so
+    speech formants and music trip it; it is used where there is no look-ahead
+    (outside a capture, mask = "always") and, on top, when held audio is flushed.
+  * the *confirmed window* (with look-ahead): three consecutive blocks (15 ms)
+    whose block projections, phase-rotated and summed coherently, are the 120-
+    sample DFT at each DTMF frequency (and at +-2 %, +-4 % of it, so off-nominal
+    tones a lenient receiver takes still count). A DTMF tone is two steady
+    sinusoids, so the window is confirmed when the best low and best high of
+    those narrow (~70 Hz) bins hold >= CONFIRM_CONCENTRATION of the window energy,
+    with both groups present (twist within +-TWIST_LIMIT_DB, wider than Q.24's
+    +4/-8 dB). Speech and music rarely put half their energy into two such
+    narrow lines; that is what lets them pass.
+
+With look-ahead a block is masked when a confirmed window covers it, starts in
+the next block (pre-guard: the tone's first full block confirms the partial
+onset block before it), or ended up to two blocks before (hang-over for tone
+tails and echo). A block's decision uses the blocks up to three after it, all
+inside the 20 ms look-ahead:
 
     guard before a tone onset: 1 block + block alignment  <= 10 ms (look-ahead only)
     hang-over after a tone end: 2 blocks + block alignment <= 15 ms
 
-A tone starting in the last 5 ms of a packet leaves its first full block in the
-next packet; that block is flagged and its pre-guard masks the onset, which is
-why one packet of look-ahead (160 samples, 20 ms) is enough and is all we hold.
-Outside the guard every sample passes unchanged (bit-exact once re-encoded; see
-`encode_masked`).
+A tone starting in the last 5 ms of a packet has its first full blocks in the
+next packet; the first full window confirms and its pre-guard masks the onset,
+which is why one packet of look-ahead (160 samples, 20 ms) is enough and is all
+we hold. Any tone of 20 ms or more has a window of three full blocks. Without
+look-ahead a block is masked when it or one of the two blocks before it is
+loosely flagged. Outside the guard every sample passes unchanged (bit-exact
+once re-encoded; see `encode_masked`).
 
 Look-ahead switching, for one stream (`Masker`) or one slot (`MaskerBank`):
   * on: the output stream gets one packet (160 samples) of *filler* (the mode's
     background: comfort noise, or silence) inserted, then carries the input
     delayed by exactly 160 samples. No caller sample is lost or repeated.
   * off (or `flush` when packets stop): the held 160 samples are returned at
-    once, masked with what is known (no pre-guard for the last block), and the
-    stream continues without delay. After a `flush` with look-ahead still on,
+    once, masked with what is known (windows confirmed so far, and loose flags
+    with their pre-guard, unseen blocks counting as unflagged), and the stream
+    continues without delay. After a `flush` with look-ahead still on,
     the next packet starts a new filler packet.
 So over a capture the agent's stream is one packet longer than the caller's:
 the relay sends the filler as an extra packet (its RTP timestamp offset grows by
@@ -58,11 +77,29 @@ BLOCKS_PER_PACKET = PACKET_SAMPLES // BLOCK_SAMPLES
 LOOKAHEAD_SAMPLES = PACKET_SAMPLES
 PRE_GUARD_BLOCKS = 1
 HANGOVER_BLOCKS = 2
+WINDOW_BLOCKS = 3
+"""Confirmation window: 15 ms, the longest whose pre-guard still fits in the look-ahead."""
+_HISTORY_BLOCKS = 2
+"""Blocks kept before the held packet: windows that start there still cover held blocks."""
+_CONFIRM_BEFORE = HANGOVER_BLOCKS + WINDOW_BLOCKS - 1
+"""A window confirmed at block s masks blocks s-1 .. s+4 (its own three and the hang-over)."""
+_PRE_WINDOWS = _CONFIRM_BEFORE - _HISTORY_BLOCKS
+"""Windows starting before the bank's kept blocks that still reach a held block."""
+_SEEN_BLOCKS = _HISTORY_BLOCKS + BLOCKS_PER_PACKET + PRE_GUARD_BLOCKS + WINDOW_BLOCKS - 1
+"""Blocks the held packet's decisions read: the kept two, its four, and three of the next packet."""
 
 FLAG_CONCENTRATION = 0.5
-"""Flag when the best low + best high DTMF frequency hold this share of the block energy."""
+"""Loose flag when the best low + best high DTMF frequency hold this share of the block energy."""
 FLAG_MIN_LEVEL_DBM0 = -45.0
 """Flag only blocks at least as loud as one sine at this level (well under Q.24's -25 dBm0 floor)."""
+CONFIRM_CONCENTRATION = 0.5
+"""Confirm a window when its two narrow DTMF bins hold this share of its energy."""
+TWIST_LIMIT_DB = 12.0
+"""High group within this many dB of the low group, either way (Q.24 asks for +4/-8 dB)."""
+STEADY_DB = 10.0
+"""Each block of a confirmed window carries the two lines within this many dB of the strongest block."""
+FREQ_OFFSETS = (-0.04, -0.02, 0.0, 0.02, 0.04)
+"""Relative offsets at which each window looks for each DTMF frequency (Q.24 rejects beyond 3.5 %)."""
 
 FLAT_LEVEL_DBM0 = -20.0
 COMFORT_NOISE_MAX_DBM0 = -35.0
@@ -92,8 +129,26 @@ def _analysis_basis() -> np.ndarray:
     return np.concatenate([np.cos(w), np.sin(w)], axis=1)  # (40, 16)
 
 
+def _window_rotation() -> np.ndarray:
+    """(3, 5, 8) phase rotations: block j of a window, frequency offset d, DTMF frequency f.
+
+    A block's projection is taken with block-local time; multiplying block j's by
+    exp(-i 2 pi f' 40 j / 8000) puts every block on the window's clock at the
+    frequency f', so their sum is the window's DFT at f'.
+    """
+    freqs = np.array(LOW_FREQS_HZ + HIGH_FREQS_HZ)
+    f = freqs[None, :] * (1.0 + np.array(FREQ_OFFSETS))[:, None]  # (5, 8)
+    j = np.arange(WINDOW_BLOCKS)[:, None, None]
+    return np.exp(-2j * np.pi * f[None, :, :] * j * BLOCK_SAMPLES / SAMPLE_RATE_HZ)
+
+
 _BASIS = _analysis_basis()
+_ROTATION = _window_rotation()
 _MIN_BLOCK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(FLAG_MIN_LEVEL_DBM0) ** 2 / 2.0
+_MIN_WINDOW_ENERGY = WINDOW_BLOCKS * _MIN_BLOCK_ENERGY
+_TWIST_LIMIT = 10.0 ** (TWIST_LIMIT_DB / 10.0)
+_STEADY = 10.0 ** (-STEADY_DB / 10.0)
+_WINDOW_SCALE = 2.0 / (WINDOW_BLOCKS * BLOCK_SAMPLES)  # |DFT|^2 -> energy of a sine on the bin
 
 
 def _noise_power(level_dbm0: float) -> float:
@@ -132,18 +187,54 @@ for _t in (_CN_TABLE, _FLAT_TABLE):
     _t.setflags(write=False)
 
 
-def analyse_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flag and mean power of each 40-sample block: (m, 40) -> bool (m,), float64 (m,).
-
-    One matrix product projects every block onto the eight DTMF frequencies.
-    """
+def _block_features(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(m, 40) samples -> DTMF projections complex (m, 8), energy (m,), loose flags (m,)."""
     x = np.asarray(blocks, dtype=np.float64)
     proj = x @ _BASIS
+    z = proj[:, :8] - 1j * proj[:, 8:]  # sum of x(t) exp(-i w t) over the block
     p = proj[:, :8] ** 2 + proj[:, 8:] ** 2  # ~ (amplitude * 20)^2 per frequency
     energy = np.einsum("ij,ij->i", x, x)
     tone_energy = (p[:, :4].max(axis=1) + p[:, 4:].max(axis=1)) * (2.0 / BLOCK_SAMPLES)
     flags = (energy >= _MIN_BLOCK_ENERGY) & (tone_energy >= FLAG_CONCENTRATION * energy)
+    return z, energy, flags
+
+
+def analyse_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Loose flag and mean power of each 40-sample block: (m, 40) -> bool (m,), float64 (m,)."""
+    _, energy, flags = _block_features(blocks)
     return flags, energy / BLOCK_SAMPLES
+
+
+def confirm_windows(z: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """Confirmed windows of consecutive blocks: z (..., m, 8), energy (..., m) -> bool (..., m - 2).
+
+    Window s covers blocks s, s+1, s+2: two narrow lines, one per DTMF group,
+    within the twist limit, holding most of the window's energy, and steady:
+    every block carries them (so a window is confirmed only from the block where
+    the tone is, and its pre-guard stays within one block of the onset).
+    """
+    n = z.shape[-2] - WINDOW_BLOCKS + 1
+    dft = z[..., 0:n, None, :] * _ROTATION[0]
+    for j in range(1, WINDOW_BLOCKS):
+        dft = dft + z[..., j:j + n, None, :] * _ROTATION[j]
+    p = (dft.real ** 2 + dft.imag ** 2).max(axis=-2)  # best offset per DTMF frequency
+    low_i = p[..., :4].argmax(axis=-1)[..., None]
+    high_i = p[..., 4:].argmax(axis=-1)[..., None] + 4
+    low = np.take_along_axis(p, low_i, axis=-1)[..., 0]
+    high = np.take_along_axis(p, high_i, axis=-1)[..., 0]
+    e = energy[..., 0:n]
+    block_p = z.real ** 2 + z.imag ** 2
+    lines = [np.take_along_axis(block_p[..., 0:n, :], low_i, axis=-1)
+             + np.take_along_axis(block_p[..., 0:n, :], high_i, axis=-1)]
+    for j in range(1, WINDOW_BLOCKS):
+        e = e + energy[..., j:j + n]
+        lines.append(np.take_along_axis(block_p[..., j:j + n, :], low_i, axis=-1)
+                     + np.take_along_axis(block_p[..., j:j + n, :], high_i, axis=-1))
+    per_block = np.concatenate(lines, axis=-1)
+    steady = per_block.min(axis=-1) >= _STEADY * per_block.max(axis=-1)
+    return ((e >= _MIN_WINDOW_ENERGY)
+            & ((low + high) * _WINDOW_SCALE >= CONFIRM_CONCENTRATION * e)
+            & (high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high) & steady)
 
 
 def _track(level: np.ndarray | float, power: np.ndarray | float, flag: np.ndarray | bool):
@@ -190,9 +281,14 @@ class Masker:
         self._lookahead = False
         self._n_in = 0  # samples received
         self._partial = np.zeros(0, dtype=np.int16)  # incomplete trailing block
-        self._flags: list[bool] = []  # per block, from block index self._base
-        self._levels: list[float] = []  # background power before each block
-        self._base = 0
+        # Per block from block index self._base; the stream starts after two silent
+        # blocks, as a fresh MaskerBank slot's history does.
+        self._base = -_HISTORY_BLOCKS
+        self._z: list[np.ndarray] = [np.zeros(8, dtype=complex)] * _HISTORY_BLOCKS
+        self._energy: list[float] = [0.0] * _HISTORY_BLOCKS
+        self._flags: list[bool] = [False] * _HISTORY_BLOCKS
+        self._levels: list[float] = [_UNTRACKED] * _HISTORY_BLOCKS  # background power before each block
+        self._confirmed: list[bool] = []  # per window, by its first block
         self._level = _UNTRACKED
         self._pending = np.zeros(0, dtype=np.int16)  # received, not yet output
         self._pending_start = 0  # stream index of _pending[0]
@@ -237,12 +333,12 @@ class Masker:
             idx = np.arange(self._filler_start + done, self._filler_start + done + n_fill)
             parts.append(self._background(idx))
             self._filler_left -= n_fill
-        parts.append(self._emit(len(x) - n_fill, pre_guard=self._lookahead))
+        parts.append(self._emit(len(x) - n_fill, "lookahead" if self._lookahead else "direct"))
         return np.concatenate(parts)
 
     def flush(self) -> np.ndarray:
         """Held samples, masked with what is known; with look-ahead on, the next input starts a new filler."""
-        held = self._emit(len(self._pending), pre_guard=True)  # unknown next blocks count as unflagged
+        held = self._emit(len(self._pending), "flush")
         if self._lookahead:
             self._start_filler()
         return held
@@ -256,18 +352,38 @@ class Masker:
         data = np.concatenate([self._partial, x])
         n_blocks = len(data) // BLOCK_SAMPLES
         if n_blocks:
-            flags, power = analyse_blocks(data[: n_blocks * BLOCK_SAMPLES].reshape(-1, BLOCK_SAMPLES))
-            for f, p in zip(flags.tolist(), power.tolist()):
+            z, energy, flags = _block_features(data[: n_blocks * BLOCK_SAMPLES].reshape(-1, BLOCK_SAMPLES))
+            for zi, e, f in zip(z, energy.tolist(), flags.tolist()):
                 self._levels.append(self._level)
+                self._z.append(zi)
+                self._energy.append(e)
                 self._flags.append(f)
-                self._level = float(_track(self._level, p, f))
+                self._level = float(_track(self._level, e / BLOCK_SAMPLES, f))
+            first = len(self._confirmed)
+            if len(self._z) - first >= WINDOW_BLOCKS:
+                self._confirmed.extend(confirm_windows(
+                    np.array(self._z[first:]), np.array(self._energy[first:])).tolist())
         self._partial = data[n_blocks * BLOCK_SAMPLES:]
 
     def _flag(self, block: int) -> bool:
         i = block - self._base
         return 0 <= i < len(self._flags) and self._flags[i]
 
-    def _emit(self, n: int, pre_guard: bool) -> np.ndarray:
+    def _confirm(self, start_block: int) -> bool:
+        i = start_block - self._base
+        return 0 <= i < len(self._confirmed) and self._confirmed[i]
+
+    def _masked(self, block: int, rule: str) -> bool:
+        """Whether a block is masked; windows and blocks not yet seen count as unflagged."""
+        if rule == "direct":
+            return any(self._flag(j) for j in range(block - HANGOVER_BLOCKS, block + 1))
+        first = block - HANGOVER_BLOCKS - WINDOW_BLOCKS + 1
+        if any(self._confirm(s) for s in range(first, block + PRE_GUARD_BLOCKS + 1)):
+            return True
+        return rule == "flush" and any(
+            self._flag(j) for j in range(block - HANGOVER_BLOCKS, block + PRE_GUARD_BLOCKS + 1))
+
+    def _emit(self, n: int, rule: str) -> np.ndarray:
         """Take n samples from the pending queue and mask them."""
         if n == 0:
             return np.zeros(0, dtype=np.int16)
@@ -277,8 +393,7 @@ class Masker:
         self._pending_start += n
         first_b, last_b = start // BLOCK_SAMPLES, (start + n - 1) // BLOCK_SAMPLES
         for b in range(first_b, last_b + 1):
-            after = PRE_GUARD_BLOCKS if pre_guard else 0
-            if not any(self._flag(j) for j in range(b - HANGOVER_BLOCKS, b + after + 1)):
+            if not self._masked(b, rule):
                 continue
             lo = max(b * BLOCK_SAMPLES, start) - start
             hi = min((b + 1) * BLOCK_SAMPLES, start + n) - start
@@ -286,11 +401,11 @@ class Masker:
             i = b - self._base
             level = self._levels[i] if 0 <= i < len(self._levels) else self._level
             out[lo:hi] = _fill(self.mode, idx, np.full(idx.shape, level))
-        keep_from = self._pending_start // BLOCK_SAMPLES - HANGOVER_BLOCKS
+        keep_from = self._pending_start // BLOCK_SAMPLES - HANGOVER_BLOCKS - WINDOW_BLOCKS
         if keep_from > self._base + 64:
             drop = keep_from - self._base
-            del self._flags[:drop]
-            del self._levels[:drop]
+            for name in ("_z", "_energy", "_flags", "_levels", "_confirmed"):
+                del getattr(self, name)[:drop]
             self._base = keep_from
         return out
 
@@ -319,9 +434,12 @@ class MaskerBank:
                 new[:old] = getattr(self, name)
             setattr(self, name, new)
 
+        hist = _HISTORY_BLOCKS + BLOCKS_PER_PACKET  # the two blocks before the held packet, and its four
         grow("_held", (PACKET_SAMPLES,), np.int16)
-        grow("_held_flags", (BLOCKS_PER_PACKET,), bool)
-        grow("_pre_flags", (HANGOVER_BLOCKS,), bool)
+        grow("_hist_z", (hist, 8), np.complex128)
+        grow("_hist_energy", (hist,), np.float64)
+        grow("_hist_flags", (hist,), bool)
+        grow("_pre_confirmed", (_PRE_WINDOWS,), bool)
         grow("_held_levels", (BLOCKS_PER_PACKET,), np.float64)
         grow("_level", (), np.float64)
         grow("_filler_level", (), np.float64)
@@ -340,7 +458,7 @@ class MaskerBank:
                 self._alloc(self._cap * 2)
             slot = self._n_slots
             self._n_slots += 1
-        for name in ("_held", "_held_flags", "_pre_flags", "_held_levels",
+        for name in ("_held", "_hist_z", "_hist_energy", "_hist_flags", "_pre_confirmed", "_held_levels",
                      "_filler_level", "_n_in", "_held_valid", "_capture"):
             getattr(self, name)[slot] = 0
         self._level[slot] = _UNTRACKED
@@ -382,9 +500,14 @@ class MaskerBank:
         self._check(slot)
         if not self._held_valid[slot]:
             return None
-        unknown_next = np.zeros(PRE_GUARD_BLOCKS, dtype=bool)
-        flags = np.concatenate([self._pre_flags[slot], self._held_flags[slot], unknown_next])
-        mask = _window_or(flags, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
+        confirmed = np.concatenate([
+            self._pre_confirmed[slot],
+            confirm_windows(self._hist_z[slot], self._hist_energy[slot]),
+            np.zeros(PRE_GUARD_BLOCKS + WINDOW_BLOCKS - 1, dtype=bool),  # windows reaching unseen blocks
+        ])
+        flags = np.concatenate([self._hist_flags[slot], np.zeros(PRE_GUARD_BLOCKS, dtype=bool)])
+        mask = (_window_or(confirmed, _CONFIRM_BEFORE, PRE_GUARD_BLOCKS)
+                | _window_or(flags, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS))
         out = self._held[slot].copy()
         if mask.any():
             base = int(self._n_in[slot]) - PACKET_SAMPLES
@@ -403,9 +526,11 @@ class MaskerBank:
         k = len(slots)
         if frames.shape != (k, PACKET_SAMPLES):
             raise ValueError("masker frames must be (k, 160)")
-        flags, power = analyse_blocks(frames.reshape(-1, BLOCK_SAMPLES))
+        z, energy, flags = _block_features(frames.reshape(-1, BLOCK_SAMPLES))
+        z = z.reshape(k, BLOCKS_PER_PACKET, 8)
+        energy = energy.reshape(k, BLOCKS_PER_PACKET)
         flags = flags.reshape(k, BLOCKS_PER_PACKET)
-        power = power.reshape(k, BLOCKS_PER_PACKET)
+        power = energy / BLOCK_SAMPLES
 
         level = self._level[slots]
         levels = np.empty((k, BLOCKS_PER_PACKET))
@@ -418,12 +543,17 @@ class MaskerBank:
         delayed = capture & held_valid
         filler = capture & ~held_valid
         direct_mask = ~capture & self._always[slots]
-        all_flags = np.concatenate([self._pre_flags[slots], self._held_flags[slots], flags], axis=1)
 
-        # Delayed rows: the held packet; blocks 2..5 of all_flags, hang-over 2 before, pre-guard 1 after.
-        la_mask = _window_or(all_flags[:, :7], HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
-        # Direct rows: this packet; blocks 6..9, hang-over only (no look-ahead).
-        dm = _window_or(all_flags[:, 4:], HANGOVER_BLOCKS, 0)
+        # Blocks 0-1: before the held packet; 2-5: held; 6-9: this packet.
+        all_z = np.concatenate([self._hist_z[slots], z], axis=1)
+        all_energy = np.concatenate([self._hist_energy[slots], energy], axis=1)
+        all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
+        # Windows starting at blocks -2..6; a held block b is masked by those starting in b-4..b+1.
+        new_confirmed = confirm_windows(all_z[:, :_SEEN_BLOCKS], all_energy[:, :_SEEN_BLOCKS])
+        confirmed = np.concatenate([self._pre_confirmed[slots], new_confirmed], axis=1)
+        la_mask = _window_or(confirmed, _CONFIRM_BEFORE, PRE_GUARD_BLOCKS)
+        # Direct rows: this packet's blocks 6..9, loose flags with hang-over only (no look-ahead).
+        dm = _window_or(all_flags[:, BLOCKS_PER_PACKET:], HANGOVER_BLOCKS, 0)
         block_mask = np.where(delayed[:, None], la_mask, dm & direct_mask[:, None])
         changed = block_mask.any(axis=1) | filler
 
@@ -447,8 +577,10 @@ class MaskerBank:
             out[rows] = sub
 
         self._level[slots] = level
-        self._pre_flags[slots] = self._held_flags[slots][:, BLOCKS_PER_PACKET - HANGOVER_BLOCKS:]
-        self._held_flags[slots] = flags
+        self._hist_z[slots] = all_z[:, BLOCKS_PER_PACKET:]
+        self._hist_energy[slots] = all_energy[:, BLOCKS_PER_PACKET:]
+        self._hist_flags[slots] = all_flags[:, BLOCKS_PER_PACKET:]
+        self._pre_confirmed[slots] = new_confirmed[:, BLOCKS_PER_PACKET - _PRE_WINDOWS:BLOCKS_PER_PACKET]
         self._held_levels[slots] = levels
         self._held[slots] = frames
         self._n_in[slots] = n_in + PACKET_SAMPLES
@@ -471,5 +603,5 @@ def encode_masked(original_codes: np.ndarray, masked: np.ndarray, codec: str) ->
 
 __all__ = [
     "BLOCK_SAMPLES", "LOOKAHEAD_SAMPLES", "PACKET_SAMPLES", "MaskMode", "Masker", "MaskerBank",
-    "analyse_blocks", "encode_masked", "DTMF_FREQS_HZ",
+    "analyse_blocks", "confirm_windows", "encode_masked", "DTMF_FREQS_HZ",
 ]
