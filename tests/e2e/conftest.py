@@ -24,6 +24,12 @@ from tests.peers.pjsua import require_pjsua2
 from tests.peers.ports import free_block, free_port
 
 AGENT_USER = "alice"
+ALWAYS_MASKED_USER = "secure-desk"
+SESSION_CONFIG = f"""
+[[routes]]
+match_user_prefix = "{ALWAYS_MASKED_USER[:6]}"
+mask = "always"
+"""
 
 
 class E2eGateway:
@@ -85,7 +91,7 @@ def gateway(artifacts: Path) -> Iterator[E2eGateway]:
     """One gateway on embedded defaults (vault processor) for the whole session."""
     require_pjsua2()
     require_binary("multimon-ng")
-    gw = E2eGateway(artifacts / "gateway").start()
+    gw = E2eGateway(artifacts / "gateway", config=SESSION_CONFIG).start()
     try:
         yield gw
     finally:
@@ -101,14 +107,15 @@ class Call:
 
 
 @contextmanager
-def call_through(gw: E2eGateway, log_dir: Path, caller_user: str, timeout_s: float = 45.0) -> Iterator[Call]:
+def call_through(gw: E2eGateway, log_dir: Path, caller_user: str, timeout_s: float = 45.0,
+                 agent_user: str = AGENT_USER) -> Iterator[Call]:
     """A PJSIP caller -> gateway -> PJSIP agent call with media up on both sides; hung up on exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
     recording = log_dir / f"agent-{caller_user}.wav"
     agent = Softphone("agent", sip_port=gw.agent_port, rtp_port=free_block(20), log_dir=log_dir,
                       record=recording, timeout_s=timeout_s)
     caller = Softphone("caller", sip_port=free_port(), rtp_port=free_block(20), log_dir=log_dir,
-                       user=caller_user, target=f"sip:{AGENT_USER}@127.0.0.1:{gw.sip_port}", timeout_s=timeout_s)
+                       user=caller_user, target=f"sip:{agent_user}@127.0.0.1:{gw.sip_port}", timeout_s=timeout_s)
     with agent:
         with caller:
             caller.wait_event("media", 10)
