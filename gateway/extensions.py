@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ class VaultExtension:
 
         config: Config = gateway.config
         listen = config.vault.listen
+        if config.vault.kek_env:
+            # The keyring reads its keys from TONEWALL_VAULT_KEKS; vault.kek_env names another variable.
+            from gateway.vault.keyring import KEK_ENV
+
+            os.environ[KEK_ENV] = os.environ[config.vault.kek_env]
         settings = VaultSettings(
             data_dir=Path(config.data_dir), host=listen.host, port=listen.port,
             kek_file=Path(config.vault.kek_file) if config.vault.kek_file else None,
