@@ -1,0 +1,116 @@
+"""/metrics during a live call: packets counted, a masked digit counted, histograms populated.
+
+An in-process gateway with every extension (vault, capture, API, metrics) on ephemeral
+loopback ports, the demo's caller and agent endpoints, a capture started through the
+capture service, and the caller keying a card in-band.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import re
+
+import aiohttp
+import numpy as np
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import (
+    ApiConfig, Config, HostPort, MediaConfig, MetricsConfig, SipConfig, VaultConfig, parse_next_hop,
+)
+from gateway.demo.endpoint import Endpoint
+from gateway.demo.useragent import CallEstablished
+from gateway.demo.voice import CallerVoice, KeyingTiming, SensitiveKeys
+from gateway.extensions import default_extensions
+
+LOOPBACK0 = HostPort("127.0.0.1", 0)
+SAMPLE = re.compile(r"^(tonewall_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+|NaN|\+Inf)$", re.M)
+
+
+def _samples(text: str) -> dict[str, float]:
+    return {m.group(1) + (m.group(2) or ""): float(m.group(3)) for m in SAMPLE.finditer(text)}
+
+
+def _total(samples: dict[str, float], name: str, **labels: str) -> float:
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for k, v in samples.items()
+               if (k == name or k.startswith(name + "{")) and all(w in k for w in want))
+
+
+async def _scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return _samples(await response.text())
+
+
+@pytest.mark.timeout(90)
+async def test_metrics_move_during_a_live_call_with_a_capture(tmp_path):
+    rng = np.random.default_rng(7)
+    agent = await Endpoint.open("alice", CallerVoice(rng, noise_dbm0=-50.0))
+    caller = await Endpoint.open("bob", CallerVoice(rng, noise_dbm0=-50.0))
+    config = Config(
+        data_dir=str(tmp_path / "data"),
+        sip=SipConfig(listen=LOOPBACK0, next_hop=parse_next_hop(f"sip:alice@127.0.0.1:{agent.sip_port}")),
+        media=MediaConfig(rtp_ports=(33000, 33099)),
+        api=ApiConfig(listen=LOOPBACK0), metrics=MetricsConfig(listen=LOOPBACK0),
+        vault=VaultConfig(listen=LOOPBACK0),
+    )
+    extensions = default_extensions(config)
+    gateway = Gateway(config, extensions)
+    await gateway.start()
+    capture = next(x for x in extensions if x.name == "capture")
+    metrics = next(x for x in extensions if x.name == "metrics")
+    metrics_port = metrics.runner.addresses[0][1]
+    try:
+        sip_port = gateway.sip.addresses["udp"][1]
+        caller.call(f"sip:alice@127.0.0.1:{sip_port}", f"sip:127.0.0.1:{sip_port}")
+        for endpoint in (caller, agent):
+            assert isinstance(await endpoint.wait_event(10.0), CallEstablished)
+        async with aiohttp.ClientSession() as session:
+            before = await _scrape(session, metrics_port)
+            assert _total(before, "tonewall_calls_active") == 1
+            caller.voice.talk(1.0)
+            while not caller.voice.idle:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            talking = await _scrape(session, metrics_port)
+            relayed = _total(talking, "tonewall_packets_total", direction="caller_to_agent", outcome="relayed")
+            assert relayed >= 40, relayed
+            assert _total(talking, "tonewall_packets_total", direction="agent_to_caller", outcome="relayed") >= 40
+            assert _total(talking, "tonewall_packet_processing_seconds_count") >= relayed
+            assert _total(talking, "tonewall_sip_requests_total", direction="in", method="INVITE") == 1
+            assert _total(talking, "tonewall_sip_responses_total", direction="out", status_class="2xx") >= 1
+            assert _total(talking, "tonewall_event_loop_lag_seconds_count") >= 1
+
+            call = gateway.b2bua.calls[0]
+            view = await capture.service.start(call.call_id, [], actor="alice")
+            expiry = (datetime.date.today() + datetime.timedelta(days=730)).strftime("%m%y")
+            keys = SensitiveKeys("4" + "1" * 15 + "#" + expiry + "#123#")
+            caller.voice.key(keys, KeyingTiming())
+            keys.wipe()
+            while not caller.voice.idle:
+                await asyncio.sleep(0.05)
+            for _ in range(100):
+                if capture.service.get(view.capture_id).state in ("tokenized", "failed"):
+                    break
+                await asyncio.sleep(0.05)
+            assert capture.service.get(view.capture_id).state == "tokenized"
+            after = await _scrape(session, metrics_port)
+    finally:
+        caller.hang_up()
+        await asyncio.sleep(0.2)
+        await gateway.stop()
+        caller.close()
+        agent.close()
+
+    keyed = 16 + 1 + 4 + 1 + 3 + 1
+    assert _total(after, "tonewall_dtmf_digits_total", method="inband") >= keyed
+    assert _total(after, "tonewall_packets_masked_total") > 0
+    assert _total(after, "tonewall_captures_total", outcome="tokenized") == 1
+    assert _total(after, "tonewall_tokenization_seconds_count") == 1
+    assert _total(after, "tonewall_dtmf_detection_latency_seconds_count") >= keyed
+    # The card never shows up in the exposition.
+    text = "\n".join(f"{k} {v}" for k, v in after.items())
+    assert "4111111" not in text and "1111111" not in text
