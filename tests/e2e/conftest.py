@@ -108,14 +108,15 @@ class Call:
 
 @contextmanager
 def call_through(gw: E2eGateway, log_dir: Path, caller_user: str, timeout_s: float = 45.0,
-                 agent_user: str = AGENT_USER) -> Iterator[Call]:
+                 agent_user: str = AGENT_USER, caller_record: Path | None = None) -> Iterator[Call]:
     """A PJSIP caller -> gateway -> PJSIP agent call with media up on both sides; hung up on exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
     recording = log_dir / f"agent-{caller_user}.wav"
     agent = Softphone("agent", sip_port=gw.agent_port, rtp_port=free_block(20), log_dir=log_dir,
                       record=recording, timeout_s=timeout_s)
     caller = Softphone("caller", sip_port=free_port(), rtp_port=free_block(20), log_dir=log_dir,
-                       user=caller_user, target=f"sip:{agent_user}@127.0.0.1:{gw.sip_port}", timeout_s=timeout_s)
+                       user=caller_user, record=caller_record, target=f"sip:{agent_user}@127.0.0.1:{gw.sip_port}",
+                       timeout_s=timeout_s)
     with agent:
         with caller:
             caller.wait_event("media", 10)

@@ -43,8 +43,9 @@ def card_patterns(pans: list[str], cvvs: list[str]) -> list[tuple[str, re.Patter
         patterns.append((f"pan{i} 7-digit run (utf-16)", re.compile(utf16_alt)))
     for i, cvv in enumerate(cvvs):
         c = re.escape(cvv.encode())
-        patterns.append((f"cvv{i} in context", re.compile(
-            rb"(?i)(?:cvv|cvc|csc|security.?code)[^0-9]{0,20}" + c + rb"(?![0-9])|(?<![0-9])" + c + rb"[^0-9]{0,5}(?:cvv|cvc)")))
+        after_label = rb"(?:cvv|cvc|csc|security.?code)[^0-9]{0,20}" + c + rb"(?![0-9])"
+        before_label = rb"(?<![0-9])" + c + rb"[^0-9]{0,5}(?:cvv|cvc)"
+        patterns.append((f"cvv{i} in context", re.compile(rb"(?i)" + after_label + b"|" + before_label)))
     return patterns
 
 
