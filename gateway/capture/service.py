@@ -302,6 +302,7 @@ class CaptureService:
         if call_id in self._mask_holders:
             for capture_id in self._mask_holders[call_id]:
                 self._captures[capture_id].last_key_mono = now
+            self._arm()  # the keypad-quiet release moves with every key
         previous = self._last_digit.get(call_id)
         self._last_digit[call_id] = (digit, method, now)
         if previous is not None:
