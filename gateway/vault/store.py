@@ -7,6 +7,7 @@ PAN in clear, or a hash of the PAN.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import sqlite3
 import time
@@ -74,6 +75,17 @@ class Detokenized:
         return f"Detokenized(brand={self.brand}, last4={self.last4})"
 
 
+def _record_plaintext(card: SensitiveCard) -> bytearray:
+    """PAN|MMYYYY (expiry empty when not captured) in a buffer the caller wipes."""
+    plaintext = bytearray()
+    card.pan_digits.write_ascii(plaintext)
+    plaintext += b"|"
+    expiry = card.expiry()
+    if expiry is not None:
+        plaintext += f"{expiry[0]:02d}{expiry[1]:04d}".encode()
+    return plaintext
+
+
 def new_token(last4: str) -> str:
     """tok_<22 random letters>_<last four>."""
     body = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_RANDOM_CHARS))
@@ -117,26 +129,21 @@ class VaultStore:
         if not idempotency_key or len(idempotency_key) > 200:
             raise VaultStoreError("idempotency key is missing or too long")
         row = self._db.execute(
-            "SELECT r.token, r.brand, r.last4 FROM idempotency i JOIN records r ON r.token = i.token "
-            "WHERE i.key = ?",
+            "SELECT r.token, r.brand, r.last4, r.kek_id, r.wrapped_key, r.ciphertext "
+            "FROM idempotency i JOIN records r ON r.token = i.token WHERE i.key = ?",
             (idempotency_key,),
         ).fetchone()
         if row is not None:
-            if row[2] != card.last4 or row[1] != card.brand.value:
+            if row[2] != card.last4 or row[1] != card.brand.value or not self._same_card(row, card):
                 raise IdempotencyConflict("idempotency key reused for another card")
             return StoredToken(row[0], row[1], row[2], created=False)
         self.refresh_keyring()
         token = new_token(card.last4)
-        plaintext = bytearray()
-        card.pan_digits.write_ascii(plaintext)
-        plaintext += b"|"
-        expiry = card.expiry()
-        if expiry is not None:
-            plaintext += f"{expiry[0]:02d}{expiry[1]:04d}".encode()
+        plaintext = _record_plaintext(card)
         data_key = AESGCM.generate_key(bit_length=256)
         nonce = secrets.token_bytes(NONCE_BYTES)
         try:
-            ciphertext = nonce + AESGCM(data_key).encrypt(nonce, bytes(plaintext), token.encode())
+            ciphertext = nonce + AESGCM(data_key).encrypt(nonce, plaintext, token.encode())
         finally:
             wipe_bytearray(plaintext)
         kek_id, wrapped = self.keyring.wrap(data_key, token.encode())
@@ -162,15 +169,7 @@ class VaultStore:
         if row is None:
             raise VaultStoreError("unknown token")
         brand, last4, kek_id, wrapped, ciphertext = row
-        if kek_id not in self.keyring.ids():
-            self.refresh_keyring()
-        try:
-            data_key = self.keyring.unwrap(kek_id, wrapped, token.encode())
-            plaintext = bytearray(
-                AESGCM(data_key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], token.encode())
-            )
-        except (InvalidTag, KeyringError):
-            raise VaultStoreError("record cannot be decrypted") from None
+        plaintext = self._decrypt(token, kek_id, wrapped, ciphertext)
         pan = SensitiveDigits()
         try:
             sep = plaintext.index(b"|")
@@ -183,6 +182,32 @@ class VaultStore:
         finally:
             wipe_bytearray(plaintext)
         return Detokenized(pan, month, year, brand, last4)
+
+    def _decrypt(self, token: str, kek_id: str, wrapped: bytes, ciphertext: bytes) -> bytearray:
+        """A record's plaintext (PAN|MMYYYY) in a buffer the caller wipes."""
+        if kek_id not in self.keyring.ids():
+            self.refresh_keyring()
+        try:
+            data_key = self.keyring.unwrap(kek_id, wrapped, token.encode())
+            return bytearray(
+                AESGCM(data_key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], token.encode())
+            )
+        except (InvalidTag, KeyringError):
+            raise VaultStoreError("record cannot be decrypted") from None
+
+    def _same_card(self, row: tuple, card: SensitiveCard) -> bool:
+        """Whether a stored record holds exactly this PAN and expiry (constant-time compare).
+
+        Brand and last four alone would let a replayed key hand back another card's token.
+        """
+        token, _, _, kek_id, wrapped, ciphertext = row
+        stored = self._decrypt(token, kek_id, wrapped, ciphertext)
+        offered = _record_plaintext(card)
+        try:
+            return hmac.compare_digest(stored, offered)
+        finally:
+            wipe_bytearray(stored)
+            wipe_bytearray(offered)
 
     def rewrap(self, batch: int = 100) -> int:
         """Re-wrap every data key not under the active KEK, one short transaction per batch; returns the count."""
