@@ -8,6 +8,7 @@ PAN in clear, or a hash of the PAN.
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import sqlite3
 import time
@@ -86,6 +87,11 @@ def _record_plaintext(card: SensitiveCard) -> bytearray:
     return plaintext
 
 
+def _database_files(db_path: Path) -> tuple[Path, ...]:
+    """The database and the WAL-mode side files that hold its pages."""
+    return (db_path, db_path.with_name(db_path.name + "-wal"), db_path.with_name(db_path.name + "-shm"))
+
+
 def new_token(last4: str) -> str:
     """tok_<22 random letters>_<last four>."""
     body = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_RANDOM_CHARS))
@@ -101,6 +107,11 @@ class VaultStore:
         self.db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.db_path.exists():
             self.db_path.touch(mode=0o600)
+        # SQLite creates -wal and -shm with the database file's mode: keep all three owner-only,
+        # also for a file an older version or an operator left group/world-readable.
+        for path in _database_files(self.db_path):
+            if path.exists() and path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
         self._db = sqlite3.connect(self.db_path, isolation_level=None, timeout=5.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA secure_delete=ON")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from gateway.capture.card import Brand, SensitiveCard
@@ -53,3 +56,20 @@ def test_conflict_message_holds_no_digits(tmp_path):
     with pytest.raises(IdempotencyConflict) as info:
         store.tokenize(card(same_last4_other_pan()), "cap-1")
     assert not any(ch.isdigit() for ch in str(info.value))
+
+
+def test_database_wal_and_shm_are_owner_only_even_when_left_readable(tmp_path):
+    db = tmp_path / "v.sqlite3"
+    db.touch()
+    os.chmod(db, 0o644)
+    old_umask = os.umask(0)
+    try:
+        store = store_at(tmp_path)
+        store.tokenize(card(), "cap-1")
+        files = [db, tmp_path / "v.sqlite3-wal", tmp_path / "v.sqlite3-shm"]
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files if p.exists()}
+        store.close()
+    finally:
+        os.umask(old_umask)
+    assert "v.sqlite3-wal" in modes and "v.sqlite3-shm" in modes
+    assert modes == {name: 0o600 for name in modes}
