@@ -83,10 +83,10 @@ _HISTORY_BLOCKS = 2
 """Blocks kept before the held packet: windows that start there still cover held blocks."""
 _CONFIRM_BEFORE = HANGOVER_BLOCKS + WINDOW_BLOCKS - 1
 """A window confirmed at block s masks blocks s-1 .. s+4 (its own three and the hang-over)."""
-_PRE_WINDOWS = _CONFIRM_BEFORE - _HISTORY_BLOCKS
-"""Windows starting before the bank's kept blocks that still reach a held block."""
-_SEEN_BLOCKS = _HISTORY_BLOCKS + BLOCKS_PER_PACKET + PRE_GUARD_BLOCKS + WINDOW_BLOCKS - 1
-"""Blocks the held packet's decisions read: the kept two, its four, and three of the next packet."""
+_WINDOWS_PER_CALL = BLOCKS_PER_PACKET
+_KNOWN_WINDOWS = _CONFIRM_BEFORE + 1
+"""Windows a bank slot remembers from the last call: those starting 4 blocks before the held
+packet up to its first block (its last three blocks are kept for the windows after)."""
 
 FLAG_CONCENTRATION = 0.5
 """Loose flag when the best low + best high DTMF frequency hold this share of the block energy."""
@@ -97,9 +97,10 @@ CONFIRM_CONCENTRATION = 0.5
 TWIST_LIMIT_DB = 12.0
 """High group within this many dB of the low group, either way (Q.24 asks for +4/-8 dB)."""
 STEADY_DB = 10.0
-"""Each block of a confirmed window carries the two lines within this many dB of the strongest block."""
-FREQ_OFFSETS = (-0.04, -0.02, 0.0, 0.02, 0.04)
-"""Relative offsets at which each window looks for each DTMF frequency (Q.24 rejects beyond 3.5 %)."""
+"""Each block of a confirmed window carries DTMF-line energy within this many dB of its strongest block."""
+FREQ_OFFSETS = (-0.028, 0.0, 0.028)
+"""Relative offsets at which each window looks for each DTMF frequency: a tone up to 4.2 % off
+nominal (Q.24 rejects beyond 3.5 %) loses at most 2 dB of window power to the nearest one."""
 
 FLAT_LEVEL_DBM0 = -20.0
 COMFORT_NOISE_MAX_DBM0 = -35.0
@@ -130,14 +131,14 @@ def _analysis_basis() -> np.ndarray:
 
 
 def _window_rotation() -> np.ndarray:
-    """(3, 5, 8) phase rotations: block j of a window, frequency offset d, DTMF frequency f.
+    """(3, offsets, 8) phase rotations: block j of a window, frequency offset d, DTMF frequency f.
 
     A block's projection is taken with block-local time; multiplying block j's by
     exp(-i 2 pi f' 40 j / 8000) puts every block on the window's clock at the
     frequency f', so their sum is the window's DFT at f'.
     """
     freqs = np.array(LOW_FREQS_HZ + HIGH_FREQS_HZ)
-    f = freqs[None, :] * (1.0 + np.array(FREQ_OFFSETS))[:, None]  # (5, 8)
+    f = freqs[None, :] * (1.0 + np.array(FREQ_OFFSETS))[:, None]  # (offsets, 8)
     j = np.arange(WINDOW_BLOCKS)[:, None, None]
     return np.exp(-2j * np.pi * f[None, :, :] * j * BLOCK_SAMPLES / SAMPLE_RATE_HZ)
 
@@ -187,54 +188,74 @@ for _t in (_CN_TABLE, _FLAT_TABLE):
     _t.setflags(write=False)
 
 
-def _block_features(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(m, 40) samples -> DTMF projections complex (m, 8), energy (m,), loose flags (m,)."""
+_ENERGY = 16
+_LINES = 17
+_N_FEATURES = 18
+
+
+def _block_features(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(m, 40) samples -> features (m, 18) and loose flags (m,).
+
+    Features per block: the projections on cos and sin at the eight DTMF
+    frequencies (16), the energy, and the line energy: that of the best low plus
+    the best high DTMF frequency, as if each were a sine on its bin.
+    """
     x = np.asarray(blocks, dtype=np.float64)
-    proj = x @ _BASIS
-    z = proj[:, :8] - 1j * proj[:, 8:]  # sum of x(t) exp(-i w t) over the block
+    feats = np.empty((len(x), _N_FEATURES))
+    proj = feats[:, :_ENERGY]
+    proj[:] = x @ _BASIS
     p = proj[:, :8] ** 2 + proj[:, 8:] ** 2  # ~ (amplitude * 20)^2 per frequency
-    energy = np.einsum("ij,ij->i", x, x)
-    tone_energy = (p[:, :4].max(axis=1) + p[:, 4:].max(axis=1)) * (2.0 / BLOCK_SAMPLES)
-    flags = (energy >= _MIN_BLOCK_ENERGY) & (tone_energy >= FLAG_CONCENTRATION * energy)
-    return z, energy, flags
+    energy = feats[:, _ENERGY]
+    energy[:] = np.einsum("ij,ij->i", x, x)
+    lines = feats[:, _LINES]
+    lines[:] = (p[:, :4].max(axis=1) + p[:, 4:].max(axis=1)) * (2.0 / BLOCK_SAMPLES)
+    flags = (energy >= _MIN_BLOCK_ENERGY) & (lines >= FLAG_CONCENTRATION * energy)
+    return feats, flags
 
 
 def analyse_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Loose flag and mean power of each 40-sample block: (m, 40) -> bool (m,), float64 (m,)."""
-    _, energy, flags = _block_features(blocks)
-    return flags, energy / BLOCK_SAMPLES
+    feats, flags = _block_features(blocks)
+    return flags, feats[:, _ENERGY] / BLOCK_SAMPLES
 
 
-def confirm_windows(z: np.ndarray, energy: np.ndarray) -> np.ndarray:
-    """Confirmed windows of consecutive blocks: z (..., m, 8), energy (..., m) -> bool (..., m - 2).
+def confirm_windows(blocks: np.ndarray) -> np.ndarray:
+    """Confirmed windows of consecutive blocks: (..., m, 40) samples -> bool (..., m - 2)."""
+    x = np.asarray(blocks)
+    feats, _ = _block_features(x.reshape(-1, BLOCK_SAMPLES))
+    return _confirm(feats.reshape(x.shape[:-1] + (_N_FEATURES,)))
+
+
+def _confirm(feats: np.ndarray) -> np.ndarray:
+    """Confirmed windows from block features (..., m, 18) -> bool (..., m - 2).
 
     Window s covers blocks s, s+1, s+2: two narrow lines, one per DTMF group,
     within the twist limit, holding most of the window's energy, and steady:
-    every block carries them (so a window is confirmed only from the block where
-    the tone is, and its pre-guard stays within one block of the onset).
+    every block carries DTMF-line energy (so a window confirms only from the
+    block where the tone is, and its pre-guard stays within a block of the onset).
     """
-    n = z.shape[-2] - WINDOW_BLOCKS + 1
-    dft = z[..., 0:n, None, :] * _ROTATION[0]
-    for j in range(1, WINDOW_BLOCKS):
-        dft = dft + z[..., j:j + n, None, :] * _ROTATION[j]
-    p = (dft.real ** 2 + dft.imag ** 2).max(axis=-2)  # best offset per DTMF frequency
-    low_i = p[..., :4].argmax(axis=-1)[..., None]
-    high_i = p[..., 4:].argmax(axis=-1)[..., None] + 4
-    low = np.take_along_axis(p, low_i, axis=-1)[..., 0]
-    high = np.take_along_axis(p, high_i, axis=-1)[..., 0]
-    e = energy[..., 0:n]
-    block_p = z.real ** 2 + z.imag ** 2
-    lines = [np.take_along_axis(block_p[..., 0:n, :], low_i, axis=-1)
-             + np.take_along_axis(block_p[..., 0:n, :], high_i, axis=-1)]
-    for j in range(1, WINDOW_BLOCKS):
-        e = e + energy[..., j:j + n]
-        lines.append(np.take_along_axis(block_p[..., j:j + n, :], low_i, axis=-1)
-                     + np.take_along_axis(block_p[..., j:j + n, :], high_i, axis=-1))
-    per_block = np.concatenate(lines, axis=-1)
-    steady = per_block.min(axis=-1) >= _STEADY * per_block.max(axis=-1)
-    return ((e >= _MIN_WINDOW_ENERGY)
-            & ((low + high) * _WINDOW_SCALE >= CONFIRM_CONCENTRATION * e)
-            & (high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high) & steady)
+    m = feats.shape[-2]
+    n = m - WINDOW_BLOCKS + 1
+    el = feats[..., 0:n, _ENERGY:] + feats[..., 1:n + 1, _ENERGY:] + feats[..., 2:n + 2, _ENERGY:]
+    e = el[..., 0]
+    l0, l1, l2 = feats[..., 0:n, _LINES], feats[..., 1:n + 1, _LINES], feats[..., 2:n + 2, _LINES]
+    # The window's line energy cannot exceed its blocks' summed line energies, so
+    # only windows passing that cheap test (rare outside tones) need the DFT.
+    confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., 1] >= CONFIRM_CONCENTRATION * e)
+                 & (np.minimum(np.minimum(l0, l1), l2) >= _STEADY * np.maximum(np.maximum(l0, l1), l2)))
+    flat = confirmed.reshape(-1, n)
+    rows, starts = np.nonzero(flat)
+    if len(rows):
+        fr = feats.reshape(-1, m, _N_FEATURES)
+        z = [fr[rows, starts + j, None, :8] - 1j * fr[rows, starts + j, None, 8:_ENERGY]
+             for j in range(WINDOW_BLOCKS)]  # sum of x(t) exp(-i w t) over each block
+        dft = z[0] + z[1] * _ROTATION[1] + z[2] * _ROTATION[2]
+        p = (dft.real ** 2 + dft.imag ** 2).max(axis=-2)  # best offset per DTMF frequency
+        low = p[:, :4].max(axis=-1)
+        high = p[:, 4:].max(axis=-1)
+        flat[rows, starts] = (((low + high) * _WINDOW_SCALE >= CONFIRM_CONCENTRATION * e.reshape(-1, n)[rows, starts])
+                              & (high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high))
+    return confirmed
 
 
 def _track(level: np.ndarray | float, power: np.ndarray | float, flag: np.ndarray | bool):
@@ -284,8 +305,7 @@ class Masker:
         # Per block from block index self._base; the stream starts after two silent
         # blocks, as a fresh MaskerBank slot's history does.
         self._base = -_HISTORY_BLOCKS
-        self._z: list[np.ndarray] = [np.zeros(8, dtype=complex)] * _HISTORY_BLOCKS
-        self._energy: list[float] = [0.0] * _HISTORY_BLOCKS
+        self._feats: list[np.ndarray] = [np.zeros(_N_FEATURES)] * _HISTORY_BLOCKS
         self._flags: list[bool] = [False] * _HISTORY_BLOCKS
         self._levels: list[float] = [_UNTRACKED] * _HISTORY_BLOCKS  # background power before each block
         self._confirmed: list[bool] = []  # per window, by its first block
@@ -352,17 +372,15 @@ class Masker:
         data = np.concatenate([self._partial, x])
         n_blocks = len(data) // BLOCK_SAMPLES
         if n_blocks:
-            z, energy, flags = _block_features(data[: n_blocks * BLOCK_SAMPLES].reshape(-1, BLOCK_SAMPLES))
-            for zi, e, f in zip(z, energy.tolist(), flags.tolist()):
+            feats, flags = _block_features(data[: n_blocks * BLOCK_SAMPLES].reshape(-1, BLOCK_SAMPLES))
+            for fe, f in zip(feats, flags.tolist()):
                 self._levels.append(self._level)
-                self._z.append(zi)
-                self._energy.append(e)
+                self._feats.append(fe)
                 self._flags.append(f)
-                self._level = float(_track(self._level, e / BLOCK_SAMPLES, f))
+                self._level = float(_track(self._level, fe[_ENERGY] / BLOCK_SAMPLES, f))
             first = len(self._confirmed)
-            if len(self._z) - first >= WINDOW_BLOCKS:
-                self._confirmed.extend(confirm_windows(
-                    np.array(self._z[first:]), np.array(self._energy[first:])).tolist())
+            if len(self._feats) - first >= WINDOW_BLOCKS:
+                self._confirmed.extend(_confirm(np.array(self._feats[first:])).tolist())
         self._partial = data[n_blocks * BLOCK_SAMPLES:]
 
     def _flag(self, block: int) -> bool:
@@ -404,7 +422,7 @@ class Masker:
         keep_from = self._pending_start // BLOCK_SAMPLES - HANGOVER_BLOCKS - WINDOW_BLOCKS
         if keep_from > self._base + 64:
             drop = keep_from - self._base
-            for name in ("_z", "_energy", "_flags", "_levels", "_confirmed"):
+            for name in ("_feats", "_flags", "_levels", "_confirmed"):
                 del getattr(self, name)[:drop]
             self._base = keep_from
         return out
@@ -434,12 +452,12 @@ class MaskerBank:
                 new[:old] = getattr(self, name)
             setattr(self, name, new)
 
-        hist = _HISTORY_BLOCKS + BLOCKS_PER_PACKET  # the two blocks before the held packet, and its four
         grow("_held", (PACKET_SAMPLES,), np.int16)
-        grow("_hist_z", (hist, 8), np.complex128)
-        grow("_hist_energy", (hist,), np.float64)
-        grow("_hist_flags", (hist,), bool)
-        grow("_pre_confirmed", (_PRE_WINDOWS,), bool)
+        # The held packet's last three blocks (for windows that reach into the next packet) ...
+        grow("_hist_feats", (WINDOW_BLOCKS, _N_FEATURES), np.float64)
+        # ... and the loose flags of the two blocks before it and of its four.
+        grow("_hist_flags", (_HISTORY_BLOCKS + BLOCKS_PER_PACKET,), bool)
+        grow("_pre_confirmed", (_KNOWN_WINDOWS,), bool)
         grow("_held_levels", (BLOCKS_PER_PACKET,), np.float64)
         grow("_level", (), np.float64)
         grow("_filler_level", (), np.float64)
@@ -458,7 +476,7 @@ class MaskerBank:
                 self._alloc(self._cap * 2)
             slot = self._n_slots
             self._n_slots += 1
-        for name in ("_held", "_hist_z", "_hist_energy", "_hist_flags", "_pre_confirmed", "_held_levels",
+        for name in ("_held", "_hist_feats", "_hist_flags", "_pre_confirmed", "_held_levels",
                      "_filler_level", "_n_in", "_held_valid", "_capture"):
             getattr(self, name)[slot] = 0
         self._level[slot] = _UNTRACKED
@@ -502,8 +520,8 @@ class MaskerBank:
             return None
         confirmed = np.concatenate([
             self._pre_confirmed[slot],
-            confirm_windows(self._hist_z[slot], self._hist_energy[slot]),
-            np.zeros(PRE_GUARD_BLOCKS + WINDOW_BLOCKS - 1, dtype=bool),  # windows reaching unseen blocks
+            _confirm(self._hist_feats[slot]),
+            np.zeros(_WINDOWS_PER_CALL - 1, dtype=bool),  # windows reaching unseen blocks
         ])
         flags = np.concatenate([self._hist_flags[slot], np.zeros(PRE_GUARD_BLOCKS, dtype=bool)])
         mask = (_window_or(confirmed, _CONFIRM_BEFORE, PRE_GUARD_BLOCKS)
@@ -526,11 +544,10 @@ class MaskerBank:
         k = len(slots)
         if frames.shape != (k, PACKET_SAMPLES):
             raise ValueError("masker frames must be (k, 160)")
-        z, energy, flags = _block_features(frames.reshape(-1, BLOCK_SAMPLES))
-        z = z.reshape(k, BLOCKS_PER_PACKET, 8)
-        energy = energy.reshape(k, BLOCKS_PER_PACKET)
+        feats, flags = _block_features(frames.reshape(-1, BLOCK_SAMPLES))
+        feats = feats.reshape(k, BLOCKS_PER_PACKET, _N_FEATURES)
         flags = flags.reshape(k, BLOCKS_PER_PACKET)
-        power = energy / BLOCK_SAMPLES
+        power = feats[:, :, _ENERGY] * (1.0 / BLOCK_SAMPLES)
 
         level = self._level[slots]
         levels = np.empty((k, BLOCKS_PER_PACKET))
@@ -544,15 +561,14 @@ class MaskerBank:
         filler = capture & ~held_valid
         direct_mask = ~capture & self._always[slots]
 
-        # Blocks 0-1: before the held packet; 2-5: held; 6-9: this packet.
-        all_z = np.concatenate([self._hist_z[slots], z], axis=1)
-        all_energy = np.concatenate([self._hist_energy[slots], energy], axis=1)
-        all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
-        # Windows starting at blocks -2..6; a held block b is masked by those starting in b-4..b+1.
-        new_confirmed = confirm_windows(all_z[:, :_SEEN_BLOCKS], all_energy[:, :_SEEN_BLOCKS])
+        # Blocks numbered from the held packet's first = 0. A held block b is masked by
+        # the windows starting at b-4 .. b+1: those at -4..0 are known from the last
+        # call, those at 1..4 (held blocks 1-3 and this packet's 0-2) are new.
+        new_confirmed = _confirm(np.concatenate([self._hist_feats[slots], feats[:, :WINDOW_BLOCKS]], axis=1))
         confirmed = np.concatenate([self._pre_confirmed[slots], new_confirmed], axis=1)
         la_mask = _window_or(confirmed, _CONFIRM_BEFORE, PRE_GUARD_BLOCKS)
-        # Direct rows: this packet's blocks 6..9, loose flags with hang-over only (no look-ahead).
+        # Direct rows: this packet, loose flags with hang-over only (no look-ahead).
+        all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
         dm = _window_or(all_flags[:, BLOCKS_PER_PACKET:], HANGOVER_BLOCKS, 0)
         block_mask = np.where(delayed[:, None], la_mask, dm & direct_mask[:, None])
         changed = block_mask.any(axis=1) | filler
@@ -577,10 +593,9 @@ class MaskerBank:
             out[rows] = sub
 
         self._level[slots] = level
-        self._hist_z[slots] = all_z[:, BLOCKS_PER_PACKET:]
-        self._hist_energy[slots] = all_energy[:, BLOCKS_PER_PACKET:]
+        self._hist_feats[slots] = feats[:, BLOCKS_PER_PACKET - WINDOW_BLOCKS:]
         self._hist_flags[slots] = all_flags[:, BLOCKS_PER_PACKET:]
-        self._pre_confirmed[slots] = new_confirmed[:, BLOCKS_PER_PACKET - _PRE_WINDOWS:BLOCKS_PER_PACKET]
+        self._pre_confirmed[slots] = confirmed[:, BLOCKS_PER_PACKET:]
         self._held_levels[slots] = levels
         self._held[slots] = frames
         self._n_in[slots] = n_in + PACKET_SAMPLES
