@@ -4,6 +4,11 @@ It feeds the core with `receive(data, source, now)`, sends what `messages_to_sen
 returns, drains `next_event()` into a callback and re-arms one timer from
 `get_timer()`. Every exception raised while handling one message is caught, counted
 by reason, and the loop carries on: one bad packet never stops the gateway.
+
+Stream connections are bounded so that a peer cannot hold the gateway's sockets or
+memory: a cap on inbound connections (in all and per remote address), a deadline for
+each message once its first byte arrived (and for the first message after connecting:
+slowloris), an idle timeout, and a cap on bytes queued for a peer that does not read.
 """
 
 from __future__ import annotations
@@ -135,23 +140,41 @@ class _Stream(asyncio.Protocol):
         self.outbound_key = outbound_key
         self.pending: list[bytes] = []
         self.closed = False
+        now = owner._loop.time()
+        self.last_activity_at = now
+        """Loop time of the last byte received or sent (idle timeout)."""
+        self.message_since: float | None = None if outbound_key else now
+        """Loop time since which a message is incomplete; an inbound peer owes its first one from connect."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peername = transport.get_extra_info("peername") or ("", 0)
         self.remote = (peername[0], peername[1])
+        if self.outbound_key is None and not self.owner._admit(self):
+            self.closed = True
+            transport.abort()
+            return
         self.owner._connection_opened(self)
         for data in self.pending:
-            self.transport.write(data)
+            self.send(data)
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        now = self.owner._loop.time()
+        self.last_activity_at = now
         try:
             messages = self.framer.feed(data)
         except ValueError as exc:
             self.owner.drops[f"{self.kind}_framing:{_exception_reason(exc)}"] += 1
             self.close()
             return
+        buffered = getattr(self.framer, "buffered_bytes", 0)
+        if messages or not buffered:
+            self.message_since = now if buffered else None
+        elif self.message_since is None:
+            self.message_since = now
         pongs = self.framer.take_pongs() if hasattr(self.framer, "take_pongs") else b""
         if pongs:
             self.send(pongs)
@@ -172,12 +195,22 @@ class _Stream(asyncio.Protocol):
             self.pending.append(data)
         elif not self.transport.is_closing():
             self.transport.write(data)
+            self.last_activity_at = self.owner._loop.time()
+            if self.transport.get_write_buffer_size() > self.owner.max_write_buffer_bytes:
+                # A peer that does not read would make us buffer without bound.
+                self.owner.drops[f"{self.kind}_write_backlog"] += 1
+                self.abort()
         else:
             self.owner.drops["send_on_closed_connection"] += 1
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, discarding what is queued for it."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class SipTransport:
@@ -193,6 +226,11 @@ class SipTransport:
         client_ssl: ssl.SSLContext | None = None,
         server_ssl: ssl.SSLContext | None = None,
         peer_type: Callable[..., Any] = Peer,
+        max_connections: int = 1024,
+        max_connections_per_host: int = 256,
+        message_timeout_s: float = 32.0,
+        idle_timeout_s: float | None = 600.0,
+        max_write_buffer_bytes: int = 1 << 20,
     ) -> None:
         self.core = core
         self.framer_factory = framer_factory
@@ -201,6 +239,16 @@ class SipTransport:
         self.client_ssl = client_ssl
         self.server_ssl = server_ssl
         self.peer_type = peer_type
+        self.max_connections = max_connections
+        """Inbound TCP/TLS connections open at once; more are refused."""
+        self.max_connections_per_host = max_connections_per_host
+        """Inbound connections from one remote address."""
+        self.message_timeout_s = message_timeout_s
+        """A started message (and an inbound peer's first one) must be whole within this (64*T1)."""
+        self.idle_timeout_s = idle_timeout_s
+        """A connection with no byte either way for this long is closed; None keeps it."""
+        self.max_write_buffer_bytes = max_write_buffer_bytes
+        """Bytes queued for a peer that does not read before its connection is dropped."""
         self.drops: Counter[str] = Counter()
         """Refused input and failed sends by reason; read by the metrics exporter."""
         self.received = 0
@@ -213,6 +261,8 @@ class SipTransport:
         self._connections: dict[int, _Stream] = {}
         self._by_remote: dict[tuple[str, str, int], _Stream] = {}
         self._next_connection_id = 0
+        self._inbound_by_host: Counter[str] = Counter()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
@@ -239,15 +289,21 @@ class SipTransport:
             if self.server_ssl is None:
                 raise ValueError("TLS listener needs a server SSL context")
             server = await loop.create_server(lambda: _Stream(self, "tls"), tls[0], tls[1],
-                                              ssl=self.server_ssl, reuse_address=True)
+                                              ssl=self.server_ssl, reuse_address=True,
+                                              ssl_handshake_timeout=self.message_timeout_s)
             self._servers.append(server)
             self.addresses["tls"] = server.sockets[0].getsockname()[:2]
+        if self._servers:
+            self._arm_sweeper()
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for server in self._servers:
             server.close()
         for conn in list(self._connections.values()):
@@ -388,20 +444,62 @@ class SipTransport:
         self._loop.create_task(open_connection())
         return conn
 
-    # ---- connection registry
+    # ---- connection registry and limits
 
     def _new_connection_id(self) -> int:
         self._next_connection_id += 1
         return self._next_connection_id
+
+    def _admit(self, conn: _Stream) -> bool:
+        """Whether an inbound connection fits under the caps; counts a drop when it does not."""
+        host = conn.remote[0]
+        inbound = sum(self._inbound_by_host.values())
+        if inbound >= self.max_connections:
+            self.drops[f"{conn.kind}_connection_limit"] += 1
+            return False
+        if self._inbound_by_host[host] >= self.max_connections_per_host:
+            self.drops[f"{conn.kind}_host_connection_limit"] += 1
+            return False
+        self._inbound_by_host[host] += 1
+        return True
 
     def _connection_opened(self, conn: _Stream) -> None:
         self._connections[conn.connection_id] = conn
         self._by_remote.setdefault((conn.kind, conn.remote[0], conn.remote[1]), conn)
 
     def _connection_closed(self, conn: _Stream) -> None:
-        self._connections.pop(conn.connection_id, None)
+        if self._connections.pop(conn.connection_id, None) is not None and conn.outbound_key is None:
+            host = conn.remote[0]
+            self._inbound_by_host[host] -= 1
+            if self._inbound_by_host[host] <= 0:
+                del self._inbound_by_host[host]
         for key in [key for key, value in self._by_remote.items() if value is conn]:
             del self._by_remote[key]
+
+    def sweep(self, now: float) -> None:
+        """Close connections past their message deadline or idle timeout (the periodic timer calls this)."""
+        for conn in list(self._connections.values()):
+            if conn.closed:
+                continue
+            if conn.message_since is not None and now - conn.message_since >= self.message_timeout_s:
+                self.drops[f"{conn.kind}_message_timeout"] += 1
+                conn.abort()
+            elif self.idle_timeout_s is not None and now - conn.last_activity_at >= self.idle_timeout_s:
+                self.drops[f"{conn.kind}_idle_timeout"] += 1
+                conn.close()
+
+    def _arm_sweeper(self) -> None:
+        period_s = max(0.5, self.message_timeout_s / 4)
+        self._sweeper = self._loop.call_later(period_s, self._on_sweep)
+
+    def _on_sweep(self) -> None:
+        self._sweeper = None
+        if self._closed:
+            return
+        try:
+            self.sweep(self._loop.time())
+        finally:
+            self._arm_sweeper()
 
     @property
     def connection_count(self) -> int:
