@@ -134,7 +134,11 @@ class _Analysis:
         omega = 2 * np.pi * _FREQS_HZ / sample_rate_hz
         # Rows 0-7: real parts, rows 8-15: imaginary parts of window * exp(-j w n).
         rows = np.vstack([window * np.cos(np.outer(omega, n)), -window * np.sin(np.outer(omega, n))])
-        self.dft_rows = np.ascontiguousarray(rows, dtype=np.float32)
+        # A window's DFT is (first half of the rows) . (older chunk) + (second half) .
+        # (newer chunk): one product over the chunks, each chunk used once, gives
+        # both halves (rows 0-15: opening half, rows 16-31: closing half).
+        self.half_rows = np.ascontiguousarray(
+            np.vstack([rows[:, :CHUNK_SAMPLES], rows[:, CHUNK_SAMPLES:]]), dtype=np.float32)
         self.ones = np.ones(CHUNK_SAMPLES, dtype=np.float32)
         sum_w = window.sum()
         self.tone_power_norm = float(2.0 / sum_w ** 2)
@@ -151,33 +155,28 @@ class _Analysis:
         self.gate_pair_mag = _dbm0_power(MIN_PAIR_LEVEL_DBM0 - 4.0) / self.tone_power_norm
         accepted_df = np.abs(self.gain_df_hz) <= self.freq_tol_hz.max() + 1.0
         pair_bound = self.tone_power_norm / self.gain2[accepted_df].min()
-        self.gate_coverage = pair_bound * CHUNK_SAMPLES / COVERAGE_MIN
         self.gate_purity = pair_bound * WINDOW_SAMPLES / PURITY_MIN
+        # Level and purity in one comparison: pair * purity >= max(energy, floor).
+        self.gate_energy_floor = self.gate_pair_mag * self.gate_purity
         self.normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10)
         self.reverse_twist = 10.0 ** (REVERSE_TWIST_DB / 10)
         self.min_pair_power = _dbm0_power(MIN_PAIR_LEVEL_DBM0)
         self.min_tone_power = _dbm0_power(MIN_TONE_LEVEL_DBM0)
-        self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 4.0) / 10)
-        self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 4.0) / 10)
 
 
 _ANALYSIS: dict[int, _Analysis] = {}
 
-_STATE_FIELDS = (
-    ("tail", np.float32, (WINDOW_SAMPLES,)),  # last complete chunk, then the incomplete one
-    ("resid_n", np.int64, ()),  # samples of the incomplete chunk held in tail[40:]
-    ("w_hist", np.float32, (2, 16)),  # DFT (8 re, 8 im) of the last two windows, older first
-    ("chunks", np.int64, ()),  # complete chunks processed since the stream began
-    ("run_code", np.int64, ()),  # key of the current run of hits, or -1
-    ("run_len", np.int64, ()),
-    ("run_first", np.int64, ()),  # chunk index of the run's first hit window
-    ("active", np.int64, ()),  # accepted key whose tone is still on, or -1
-    ("active_start", np.int64, ()),
-    ("last_hit", np.int64, ()),  # chunk index of the active key's last hit window
-    ("misses", np.int64, ()),
-    ("busy", np.bool_, ()),  # a run of hits or a digit is on
-    ("in_use", np.bool_, ()),
-)
+# Float carry of each stream between calls (one row per slot, gathered and
+# scattered once per call).
+_CARRY_OPEN = slice(0, 16)  # opening-half DFT of the last complete chunk (re 0-7, im 8-15)
+_CARRY_ENERGY = 16  # energy of the last complete chunk
+_CARRY_HIST = slice(17, 49)  # DFT of the last two windows, older first (2 x 16)
+_CARRY_WIDTH = 49
+
+# Integer state of the hit/miss state machine, one row per slot.
+_RUN_CODE, _RUN_LEN, _RUN_FIRST, _ACTIVE, _ACTIVE_START, _LAST_HIT, _MISSES = range(7)
+_SM_WIDTH = 7
+_SM_FRESH = np.array([_NONE, 0, 0, _NONE, 0, _NONE, 0], dtype=np.int64)
 
 
 class DetectorBank:
@@ -195,7 +194,7 @@ class DetectorBank:
             _ANALYSIS[sample_rate_hz] = _Analysis(sample_rate_hz)
         self._an = _ANALYSIS[sample_rate_hz]
         self._capacity = 0
-        self._st: dict[str, np.ndarray] = {}
+        self._n_held = 0  # slots holding an incomplete chunk
         self._work: dict[str, np.ndarray] = {}
         self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._grow(capacity)
@@ -207,32 +206,41 @@ class DetectorBank:
 
     def _grow(self, capacity: int) -> None:
         old = self._capacity
-        for name, dtype, shape in _STATE_FIELDS:
-            arr = np.zeros((capacity, *shape), dtype=dtype)
-            if old:
-                arr[:old] = self._st[name]
-            self._st[name] = arr
+
+        def grown(arr: np.ndarray | None, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+            new = np.zeros((capacity, *shape), dtype=dtype)
+            if arr is not None:
+                new[:old] = arr
+            return new
+
+        first = old == 0
+        self._held = grown(None if first else self._held, (CHUNK_SAMPLES,), np.float32)
+        self._held_n = grown(None if first else self._held_n, (), np.int64)
+        self._carry = grown(None if first else self._carry, (_CARRY_WIDTH,), np.float32)
+        self._chunks = grown(None if first else self._chunks, (), np.int64)
+        self._sm = grown(None if first else self._sm, (_SM_WIDTH,), np.int64)
+        self._busy = grown(None if first else self._busy, (), np.bool_)
+        self._in_use = grown(None if first else self._in_use, (), np.bool_)
         self._seen = np.zeros(capacity, dtype=np.bool_)
-        self._reset(np.arange(old, capacity))
         self._capacity = capacity
+        self._reset(np.arange(old, capacity))
 
     def _reset(self, slots: np.ndarray) -> None:
-        st = self._st
-        for name, _, _ in _STATE_FIELDS:
-            st[name][slots] = 0
-        for name in ("run_code", "active", "last_hit"):
-            st[name][slots] = _NONE
+        self._n_held -= int(np.count_nonzero(self._held_n[slots]))
+        for arr in (self._held, self._held_n, self._carry, self._chunks, self._busy, self._in_use):
+            arr[slots] = 0
+        self._sm[slots] = _SM_FRESH
 
     def add_stream(self) -> int:
         """Claim a free slot with fresh state; the bank grows when full."""
-        free = np.flatnonzero(~self._st["in_use"])
+        free = np.flatnonzero(~self._in_use)
         if free.size == 0:
             slot = self._capacity
             self._grow(2 * self._capacity)
         else:
             slot = int(free[0])
         self._reset(np.array([slot]))
-        self._st["in_use"][slot] = True
+        self._in_use[slot] = True
         return slot
 
     def remove_stream(self, slot: int) -> None:
@@ -247,10 +255,11 @@ class DetectorBank:
         hit window, before the digit is accepted.
         """
         idx = np.asarray(slots, dtype=np.int64)
-        return (self._st["run_code"][idx] >= 0) | (self._st["active"][idx] >= 0)
+        sm = self._sm[idx]
+        return (sm[:, _RUN_CODE] >= 0) | (sm[:, _ACTIVE] >= 0)
 
     def _check_slot(self, slot: int) -> None:
-        if not (0 <= slot < self._capacity) or not self._st["in_use"][slot]:
+        if not (0 <= slot < self._capacity) or not self._in_use[slot]:
             raise DetectorInputError("detector slot is not in use")
 
     def process(self, slots: np.ndarray, frames: np.ndarray) -> list[DetectorEvent]:
@@ -259,46 +268,51 @@ class DetectorBank:
         frames = np.asarray(frames)
         if slots.ndim != 1 or frames.ndim != 2 or frames.shape[0] != slots.shape[0]:
             raise DetectorInputError("detector input must be slots (k,) and frames (k, n)")
-        if slots.size == 0:
+        k = slots.size
+        if k == 0:
             return []
-        if not np.issubdtype(slots.dtype, np.integer):
+        if slots.dtype.kind not in "iu":
             raise DetectorInputError("detector slots must be integers")
-        slots = slots.astype(np.int64, copy=False)
-        if slots.min() < 0 or slots.max() >= self._capacity:
-            raise DetectorInputError("detector slot is not in use")
-        if not self._st["in_use"][slots].all():
-            raise DetectorInputError("detector slot is not in use")
-        if slots.size > 1:
+        if k == 1:
+            self._check_slot(int(slots[0]))
+        else:
+            if slots.min() < 0 or slots.max() >= self._capacity:
+                raise DetectorInputError("detector slot is not in use")
+            # One scatter checks both: k distinct slots, all in use.
             seen = self._seen
             seen[slots] = True
-            unique = np.count_nonzero(seen) == slots.size
+            valid = np.count_nonzero(seen & self._in_use) == k
             seen[slots] = False
-            if not unique:
+            if not valid:
+                if not self._in_use[slots].all():
+                    raise DetectorInputError("detector slot is not in use")
                 raise DetectorInputError("detector slot given twice in one call")
-        resid_n = self._st["resid_n"][slots]
-        r0 = int(resid_n[0])
-        if (resid_n == r0).all():
+        if self._n_held == 0 and frames.shape[1] % CHUNK_SAMPLES == 0:
+            return self._process_group(slots, frames, 0)
+        held_n = self._held_n[slots]
+        r0 = int(held_n[0])
+        if (held_n == r0).all():
             return self._process_group(slots, frames, r0)
         events: list[DetectorEvent] = []
-        for r in np.unique(resid_n):
-            sel = resid_n == r
+        for r in np.unique(held_n):
+            sel = held_n == r
             events.extend(self._process_group(slots[sel], frames[sel], int(r)))
         return events
 
     def flush(self, slot: int) -> list[DetectorEvent]:
         """End of stream: close the open digit, if any, and forget any partial run."""
         self._check_slot(slot)
-        st = self._st
+        sm = self._sm[slot]
         events: list[DetectorEvent] = []
-        code = int(st["active"][slot])
+        code = int(sm[_ACTIVE])
         if code >= 0:
-            events.append(DigitEnded(slot, _CODE_TO_DIGIT[code], int(st["active_start"][slot]),
-                                     _end_sample(int(st["last_hit"][slot]))))
-        st["active"][slot] = _NONE
-        st["busy"][slot] = False
-        st["run_code"][slot] = _NONE
-        st["run_len"][slot] = 0
-        st["misses"][slot] = 0
+            events.append(DigitEnded(slot, _CODE_TO_DIGIT[code], int(sm[_ACTIVE_START]),
+                                     _end_sample(int(sm[_LAST_HIT]))))
+        sm[_ACTIVE] = _NONE
+        sm[_RUN_CODE] = _NONE
+        sm[_RUN_LEN] = 0
+        sm[_MISSES] = 0
+        self._busy[slot] = False
         return events
 
     def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -317,86 +331,90 @@ class DetectorBank:
         view = self._views[(name, shape)] = buf[:size].reshape(shape)
         return view
 
-    def _process_group(self, slots: np.ndarray, frames: np.ndarray, resid: int) -> list[DetectorEvent]:
-        st = self._st
+    def _process_group(self, slots: np.ndarray, frames: np.ndarray, held: int) -> list[DetectorEvent]:
+        """Streams that all hold `held` samples of an incomplete chunk."""
         n = frames.shape[1]
-        total = resid + n
-        n_chunks = total // CHUNK_SAMPLES
-        if n_chunks == 0:
-            st["tail"][slots, CHUNK_SAMPLES + resid:CHUNK_SAMPLES + total] = frames
-            st["resid_n"][slots] = total
+        if n == 0:
             return []
-        # x: the previous complete chunk (zeros before the stream began), the held
-        # incomplete chunk, then the new samples up to the last complete chunk.
+        total = held + n
+        c = total // CHUNK_SAMPLES
+        if c == 0:
+            self._held[slots, held:total] = frames
+            self._held_n[slots] = total
+            self._n_held += slots.size if held == 0 else 0
+            return []
         k = slots.size
-        used = n_chunks * CHUNK_SAMPLES
-        left = total - used
-        tail = self._scratch("tail", (k, WINDOW_SAMPLES))
-        st["tail"].take(slots, axis=0, out=tail, mode="clip")  # slots were range-checked
-        x = self._scratch("x", (k, CHUNK_SAMPLES + used))
-        x[:, :CHUNK_SAMPLES + resid] = tail[:, :CHUNK_SAMPLES + resid]
-        x[:, CHUNK_SAMPLES + resid:] = frames[:, :n - left]
-        st["tail"][slots, :CHUNK_SAMPLES] = x[:, used:]
-        if left:
-            st["tail"][slots, CHUNK_SAMPLES:CHUNK_SAMPLES + left] = frames[:, n - left:]
-        st["resid_n"][slots] = left
-        hits = self._analyse(slots, x, n_chunks)
+        left = total - c * CHUNK_SAMPLES
+        # x: the held samples, then the new ones up to the last complete chunk, as float32.
+        x = self._scratch("x", (k, c * CHUNK_SAMPLES))
+        if held:
+            x[:, :held] = self._held[slots, :held]
+        x[:, held:] = frames[:, :n - left]
+        if held or left:
+            if left:
+                self._held[slots, :left] = frames[:, n - left:]
+            self._held_n[slots] = left
+            self._n_held += k * ((left > 0) - (held > 0))
+        hits = self._analyse(slots, x, c)
+        self._chunks[slots] += c
         if hits is None:
-            if not st["busy"][slots].any():
-                st["chunks"][slots] += n_chunks
+            if not self._busy[slots].any():
                 return []
-            hits = np.full((k, n_chunks), _NONE, dtype=np.int64)
-        return self._advance(slots, hits)
+            hits = np.full((k, c), _NONE, dtype=np.int64)
+        return self._advance(slots, hits, c)
 
-    def _analyse(self, slots: np.ndarray, x: np.ndarray, n_chunks: int) -> np.ndarray | None:
+    def _analyse(self, slots: np.ndarray, x: np.ndarray, c: int) -> np.ndarray | None:
         """Hit key (0-15) or -1 for each (stream, window) closed by these chunks (None: no hit)."""
-        an, st = self._an, self._st
-        k, c = x.shape[0], n_chunks
-        chunks = x.reshape(k, c + 1, CHUNK_SAMPLES)
-        windows = self._scratch("windows", (k * c, WINDOW_SAMPLES))
-        w3 = windows.reshape(k, c, WINDOW_SAMPLES)
-        w3[:, :, :CHUNK_SAMPLES] = chunks[:, :-1]
-        w3[:, :, CHUNK_SAMPLES:] = chunks[:, 1:]
-        # One matrix product: the 8 DFT values of every window of every stream, as
-        # rows (re of the 8 bins, then im) so that the gate runs on contiguous rows.
+        an = self._an
+        k = x.shape[0]
         kc = k * c
-        z = np.matmul(an.dft_rows, windows.T, out=self._scratch("z", (16, kc)))
+        chunks = x.reshape(kc, CHUNK_SAMPLES)
+        carry = self._carry.take(slots, axis=0, out=self._scratch("carry", (k, _CARRY_WIDTH)), mode="clip")
+        # One matrix product over all chunks of all streams (32 rows: both window halves).
+        halves = np.matmul(an.half_rows, chunks.T, out=self._scratch("halves", (32, kc)))
+        opening, closing = halves[:16], halves[16:]
+        # Window t of a stream = opening half of chunk t-1 + closing half of chunk t;
+        # the first one opens on the previous call's last chunk (the carry).
+        z = self._scratch("z", (16, kc))
+        np.add(opening[:, :-1], closing[:, 1:], out=z[:, 1:])
+        np.add(closing[:, ::c], carry[:, _CARRY_OPEN].T, out=z[:, ::c])
+        sq = np.multiply(x, x, out=self._scratch("x2", x.shape))
+        energy = np.matmul(sq.reshape(kc, CHUNK_SAMPLES), an.ones, out=self._scratch("energy", (kc,)))
+        e_sum = self._scratch("e_sum", (kc,))
+        np.add(energy[:-1], energy[1:], out=e_sum[1:])
+        np.add(energy[::c], carry[:, _CARRY_ENERGY], out=e_sum[::c])
 
-        # Cheap gate over every window, implied by the exact checks: level, twist
-        # with slack, purity and coverage (the pair cannot beat the two strongest
-        # bins; the chunk energies are exact).
-        sq = np.multiply(z, z, out=self._scratch("sq", (16, kc)))
-        mag = np.add(sq[:8], sq[8:], out=self._scratch("mag", (8, kc)))
-        lo_max, hi_max = mag.reshape(2, 4, kc).max(axis=1)
-        pair_max = lo_max + hi_max
-        gate = pair_max >= an.gate_pair_mag
-        gate &= hi_max >= lo_max * an.gate_normal_twist
-        gate &= hi_max <= lo_max * an.gate_reverse_twist
-        x2 = np.multiply(x, x, out=self._scratch("x2", x.shape))
-        chunk_energy = np.matmul(x2.reshape(k * (c + 1), CHUNK_SAMPLES), an.ones,
-                                 out=self._scratch("chunk_energy", (k * (c + 1),))).reshape(k, c + 1)
-        e_open, e_close = chunk_energy[:, :-1].ravel(), chunk_energy[:, 1:].ravel()
-        gate &= pair_max * an.gate_purity >= e_open + e_close
-        pair_max *= an.gate_coverage
-        gate &= pair_max >= e_open
-        gate &= pair_max >= e_close
-        cand = np.flatnonzero(gate)
+        # Cheap gate over every window, implied by the exact checks: the pair cannot
+        # beat the strongest bin of each group, so a window whose two strongest bins
+        # miss the level floor or the purity bound cannot pass them.
+        zz = np.multiply(z, z, out=self._scratch("zz", (16, kc)))
+        mag = np.add(zz[:8], zz[8:], out=self._scratch("mag", (8, kc)))
+        group_max = np.maximum.reduce(mag.reshape(2, 4, kc), axis=1, out=self._scratch("gmax", (2, kc)))
+        pair_max = np.add(group_max[0], group_max[1], out=self._scratch("pair", (kc,)))
+        pair_max *= an.gate_purity
+        floor = np.maximum(e_sum, an.gate_energy_floor, out=self._scratch("floor", (kc,)))
+        gate = np.greater_equal(pair_max, floor)
         hits = None
-        hist = st["w_hist"]
-        if cand.size:
+        if gate.any():
+            cand = np.flatnonzero(gate)
             hits = np.full(kc, _NONE, dtype=np.int64)
-            hits[cand] = self._check(slots, cand, c, mag, z, hist, chunk_energy)
+            hits[cand] = self._check(cand, c, mag, z, carry, energy)
             hits = hits.reshape(k, c)
-        # Keep the last two windows' DFT for the next call's phase advance.
+
+        # Carry to the next call: the last chunk's opening half and energy, the last two windows.
+        new = self._scratch("carry_new", (k, _CARRY_WIDTH))
+        new[:, _CARRY_OPEN] = opening[:, c - 1::c].T
+        new[:, _CARRY_ENERGY] = energy[c - 1::c]
         if c >= 2:
-            hist[slots] = z.reshape(16, k, c)[:, :, -2:].transpose(1, 2, 0)
+            new[:, _CARRY_HIST] = z.reshape(16, k, c)[:, :, c - 2:].transpose(1, 2, 0).reshape(k, 32)
         else:
-            hist[slots, 0] = hist[slots, 1]
-            hist[slots, 1] = z.T
+            new[:, 17:33] = carry[:, 33:49]
+            new[:, 33:49] = z.T
+        self._carry[slots] = new
         return hits
 
-    def _check(self, slots: np.ndarray, cand: np.ndarray, c: int, mag: np.ndarray, z: np.ndarray,
-               hist: np.ndarray, chunk_energy: np.ndarray) -> np.ndarray:
+    def _check(self, cand: np.ndarray, c: int, mag: np.ndarray, z: np.ndarray, carry: np.ndarray,
+               energy: np.ndarray) -> np.ndarray:
         """Full Q.24 checks on the windows that passed the gate; key or -1 for each."""
         an = self._an
         si, ti = np.divmod(cand, c)
@@ -405,7 +423,7 @@ class DetectorBank:
         bins[:, 1] += 4
 
         # Complex DFT of the chosen bins in the window itself and the two before it
-        # (from this call's windows, or from the stream's history): (n, 3, 2).
+        # (from this call's windows, or from the stream's carry): (n, 3, 2).
         back = np.arange(3)
         inside = ti[:, None] >= back  # (n, 3)
         col = np.where(inside, cand[:, None] - back, 0)[:, :, None]
@@ -413,7 +431,7 @@ class DetectorBank:
         fresh = z[b3, col] + 1j * z[b3 + 8, col]
         if not inside.all():
             rows = np.arange(cand.size)[:, None, None]
-            old = hist[slots[si]]  # (n, 2, 16), older first
+            old = carry[si, _CARRY_HIST].reshape(-1, 2, 16)  # older first
             h = ((ti[:, None] - back + 2) & 1)[:, :, None]  # 0 or 1 where outside this call
             fresh = np.where(inside[:, :, None], fresh, old[rows, h, b3] + 1j * old[rows, h, b3 + 8])
         x0, x1, x2 = fresh[:, 0], fresh[:, 1], fresh[:, 2]
@@ -433,22 +451,54 @@ class DetectorBank:
         ok &= pair >= an.min_pair_power
         ok &= p_lo >= an.min_tone_power
         ok &= p_hi >= an.min_tone_power
-        e_open, e_close = chunk_energy[si, ti], chunk_energy[si, ti + 1]
+        e_close = energy[cand]
+        e_open = np.where(ti > 0, energy[cand - 1], carry[si, _CARRY_ENERGY])
         ok &= pair * WINDOW_SAMPLES >= PURITY_MIN * (e_open + e_close)
         ok &= pair * CHUNK_SAMPLES >= COVERAGE_MIN * np.maximum(e_open, e_close)
         return np.where(ok, bins[:, 0] * 4 + bins[:, 1] - 4, _NONE)
 
-    def _advance_each(self, slots: np.ndarray, hits: np.ndarray) -> list[DetectorEvent]:
-        """The state machine of `_advance`, stream by stream in Python: cheaper for a few streams."""
-        st = self._st
-        names = ("run_code", "run_len", "run_first", "active", "active_start", "last_hit", "misses", "chunks")
-        cols = [st[name][slots].tolist() for name in names]
+    def _advance(self, slots: np.ndarray, hits: np.ndarray, c: int) -> list[DetectorEvent]:
+        """Run each stream's hit/miss state machine over its `c` new windows."""
+        sm = self._sm
+        # Streams with no hit, no run and no digit on have nothing to update.
+        busy = (hits >= 0).any(axis=1) | self._busy[slots]
+        if not busy.all():
+            slots, hits = slots[busy], hits[busy]
+            if slots.size == 0:
+                return []
+        state = sm[slots]
+        # Streams inside an accepted tone that hit it in every new window: bulk update.
+        active = state[:, _ACTIVE]
+        steady = (active >= 0) & (state[:, _RUN_CODE] == active) & (hits == active[:, None]).all(axis=1)
+        if steady.any():
+            held = slots[steady]
+            rows = state[steady]
+            rows[:, _RUN_LEN] += c
+            rows[:, _LAST_HIT] = self._chunks[held] - 1
+            rows[:, _MISSES] = 0
+            sm[held] = rows
+            keep = ~steady
+            slots, hits, state = slots[keep], hits[keep], state[keep]
+            if slots.size == 0:
+                return []
+        chunk0 = self._chunks[slots] - c
+        if slots.size < self.vector_min_streams:
+            events = self._advance_each(slots, hits, state, chunk0)
+        else:
+            events = self._advance_vector(slots, hits, state, chunk0)
+        sm[slots] = state
+        self._busy[slots] = (state[:, _RUN_CODE] >= 0) | (state[:, _ACTIVE] >= 0)
+        return events
+
+    @staticmethod
+    def _advance_each(slots: np.ndarray, hits: np.ndarray, state: np.ndarray,
+                      chunk0: np.ndarray) -> list[DetectorEvent]:
+        """The state machine stream by stream in Python (cheaper for a few streams); updates `state`."""
         events: list[DetectorEvent] = []
-        for i, (slot, row) in enumerate(zip(slots.tolist(), hits.tolist())):
-            run_code, run_len, run_first, active, active_start, last_hit, misses, chunk0 = (
-                col[i] for col in cols)
-            for t, h in enumerate(row):
-                chunk = chunk0 + t
+        rows = state.tolist()
+        for slot, row, hit_row, chunk in zip(slots.tolist(), rows, hits.tolist(), chunk0.tolist()):
+            run_code, run_len, run_first, active, active_start, last_hit, misses = row
+            for h in hit_row:
                 if h < 0:
                     run_code, run_len = _NONE, 0
                 elif h == run_code:
@@ -474,47 +524,22 @@ class DetectorBank:
                     last_hit, misses = chunk, 0
                     events.append(DigitDetected(slot, _CODE_TO_DIGIT[active], active_start,
                                                 (chunk + 1) * CHUNK_SAMPLES))
-            for col, value in zip(cols, (run_code, run_len, run_first, active, active_start,
-                                         last_hit, misses, chunk0 + len(row))):
-                col[i] = value
-        for name, col in zip(names, cols):
-            st[name][slots] = col
-        st["busy"][slots] = (st["run_code"][slots] >= 0) | (st["active"][slots] >= 0)
+                chunk += 1
+            row[:] = run_code, run_len, run_first, active, active_start, last_hit, misses
+        state[:] = rows
         return events
 
-    def _advance(self, slots: np.ndarray, hits: np.ndarray) -> list[DetectorEvent]:
-        """Run each stream's hit/miss state machine over its new windows."""
-        st = self._st
-        # Streams with no hit, no run and no digit on only count their windows.
-        busy = (hits >= 0).any(axis=1) | st["busy"][slots]
-        if not busy.all():
-            st["chunks"][slots[~busy]] += hits.shape[1]
-            slots, hits = slots[busy], hits[busy]
-            if slots.size == 0:
-                return []
-        # Streams inside an accepted tone that hit it in every new window: bulk update.
-        active = st["active"][slots]
-        steady = (active >= 0) & (st["run_code"][slots] == active) & (hits == active[:, None]).all(axis=1)
-        if steady.any():
-            held = slots[steady]
-            c = hits.shape[1]
-            st["run_len"][held] += c
-            st["last_hit"][held] = st["chunks"][held] + (c - 1)
-            st["misses"][held] = 0
-            st["chunks"][held] += c
-            slots, hits = slots[~steady], hits[~steady]
-            if slots.size == 0:
-                return []
-        if slots.size < self.vector_min_streams:
-            return self._advance_each(slots, hits)
-        run_code = st["run_code"][slots]
-        run_len = st["run_len"][slots]
-        run_first = st["run_first"][slots]
-        active = st["active"][slots]
-        active_start = st["active_start"][slots]
-        last_hit = st["last_hit"][slots]
-        misses = st["misses"][slots]
-        chunk0 = st["chunks"][slots]
+    @staticmethod
+    def _advance_vector(slots: np.ndarray, hits: np.ndarray, state: np.ndarray,
+                        chunk0: np.ndarray) -> list[DetectorEvent]:
+        """The state machine of `_advance_each`, vectorised over streams, window by window."""
+        run_code = state[:, _RUN_CODE].copy()
+        run_len = state[:, _RUN_LEN].copy()
+        run_first = state[:, _RUN_FIRST].copy()
+        active = state[:, _ACTIVE].copy()
+        active_start = state[:, _ACTIVE_START].copy()
+        last_hit = state[:, _LAST_HIT].copy()
+        misses = state[:, _MISSES].copy()
         events: list[DetectorEvent] = []
 
         def pause(n_windows: int) -> None:
@@ -564,16 +589,15 @@ class DetectorBank:
                                                 int(chunk[i] + 1) * CHUNK_SAMPLES))
         if n_windows > done:
             pause(n_windows - done)
-        st["run_code"][slots] = run_code
-        st["busy"][slots] = (run_code >= 0) | (active >= 0)
-        st["run_len"][slots] = run_len
-        st["run_first"][slots] = run_first
-        st["active"][slots] = active
-        st["active_start"][slots] = active_start
-        st["last_hit"][slots] = last_hit
-        st["misses"][slots] = misses
-        st["chunks"][slots] = chunk0 + n_windows
+        state[:, _RUN_CODE] = run_code
+        state[:, _RUN_LEN] = run_len
+        state[:, _RUN_FIRST] = run_first
+        state[:, _ACTIVE] = active
+        state[:, _ACTIVE_START] = active_start
+        state[:, _LAST_HIT] = last_hit
+        state[:, _MISSES] = misses
         return events
+
 
 
 ONSET_BIAS_SAMPLES = 34
