@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -148,10 +149,7 @@ class HttpsTokenizer:
         except ValueError:
             parsed = None
         if 200 <= status < 300:
-            result = self.parse(status, parsed, card)
-            if result.last4 != card.last4:
-                raise TokenizationRejected("mismatch")
-            return result
+            return checked_result(self.parse(status, parsed, card), card)
         if 400 <= status < 500:
             raise TokenizationRejected(self.rejection_reason(status, parsed))
         raise TokenizationUnavailable(f"http_{status}")
@@ -159,6 +157,34 @@ class HttpsTokenizer:
     def rejection_reason(self, status: int, body: Any) -> str:
         """A fixed word for a 4xx answer."""
         return "rejected"
+
+
+_TOKEN_TEXT = re.compile(r"[\x21-\x7e]{1,255}")
+_BRAND_WORD = re.compile(r"[A-Za-z][A-Za-z _-]{0,31}")
+
+
+def checked_result(result: TokenResult, card: SensitiveCard) -> TokenResult:
+    """Vet what a processor answered before it reaches the agent, the audit log and the logs.
+
+    The token must be short printable text that does not hold the PAN (a processor that
+    echoes the card back would otherwise hand the agent the number); the last four must
+    be the card's; a brand that is not a plain word is replaced by the one we detected.
+    """
+    if not _TOKEN_TEXT.fullmatch(result.token) or _holds_pan(result.token, card):
+        raise _fatal("bad_response")
+    if result.last4 != card.last4:
+        raise TokenizationRejected("mismatch")
+    brand = result.brand.lower() if _BRAND_WORD.fullmatch(result.brand) else card.brand.value
+    return TokenResult(result.token, brand, result.last4)
+
+
+def _holds_pan(text: str, card: SensitiveCard) -> bool:
+    pan = bytearray()
+    card.pan_digits.write_ascii(pan)
+    try:
+        return bool(pan) and pan in text.encode("ascii", "replace")
+    finally:
+        wipe_bytearray(pan)
 
 
 def _fatal(reason: str) -> TokenizationUnavailable:
