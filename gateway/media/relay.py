@@ -1,20 +1,33 @@
-"""The per-call media relay core: routing, latching, PT remap, SRTP, the DTMF hook.
+"""The per-call media relay core: routing, latching, PT remap, SRTP, the DTMF hook, stream metrics.
 
 Sans-IO. The edge (`gateway.transport.rtp`) owns one socket per leg port and feeds
 each datagram to `Relay.receive_rtp` / `receive_rtcp` with the leg it arrived on,
-sending whatever comes back; after its reads of one event-loop iteration it calls
-`flush()` once (via `loop.call_soon`), which runs all caller packets of that
-iteration through the DTMF detector (and the masker during a capture) in one
-numpy call each.
+sending whatever comes back. When the core sets `wake`, the edge runs
+`process_pending(now)` once at the end of that loop iteration; it arms one timer
+from `get_timer()` and calls `handle_timer(now)` when it fires.
 
 Caller->agent packets outside a capture are forwarded at once, bit-exact (PT byte
-remapped only; SSRC, sequence and timestamp kept) and a copy of the payload goes to
-the batch for detection. During a capture the caller's audio is held for one packet
-(the masker's look-ahead) and leaves from `flush()`, masked; the caller's RFC 4733
-packets are not forwarded and the agent leg's sequence numbers are renumbered so
-that the dropped packets leave no gap. Agent->caller packets are relayed untouched.
-The safe state of a leg in capture is "hold and mask": a packet whose masked form is
-unknown leaves as silence, never as the caller's audio.
+remapped only; SSRC, sequence and timestamp kept) and a copy of the payload joins a
+FIFO for the DTMF detector. Since no packet waits for detection, the FIFO is run
+through the detector bank in one call when it holds `detect_batch_rows` rows or its
+oldest row is `detect_window_s` old (the timer): digit decisions come at most that
+much later, and the detector's fixed cost per call is shared by many rows. Every
+caller packet goes through that one FIFO in arrival order, so each stream reaches the
+detector in order whatever its masking mode (a slot appears once per detector call;
+repeats go in later "rounds" of the same batch).
+
+Masked legs go through the masker bank once per loop iteration (`process_pending`):
+during a capture the caller's audio is held for one packet (the masker's look-ahead)
+and the held packet leaves, masked, when the next one arrives; under `mask =
+"always"` outside a capture each packet leaves masked in the iteration it arrived
+(no look-ahead). The caller's RFC 4733 packets are not forwarded on a masked leg and
+the agent leg's sequence numbers are renumbered so the dropped packets leave no gap.
+Agent->caller packets are relayed untouched. The safe state of a masked leg is
+"hold and mask": a packet whose masked form is unknown leaves as silence, never as
+the caller's audio.
+
+Per received stream the core keeps RFC 3550 A.1/A.3 sequence state (packets lost)
+and A.8 interarrival jitter in plain ints; `handle_timer` samples them once a second.
 """
 
 from __future__ import annotations
@@ -39,10 +52,30 @@ AGENT_TO_CALLER = 1
 DIRECTION_NAMES = ("caller_to_agent", "agent_to_caller")
 PROCESSING_BOUNDS_S: tuple[float, ...] = (1e-6, 2e-6, 5e-6) + LATENCY_BOUNDS_S
 """Per-packet processing buckets, resolving the few microseconds a relayed packet costs."""
+JITTER_BOUNDS_S: tuple[float, ...] = (
+    0.25e-3, 0.5e-3, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 30e-3, 50e-3, 100e-3, 200e-3,
+)
+"""Interarrival jitter buckets (RFC 3550 A.8), from a LAN's fraction of a ms to a bad path's 200 ms."""
+LOOKAHEAD_BOUNDS_S: tuple[float, ...] = (
+    1e-3, 5e-3, 10e-3, 15e-3, 19e-3, 20e-3, 20.5e-3, 21e-3, 22e-3, 25e-3, 30e-3, 40e-3, 60e-3, 100e-3,
+)
+"""Hold-time buckets of released capture packets: one packet time (20 ms) plus what the relay adds."""
+DETECT_WINDOW_S = 0.010
+"""Oldest pass-through row's wait before the detector runs: the bound on extra decision delay."""
+DETECT_BATCH_ROWS = 256
+"""Rows that run the detector at once: bounds one call (and the socket reads it delays) to ~0.4 ms."""
+JITTER_SAMPLE_INTERVAL_S = 1.0
+MAX_DROPOUT = 3000
+"""RFC 3550 A.1: a forward jump below this is a gap (loss), not a restart."""
+MAX_MISORDER = 100
+"""RFC 3550 A.1: a backward step below this is a late packet."""
 MAX_QUEUED_EVENTS = 100_000
 """Undrained events beyond this are discarded oldest-first (memory bound)."""
 _SEQ = struct.Struct("!H")
+_SEQ_TS_SSRC = struct.Struct("!HII")
 _NO_PT = 255
+_BOTH_DECODE = np.concatenate([ULAW_DECODE, ALAW_DECODE])
+"""mu-law codes at 0-255, A-law at 256-511: one lookup decodes a batch of mixed codecs."""
 
 
 class CaptureUnavailable(ValueError):
@@ -56,9 +89,10 @@ class DetectorLike(Protocol):
 
 
 class MaskerLike(Protocol):
-    def add_stream(self) -> int: ...
+    def add_stream(self, mask_always: bool = False) -> int: ...
     def remove_stream(self, slot: int) -> None: ...
-    def set_capture(self, slot: int, on: bool) -> None: ...
+    def set_capture(self, slot: int, on: bool) -> Any: ...
+    def set_mask_always(self, slot: int, on: bool) -> None: ...
     def process(self, slots: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -117,11 +151,34 @@ class SourceLatched:
     address: tuple[str, int]
 
 
+class CountHistogram:
+    """Fixed buckets as plain ints: a numpy element update costs more than a hot-path observation."""
+
+    __slots__ = ("bounds_s", "counts", "sum_s")
+
+    def __init__(self, bounds_s: tuple[float, ...]) -> None:
+        self.bounds_s = bounds_s
+        self.counts = [0] * (len(bounds_s) + 1)
+        self.sum_s = 0.0
+
+    def observe(self, value_s: float, n: int = 1) -> None:
+        self.counts[bisect_left(self.bounds_s, value_s)] += n
+        self.sum_s += value_s * n
+
+    def histogram(self) -> Histogram:
+        """The exporter's view, built at scrape time."""
+        hist = Histogram(self.bounds_s)
+        hist.counts[:] = self.counts
+        hist.sum_s = self.sum_s
+        return hist
+
+
 class RelayStats:
     """Plain counters read by the metrics exporter at scrape time."""
 
-    __slots__ = ("relayed", "relayed_bytes", "rtcp_relayed", "drops", "processing_counts",
-                 "processing_sum_s", "captured", "detector_batches", "hook_s")
+    __slots__ = ("relayed", "relayed_bytes", "rtcp_relayed", "drops", "processing_hist", "captured",
+                 "detector_batches", "detector_rows", "masker_batches", "hook_s", "packets_lost",
+                 "jitter", "lookahead")
 
     def __init__(self) -> None:
         self.relayed = [0, 0]
@@ -131,15 +188,21 @@ class RelayStats:
         self.rtcp_relayed = [0, 0]
         self.drops = (LabelledCounter(), LabelledCounter())
         """Dropped packets by reason, per direction index."""
-        self.processing_counts = [0] * (len(PROCESSING_BOUNDS_S) + 1)
-        """Per-packet processing time per PROCESSING_BOUNDS_S bucket (last: +Inf); plain ints
-        because a numpy element update costs more than relaying a packet."""
-        self.processing_sum_s = 0.0
+        self.processing_hist = CountHistogram(PROCESSING_BOUNDS_S)
+        """Per-packet processing time (receipt to send)."""
         self.captured = 0
-        """Caller packets that left masked (or were withheld) during a capture."""
+        """Caller packets that left masked (or were withheld) on a masked leg."""
         self.detector_batches = 0
+        self.detector_rows = 0
+        self.masker_batches = 0
         self.hook_s = 0.0
         """Seconds spent in batched detection and masking (measured by the edge)."""
+        self.packets_lost = [0, 0]
+        """RFC 3550 A.3 expected minus received, by direction index; folded in so it never decreases."""
+        self.jitter = Histogram(JITTER_BOUNDS_S)
+        """RFC 3550 A.8 interarrival jitter per stream, sampled once a second and at stream end."""
+        self.lookahead = CountHistogram(LOOKAHEAD_BOUNDS_S)
+        """Receive-to-release time of each packet held for the masker's look-ahead."""
 
     def packets_total(self) -> dict[tuple[str, str], int]:
         """{(direction, outcome): count} for tonewall_packets_total."""
@@ -153,30 +216,37 @@ class RelayStats:
         """{(direction, reason): count}."""
         return {(DIRECTION_NAMES[d], r): n for d in (0, 1) for r, n in self.drops[d].items()}
 
+    def packets_lost_total(self) -> dict[tuple[str], int]:
+        """{(direction,): count} for tonewall_rtp_packets_lost_total."""
+        return {(name,): self.packets_lost[d] for d, name in enumerate(DIRECTION_NAMES)}
+
     def record_processing(self, elapsed_s: float, packets: int) -> None:
         """Record a batch's processing time as `packets` observations of its mean."""
         if packets:
-            self.processing_counts[bisect_left(PROCESSING_BOUNDS_S, elapsed_s / packets)] += packets
-            self.processing_sum_s += elapsed_s
+            self.processing_hist.observe(elapsed_s / packets, packets)
 
     @property
     def processing(self) -> Histogram:
         """tonewall_packet_processing_seconds, built at scrape time."""
-        hist = Histogram(PROCESSING_BOUNDS_S)
-        hist.counts[:] = self.processing_counts
-        hist.sum_s = self.processing_sum_s
-        return hist
+        return self.processing_hist.histogram()
+
+    @property
+    def lookahead_seconds(self) -> Histogram:
+        """tonewall_masking_lookahead_seconds, built at scrape time."""
+        return self.lookahead.histogram()
 
 
 class Leg:
-    """One side of a call: the peer's addresses, payload types, SRTP and latch state."""
+    """One side of a call: the peer's addresses, payload types, SRTP, latch and stream state."""
 
     __slots__ = (
         "call", "name", "direction", "peer", "media", "srtp", "strict",
-        "pt_map", "audio_pt", "te_pt", "inspect", "capturing",
+        "pt_map", "audio_pt", "te_pt", "inspect", "capturing", "always", "masking", "clock_hz",
         "rtp_dest", "rtcp_dest", "rtp_src", "rtcp_src", "sdp_rtp", "sdp_rtcp",
         "last_rx_s", "seq_offset", "held", "slot", "mask_slot", "is_alaw",
         "te_receiver", "endpoint",
+        "rx_ssrc", "rx_base", "rx_max", "rx_cycles", "rx_received", "rx_bad_seq", "rx_transit",
+        "rx_jitter16", "rx_lost_reported", "rx_sampled_s",
     )
 
     def __init__(self, call: RelayCall, name: str, direction: int, strict: bool) -> None:
@@ -192,8 +262,14 @@ class Leg:
         """Incoming PT -> PT on the peer leg; 255 for payload types not negotiated."""
         self.audio_pt = -1
         self.te_pt = -1
+        self.clock_hz = 8000
+        """RTP clock of the audio codec (G.711: 8000)."""
         self.inspect = direction == CALLER_TO_AGENT
         self.capturing = False
+        self.always = False
+        """Policy mask = "always" on this (caller) leg."""
+        self.masking = False
+        """capturing or always: audio goes through the masker, telephone-events are withheld."""
         self.rtp_dest: tuple[str, int] | None = None
         """Where RTP to this leg's peer goes: the SDP address until latched."""
         self.rtcp_dest: tuple[str, int] | None = None
@@ -205,8 +281,8 @@ class Leg:
         self.last_rx_s: float | None = None
         self.seq_offset = 0
         """Packets withheld from the peer so far; subtracted from outgoing sequence numbers."""
-        self.held: tuple[bytes, bytes] | None = None
-        """Capture look-ahead: (header, raw payload) of the packet the masker holds."""
+        self.held: tuple[bytes, bytes, float] | None = None
+        """Capture look-ahead: (header, raw payload, receive time) of the packet the masker holds."""
         self.slot = -1
         self.mask_slot = -1
         self.is_alaw = False
@@ -214,9 +290,36 @@ class Leg:
         """RFC 4733 de-duplication for the caller's events (created on the first one)."""
         self.endpoint: Any = None
         """Opaque handle for the edge (its socket pair); the core never touches it."""
+        # RFC 3550 A.1/A.3/A.8 state of the stream received on this leg (-1: none yet).
+        self.rx_ssrc = -1
+        self.rx_base = 0
+        self.rx_max = 0
+        self.rx_cycles = 0
+        """Sequence-number wraps, times 65536."""
+        self.rx_received = 0
+        self.rx_bad_seq = -1
+        self.rx_transit: int | None = None
+        """Last audio packet's arrival minus RTP timestamp, in clock units."""
+        self.rx_jitter16 = 0
+        """Interarrival jitter in clock units, times 16 (A.8's integer form)."""
+        self.rx_lost_reported = 0
+        self.rx_sampled_s: float | None = None
+        """`last_rx_s` when the jitter was last sampled (unchanged since: the stream is idle)."""
 
     def __repr__(self) -> str:
         return f"Leg({self.call.call_id!r}, {self.name!r}, dest={self.rtp_dest!r})"
+
+    @property
+    def jitter_s(self) -> float:
+        """RFC 3550 A.8 interarrival jitter of the received stream, in seconds."""
+        return self.rx_jitter16 / 16 / self.clock_hz
+
+    @property
+    def packets_lost(self) -> int:
+        """RFC 3550 A.3 cumulative lost of the current stream (expected - received; may be negative)."""
+        if self.rx_ssrc < 0:
+            return 0
+        return self.rx_cycles + self.rx_max - self.rx_base + 1 - self.rx_received
 
 
 class RelayCall:
@@ -239,26 +342,37 @@ class RelayCall:
 
 
 class Relay:
-    """All calls' media routing in one object; the edge feeds it datagrams."""
+    """All calls' media routing in one object; the edge feeds it datagrams and runs its timer."""
 
     def __init__(self, detector: DetectorLike | None = None, masker: MaskerLike | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False, detect_window_s: float = DETECT_WINDOW_S,
+                 detect_batch_rows: int = DETECT_BATCH_ROWS) -> None:
         self.detector = detector
         self.masker = masker
         self.strict = strict
+        self.detect_window_s = detect_window_s
+        self.detect_batch_rows = max(1, detect_batch_rows)
         self.stats = RelayStats()
         self.calls: dict[str, RelayCall] = {}
         self._events: deque[Any] = deque(maxlen=MAX_QUEUED_EVENTS)
         self._slot_legs: dict[int, Leg] = {}
         self._te_legs: set[Leg] = set()
+        self.wake = False
+        """Set when the edge should run `process_pending` this iteration (and re-check the timer)."""
         self.timer_changed = False
-        """Set when a telephone-event packet may have moved `get_timer()`; the edge clears it."""
-        self._batch_legs: list[Leg] = []
-        self._batch_payloads: list[bytes] = []
-        self._batch_alaw = False
-        self._capture_legs: list[Leg] = []
-        self._capture_headers: list[bytes] = []
-        self._capture_payloads: list[bytes] = []
+        """Set when `get_timer()` may have moved; the edge clears it."""
+        # Detection FIFO: slot and payload of every inspected caller packet, in arrival order.
+        self._det_slots: list[int] = []
+        self._det_payloads: list[bytes] = []
+        self._det_alaw = False
+        self._det_since: float | None = None
+        """Receive time of the oldest row in the FIFO."""
+        # Masker rows of this iteration: leg, header (renumbered, no padding), payload, receive time.
+        self._mask_legs: list[Leg] = []
+        self._mask_headers: list[bytes] = []
+        self._mask_payloads: list[bytes] = []
+        self._mask_rx: list[float] = []
+        self._next_sample_s: float | None = None
 
     # ---- calls -----------------------------------------------------------------
 
@@ -274,20 +388,27 @@ class Relay:
         return call
 
     def remove_call(self, call_id: str) -> None:
-        """Forget a call and free its detector and masker slots."""
+        """Forget a call: its streams' last metrics are taken, its slots freed, pending rows dropped."""
         call = self.calls.pop(call_id, None)
         if call is None:
             return
+        jitters = []
+        for leg in (call.caller, call.agent):
+            if leg.rx_ssrc >= 0 and leg.last_rx_s != leg.rx_sampled_s:
+                jitters.append(leg.jitter_s)
+            self._fold_loss(leg)
+        if jitters:
+            self.stats.jitter.observe_many(np.array(jitters))
         leg = call.caller
+        self._drop_pending(leg)
         if leg.slot >= 0 and self.detector is not None:
             self.detector.remove_stream(leg.slot)
             self._slot_legs.pop(leg.slot, None)
         if leg.mask_slot >= 0 and self.masker is not None:
             self.masker.remove_stream(leg.mask_slot)
         leg.slot = leg.mask_slot = -1
-        leg.capturing = False
+        leg.capturing = leg.always = leg.masking = False
         self._te_legs.discard(leg)
-        self._drop_pending(leg)
 
     def configure(self, call_id: str, caller: LegMedia, agent: LegMedia) -> None:
         """Apply an offer/answer outcome (first negotiation or any re-INVITE)."""
@@ -306,10 +427,12 @@ class Relay:
                 table[leg.te_pt] = leg.peer.te_pt
             leg.pt_map = bytes(table)
 
-    def set_capture(self, call_id: str, on: bool) -> list[tuple[Leg, bytes, tuple[str, int]]]:
-        """Switch the caller leg to masking with look-ahead (on) or back to pass-through.
+    def set_capture(self, call_id: str, on: bool, now: float | None = None
+                    ) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+        """Switch the caller leg to masking with look-ahead (on) or back to its policy (off).
 
-        Turning it off returns the held packet, masked, for the edge to send.
+        Masker rows of this iteration go first, under the mode they arrived in. Turning
+        capture off returns the held packet, masked, for the edge to send.
         """
         call = self.calls.get(call_id)
         if call is None:
@@ -320,25 +443,53 @@ class Relay:
                 raise CaptureUnavailable("no masker is available")
             if leg.media is None or leg.media.codec not in DECODE_TABLES or leg.media.ptime_ms != 20:
                 raise CaptureUnavailable("caller codec cannot be masked")
+            sends = self._run_masker(now)
             if leg.mask_slot < 0:
                 leg.mask_slot = self.masker.add_stream()
-            # Rows this leg left for detection go first: the detector sees each leg in order.
-            sends = self.flush()
             self.masker.set_capture(leg.mask_slot, True)
-            leg.capturing = True
+            leg.capturing = leg.masking = True
             return sends
         if not leg.capturing:
             return []
-        # Packets of this iteration still waiting in the batch go out before the switch.
-        sends = self.flush()
+        sends = self._run_masker(now)
         last = self.masker.set_capture(leg.mask_slot, False)  # type: ignore[union-attr]
         leg.capturing = False
+        leg.masking = leg.always
         held, leg.held = leg.held, None
         if held is not None:
-            sent = self._forward_built(leg, held[0] + self._masked_body(leg, held[1], last), 0)
+            sent = self._forward_built(leg, held[0] + self._masked_body(leg, held[1], last))
             if sent is not None:
                 sends.append(sent)
-                self.stats.captured += 1
+                if now is not None:
+                    self.stats.lookahead.observe(now - held[2])
+            self.stats.captured += 1
+        return sends
+
+    def set_mask_always(self, call_id: str, on: bool, now: float | None = None
+                        ) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+        """Policy mask = "always": the caller leg is masked outside captures too, without look-ahead.
+
+        May be set before the call's media is negotiated; raises CaptureUnavailable when
+        masking cannot be guaranteed (fail closed: the caller should hang up the call).
+        """
+        call = self.calls.get(call_id)
+        if call is None:
+            raise CaptureUnavailable("call has no media")
+        leg = call.caller
+        if on:
+            if self.masker is None:
+                raise CaptureUnavailable("no masker is available")
+            if leg.media is not None and (leg.media.codec not in DECODE_TABLES or leg.media.ptime_ms != 20):
+                raise CaptureUnavailable("caller codec cannot be masked")
+        if on == leg.always:
+            return []
+        sends = self._run_masker(now)
+        if leg.mask_slot < 0:
+            leg.mask_slot = self.masker.add_stream(mask_always=on)  # type: ignore[union-attr]
+        else:
+            self.masker.set_mask_always(leg.mask_slot, on)  # type: ignore[union-attr]
+        leg.always = on
+        leg.masking = on or leg.capturing
         return sends
 
     def next_event(self) -> Any | None:
@@ -351,8 +502,12 @@ class Relay:
 
     @property
     def pending(self) -> bool:
-        """True when `flush()` has work: the edge schedules it once per iteration."""
-        return bool(self._batch_legs or self._capture_legs)
+        """True while rows wait for the detector or the masker."""
+        return bool(self._det_slots or self._mask_legs)
+
+    @property
+    def detect_rows_pending(self) -> int:
+        return len(self._det_slots)
 
     # ---- the hot path ----------------------------------------------------------
 
@@ -387,26 +542,64 @@ class Relay:
             self.stats.drops[d]["payload_type"] += 1
             return None
         if new_source:
-            self._latch(leg, addr, rtcp=False)
+            self._latch(leg, addr, rtcp=False, now=now)
         leg.last_rx_s = now
+        seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+        if ssrc == leg.rx_ssrc:
+            udelta = (seq - leg.rx_max) & 0xFFFF
+            if udelta < MAX_DROPOUT:
+                if seq < leg.rx_max:
+                    leg.rx_cycles += 0x10000  # RFC 3550 A.1: the sequence number wrapped
+                leg.rx_max = seq
+                leg.rx_received += 1
+            elif udelta <= 0x10000 - MAX_MISORDER:
+                self._sequence_jump(leg, seq)
+            else:
+                leg.rx_received += 1  # RFC 3550 A.1: duplicate or reordered, counted
+        else:
+            self._stream_started(leg, seq, ssrc)
+        if pt == leg.audio_pt:
+            # RFC 3550 A.8: J += (|D(i-1,i)| - J) / 16 on (arrival - timestamp) in clock units.
+            transit = int(now * leg.clock_hz) - ts
+            last = leg.rx_transit
+            leg.rx_transit = transit
+            if last is not None:
+                delta = (transit - last) & 0xFFFFFFFF
+                if delta & 0x80000000:
+                    delta = 0x100000000 - delta
+                leg.rx_jitter16 += delta - ((leg.rx_jitter16 + 8) >> 4)
         if leg.inspect:
             if pt == leg.audio_pt:
-                if leg.capturing:
-                    self._capture_legs.append(leg)
-                    self._capture_headers.append(data[:start])
-                    self._capture_payloads.append(data[start:end])
+                payload = data[start:end]
+                if end - start == 160 and leg.slot >= 0:
+                    det = self._det_slots
+                    if not det:
+                        self._det_since = now
+                        self.timer_changed = self.wake = True
+                    det.append(leg.slot)
+                    self._det_payloads.append(payload)
+                    if leg.is_alaw:
+                        self._det_alaw = True
+                    if len(det) >= self.detect_batch_rows:
+                        self.wake = True
+                if leg.masking:
+                    header = data[:start]
+                    if data[0] & 0x20 or leg.seq_offset:
+                        # The payload leaves without its padding; renumbered now, so event packets
+                        # withheld later in this iteration cannot shift it.
+                        header = bytes([data[0] & ~0x20]) + _renumber(header, leg.seq_offset)[1:]
+                    self._mask_legs.append(leg)
+                    self._mask_headers.append(header)
+                    self._mask_payloads.append(payload)
+                    self._mask_rx.append(now)
+                    self.wake = True
                     self.stats.relayed_bytes[d] += n
                     return None
-                if end - start == 160 and leg.slot >= 0:
-                    self._batch_legs.append(leg)
-                    self._batch_payloads.append(data[start:end])
-                    if leg.is_alaw:
-                        self._batch_alaw = True
             else:
                 if not self._telephone_event(leg, data, start, end, now):
                     self.stats.drops[d]["telephone_event"] += 1
                     return None
-                if leg.capturing:
+                if leg.masking:
                     # Issue 4 item 1: the caller's RFC 4733 events never reach the agent.
                     leg.seq_offset += 1
                     self.stats.captured += 1
@@ -450,7 +643,7 @@ class Relay:
             self.stats.drops[d][exc.reason] += 1
             return None
         if new_source:
-            self._latch(leg, addr, rtcp=True)
+            self._latch(leg, addr, rtcp=True, now=now)
         peer = leg.peer
         dest = peer.rtcp_dest
         if dest is None:
@@ -465,75 +658,107 @@ class Relay:
         self.stats.rtcp_relayed[d] += 1
         return data, dest
 
-    def flush(self, max_detect_rows: int | None = None) -> list[tuple[Leg, bytes, tuple[str, int]]]:
-        """Run this iteration's caller packets through the detector and masker in one call each.
+    def process_pending(self, now: float) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+        """The edge's once-per-iteration call: masker rows now, the detector when its batch is due.
 
-        Returns the held (capture) packets to send: (leg to send from, bytes, destination).
-        `max_detect_rows` bounds the pass-through (already forwarded) rows inspected now; the
-        rest stay `pending`, so the edge can read sockets in between (a long detector call
-        is latency for every packet that arrives during it). A backlog beyond four times the
-        bound goes in one call. Capture rows always go now.
+        Returns the masked packets to send: (leg to send from, bytes, destination).
         """
-        out: list[tuple[Leg, bytes, tuple[str, int]]] = []
-        if not self._batch_legs and not self._capture_legs:
-            return out
-        legs, payloads, alaw = self._batch_legs, self._batch_payloads, self._batch_alaw
-        cap_legs, cap_headers, cap_payloads = self._capture_legs, self._capture_headers, self._capture_payloads
-        if max_detect_rows is not None and max_detect_rows < len(legs) <= 4 * max_detect_rows:
-            # Past 4x the bound the relay is overloaded: one big call is cheapest per row and
-            # keeps the backlog (and its memory) from growing.
-            self._batch_legs, self._batch_payloads = legs[max_detect_rows:], payloads[max_detect_rows:]
-            legs, payloads = legs[:max_detect_rows], payloads[:max_detect_rows]
-        else:
-            self._batch_legs, self._batch_payloads, self._batch_alaw = [], [], False
-        self._capture_legs, self._capture_headers, self._capture_payloads = [], [], []
-        cap_of_row = [-1] * len(legs)
-        if cap_legs:
-            legs, payloads = list(legs), list(payloads)
-            for i, p in enumerate(cap_payloads):
-                if len(p) == 160:
-                    legs.append(cap_legs[i])
-                    payloads.append(p)
-                    cap_of_row.append(i)
-                    alaw = alaw or cap_legs[i].is_alaw
-        masked: dict[int, tuple[np.ndarray, bool]] = {}
-        if legs and (self.detector is not None or self.masker is not None):
-            codes = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(legs), 160)
-            if alaw:
-                is_alaw = np.fromiter((leg.is_alaw for leg in legs), dtype=bool, count=len(legs))
-                frames = np.where(is_alaw[:, None], ALAW_DECODE[codes], ULAW_DECODE[codes])
-            else:
-                frames = ULAW_DECODE[codes]
-            for rows in _rounds(legs):
-                self._inspect(legs, rows, frames, cap_of_row, masked)
-        for i, leg in enumerate(cap_legs):
-            out.extend(self._release_held(leg, cap_headers[i], cap_payloads[i], masked.get(i)))
-        return out
+        sends = self._run_masker(now) if self._mask_legs else []
+        if self._det_slots and (len(self._det_slots) >= self.detect_batch_rows
+                                or now >= self._det_since + self.detect_window_s):  # type: ignore[operator]
+            self._run_detector()
+        return sends
+
+    def flush(self, now: float | None = None) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+        """Run everything pending through the masker and the detector now (tests, shutdown)."""
+        sends = self._run_masker(now)
+        self._run_detector()
+        return sends
+
+    def get_timer(self) -> float | None:
+        """Loop time at which `handle_timer` must run: detector batch due, metrics sample, RFC 4733 ends."""
+        times = [t for t in (leg.te_receiver.get_timer() for leg in self._te_legs) if t is not None]  # type: ignore[union-attr]
+        if self._det_since is not None:
+            times.append(self._det_since + self.detect_window_s)
+        if self._next_sample_s is not None:
+            times.append(self._next_sample_s)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run the detector batch when due, sample stream metrics, end lost telephone-events."""
+        if self._det_since is not None and now >= self._det_since + self.detect_window_s:
+            self._run_detector()
+        if self._next_sample_s is not None and now >= self._next_sample_s:
+            self._sample_streams()
+            self._next_sample_s = now + JITTER_SAMPLE_INTERVAL_S if self.calls else None
+        for leg in list(self._te_legs):
+            receiver = leg.te_receiver
+            self._telephone_events(leg, receiver.handle_timer(now))  # type: ignore[union-attr]
+            if receiver.get_timer() is None:  # type: ignore[union-attr]
+                self._te_legs.discard(leg)  # back on its next event
 
     # ---- internals -------------------------------------------------------------
 
-    def _inspect(self, legs: list[Leg], rows: list[int] | None, frames: np.ndarray, cap_of_row: list[int],
-                 masked: dict[int, tuple[np.ndarray, bool]]) -> None:
-        """One detector call and one masker call over `rows` (each leg at most once)."""
-        if rows is not None:
-            legs = [legs[j] for j in rows]
-            frames = frames[rows]
-            cap_of_row = [cap_of_row[j] for j in rows]
-        if self.detector is not None:
-            slots = np.fromiter((leg.slot for leg in legs), dtype=np.intp, count=len(legs))
+    def _run_detector(self) -> None:
+        """One detector call over the FIFO (more only when a stream has several rows in it)."""
+        slots, payloads = self._det_slots, self._det_payloads
+        alaw = self._det_alaw
+        self._det_slots, self._det_payloads, self._det_alaw, self._det_since = [], [], False, None
+        if not slots or self.detector is None:
+            return
+        k = len(slots)
+        codes = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(k, 160)
+        if alaw:
+            offset = np.fromiter((256 * self._slot_legs[s].is_alaw for s in slots), dtype=np.intp, count=k)
+            frames = _BOTH_DECODE[codes + offset[:, None]]
+        else:
+            frames = ULAW_DECODE[codes]
+        slot_arr = np.array(slots, dtype=np.intp)
+        self.stats.detector_rows += k
+        for rows in _rounds(slots):
             self.stats.detector_batches += 1
-            for ev in self.detector.process(slots, frames):
+            if rows is None:
+                events = self.detector.process(slot_arr, frames)
+            else:
+                events = self.detector.process(slot_arr[rows], frames[rows])
+            for ev in events:
                 self._digit_event(ev)
-        if self.masker is not None:
-            pos = [j for j, c in enumerate(cap_of_row) if c >= 0]
-            if pos:
-                mslots = np.fromiter((legs[j].mask_slot for j in pos), dtype=np.intp, count=len(pos))
-                out, changed = self.masker.process(mslots, frames[pos])
-                for r, j in enumerate(pos):
-                    masked[cap_of_row[j]] = (out[r], bool(changed[r]))
+
+    def _run_masker(self, now: float | None) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+        """This iteration's masked-leg rows through the masker; returns what leaves now."""
+        legs = self._mask_legs
+        if not legs:
+            return []
+        headers, payloads, rxs = self._mask_headers, self._mask_payloads, self._mask_rx
+        self._mask_legs, self._mask_headers, self._mask_payloads, self._mask_rx = [], [], [], []
+        masked: dict[int, tuple[np.ndarray, bool]] = {}
+        rows = [i for i, p in enumerate(payloads) if len(p) == 160]
+        if rows and self.masker is not None:
+            codes = np.frombuffer(b"".join([payloads[i] for i in rows]), dtype=np.uint8).reshape(len(rows), 160)
+            offset = np.fromiter((256 * legs[i].is_alaw for i in rows), dtype=np.intp, count=len(rows))
+            frames = _BOTH_DECODE[codes + offset[:, None]]
+            mslots = [legs[i].mask_slot for i in rows]
+            for sub in _rounds(mslots):
+                pick = range(len(rows)) if sub is None else sub
+                self.stats.masker_batches += 1
+                out, changed = self.masker.process(np.array([mslots[j] for j in pick], dtype=np.intp),
+                                                   frames if sub is None else frames[sub])
+                for r, j in enumerate(pick):
+                    masked[rows[j]] = (out[r], bool(changed[r]))
+        sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
+        for i, leg in enumerate(legs):
+            if leg.capturing:
+                self._release_held(leg, headers[i], payloads[i], rxs[i], masked.get(i), now, sends)
+            elif leg.always:
+                # mask = "always" outside a capture: this packet itself, masked without look-ahead.
+                sent = self._forward_built(leg, headers[i] + self._masked_body(leg, payloads[i], masked.get(i)))
+                if sent is not None:
+                    sends.append(sent)
+                self.stats.captured += 1
+        return sends
 
     def _masked_body(self, leg: Leg, payload: bytes, masked: tuple[np.ndarray, bool] | None) -> bytes:
-        """The held payload as the agent may hear it."""
+        """The payload as the agent may hear it."""
         codec = leg.media.codec if leg.media is not None else "PCMU"
         if masked is None or len(payload) != 160:
             # Safe state: audio whose masked form is unknown leaves as silence.
@@ -546,28 +771,22 @@ class Relay:
         # Unchanged samples keep their exact code (mu-law decode/encode is not the identity).
         return np.where(same, codes, ENCODE_TABLES[codec][row.view(np.uint16)]).astype(np.uint8).tobytes()
 
-    def _release_held(self, leg: Leg, header: bytes, payload: bytes, masked_prev: tuple[np.ndarray, bool] | None
-                      ) -> list[tuple[Leg, bytes, tuple[str, int]]]:
-        """Send the held packet (masked) and hold this one in its place."""
-        sends = []
+    def _release_held(self, leg: Leg, header: bytes, payload: bytes, rx_s: float,
+                      masked_prev: tuple[np.ndarray, bool] | None, now: float | None,
+                      sends: list[tuple[Leg, bytes, tuple[str, int]]]) -> None:
+        """Send the held packet (masked by this row's masker output) and hold this one in its place."""
         held = leg.held
         if held is not None:
-            sent = self._forward_built(leg, held[0] + self._masked_body(leg, held[1], masked_prev), 0)
+            sent = self._forward_built(leg, held[0] + self._masked_body(leg, held[1], masked_prev))
             if sent is not None:
                 sends.append(sent)
+                if now is not None:
+                    self.stats.lookahead.observe(now - held[2])
             self.stats.captured += 1
-        if not leg.capturing:
-            # The call left capture or was removed between receive and flush.
-            leg.held = None
-            return sends
-        # Renumbered now: event packets dropped after this one must not shift it.
-        header = bytes([header[0] & ~0x20]) + header[1:]
-        leg.held = (_renumber(header, leg.seq_offset) if leg.seq_offset else header, payload)
-        return sends
+        leg.held = (header, payload, rx_s)
 
-    def _forward_built(self, leg: Leg, data: bytes, seq_offset: int
-                       ) -> tuple[Leg, bytes, tuple[str, int]] | None:
-        """Remap, renumber and protect a caller packet released from the capture path."""
+    def _forward_built(self, leg: Leg, data: bytes) -> tuple[Leg, bytes, tuple[str, int]] | None:
+        """Remap and protect a caller packet released from the masker (already renumbered)."""
         pt = data[1] & 0x7F
         out_pt = leg.pt_map[pt]
         peer = leg.peer
@@ -576,8 +795,6 @@ class Relay:
             return None
         if out_pt != pt:
             data = b"%c%c" % (data[0], (data[1] & 0x80) | out_pt) + data[2:]
-        if seq_offset:
-            data = _renumber(data, seq_offset)
         if peer.srtp is not None:
             try:
                 data = peer.srtp.protect(data)
@@ -589,29 +806,81 @@ class Relay:
 
     def _drop_pending(self, leg: Leg) -> None:
         leg.held = None
-        keep = [i for i, x in enumerate(self._capture_legs) if x is not leg]
-        self._capture_legs = [self._capture_legs[i] for i in keep]
-        self._capture_headers = [self._capture_headers[i] for i in keep]
-        self._capture_payloads = [self._capture_payloads[i] for i in keep]
-        keep = [i for i, x in enumerate(self._batch_legs) if x is not leg]
-        self._batch_legs = [self._batch_legs[i] for i in keep]
-        self._batch_payloads = [self._batch_payloads[i] for i in keep]
+        if leg in self._mask_legs:
+            keep = [i for i, x in enumerate(self._mask_legs) if x is not leg]
+            self._mask_legs = [self._mask_legs[i] for i in keep]
+            self._mask_headers = [self._mask_headers[i] for i in keep]
+            self._mask_payloads = [self._mask_payloads[i] for i in keep]
+            self._mask_rx = [self._mask_rx[i] for i in keep]
+        if leg.slot >= 0 and leg.slot in self._det_slots:
+            keep = [i for i, s in enumerate(self._det_slots) if s != leg.slot]
+            self._det_slots = [self._det_slots[i] for i in keep]
+            self._det_payloads = [self._det_payloads[i] for i in keep]
+            if not self._det_slots:
+                self._det_since = None
 
-    def _latch(self, leg: Leg, addr: tuple[str, int], rtcp: bool) -> None:
+    def _stream_started(self, leg: Leg, seq: int, ssrc: int) -> None:
+        """A new SSRC on this leg (or its first packet): RFC 3550 A.1 init_seq, fresh jitter."""
+        self._fold_loss(leg)
+        leg.rx_ssrc = ssrc
+        leg.rx_base = leg.rx_max = seq
+        leg.rx_cycles = 0
+        leg.rx_received = 1
+        leg.rx_bad_seq = -1
+        leg.rx_transit = None
+        leg.rx_jitter16 = 0
+        leg.rx_lost_reported = 0
+
+    def _sequence_jump(self, leg: Leg, seq: int) -> None:
+        """RFC 3550 A.1: a very large jump restarts the count only when the next packet follows it."""
+        if seq == leg.rx_bad_seq:
+            self._fold_loss(leg)
+            leg.rx_base = leg.rx_max = seq
+            leg.rx_cycles = 0
+            leg.rx_received = 1
+            leg.rx_bad_seq = -1
+            leg.rx_lost_reported = 0
+        else:
+            leg.rx_bad_seq = (seq + 1) & 0xFFFF  # not counted until confirmed
+
+    def _fold_loss(self, leg: Leg) -> None:
+        """Add what this stream lost since last time to the direction's total (never decreases)."""
+        lost = leg.packets_lost
+        if lost > leg.rx_lost_reported:
+            self.stats.packets_lost[leg.direction] += lost - leg.rx_lost_reported
+            leg.rx_lost_reported = lost
+
+    def _sample_streams(self) -> None:
+        """Once a second: each stream that received since the last sample adds its jitter."""
+        jitters = []
+        for call in self.calls.values():
+            for leg in (call.caller, call.agent):
+                if leg.rx_ssrc >= 0 and leg.last_rx_s != leg.rx_sampled_s:
+                    leg.rx_sampled_s = leg.last_rx_s
+                    jitters.append(leg.jitter_s)
+                    self._fold_loss(leg)
+        if jitters:
+            self.stats.jitter.observe_many(np.array(jitters))
+
+    def _latch(self, leg: Leg, addr: tuple[str, int], rtcp: bool, now: float) -> None:
         # RFC 4961 / symmetric RTP: send to where the peer's packets come from.
         if rtcp:
             leg.rtcp_src = leg.rtcp_dest = addr
         else:
             leg.rtp_src = leg.rtp_dest = addr
         self._events.append(SourceLatched(leg.call.call_id, leg.name, rtcp, addr))
+        self.wake = True
+        if self._next_sample_s is None:
+            self._next_sample_s = now + JITTER_SAMPLE_INTERVAL_S
+            self.timer_changed = True
 
     def _telephone_event(self, leg: Leg, data: bytes, start: int, end: int, now: float) -> bool:
         """Feed the receiver; False when the payload is malformed (RFC 4733 2.3: 4 octets)."""
         receiver = leg.te_receiver
         if receiver is None:
             receiver = leg.te_receiver = TelephoneEventReceiver()
-            self._te_legs.add(leg)
-        self.timer_changed = True
+        self._te_legs.add(leg)
+        self.timer_changed = self.wake = True
         _, b1, _, ts, ssrc = RTP_HEADER.unpack_from(data)
         try:
             events = receiver.receive(ssrc, ts, bool(b1 & 0x80), data[start:end], now)
@@ -628,16 +897,6 @@ class Relay:
             else:
                 self._events.append(TelephoneEventEnded(call_id, ev.digit, ev.timestamp, ev.duration,
                                                         ev.end_seen))
-
-    def get_timer(self) -> float | None:
-        """Loop time at which `handle_timer` must run (RFC 4733 events whose end was lost)."""
-        times = [t for t in (leg.te_receiver.get_timer() for leg in self._te_legs) if t is not None]
-        return min(times) if times else None
-
-    def handle_timer(self, now: float) -> None:
-        """End telephone-events whose packets stopped without an end packet."""
-        for leg in list(self._te_legs):
-            self._telephone_events(leg, leg.te_receiver.handle_timer(now))  # type: ignore[union-attr]
 
     def _digit_event(self, ev: Any) -> None:
         leg = self._slot_legs.get(ev.slot)
@@ -679,15 +938,15 @@ def _source_allowed(latched: tuple[str, int] | None, sdp: tuple[str, int] | None
     return sdp is None or addr[0] == sdp[0]
 
 
-def _rounds(legs: list[Leg]) -> list[list[int] | None]:
-    """Row groups with each leg at most once, in arrival order; [None] means all rows."""
-    if len(set(legs)) == len(legs):
+def _rounds(slots: list[int]) -> list[list[int] | None]:
+    """Row groups with each slot at most once, in arrival order; [None] means all rows."""
+    if len(set(slots)) == len(slots):
         return [None]
-    seen: dict[Leg, int] = {}
+    seen: dict[int, int] = {}
     rounds: list[list[int] | None] = []
-    for j, leg in enumerate(legs):
-        r = seen.get(leg, 0)
-        seen[leg] = r + 1
+    for j, slot in enumerate(slots):
+        r = seen.get(slot, 0)
+        seen[slot] = r + 1
         if r == len(rounds):
             rounds.append([])
         rounds[r].append(j)  # type: ignore[union-attr]

@@ -4,9 +4,15 @@ Each leg gets an even RTP port and the odd RTCP port above it (RFC 3550 11), bou
 on the media address. Sockets are non-blocking and watched with `loop.add_reader`;
 each wakeup reads one datagram (the poller is level-triggered), passes it through
 `Relay.receive_rtp`/`receive_rtcp`, and sends the answer at once from the other
-leg's socket. Once per loop iteration with caller packets
-pending, `Relay.flush()` runs from `loop.call_soon`: one numpy call for the DTMF
-detector (and masker) over everything that arrived in that iteration.
+leg's socket. When the core raises `wake` (masked-leg rows, a full detector batch,
+a timer that moved, events), `Relay.process_pending` runs once at the end of that
+iteration from `loop.call_soon`. One loop timer, armed from `Relay.get_timer()` only
+while something is due (a detector batch's deadline, the once-a-second metrics
+sample, an RFC 4733 event's lost end), drives `Relay.handle_timer`.
+
+`now` for the core is `perf_counter()`: on Linux it is CLOCK_MONOTONIC, the clock
+behind `loop.time()`, but with microsecond resolution where uvloop's `loop.time()`
+has milliseconds (RFC 3550 jitter and look-ahead times need better than 1 ms).
 Run it on uvloop (PEERS.md: the default loop loses packets from ~500 streams).
 """
 
@@ -22,8 +28,6 @@ from gateway.media.leg import LegMedia
 from gateway.media.relay import Leg, Relay, RelayCall
 
 MAX_DATAGRAM_BYTES = 2048
-DETECT_ROWS_PER_FLUSH = 256
-"""Pass-through rows per detector call; the rest wait one iteration so sockets are read between."""
 READS_PER_WAKEUP = 64
 """Bound on RTCP datagrams drained from one socket per wakeup."""
 
@@ -96,6 +100,10 @@ class RtpCallMedia:
         """Mask the caller's DTMF towards the agent (raises CaptureUnavailable if it cannot)."""
         self._controller.set_capture(self.call_id, on)
 
+    def set_mask_always(self, on: bool) -> None:
+        """Policy mask = "always" for this call (raises CaptureUnavailable if it cannot be masked)."""
+        self._controller.set_mask_always(self.call_id, on)
+
     @property
     def last_packet_s(self) -> float | None:
         """Loop time of the last valid packet from either peer, for media timeouts."""
@@ -167,7 +175,13 @@ class RtpMediaController:
 
     def set_capture(self, call_id: str, on: bool) -> None:
         """Switch a call's caller leg into or out of capture; sends the released packet."""
-        self._send_all(self.relay.set_capture(call_id, on))
+        self._send_all(self.relay.set_capture(call_id, on, perf_counter()))
+        self._after_core()
+
+    def set_mask_always(self, call_id: str, on: bool) -> None:
+        """Apply policy mask = "always" to a call's caller leg."""
+        self._send_all(self.relay.set_mask_always(call_id, on, perf_counter()))
+        self._after_core()
 
     def next_event(self) -> Any | None:
         return self.relay.next_event()
@@ -191,15 +205,14 @@ class RtpMediaController:
         except OSError:  # e.g. ICMP port unreachable reported on this socket
             relay.stats.drops[leg.direction]["socket"] += 1
             return
-        out = relay.receive_rtp(leg, data, addr, self._loop.time())
+        out = relay.receive_rtp(leg, data, addr, t0)
         if out is not None:
             try:
                 leg.peer.endpoint.rtp.sendto(out[0], out[1])
             except OSError:
                 relay.stats.drops[leg.direction]["send"] += 1
         relay.stats.record_processing(perf_counter() - t0, 1)
-        if not self._flush_scheduled and (relay.pending or relay.timer_changed
-                                          or (self.on_event is not None and relay.has_events)):
+        if relay.wake and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
@@ -207,7 +220,7 @@ class RtpMediaController:
         relay = self.relay
         recv = leg.endpoint.rtcp.recvfrom
         send = leg.peer.endpoint.rtcp.sendto
-        now = self._loop.time()
+        now = perf_counter()
         for _ in range(READS_PER_WAKEUP):
             try:
                 data, addr = recv(MAX_DATAGRAM_BYTES)
@@ -221,41 +234,54 @@ class RtpMediaController:
                     send(out[0], out[1])
                 except OSError:
                     relay.stats.drops[leg.direction]["send"] += 1
-        if self.on_event is not None and relay.has_events and not self._flush_scheduled:
+        if relay.wake and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         relay = self.relay
+        relay.wake = False
         t0 = perf_counter()
         try:
-            sends = relay.flush(DETECT_ROWS_PER_FLUSH)
+            sends = relay.process_pending(t0)
         except Exception:  # noqa: BLE001 - one batch's failure must not stop the loop
             relay.stats.drops[0]["hook_error"] += 1
             sends = []
         self._send_all(sends)
         relay.stats.hook_s += perf_counter() - t0
-        if relay.pending and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._after_core()
+
+    def _after_core(self) -> None:
+        """After the core ran outside a packet: re-arm its timer if it moved, hand out events."""
+        relay = self.relay
         if relay.timer_changed:
             relay.timer_changed = False
             self._arm_timer()
         self._deliver_events()
 
     def _arm_timer(self) -> None:
+        # An armed timer earlier than needed is kept: it fires, finds nothing due, re-arms.
         when = self.relay.get_timer()
-        if when == self._timer_at:
+        if when is None or (self._timer_at is not None and self._timer_at <= when):
             return
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        self._timer = self._loop.call_at(when, self._on_timer) if when is not None else None
+        self._timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
+        when = self._timer_at or 0.0
         self._timer = self._timer_at = None
-        self.relay.handle_timer(self._loop.time())
+        relay = self.relay
+        t0 = perf_counter()
+        try:
+            # The loop clock has 1 ms steps: a timer may fire just before `when` on perf_counter.
+            relay.handle_timer(max(t0, when))
+        except Exception:  # noqa: BLE001 - one batch's failure must not stop the loop
+            relay.stats.drops[0]["hook_error"] += 1
+        relay.stats.hook_s += perf_counter() - t0
+        relay.timer_changed = False
         self._arm_timer()
         self._deliver_events()
 
