@@ -197,7 +197,7 @@ def parse_host_port(value: Any) -> HostPort:
 
 
 _SIP_URI = re.compile(
-    r"(?P<scheme>sips?):(?:(?P<user>[^@;:]+)(?::[^@;]*)?@)?"
+    r"(?P<scheme>sips?):(?:(?P<user>[^@;:]+)(?P<password>:[^@;]*)?@)?"
     r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?::(?P<port>\d{1,5}))?(?P<params>(?:;[^;?]+)*)",
     re.IGNORECASE,
 )
@@ -209,7 +209,12 @@ def parse_next_hop(value: Any) -> NextHop:
         raise ValueError("expected a SIP URI string")
     m = _SIP_URI.fullmatch(value.strip())
     if not m:
-        raise ValueError(f"expected a SIP URI like sip:host:port;transport=tcp, got {value!r}")
+        # The userinfo part may hold a password: only echo a value that has none.
+        shown = "" if "@" in value else f", got {value!r}"
+        raise ValueError(f"expected a SIP URI like sip:host:port;transport=tcp{shown}")
+    if m.group("password"):
+        # RFC 3261 19.1.1: passwords in the userinfo are NOT RECOMMENDED; secrets never live in config text.
+        raise ValueError("a password in the SIP URI is not allowed")
     scheme = m.group("scheme").lower()
     transport = "tls" if scheme == "sips" else "udp"
     for param in filter(None, m.group("params").split(";")):
@@ -301,19 +306,25 @@ def _env_name(value: Any) -> str:
 def _http_url(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"https?://\S+", value):
         raise ValueError("expected an http(s) URL")
+    if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError("credentials in the URL are not allowed: use api_key_file or api_key_env")
     return value
 
 
 def check_secret_file(path: str) -> None:
-    """DESIGN.md card data rules: secret files exist and are not world-readable."""
+    """DESIGN.md card data rules: secret files exist and are not world-readable.
+
+    Messages never repeat the value: an operator who pasted the secret itself where its
+    path belongs must not see it echoed into a terminal, a journal or a CI log.
+    """
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read the file: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
-        raise ValueError(f"{path} is not a regular file")
+        raise ValueError("the file is not a regular file")
     if mode & stat.S_IROTH:
-        raise ValueError(f"{path} is world-readable: chmod o-r it")
+        raise ValueError("the file is world-readable: chmod o-r it")
 
 
 def _readable_file(value: Any) -> str:
