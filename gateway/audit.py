@@ -33,6 +33,9 @@ from typing import Any, Callable
 GENESIS = "0" * 64
 KEY_BYTES = 32
 DIGIT_RUN = re.compile(r"\d{7,}")
+# A PAN written in groups ("4111 1111 1111 1111", "3782-822463-10005") has no 7-digit run:
+# 12 or more digits joined by single spaces or dashes are refused too (dates and times never are).
+GROUPED_DIGITS = re.compile(r"\d(?:[ -]?\d){11,}")
 # Fields whose values are generated identifiers or hashes and may hold long digit runs.
 DIGIT_RUN_ALLOWED = frozenset({"seq", "time", "prev", "hmac", "token", "call_id", "capture_id"})
 
@@ -85,7 +88,7 @@ def _holds_digit_run(value: Any) -> bool:
     if isinstance(value, (int, float)):
         return bool(DIGIT_RUN.search(str(value)))
     if isinstance(value, str):
-        return bool(DIGIT_RUN.search(value))
+        return bool(DIGIT_RUN.search(value) or GROUPED_DIGITS.search(value))
     if isinstance(value, dict):
         return any(_holds_digit_run(k) or _holds_digit_run(v) for k, v in value.items())
     if isinstance(value, (list, tuple)):
