@@ -41,6 +41,7 @@ from gateway.capture.machine import (
     parse_fields,
 )
 from gateway.stats import SLOW_BOUNDS_S, Histogram, LabelledCounter
+from gateway.tokenize.client import checked_result
 from gateway.tokenize.tokenizer import (
     TokenizationError,
     TokenizationRejected,
@@ -471,7 +472,8 @@ class CaptureService:
             return
         started = self._now()
         try:
-            result = await self._tokenizer.tokenize(card, capture.view.capture_id)
+            # Any adapter's answer is vetted (no PAN in the token) before the agent or the audit sees it.
+            result = checked_result(await self._tokenizer.tokenize(card, capture.view.capture_id), card)
         except asyncio.CancelledError:
             raise
         except TokenizationTimeout:
@@ -483,9 +485,10 @@ class CaptureService:
         except TokenizationError:
             self._tokenized_in(started, "unavailable")
             self._finish(capture, "failed", reason="processor_unavailable", now=self._now())
-        except Exception:
+        except Exception as exc:
             self._tokenized_in(started, "internal")
-            log.exception("tokenizer failed unexpectedly")
+            # The type only: a message or traceback from code that held the card could carry its digits.
+            log.error("tokenizer failed unexpectedly: %s", type(exc).__name__)
             self._finish(capture, "failed", reason="internal_error", now=self._now())
         else:
             self._tokenized_in(started, None)
