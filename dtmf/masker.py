@@ -289,6 +289,24 @@ def _window_or(flags: np.ndarray, before: int, after: int) -> np.ndarray:
     return out
 
 
+def _tone_run(pre_tone: np.ndarray, confirmed: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Tone state of blocks -2..4 (held packet's first block = 0), rows of a batch.
+
+    pre_tone (k, 3): blocks -2..0, known; confirmed (k, 9): windows starting at
+    -4..4; flags (k, 7): loose flags of blocks -2..4. A block is in a tone when a
+    confirmed window covers it, or when it is loosely flagged right after a block
+    in a tone (a confirmed tone stays masked while speech over it spoils windows).
+    """
+    tone = np.empty((len(pre_tone), HANGOVER_BLOCKS + 1 + BLOCKS_PER_PACKET), dtype=bool)
+    tone[:, :HANGOVER_BLOCKS + 1] = pre_tone
+    prev = pre_tone[:, -1]
+    for b in range(1, BLOCKS_PER_PACKET + 1):
+        c = b + _CONFIRM_BEFORE  # window starting at block b
+        prev = confirmed[:, c - 2] | confirmed[:, c - 1] | confirmed[:, c] | (prev & flags[:, b + _HISTORY_BLOCKS])
+        tone[:, b + HANGOVER_BLOCKS] = prev
+    return tone
+
+
 class Masker:
     """Masks one stream; output has the input's length, delayed by `lookahead_samples` when on.
 
@@ -309,6 +327,7 @@ class Masker:
         self._flags: list[bool] = [False] * _HISTORY_BLOCKS
         self._levels: list[float] = [_UNTRACKED] * _HISTORY_BLOCKS  # background power before each block
         self._confirmed: list[bool] = []  # per window, by its first block
+        self._tone: list[bool] = [False] * _HISTORY_BLOCKS  # per block, while its windows are known
         self._level = _UNTRACKED
         self._pending = np.zeros(0, dtype=np.int16)  # received, not yet output
         self._pending_start = 0  # stream index of _pending[0]
@@ -381,6 +400,7 @@ class Masker:
             first = len(self._confirmed)
             if len(self._feats) - first >= WINDOW_BLOCKS:
                 self._confirmed.extend(_confirm(np.array(self._feats[first:])).tolist())
+            self._tone.extend(self._tone_run(len(self._tone), len(self._confirmed)))
         self._partial = data[n_blocks * BLOCK_SAMPLES:]
 
     def _flag(self, block: int) -> bool:
@@ -391,12 +411,26 @@ class Masker:
         i = start_block - self._base
         return 0 <= i < len(self._confirmed) and self._confirmed[i]
 
-    def _masked(self, block: int, rule: str) -> bool:
-        """Whether a block is masked; windows and blocks not yet seen count as unflagged."""
+    def _tone_run(self, first: int, stop: int) -> list[bool]:
+        """Tone state of blocks first..stop-1 (list indices), following `_tone[first - 1]`.
+
+        Windows and flags not yet seen count as absent (flush uses that).
+        """
+        out: list[bool] = []
+        prev = self._tone[first - 1] if first > 0 else False
+        for i in range(first, stop):
+            b = self._base + i
+            prev = (any(self._confirm(s) for s in range(b - WINDOW_BLOCKS + 1, b + 1))
+                    or (prev and self._flag(b)))
+            out.append(prev)
+        return out
+
+    def _masked(self, block: int, rule: str, tone: list[bool]) -> bool:
+        """Whether a block is masked; `tone` is `_tone` extended as far as needed."""
         if rule == "direct":
             return any(self._flag(j) for j in range(block - HANGOVER_BLOCKS, block + 1))
-        first = block - HANGOVER_BLOCKS - WINDOW_BLOCKS + 1
-        if any(self._confirm(s) for s in range(first, block + PRE_GUARD_BLOCKS + 1)):
+        lo = block - HANGOVER_BLOCKS - self._base
+        if any(tone[max(lo, 0):block + PRE_GUARD_BLOCKS + 1 - self._base]):
             return True
         return rule == "flush" and any(
             self._flag(j) for j in range(block - HANGOVER_BLOCKS, block + PRE_GUARD_BLOCKS + 1))
@@ -410,8 +444,11 @@ class Masker:
         self._pending = self._pending[n:]
         self._pending_start += n
         first_b, last_b = start // BLOCK_SAMPLES, (start + n - 1) // BLOCK_SAMPLES
+        tone = self._tone
+        if rule == "flush":  # blocks whose windows are not all seen yet, as far as known
+            tone = tone + self._tone_run(len(tone), last_b + PRE_GUARD_BLOCKS + 1 - self._base)
         for b in range(first_b, last_b + 1):
-            if not self._masked(b, rule):
+            if not self._masked(b, rule, tone):
                 continue
             lo = max(b * BLOCK_SAMPLES, start) - start
             hi = min((b + 1) * BLOCK_SAMPLES, start + n) - start
@@ -422,7 +459,7 @@ class Masker:
         keep_from = self._pending_start // BLOCK_SAMPLES - HANGOVER_BLOCKS - WINDOW_BLOCKS
         if keep_from > self._base + 64:
             drop = keep_from - self._base
-            for name in ("_feats", "_flags", "_levels", "_confirmed"):
+            for name in ("_feats", "_flags", "_levels", "_confirmed", "_tone"):
                 del getattr(self, name)[:drop]
             self._base = keep_from
         return out
@@ -458,6 +495,7 @@ class MaskerBank:
         # ... and the loose flags of the two blocks before it and of its four.
         grow("_hist_flags", (_HISTORY_BLOCKS + BLOCKS_PER_PACKET,), bool)
         grow("_pre_confirmed", (_KNOWN_WINDOWS,), bool)
+        grow("_pre_tone", (HANGOVER_BLOCKS + 1,), bool)
         grow("_held_levels", (BLOCKS_PER_PACKET,), np.float64)
         grow("_level", (), np.float64)
         grow("_filler_level", (), np.float64)
@@ -476,7 +514,7 @@ class MaskerBank:
                 self._alloc(self._cap * 2)
             slot = self._n_slots
             self._n_slots += 1
-        for name in ("_held", "_hist_feats", "_hist_flags", "_pre_confirmed", "_held_levels",
+        for name in ("_held", "_hist_feats", "_hist_flags", "_pre_confirmed", "_pre_tone", "_held_levels",
                      "_filler_level", "_n_in", "_held_valid", "_capture"):
             getattr(self, name)[slot] = 0
         self._level[slot] = _UNTRACKED
@@ -524,7 +562,8 @@ class MaskerBank:
             np.zeros(_WINDOWS_PER_CALL - 1, dtype=bool),  # windows reaching unseen blocks
         ])
         flags = np.concatenate([self._hist_flags[slot], np.zeros(PRE_GUARD_BLOCKS, dtype=bool)])
-        mask = (_window_or(confirmed, _CONFIRM_BEFORE, PRE_GUARD_BLOCKS)
+        tone = _tone_run(self._pre_tone[slot][None, :], confirmed[None, :], flags[None, :])[0]
+        mask = (_window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
                 | _window_or(flags, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS))
         out = self._held[slot].copy()
         if mask.any():
@@ -566,9 +605,10 @@ class MaskerBank:
         # call, those at 1..4 (held blocks 1-3 and this packet's 0-2) are new.
         new_confirmed = _confirm(np.concatenate([self._hist_feats[slots], feats[:, :WINDOW_BLOCKS]], axis=1))
         confirmed = np.concatenate([self._pre_confirmed[slots], new_confirmed], axis=1)
-        la_mask = _window_or(confirmed, _CONFIRM_BEFORE, PRE_GUARD_BLOCKS)
-        # Direct rows: this packet, loose flags with hang-over only (no look-ahead).
         all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
+        tone = _tone_run(self._pre_tone[slots], confirmed, all_flags[:, :_HISTORY_BLOCKS + BLOCKS_PER_PACKET + 1])
+        la_mask = _window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
+        # Direct rows: this packet, loose flags with hang-over only (no look-ahead).
         dm = _window_or(all_flags[:, BLOCKS_PER_PACKET:], HANGOVER_BLOCKS, 0)
         block_mask = np.where(delayed[:, None], la_mask, dm & direct_mask[:, None])
         changed = block_mask.any(axis=1) | filler
@@ -596,6 +636,7 @@ class MaskerBank:
         self._hist_feats[slots] = feats[:, BLOCKS_PER_PACKET - WINDOW_BLOCKS:]
         self._hist_flags[slots] = all_flags[:, BLOCKS_PER_PACKET:]
         self._pre_confirmed[slots] = confirmed[:, BLOCKS_PER_PACKET:]
+        self._pre_tone[slots] = tone[:, BLOCKS_PER_PACKET:]
         self._held_levels[slots] = levels
         self._held[slots] = frames
         self._n_in[slots] = n_in + PACKET_SAMPLES
