@@ -158,6 +158,8 @@ class _Analysis:
         self.gate_purity = pair_bound * WINDOW_SAMPLES / PURITY_MIN
         # Level and purity in one comparison: pair * purity >= max(energy, floor).
         self.gate_energy_floor = self.gate_pair_mag * self.gate_purity
+        self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 4.0) / 10)
+        self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 4.0) / 10)
         self.normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10)
         self.reverse_twist = 10.0 ** (REVERSE_TWIST_DB / 10)
         self.min_pair_power = _dbm0_power(MIN_PAIR_LEVEL_DBM0)
@@ -390,10 +392,14 @@ class DetectorBank:
         zz = np.multiply(z, z, out=self._scratch("zz", (16, kc)))
         mag = np.add(zz[:8], zz[8:], out=self._scratch("mag", (8, kc)))
         group_max = np.maximum.reduce(mag.reshape(2, 4, kc), axis=1, out=self._scratch("gmax", (2, kc)))
-        pair_max = np.add(group_max[0], group_max[1], out=self._scratch("pair", (kc,)))
+        lo_max, hi_max = group_max
+        pair_max = np.add(lo_max, hi_max, out=self._scratch("pair", (kc,)))
         pair_max *= an.gate_purity
         floor = np.maximum(e_sum, an.gate_energy_floor, out=self._scratch("floor", (kc,)))
         gate = np.greater_equal(pair_max, floor)
+        # Twist with slack for the roll-off correction.
+        gate &= hi_max >= lo_max * an.gate_normal_twist
+        gate &= hi_max <= lo_max * an.gate_reverse_twist
         hits = None
         if gate.any():
             cand = np.flatnonzero(gate)
