@@ -89,22 +89,22 @@ class Identity:
 # -- policy -----------------------------------------------------------------
 
 
-def may_see_call(identity: Identity, call_agent: str) -> bool:
+def may_see_call(identity: Identity, call_agent: str | None) -> bool:
     """Whether the call (by its agent) appears in this identity's call list."""
     if identity.role in (Role.OPS, Role.ADMIN):
         return True
     return _oversees(identity, call_agent)
 
 
-def check_start_capture(identity: Identity, call_agent: str) -> None:
+def check_start_capture(identity: Identity, call_agent: str | None) -> None:
     """Only the agent on the call starts a capture on it."""
     if identity.role is not Role.AGENT:
         raise Forbidden("role may not start captures")
-    if identity.agent != call_agent:
+    if not _oversees(identity, call_agent):
         raise Forbidden("not your call")
 
 
-def check_capture_access(identity: Identity, capture_agent: str) -> None:
+def check_capture_access(identity: Identity, capture_agent: str | None) -> None:
     """Reading, streaming and cancelling a capture: its agent or their supervisor."""
     if identity.role not in (Role.AGENT, Role.SUPERVISOR):
         raise Forbidden("role may not access captures")
@@ -120,7 +120,10 @@ def check_admin(identity: Identity) -> None:
         raise Forbidden("mfa required")
 
 
-def _oversees(identity: Identity, agent: str) -> bool:
+def _oversees(identity: Identity, agent: str | None) -> bool:
+    # A call or capture with no agent belongs to nobody (not to an agent literally named "None").
+    if not isinstance(agent, str) or not agent:
+        return False
     if identity.role is Role.AGENT:
         return identity.agent is not None and identity.agent == agent
     if identity.role is Role.SUPERVISOR:

@@ -386,7 +386,7 @@ def _forbid(request: web.Request, identity: Identity, exc: Forbidden) -> ApiErro
 async def list_calls(request: web.Request) -> web.Response:
     identity = authenticate(request)
     calls = request.app[CALLS].list_calls()
-    visible = [call_json(call) for call in calls if may_see_call(identity, str(call.agent))]
+    visible = [call_json(call) for call in calls if may_see_call(identity, call.agent)]
     return web.json_response({"calls": visible})
 
 
@@ -425,7 +425,7 @@ async def start_capture(request: web.Request) -> web.Response:
     if call is None:
         raise ApiError(404, "not_found", "unknown call")
     try:
-        check_start_capture(identity, str(call.agent))
+        check_start_capture(identity, call.agent)
     except Forbidden as exc:
         raise _forbid(request, identity, exc) from None
     captures = request.app[CAPTURES]
@@ -459,7 +459,7 @@ def _capture_for(request: web.Request, identity: Identity) -> Any:
     if view is None:
         raise ApiError(404, "not_found", "unknown capture")
     try:
-        check_capture_access(identity, str(getattr(view, "agent", "")))
+        check_capture_access(identity, getattr(view, "agent", None))
     except Forbidden as exc:
         raise _forbid(request, identity, exc) from None
     return view
