@@ -596,8 +596,8 @@ def render(dashboard: dict[str, Any], results: dict[str, Any], out_path: Path, s
             continue
         for i, (name, ts, vs) in enumerate(finite):
             ax.plot(ts, vs, color=PALETTE[i % len(PALETTE)], lw=1.5, label=name)
-        ax.set_ylim(bottom=0)
-        ax.margins(y=0.25)
+        peak = max(v for _, _, vs in finite for v in vs if math.isfinite(v))
+        ax.set_ylim(0, peak * 1.4 if peak > 0 else 1.0)  # head room for the legend
         ax.legend(loc="upper left", fontsize=8, facecolor=PANEL_BG, edgecolor=GRID, labelcolor=TEXT,
                   ncol=min(6, len(finite)), framealpha=0.85, borderaxespad=0.2, handlelength=1.2)
     out_path.parent.mkdir(parents=True, exist_ok=True)
