@@ -237,12 +237,15 @@ class Authenticator:
         audience: str = DEFAULT_AUDIENCE,
         issuer: str = DEFAULT_ISSUER,
         leeway_s: float = CLOCK_LEEWAY_S,
+        max_lifetime_s: float = MAX_TTL_S,
         key_source: Any = None,
     ) -> None:
         self.keys = keys
         self.audience = audience
         self.issuer = issuer
         self.leeway_s = leeway_s
+        self.max_lifetime_s = max_lifetime_s
+        """Longest exp - iat accepted: a leaked long-lived token is refused outright."""
         self._key_source = key_source
 
     @classmethod
@@ -322,6 +325,10 @@ class Authenticator:
             raise AuthFailed("token expired")
         if now + self.leeway_s < nbf:
             raise AuthFailed("token not yet valid")
+        # RFC 7519 4.1.6: iat gives the token's age; one issued in the future or for longer than
+        # the policy allows (a leaked long-lived token) is refused.
+        if now + self.leeway_s < iat or exp - iat > self.max_lifetime_s:
+            raise AuthFailed("token lifetime not allowed")
         try:
             role = Role(claims.get("role"))
         except ValueError:
