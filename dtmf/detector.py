@@ -139,7 +139,6 @@ class _Analysis:
         # both halves (rows 0-15: opening half, rows 16-31: closing half).
         self.half_rows = np.ascontiguousarray(
             np.vstack([rows[:, :CHUNK_SAMPLES], rows[:, CHUNK_SAMPLES:]]), dtype=np.float32)
-        self.ones = np.ones(CHUNK_SAMPLES, dtype=np.float32)
         sum_w = window.sum()
         self.tone_power_norm = float(2.0 / sum_w ** 2)
         # Phase a bin at f0 advances over one hop for a tone exactly at f0.
@@ -156,8 +155,9 @@ class _Analysis:
         accepted_df = np.abs(self.gain_df_hz) <= self.freq_tol_hz.max() + 1.0
         pair_bound = self.tone_power_norm / self.gain2[accepted_df].min()
         self.gate_purity = pair_bound * WINDOW_SAMPLES / PURITY_MIN
-        # Level and purity in one comparison: pair * purity >= max(energy, floor).
-        self.gate_energy_floor = self.gate_pair_mag * self.gate_purity
+        # Chunk energies are kept divided by the purity bound, so that level and
+        # purity are one comparison: pair >= max(scaled energy, level floor).
+        self.scaled_ones = np.full(CHUNK_SAMPLES, 1.0 / self.gate_purity, dtype=np.float32)
         self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 4.0) / 10)
         self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 4.0) / 10)
         self.normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10)
@@ -197,6 +197,7 @@ class DetectorBank:
         self._an = _ANALYSIS[sample_rate_hz]
         self._capacity = 0
         self._n_held = 0  # slots holding an incomplete chunk
+        self._n_busy = 0  # slots with a run of hits or a digit on
         self._work: dict[str, np.ndarray] = {}
         self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._grow(capacity)
@@ -229,6 +230,7 @@ class DetectorBank:
 
     def _reset(self, slots: np.ndarray) -> None:
         self._n_held -= int(np.count_nonzero(self._held_n[slots]))
+        self._n_busy -= int(np.count_nonzero(self._busy[slots]))
         for arr in (self._held, self._held_n, self._carry, self._chunks, self._busy, self._in_use):
             arr[slots] = 0
         self._sm[slots] = _SM_FRESH
@@ -278,11 +280,14 @@ class DetectorBank:
         if k == 1:
             self._check_slot(int(slots[0]))
         else:
-            if slots.min() < 0 or slots.max() >= self._capacity:
-                raise DetectorInputError("detector slot is not in use")
-            # One scatter checks both: k distinct slots, all in use.
+            # Negative slots become huge unsigned ones: the scatter range-checks them.
+            unsigned = (slots if slots.dtype.itemsize == 8 else slots.astype(np.int64)).view(np.uint64)
             seen = self._seen
-            seen[slots] = True
+            try:
+                seen[unsigned] = True
+            except IndexError:
+                raise DetectorInputError("detector slot is not in use") from None
+            # One count checks both: k distinct slots, all in use.
             valid = np.count_nonzero(seen & self._in_use) == k
             seen[slots] = False
             if not valid:
@@ -314,6 +319,7 @@ class DetectorBank:
         sm[_RUN_CODE] = _NONE
         sm[_RUN_LEN] = 0
         sm[_MISSES] = 0
+        self._n_busy -= int(self._busy[slot])
         self._busy[slot] = False
         return events
 
@@ -360,7 +366,7 @@ class DetectorBank:
         hits = self._analyse(slots, x, c)
         self._chunks[slots] += c
         if hits is None:
-            if not self._busy[slots].any():
+            if self._n_busy == 0 or not self._busy[slots].any():
                 return []
             hits = np.full((k, c), _NONE, dtype=np.int64)
         return self._advance(slots, hits, c)
@@ -381,7 +387,8 @@ class DetectorBank:
         np.add(opening[:, :-1], closing[:, 1:], out=z[:, 1:])
         np.add(closing[:, ::c], carry[:, _CARRY_OPEN].T, out=z[:, ::c])
         sq = np.multiply(x, x, out=self._scratch("x2", x.shape))
-        energy = np.matmul(sq.reshape(kc, CHUNK_SAMPLES), an.ones, out=self._scratch("energy", (kc,)))
+        # Chunk energies over the purity bound (see _Analysis.scaled_ones).
+        energy = np.matmul(sq.reshape(kc, CHUNK_SAMPLES), an.scaled_ones, out=self._scratch("energy", (kc,)))
         e_sum = self._scratch("e_sum", (kc,))
         np.add(energy[:-1], energy[1:], out=e_sum[1:])
         np.add(energy[::c], carry[:, _CARRY_ENERGY], out=e_sum[::c])
@@ -392,20 +399,19 @@ class DetectorBank:
         zz = np.multiply(z, z, out=self._scratch("zz", (16, kc)))
         mag = np.add(zz[:8], zz[8:], out=self._scratch("mag", (8, kc)))
         group_max = np.maximum.reduce(mag.reshape(2, 4, kc), axis=1, out=self._scratch("gmax", (2, kc)))
-        lo_max, hi_max = group_max
-        pair_max = np.add(lo_max, hi_max, out=self._scratch("pair", (kc,)))
-        pair_max *= an.gate_purity
-        floor = np.maximum(e_sum, an.gate_energy_floor, out=self._scratch("floor", (kc,)))
+        pair_max = np.add(group_max[0], group_max[1], out=self._scratch("pair", (kc,)))
+        floor = np.maximum(e_sum, an.gate_pair_mag, out=self._scratch("floor", (kc,)))
         gate = np.greater_equal(pair_max, floor)
-        # Twist with slack for the roll-off correction.
-        gate &= hi_max >= lo_max * an.gate_normal_twist
-        gate &= hi_max <= lo_max * an.gate_reverse_twist
         hits = None
         if gate.any():
             cand = np.flatnonzero(gate)
-            hits = np.full(kc, _NONE, dtype=np.int64)
-            hits[cand] = self._check(cand, c, mag, z, carry, energy)
-            hits = hits.reshape(k, c)
+            # Twist with slack for the roll-off correction, on the few windows left.
+            lo_max, hi_max = group_max[:, cand]
+            cand = cand[(hi_max >= lo_max * an.gate_normal_twist) & (hi_max <= lo_max * an.gate_reverse_twist)]
+            if cand.size:
+                hits = np.full(kc, _NONE, dtype=np.int64)
+                hits[cand] = self._check(cand, c, mag, z, carry, energy)
+                hits = hits.reshape(k, c)
 
         # Carry to the next call: the last chunk's opening half and energy, the last two windows.
         new = self._scratch("carry_new", (k, _CARRY_WIDTH))
@@ -457,8 +463,8 @@ class DetectorBank:
         ok &= pair >= an.min_pair_power
         ok &= p_lo >= an.min_tone_power
         ok &= p_hi >= an.min_tone_power
-        e_close = energy[cand]
-        e_open = np.where(ti > 0, energy[cand - 1], carry[si, _CARRY_ENERGY])
+        e_close = energy[cand] * an.gate_purity
+        e_open = np.where(ti > 0, energy[cand - 1], carry[si, _CARRY_ENERGY]) * an.gate_purity
         ok &= pair * WINDOW_SAMPLES >= PURITY_MIN * (e_open + e_close)
         ok &= pair * CHUNK_SAMPLES >= COVERAGE_MIN * np.maximum(e_open, e_close)
         return np.where(ok, bins[:, 0] * 4 + bins[:, 1] - 4, _NONE)
@@ -493,7 +499,9 @@ class DetectorBank:
         else:
             events = self._advance_vector(slots, hits, state, chunk0)
         sm[slots] = state
-        self._busy[slots] = (state[:, _RUN_CODE] >= 0) | (state[:, _ACTIVE] >= 0)
+        busy = (state[:, _RUN_CODE] >= 0) | (state[:, _ACTIVE] >= 0)
+        self._n_busy += int(np.count_nonzero(busy)) - int(np.count_nonzero(self._busy[slots]))
+        self._busy[slots] = busy
         return events
 
     @staticmethod
