@@ -22,6 +22,7 @@ import asyncio
 import datetime
 import json
 import logging
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ log = logging.getLogger("tonewall.vault")
 TOKENIZE_ROLE = "gateway"
 DETOKENIZE_ROLE = "payments"
 MAX_BODY_BYTES = 4096
+# What store.new_token makes: letters, then the last four; anything else is never logged.
+_TOKEN_SHAPE = re.compile(r"tok_[a-z]{1,64}_[0-9]{4}")
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,31 @@ def _error(status: int, word: str, **extra: Any) -> web.Response:
     return web.json_response({"error": word, **extra}, status=status)
 
 
-def _role(request: web.Request) -> str | None:
+def _peer(request: web.Request) -> pki.PeerIdentity | None:
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    identity = pki.peer_identity(ssl_object.getpeercert() if ssl_object else None)
+    return pki.peer_identity(ssl_object.getpeercert() if ssl_object else None)
+
+
+def _role(request: web.Request) -> str | None:
+    identity = _peer(request)
     return identity.role if identity else None
+
+
+def _who(request: web.Request) -> str:
+    identity = _peer(request)
+    return f"{identity.role}:{identity.common_name}" if identity else "unknown"
+
+
+@web.middleware
+async def _internal_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An unexpected error answers 500 and is logged by type only: the request held card data."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.error("vault request failed: %s", type(exc).__name__)
+        return _error(500, "internal")
 
 
 def _digits_from(value: Any, capacity: int = 32) -> SensitiveDigits:
@@ -122,7 +146,14 @@ def card_from_request(body: dict[str, Any], today: datetime.date) -> SensitiveCa
 
 
 async def _read_json(request: web.Request) -> dict[str, Any]:
-    raw = bytearray(await request.content.read(MAX_BODY_BYTES + 1))
+    # StreamReader.read(n) answers with whatever has arrived: read to the end of the body
+    # (or just past the limit), or a body split across TLS records is cut short.
+    raw = bytearray()
+    while len(raw) <= MAX_BODY_BYTES:
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     try:
         if len(raw) > MAX_BODY_BYTES:
             raise _BadRequest("invalid_request")
@@ -141,6 +172,7 @@ def create_vault_app(store: VaultStore, *, middlewares: Sequence[Any] = ()) -> w
 
     async def tokenize(request: web.Request) -> web.Response:
         if _role(request) != TOKENIZE_ROLE:
+            log.warning("tokenize refused for %s: forbidden", _who(request))
             return _error(403, "forbidden")
         key = request.headers.get("Idempotency-Key", "")
         try:
@@ -165,7 +197,10 @@ def create_vault_app(store: VaultStore, *, middlewares: Sequence[Any] = ()) -> w
         )
 
     async def detokenize(request: web.Request) -> web.Response:
+        # PCI DSS 10.2.1.1: every read of a PAN is logged with who asked (the token keeps only the last four).
+        who = _who(request)
         if _role(request) != DETOKENIZE_ROLE:
+            log.warning("detokenize refused for %s: forbidden", who)
             return _error(403, "forbidden")
         try:
             body = await _read_json(request)
@@ -174,10 +209,15 @@ def create_vault_app(store: VaultStore, *, middlewares: Sequence[Any] = ()) -> w
         token = body.get("token")
         if not isinstance(token, str):
             return _error(400, "invalid_request")
+        if not _TOKEN_SHAPE.fullmatch(token):
+            log.warning("detokenize by %s: unknown_token (malformed, not logged)", who)
+            return _error(404, "unknown_token")
         try:
             found = store.detokenize(token)
         except VaultStoreError:
+            log.warning("detokenize by %s token=%s: unknown_token", who, token)
             return _error(404, "unknown_token")
+        log.info("detokenize by %s token=%s: ok", who, token)
         out = bytearray(b'{"pan":"')
         found.pan_digits.write_ascii(out)
         found.pan_digits.wipe()
@@ -192,7 +232,7 @@ def create_vault_app(store: VaultStore, *, middlewares: Sequence[Any] = ()) -> w
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application(middlewares=list(middlewares), client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_internal_errors, *middlewares], client_max_size=MAX_BODY_BYTES)
     app.router.add_post("/v1/tokens", tokenize)
     app.router.add_post("/v1/detokenize", detokenize)
     app.router.add_get("/healthz", healthz)

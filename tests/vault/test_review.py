@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import os
 import stat
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.capture.card import Brand, SensitiveCard
 from gateway.vault.keyring import Keyring
+from gateway.vault.server import VaultSettings, start_vault
 from gateway.vault.store import IdempotencyConflict, VaultStore
 from tests.capture.cards import digits, luhn_digit
+from tests.vault.harness import gateway_context
 
 PAN = "4111111111111111"
 
@@ -73,3 +80,84 @@ def test_database_wal_and_shm_are_owner_only_even_when_left_readable(tmp_path):
         os.umask(old_umask)
     assert "v.sqlite3-wal" in modes and "v.sqlite3-shm" in modes
     assert modes == {name: 0o600 for name in modes}
+
+
+# ---- over mutual TLS
+
+
+async def _post(port, ctx, path, body, key=None):
+    headers = {"Idempotency-Key": key} if key else {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+        async with session.post(f"https://127.0.0.1:{port}{path}", data=body, headers=headers) as r:
+            return r.status, await r.json()
+
+
+async def test_a_body_split_across_records_is_read_whole(tmp_path):
+    arrived = asyncio.Event()
+
+    @web.middleware
+    async def mark(request, handler):
+        arrived.set()
+        return await handler(request)
+
+    vault = await open_vault_with(tmp_path, [mark])
+    body = json.dumps({"pan": PAN, "exp_month": 12, "exp_year": 2030}).encode()
+
+    async def split():
+        yield body[:20]
+        await asyncio.wait_for(arrived.wait(), 5)  # the handler is already reading
+        yield body[20:]
+
+    try:
+        status, made = await _post(vault.port, gateway_context(tmp_path), "/v1/tokens", split(), "k1")
+        assert status == 201 and made["last4"] == "1111"
+    finally:
+        await vault.close()
+
+
+async def test_detokenize_is_logged_with_who_asked_and_never_the_pan(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tonewall.vault")
+    vault = await open_vault_with(tmp_path, [])
+    body = json.dumps({"pan": PAN, "exp_month": 12, "exp_year": 2030})
+    try:
+        status, made = await _post(vault.port, gateway_context(tmp_path), "/v1/tokens", body, "k1")
+        assert status == 201
+        payments = gateway_context(tmp_path, role="payments", name="settlement")
+        status, clear = await _post(vault.port, payments, "/v1/detokenize", json.dumps({"token": made["token"]}))
+        assert status == 200 and clear["pan"] == PAN
+        status, _ = await _post(vault.port, gateway_context(tmp_path), "/v1/detokenize",
+                                json.dumps({"token": made["token"]}))
+        assert status == 403
+        status, _ = await _post(vault.port, payments, "/v1/detokenize", json.dumps({"token": PAN}))
+        assert status == 404
+    finally:
+        await vault.close()
+    lines = [record.getMessage() for record in caplog.records]
+    assert f"detokenize by payments:settlement token={made['token']}: ok" in lines
+    assert "detokenize refused for gateway:gateway: forbidden" in lines
+    assert any("unknown_token (malformed, not logged)" in line for line in lines)
+    assert not any(PAN in line or PAN[:7] in line for line in lines)
+
+
+async def test_an_unexpected_error_is_a_500_logged_by_type_only(tmp_path, caplog, monkeypatch):
+    vault = await open_vault_with(tmp_path, [])
+
+    def broken(card, key):
+        out = bytearray()
+        card.pan_digits.write_ascii(out)
+        raise RuntimeError(f"disk trouble near {out.decode()}")
+
+    monkeypatch.setattr(vault.store, "tokenize", broken)
+    caplog.set_level(logging.DEBUG)
+    body = json.dumps({"pan": PAN, "exp_month": 12, "exp_year": 2030})
+    try:
+        status, answer = await _post(vault.port, gateway_context(tmp_path), "/v1/tokens", body, "k1")
+        assert status == 500 and answer == {"error": "internal"}
+    finally:
+        await vault.close()
+    text = "\n".join(record.getMessage() + str(record.exc_info) for record in caplog.records)
+    assert "RuntimeError" in text and PAN not in text
+
+
+async def open_vault_with(tmp_path, middlewares):
+    return await start_vault(VaultSettings(data_dir=tmp_path, port=0), middlewares=middlewares)
