@@ -367,7 +367,8 @@ class SipTransport:
                     self.on_event(event)
                 except Exception as exc:
                     self.drops[f"event_handler_error:{_exception_reason(exc)}"] += 1
-                    log.exception("event handler failed")
+                    # The type only: events carry caller keys, and a message or traceback could repeat them.
+                    log.warning("event handler raised %s", _exception_reason(exc))
         except Exception as exc:
             self.drops[f"core_error:{_exception_reason(exc)}"] += 1
             log.warning("SIP core raised %s while draining", _exception_reason(exc))

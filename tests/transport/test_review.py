@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
-from tests.transport.test_sip_transport import make, options
+from tests.transport.test_sip_transport import make, options, udp_client
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -132,3 +133,22 @@ async def test_a_peer_that_never_reads_cannot_grow_our_write_buffer():
     finally:
         writer.close()
         await transport.close()
+
+
+async def test_a_failing_event_handler_is_logged_without_its_message(caplog):
+    def handler(event):
+        raise ValueError("caller keyed 4111111111111111")
+
+    transport, _, _ = await make(on_event=handler)
+    await transport.start(udp=("127.0.0.1", 0))
+    sock, client = await udp_client(transport.addresses["udp"])
+    caplog.set_level(logging.DEBUG, logger="tonewall.sip")
+    try:
+        sock.sendto(options())
+        await asyncio.wait_for(client.queue.get(), 5)
+        assert transport.drops["event_handler_error:ValueError"] == 1
+    finally:
+        sock.close()
+        await transport.close()
+    assert any("ValueError" in r.getMessage() for r in caplog.records)
+    assert all(r.exc_info is None and "4111" not in r.getMessage() for r in caplog.records)
