@@ -1,9 +1,11 @@
 """Relay benchmark: Tonewall (DTMF hook on) vs rtpengine (userspace) vs a bare uvloop relay.
 
-    python3 loadtests/relay_bench.py --streams 100,500,1000 --duration 12
+    python3 loadtests/relay_bench.py --streams 100,500,1000 --duration 12 [--capture]
 
 Each stream is one call's caller->agent direction (every packet passes the DTMF
-hook in Tonewall). For each point and relay: start the relay in its own process,
+hook in Tonewall). With --capture every Tonewall call is put in a secure capture
+after setup (masker with one packet of look-ahead on every caller leg): the added
+latency then includes the 20 ms hold. For each point and relay: start the relay in its own process,
 set up the calls (Tonewall/bare: JSON over stdin; rtpengine: ng offer/answer),
 run the load generator (loadtests/rtp_load.py) and read the relay's CPU time from
 /proc/<pid>/stat (all threads) over the measured window. A "direct" row (no relay)
@@ -65,16 +67,22 @@ def serve(mode: str) -> None:
         targets = []
         if mode.startswith("tonewall"):
             from dtmf.detector import DetectorBank
+            from dtmf.masker import MaskerBank, MaskMode
             from gateway.media.leg import LegMedia
             from gateway.media.relay import Relay
             from gateway.transport.rtp import RtpMediaController
 
-            detector = _TimedDetector(DetectorBank(capacity=len(callers) + 8)) if mode == "tonewall" else None
-            ctl = RtpMediaController(HOST, spec["ports"][0], spec["ports"][1], relay=Relay(detector=detector))
+            detector = _Timed(DetectorBank(capacity=len(callers) + 8)) if mode == "tonewall" else None
+            masker = _Timed(MaskerBank(MaskMode.FLAT, capacity=len(callers) + 8)) if spec.get("capture") else None
+            relay_kw = {k: spec[k] for k in ("detect_window_s", "detect_batch_rows") if spec.get(k) is not None}
+            ctl = RtpMediaController(HOST, spec["ports"][0], spec["ports"][1],
+                                     relay=Relay(detector=detector, masker=masker, **relay_kw))
             for i, (c, a) in enumerate(zip(callers, agents)):
                 m = ctl.open_call(f"call-{i}")
                 m.configure(LegMedia(c, (c[0], c[1] + 1), "PCMU", 0, 101),
                             LegMedia(a, (a[0], a[1] + 1), "PCMU", 0, 101))
+                if masker is not None:
+                    m.set_capture(True)
                 targets.append((HOST, m.caller_port))
         elif mode == "bare-proto":  # bare relay on datagram protocols instead of add_reader
             class Forward(asyncio.DatagramProtocol):
@@ -114,36 +122,117 @@ def serve(mode: str) -> None:
         await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
         if mode.startswith("tonewall"):
             r = ctl.relay.stats
-            print(json.dumps({"relayed": r.relayed, "drops": sum(r.drops_total().values()),
-                              "detector_batches": r.detector_batches, "hook_s": round(r.hook_s, 3),
-                              "rows_left": len(ctl.relay._batch_legs),
-                              "detector_max_ms": round(detector.max_s * 1e3, 2) if detector else None,
-                              "mean_rows_per_batch": round(detector.rows / max(1, r.detector_batches), 1)
-                              if detector else None}), flush=True)
+            la = r.lookahead_seconds
+            out = {"relayed": r.relayed, "drops": sum(r.drops_total().values()),
+                   "detector_batches": r.detector_batches, "hook_s": round(r.hook_s, 3),
+                   "rows_left": ctl.relay.detect_rows_pending, "packets_lost": r.packets_lost,
+                   "jitter_p50_ms": round(r.jitter.quantile(0.5) * 1e3, 2)}
+            for name, timed in (("detector", detector), ("masker", masker)):
+                if timed is not None:
+                    out[f"{name}_calls"] = timed.calls
+                    out[f"{name}_s"] = round(timed.total_s, 3)
+                    out[f"{name}_max_ms"] = round(timed.max_s * 1e3, 2)
+                    out[f"{name}_rows_per_call"] = round(timed.rows / max(1, timed.calls), 1)
+            if la.count:
+                out["lookahead_p50_ms_le"] = la.quantile(0.5) * 1e3
+                out["lookahead_p99_ms_le"] = la.quantile(0.99) * 1e3
+            print(json.dumps(out), flush=True)
 
     uvloop.run(main())
 
 
-class _TimedDetector:
-    """Wraps the DetectorBank to report its longest call and rows per call."""
+class _Timed:
+    """Wraps the DetectorBank or MaskerBank to report its calls, rows per call, total and longest call."""
 
     def __init__(self, bank) -> None:
         self.bank = bank
         self.max_s = 0.0
+        self.total_s = 0.0
         self.rows = 0
+        self.calls = 0
 
-    def add_stream(self) -> int:
-        return self.bank.add_stream()
-
-    def remove_stream(self, slot: int) -> None:
-        self.bank.remove_stream(slot)
+    def __getattr__(self, name):
+        return getattr(self.bank, name)
 
     def process(self, slots, frames):
         t = time.perf_counter()
         out = self.bank.process(slots, frames)
-        self.max_s = max(self.max_s, time.perf_counter() - t)
+        el = time.perf_counter() - t
+        self.max_s = max(self.max_s, el)
+        self.total_s += el
         self.rows += len(slots)
+        self.calls += 1
         return out
+
+
+# ---- the core alone: CPU per packet without sockets ----------------------------------
+
+
+def core_bench(n: int, seconds: float, capture: bool, hook: bool, iteration_ms: float) -> dict:
+    """Drive `Relay` with n streams' packets on a simulated clock; CPU-s per million packets.
+
+    Packets arrive at 50/s per stream, phases spread over 20 ms; everything arriving within
+    `iteration_ms` forms one event-loop iteration (what uvloop hands the readers in one
+    wakeup under load), after which the edge's per-iteration call runs, and the timer when due.
+    Works against this tree's relay and the older per-iteration `flush(max_detect_rows)` API.
+    """
+    import numpy as np
+
+    from dtmf.detector import DetectorBank
+    from dtmf.masker import MaskerBank, MaskMode
+    from gateway.media.leg import LegMedia
+    from gateway.media.relay import Relay
+
+    detector = DetectorBank(capacity=n + 8) if hook else None
+    masker = MaskerBank(MaskMode.FLAT, capacity=n + 8) if capture else None
+    relay = Relay(detector=detector, masker=masker)
+    legs = []
+    for i in range(n):
+        call = relay.add_call(f"c{i}")
+        caller, agent = ("10.1.0.1", 10000 + 2 * i), ("10.2.0.1", 10000 + 2 * i)
+        relay.configure(f"c{i}", LegMedia(caller, None, "PCMU", 0, 101), LegMedia(agent, None, "PCMU", 0, 101))
+        legs.append((call.caller, caller))
+    if capture:
+        for i in range(n):
+            relay.set_capture(f"c{i}", True)
+    new_api = hasattr(relay, "process_pending")
+    rng = np.random.default_rng(7)
+    body = bytes(rng.integers(0xF0, 0x100, 160, dtype=np.uint8))  # quiet noise
+    packets = []
+    for seq in range(50):
+        hdr = bytes([0x80, 0]) + seq.to_bytes(2, "big") + (160 * seq).to_bytes(4, "big")
+        packets.append([hdr + (i + 1).to_bytes(4, "big") + body for i in range(n)])
+    total = int(seconds * 50 * n)
+    period_s = 0.020
+    it_s = iteration_ms / 1e3
+    sent = 0
+    t_cpu = time.process_time()
+    now = 1000.0
+    next_iter = now + it_s
+    timer = None
+    k = 0
+    while k < total:
+        i = k % n
+        seq_round = k // n
+        now = 1000.0 + seq_round * period_s + (i * period_s) / n
+        if now >= next_iter:
+            if new_api:
+                relay.wake = False
+                relay.process_pending(now)
+                if timer is not None and now >= timer:
+                    relay.handle_timer(now)
+                timer = relay.get_timer()
+            else:
+                relay.flush(256)
+            next_iter = now + it_s
+        leg, src = legs[i]
+        if relay.receive_rtp(leg, packets[seq_round % 50][i], src, now) is not None:
+            sent += 1
+        k += 1
+    cpu = time.process_time() - t_cpu
+    return {"streams": n, "packets": total, "forwarded_at_once": sent, "capture": capture, "hook": hook,
+            "iteration_ms": iteration_ms, "core_cpu_s_per_mpkt": round(cpu / (total / 1e6), 2),
+            "api": "process_pending+timer" if new_api else "flush per iteration"}
 
 
 # ---- rtpengine over the ng protocol ---------------------------------------------------
@@ -250,7 +339,8 @@ class RtpEngine:
 # ---- the benchmark ------------------------------------------------------------------
 
 
-def run_point(relay: str, n: int, duration_s: float) -> dict:
+def run_point(relay: str, n: int, duration_s: float, capture: bool = False,
+              relay_kw: dict | None = None) -> dict:
     import uvloop
 
     from rtp_load import LoadGenerator
@@ -271,8 +361,8 @@ def run_point(relay: str, n: int, duration_s: float) -> dict:
             proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve", relay],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                     preexec_fn=_relay_priority)
-            proc.stdin.write(json.dumps({"callers": callers, "agents": agents,
-                                         "ports": [20000, 20000 + 4 * n + 100]}) + "\n")
+            proc.stdin.write(json.dumps({"callers": callers, "agents": agents, "capture": capture,
+                                         "ports": [20000, 20000 + 4 * n + 100], **(relay_kw or {})}) + "\n")
             proc.stdin.flush()
             targets = [tuple(t) for t in json.loads(proc.stdout.readline())["targets"]]
             pid = proc.pid
@@ -307,13 +397,31 @@ def main() -> None:
     if len(sys.argv) >= 3 and sys.argv[1] == "serve":
         serve(sys.argv[2])
         return
+    if len(sys.argv) >= 2 and sys.argv[1] == "core":
+        ap = argparse.ArgumentParser(prog="relay_bench.py core", description=core_bench.__doc__)
+        ap.add_argument("--streams", default="100,500,1000")
+        ap.add_argument("--seconds", type=float, default=4.0, help="simulated seconds of traffic")
+        ap.add_argument("--iteration-ms", default="0.2,1", help="simulated loop iteration lengths")
+        ap.add_argument("--capture", action="store_true")
+        ap.add_argument("--no-hook", action="store_true")
+        args = ap.parse_args(sys.argv[2:])
+        for n in (int(x) for x in args.streams.split(",")):
+            for it in (float(x) for x in args.iteration_ms.split(",")):
+                print(json.dumps(core_bench(n, args.seconds, args.capture, not args.no_hook, it)), flush=True)
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", default="100,500,1000")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds per point (2 s warm-up)")
     ap.add_argument("--relays", default="direct,tonewall,rtpengine,bare")
     ap.add_argument("--relay-nice", type=int, default=0,
                     help="nice increment for the relay processes (e.g. -10 on a shared machine, as root)")
+    ap.add_argument("--capture", action="store_true",
+                    help="put every Tonewall call in a secure capture (masker with look-ahead on every caller leg)")
+    ap.add_argument("--detect-window-ms", type=float, default=None, help="Relay detect_window_s, in ms")
+    ap.add_argument("--detect-batch-rows", type=int, default=None, help="Relay detect_batch_rows")
     args = ap.parse_args()
+    relay_kw = {"detect_window_s": args.detect_window_ms / 1e3 if args.detect_window_ms is not None else None,
+                "detect_batch_rows": args.detect_batch_rows}
     global RELAY_NICE
     RELAY_NICE = args.relay_nice
     relays = args.relays.split(",")
@@ -321,13 +429,16 @@ def main() -> None:
         print("rtpengine not installed: skipping it", file=sys.stderr)
         relays.remove("rtpengine")
     print(f"{'relay':10} {'streams':>7} {'sent':>8} {'loss%':>7} {'p50us':>7} {'p99us':>7} {'p99.9us':>8} "
-          f"{'maxus':>8} {'cpu%':>6} {'cpu-s/Mpkt':>10}")
+          f"{'maxus':>8} {'cpu%':>6} {'cpu-s/Mpkt':>10} {'load1':>6}")
     for n in (int(x) for x in args.streams.split(",")):
         for relay in relays:
-            r = run_point(relay, n, args.duration)
+            load_before = os.getloadavg()[0]
+            r = run_point(relay, n, args.duration, capture=args.capture and relay.startswith("tonewall"),
+                          relay_kw=relay_kw)
+            r["loadavg_1m_before"] = round(load_before, 2)
             print(f"{relay:10} {n:7d} {r['sent']:8d} {r['loss_pct']:7.3f} {r['lat_p50_us']:7.1f} "
                   f"{r['lat_p99_us']:7.1f} {r['lat_p999_us']:8.1f} {r['lat_max_us']:8.1f} "
-                  f"{r['cpu_pct']:6} {r['cpu_s_per_mpkt']:10}", flush=True)
+                  f"{r['cpu_pct']:6} {r['cpu_s_per_mpkt']:10} {load_before:6.2f}", flush=True)
             print("  " + json.dumps(r), file=sys.stderr, flush=True)
 
 
