@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+# DESIGN.md: BLAS pinned to one thread, set before numpy loads it. The DTMF banks' matrix
+# products are small; BLAS threads would only contend with the event loop for the cores.
+for _blas_var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_blas_var, "1")
+
 from dtmf.detector import DetectorBank
 from dtmf.masker import MaskerBank, MaskMode
 from gateway.b2bua import B2bua, B2buaConfig, CallAnswered, CallEnded, CallStarted, MessageRejected
@@ -204,6 +209,7 @@ class Gateway:
         now = asyncio.get_running_loop().time()
         if isinstance(event, CallStarted):
             self.stats.calls_started += 1
+            self._apply_mask_policy(event.call_id, event.agent, now)
         elif isinstance(event, CallAnswered):
             self.stats.calls_answered += 1
             self._answered_at[event.call_id] = now
@@ -214,6 +220,26 @@ class Gateway:
             self.stats.sip_rejected[event.reason] += 1
         for handler in self.call_event_handlers:
             handler(event)
+
+    def mask_policy(self, agent_user: str | None) -> str:
+        """`[capture] mask`, unless the route chosen by the Request-URI user overrides it."""
+        route = self.config.route_for(agent_user)
+        return route.mask if route is not None and route.mask else self.config.capture.mask
+
+    def _apply_mask_policy(self, call_id: str, agent_user: str | None, now: float) -> None:
+        """mask = "always": the relay masks the caller from the first packet (before any answer)."""
+        if self.mask_policy(agent_user) != "always" or self.media is None:
+            return
+        media = self.media.calls.get(call_id)
+        if media is None:
+            return
+        try:
+            media.set_mask_always(True)
+        except ValueError:  # CaptureUnavailable: fail closed
+            log.warning("call %s hung up: mask always, but its audio cannot be masked", call_id)
+            if self.b2bua is not None and self.sip is not None:
+                self.b2bua.hangup(call_id, "masking unavailable", now)
+                asyncio.get_running_loop().call_soon(self.sip.pump)
 
     def _on_media_event(self, event: Any) -> None:
         self.stats.media_events += 1
