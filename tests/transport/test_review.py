@@ -139,7 +139,8 @@ async def test_a_failing_event_handler_is_logged_without_its_message(caplog):
     def handler(event):
         raise ValueError("caller keyed 4111111111111111")
 
-    transport, _, _ = await make(on_event=handler)
+    transport, _, _ = await make()
+    transport.on_event = handler
     await transport.start(udp=("127.0.0.1", 0))
     sock, client = await udp_client(transport.addresses["udp"])
     caplog.set_level(logging.DEBUG, logger="tonewall.sip")
