@@ -128,6 +128,15 @@ def _load_pair(files: CertFiles) -> tuple[x509.Certificate, ec.EllipticCurvePriv
     return cert, key
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """RFC 5280 4.2.1.3: a CA signs certificates and CRLs; an ECDSA leaf signs and agrees keys."""
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=not ca, key_cert_sign=ca,
+        crl_sign=ca, encipher_only=False, decipher_only=False,
+    )
+
+
 def ensure_ca(data_dir: str | os.PathLike[str]) -> CertFiles:
     """Create the development CA in DATA_DIR/tls, or reuse the one there while it is valid."""
     folder = tls_dir(data_dir)
@@ -154,14 +163,7 @@ def ensure_ca(data_dir: str | os.PathLike[str]) -> CertFiles:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=CA_VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -214,14 +216,7 @@ def _issue(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=LEAF_VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False

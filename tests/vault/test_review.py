@@ -161,3 +161,19 @@ async def test_an_unexpected_error_is_a_500_logged_by_type_only(tmp_path, caplog
 
 async def open_vault_with(tmp_path, middlewares):
     return await start_vault(VaultSettings(data_dir=tmp_path, port=0), middlewares=middlewares)
+
+
+def test_ca_and_leaf_key_usage(tmp_path):
+    from cryptography import x509
+
+    from gateway import pki
+
+    def usage(path):
+        return x509.load_pem_x509_certificate(path.read_bytes()).extensions.get_extension_for_class(x509.KeyUsage)
+
+    ca = usage(pki.ensure_ca(tmp_path).cert_path)
+    leaf = usage(pki.issue_client_cert(tmp_path, "gw", "gateway").cert_path)
+    assert ca.critical and leaf.critical
+    assert (ca.value.key_cert_sign, ca.value.crl_sign, ca.value.key_agreement) == (True, True, False)
+    assert (leaf.value.key_cert_sign, leaf.value.crl_sign, leaf.value.key_agreement) == (False, False, True)
+    assert ca.value.digital_signature and leaf.value.digital_signature
