@@ -41,12 +41,12 @@ from gateway.capture.machine import (
     parse_fields,
 )
 from gateway.stats import SLOW_BOUNDS_S, Histogram, LabelledCounter
-from gateway.tokenize.client import checked_result
 from gateway.tokenize.tokenizer import (
     TokenizationError,
     TokenizationRejected,
     TokenizationTimeout,
     Tokenizer,
+    checked_result,
 )
 
 log = logging.getLogger("tonewall.capture")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import ssl
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -22,6 +21,7 @@ from gateway.capture.card import SensitiveCard
 from gateway.capture.sensitive import wipe_bytearray
 from gateway.tokenize.tokenizer import (
     TokenizationError,
+    checked_result,
     TokenizationRejected,
     TokenizationTimeout,
     TokenizationUnavailable,
@@ -157,34 +157,6 @@ class HttpsTokenizer:
     def rejection_reason(self, status: int, body: Any) -> str:
         """A fixed word for a 4xx answer."""
         return "rejected"
-
-
-_TOKEN_TEXT = re.compile(r"[\x21-\x7e]{1,255}")
-_BRAND_WORD = re.compile(r"[A-Za-z][A-Za-z _-]{0,31}")
-
-
-def checked_result(result: TokenResult, card: SensitiveCard) -> TokenResult:
-    """Vet what a processor answered before it reaches the agent, the audit log and the logs.
-
-    The token must be short printable text that does not hold the PAN (a processor that
-    echoes the card back would otherwise hand the agent the number); the last four must
-    be the card's; a brand that is not a plain word is replaced by the one we detected.
-    """
-    if not _TOKEN_TEXT.fullmatch(result.token) or _holds_pan(result.token, card):
-        raise _fatal("bad_response")
-    if result.last4 != card.last4:
-        raise TokenizationRejected("mismatch")
-    brand = result.brand.lower() if _BRAND_WORD.fullmatch(result.brand) else card.brand.value
-    return TokenResult(result.token, brand, result.last4)
-
-
-def _holds_pan(text: str, card: SensitiveCard) -> bool:
-    pan = bytearray()
-    card.pan_digits.write_ascii(pan)
-    try:
-        return bool(pan) and pan in text.encode("ascii", "replace")
-    finally:
-        wipe_bytearray(pan)
 
 
 def _fatal(reason: str) -> TokenizationUnavailable:

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from gateway import pki
 from gateway.tokenize import HttpsJsonTokenizer, TokenizationRejected, TokenizationUnavailable, TokenResult
-from gateway.tokenize.client import checked_result
+from gateway.tokenize.tokenizer import checked_result
 from tests.tokenize.test_processor_adapters import FAST, card, serve
 
 PAN = "4242424242424242"
