@@ -145,6 +145,13 @@ def test_exprs_parse_as_promql(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_scrape_config_is_valid_prometheus_config():
+    promtool = require_binary("promtool")
+    out = subprocess.run([promtool, "check", "config", str(ALERTS.parent / "scrape.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_name_extraction_sees_histogram_and_counter_names():
     # A control for the check below: the extraction must find names, and strip only series suffixes.
     names = used_metric_names()
