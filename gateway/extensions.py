@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway import pki
 from gateway.audit import AuditLog, load_or_create_key
-from gateway.b2bua import CallAnswered, CallEnded, InfoDtmfReceived
+from gateway.b2bua import CallEnded, InfoDtmfReceived
 from gateway.capture.machine import CardEntryConfig, parse_fields
 from gateway.capture.service import CaptureService
 from gateway.config import Config
@@ -142,48 +142,29 @@ DTMF_INFO_TYPES = frozenset({"application/dtmf-relay", "application/dtmf"})
 
 
 class MaskingBridge:
-    """The capture service's switch on the relay (and the caller's feedback tones), and the mask policy.
+    """The capture service's switch on the relay (and the caller's feedback tones).
 
-    Policy `mask = "always"` (globally or for a route, chosen by the agent's user part)
-    masks a call from its answer to its end: a capture ending there never unmasks it.
+    Policy `mask = "always"` is applied by the app and the relay (the caller leg is masked
+    from its first packet); here it only decides that INFO DTMF on such a call is withheld.
     """
 
     def __init__(self, gateway: Any) -> None:
         self._gateway = gateway
-        self.always: set[str] = set()
-        """Calls under `mask = "always"`."""
-
-    def policy(self, agent_user: str | None) -> str:
-        config: Config = self._gateway.config
-        route = config.route_for(agent_user)
-        return route.mask if route is not None and route.mask else config.capture.mask
 
     def set_capture(self, call_id: str, on: bool) -> None:
         media = self._gateway.media
-        if not on and (call_id not in media.calls or call_id in self.always):
+        if not on and call_id not in media.calls:
             # The B2BUA closes a call's media before it reports CallEnded: nothing is left to unmask.
             return
         media.set_capture(call_id, on)
 
-    def call_answered(self, call_id: str, agent_user: str | None, now: float) -> None:
-        """Mask an always-masked call from its answer; hang it up if that cannot be guaranteed (fail closed)."""
-        if self.policy(agent_user) != "always":
-            return
-        try:
-            self._gateway.media.set_capture(call_id, True)
-        except ValueError:  # CaptureUnavailable: e.g. a packet time the masker cannot hold
-            log.warning("call %s hung up: mask always, but its audio cannot be masked", call_id)
-            self._gateway.b2bua.hangup(call_id, "masking unavailable", now)
-            asyncio.get_running_loop().call_soon(self._gateway.sip.pump)  # we run inside the SIP edge's drain
-            return
-        self.always.add(call_id)
-
-    def call_ended(self, call_id: str) -> None:
-        self.always.discard(call_id)
+    def _always(self, call_id: str) -> bool:
+        call = self._gateway.b2bua.call(call_id) if self._gateway.b2bua is not None else None
+        return call is not None and self._gateway.mask_policy(call.agent) == "always"
 
     def withholds_info(self, call_id: str, content_type: str | None, capturing: bool) -> bool:
         """RFC 6086 INFO DTMF during a capture (or on an always-masked call) is answered 200, not relayed."""
-        return content_type in DTMF_INFO_TYPES and (capturing or call_id in self.always)
+        return content_type in DTMF_INFO_TYPES and (capturing or self._always(call_id))
 
     def play_feedback(self, call_id: str, kind: str) -> None:
         play = getattr(self._gateway.media, "play_feedback", None)
@@ -236,12 +217,8 @@ class CaptureExtension:
         def on_call(event: Any) -> None:
             if isinstance(event, InfoDtmfReceived):
                 service.on_digit(event.call_id, event.digit, "info", loop.time())
-            elif isinstance(event, CallAnswered):
-                call = gateway.b2bua.call(event.call_id)
-                masking.call_answered(event.call_id, call.agent if call is not None else None, loop.time())
             elif isinstance(event, CallEnded):
                 service.on_call_ended(event.call_id)
-                masking.call_ended(event.call_id)
 
         gateway.media_event_handlers.append(on_media)
         gateway.call_event_handlers.append(on_call)
