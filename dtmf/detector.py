@@ -141,14 +141,22 @@ class _Analysis:
             np.vstack([rows[:, :CHUNK_SAMPLES], rows[:, CHUNK_SAMPLES:]]), dtype=np.float32)
         sum_w = window.sum()
         self.tone_power_norm = float(2.0 / sum_w ** 2)
-        # Phase a bin at f0 advances over one hop for a tone exactly at f0.
-        self.hop_derotate = np.exp(-1j * omega * CHUNK_SAMPLES).astype(np.complex64)
+        # Phase a bin at f0 advances over one hop for a tone exactly at f0 (wrapped).
+        self.hop_phase = np.angle(np.exp(1j * omega * CHUNK_SAMPLES)).astype(np.float32)
         self.rad_to_hz = sample_rate_hz / (2 * np.pi * CHUNK_SAMPLES)
         self.freq_tol_hz = (_FREQS_HZ * FREQ_TOL_PCT / 100.0 + FREQ_TOL_HZ).astype(np.float32)
+        self.freq_tol_rad = (self.freq_tol_hz / self.rad_to_hz).astype(np.float32)
         # Window gain at a frequency offset, to correct the tone power for it.
         self.gain_df_hz = np.linspace(-150.0, 150.0, 601)
         phasors = np.exp(2j * np.pi * np.outer(self.gain_df_hz, n) / sample_rate_hz)
         self.gain2 = (np.abs(phasors @ window) / sum_w) ** 2
+        # The same as a table over the phase error of one hop (-pi..pi, steps of
+        # 0.05 Hz): tone power per raw bin magnitude, looked up by rounding.
+        self.power_steps_per_rad = _POWER_STEPS / (2 * np.pi)
+        phase_df_hz = (np.arange(_POWER_STEPS + 1) / self.power_steps_per_rad - np.pi) * self.rad_to_hz
+        phase_phasors = np.exp(2j * np.pi * np.outer(phase_df_hz, n) / sample_rate_hz)
+        phase_gain2 = (np.abs(phase_phasors @ window) / sum_w) ** 2
+        self.power_per_mag = (self.tone_power_norm / phase_gain2).astype(np.float32)
         # The gate sees raw bin magnitudes, before the roll-off correction (at most
         # 1 dB at an accepted offset): its bounds hold whenever the exact checks pass.
         self.gate_pair_mag = _dbm0_power(MIN_PAIR_LEVEL_DBM0 - 4.0) / self.tone_power_norm
@@ -167,6 +175,8 @@ class _Analysis:
 
 
 _ANALYSIS: dict[int, _Analysis] = {}
+_POWER_STEPS = 4096
+_BACK = np.arange(3)[:, None]  # the window, and the one and two before it
 
 # Float carry of each stream between calls (one row per slot, gathered and
 # scattered once per call).
@@ -429,45 +439,50 @@ class DetectorBank:
                energy: np.ndarray) -> np.ndarray:
         """Full Q.24 checks on the windows that passed the gate; key or -1 for each."""
         an = self._an
+        kc = z.shape[1]
+        n = cand.size
         si, ti = np.divmod(cand, c)
-        mc = mag[:, cand].T
-        bins = np.argmax(mc.reshape(-1, 2, 4), axis=2)  # strongest low and high bin
-        bins[:, 1] += 4
-
-        # Complex DFT of the chosen bins in the window itself and the two before it
-        # (from this call's windows, or from the stream's carry): (n, 3, 2).
-        back = np.arange(3)
-        inside = ti[:, None] >= back  # (n, 3)
-        col = np.where(inside, cand[:, None] - back, 0)[:, :, None]
-        b3 = bins[:, None, :]
-        fresh = z[b3, col] + 1j * z[b3 + 8, col]
-        if not inside.all():
-            rows = np.arange(cand.size)[:, None, None]
-            old = carry[si, _CARRY_HIST].reshape(-1, 2, 16)  # older first
-            h = ((ti[:, None] - back + 2) & 1)[:, :, None]  # 0 or 1 where outside this call
-            fresh = np.where(inside[:, :, None], fresh, old[rows, h, b3] + 1j * old[rows, h, b3 + 8])
-        x0, x1, x2 = fresh[:, 0], fresh[:, 1], fresh[:, 2]
-        # The phase advance of each bin over one hop, averaged over two hops, gives
-        # the tone's frequency offset from nominal.
-        df = np.angle((x0 * np.conj(x1) + x1 * np.conj(x2)) * an.hop_derotate[bins]) * an.rad_to_hz
+        bins = mag[:, cand].reshape(2, 4, n).argmax(axis=1)  # strongest low and high bin
+        bins[1] += 4
+        # Re and im of the chosen bins in the window and the two before it, from this
+        # call's windows or the stream's carry: (re/im, low/high, window, n).
+        idx = bins[:, None, :] * kc + (cand - _BACK)
+        parts = z.take(np.stack([idx, idx + 8 * kc]), mode="clip")
+        outside = ti < _BACK
+        if outside.any():
+            hist = si * _CARRY_WIDTH + _CARRY_HIST.start + 16 * (ti + 2 - _BACK) + bins[:, None, :]
+            np.copyto(parts, carry.take(np.stack([hist, hist + 8]), mode="clip"), where=outside)
+        re, im = parts
+        # The phase advance of each bin over one hop, averaged over two hops
+        # (angle of x0 x1* + x1 x2*), against the advance of a tone at the nominal
+        # frequency, gives the tone's frequency offset.
+        outer_sum = parts[:, :, 0] + parts[:, :, 2]
+        outer_diff = parts[:, :, 0] - parts[:, :, 2]
+        cross_re = re[:, 1] * outer_sum[0] + im[:, 1] * outer_sum[1]
+        cross_im = re[:, 1] * outer_diff[1] - im[:, 1] * outer_diff[0]
+        phase = np.arctan2(cross_im, cross_re) - an.hop_phase[bins]
+        phase = np.remainder(phase + np.pi, 2 * np.pi) - np.pi
         # Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
-        ok = (np.abs(df) <= an.freq_tol_hz[bins]).all(axis=1)
+        ok = (np.abs(phase) <= an.freq_tol_rad[bins]).all(axis=0)
         # Tone powers, corrected for the window's roll-off at the estimated offset.
-        p = mc[np.arange(cand.size)[:, None], bins] * an.tone_power_norm
-        p /= np.interp(df, an.gain_df_hz, an.gain2)
-        p_lo, p_hi = p[:, 0], p[:, 1]
+        step = ((phase + np.pi) * an.power_steps_per_rad + 0.5).astype(np.intp)
+        p = mag.take(bins * kc + cand) * an.power_per_mag.take(step, mode="clip")
+        p_lo, p_hi = p
         pair = p_lo + p_hi
         # Q.24 twist: high tone up to 8 dB below or 4 dB above the low tone.
         ok &= p_hi >= p_lo * an.normal_twist
         ok &= p_hi <= p_lo * an.reverse_twist
         ok &= pair >= an.min_pair_power
-        ok &= p_lo >= an.min_tone_power
-        ok &= p_hi >= an.min_tone_power
-        e_close = energy[cand] * an.gate_purity
-        e_open = np.where(ti > 0, energy[cand - 1], carry[si, _CARRY_ENERGY]) * an.gate_purity
-        ok &= pair * WINDOW_SAMPLES >= PURITY_MIN * (e_open + e_close)
-        ok &= pair * CHUNK_SAMPLES >= COVERAGE_MIN * np.maximum(e_open, e_close)
-        return np.where(ok, bins[:, 0] * 4 + bins[:, 1] - 4, _NONE)
+        ok &= p.min(axis=0) >= an.min_tone_power
+        # Energies are stored over the purity bound (see _Analysis.scaled_ones).
+        e_close = energy[cand]
+        e_open = energy.take(cand - 1, mode="clip")
+        first = ti == 0
+        if first.any():
+            np.copyto(e_open, carry[si, _CARRY_ENERGY], where=first)
+        ok &= pair >= (PURITY_MIN * an.gate_purity / WINDOW_SAMPLES) * (e_open + e_close)
+        ok &= pair >= (COVERAGE_MIN * an.gate_purity / CHUNK_SAMPLES) * np.maximum(e_open, e_close)
+        return np.where(ok, bins[0] * 4 + bins[1] - 4, _NONE)
 
     def _advance(self, slots: np.ndarray, hits: np.ndarray, c: int) -> list[DetectorEvent]:
         """Run each stream's hit/miss state machine over its `c` new windows."""
