@@ -297,6 +297,11 @@ class MetricsExtension:
             await self.runner.cleanup()
 
 
+DTMF_METHODS = ("inband", "rfc4733", "info")
+CAPTURE_OUTCOMES = ("tokenized", "failed", "cancelled", "refused")
+TOKENIZATION_ERROR_KINDS = ("timeout", "rejected", "unavailable", "internal")
+
+
 def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtension | None,
                  lag: LoopLagMonitor) -> list[MetricSpec]:
     """Every exported family and where its numbers come from (DESIGN.md contract 5)."""
@@ -318,8 +323,13 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
 
     gateway.media_event_handlers.append(on_media)
 
-    def by_label(counter: Any) -> dict[tuple[str, ...], int]:
-        return {(str(k),): v for k, v in counter.items()} if counter is not None else {}
+    def by_label(counter: Any, known: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+        """Counts by label; `known` values are exported at 0 from the start, so that
+        Prometheus sees the first increment (a series born at 1 is invisible to rate())."""
+        rows = {(k,): 0 for k in known}
+        if counter is not None:
+            rows.update({(str(k),): v for k, v in counter.items()})
+        return rows
 
     def captures_active() -> int:
         svc = capture.service if capture is not None else None
@@ -363,13 +373,14 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
         MetricSpec("event_loop_lag_seconds", "histogram", "How late the event loop runs a due callback",
                    read=lambda: lag.histogram),
         MetricSpec("dtmf_digits_total", "counter", "DTMF digits seen from callers, by method", ("method",),
-                   read=lambda: by_label(capture_stats().digits if capture_stats() else None)),
+                   read=lambda: by_label(capture_stats().digits if capture_stats() else None, DTMF_METHODS)),
         MetricSpec("captures_total", "counter", "Secure captures ended, by outcome", ("outcome",),
-                   read=lambda: by_label(capture_stats().outcomes if capture_stats() else None)),
+                   read=lambda: by_label(capture_stats().outcomes if capture_stats() else None, CAPTURE_OUTCOMES)),
         MetricSpec("captures_active", "gauge", "Secure captures collecting digits",
                    read=captures_active),
         MetricSpec("tokenization_errors_total", "counter", "Tokenization failures by kind", ("kind",),
-                   read=lambda: by_label(capture_stats().tokenization_errors if capture_stats() else None)),
+                   read=lambda: by_label(capture_stats().tokenization_errors if capture_stats() else None,
+                                                 TOKENIZATION_ERROR_KINDS)),
     ]
     if capture is not None:
         specs.append(MetricSpec("tokenization_seconds", "histogram",
