@@ -264,7 +264,8 @@ class Call:
         self.caller_offer: RemoteAudio | None = None
         self.caller_answer: bytes | None = None
         self.reinvite_busy = False
-        self.accepted_keys: list[TxKey] = []
+        self.accepted: dict[TxKey, tuple[int, _Leg]] = {}
+        """Server INVITE transactions we answered 2xx: their CSeq number and leg, to match the ACK."""
         self.session_interval_s: float | None = None
         self.session_token = ""
         self.late: _LateOffer | None = None
@@ -304,6 +305,7 @@ class B2bua:
         self._lingering: deque[tuple[float, TxKey]] = deque()
         """Cancelled agent INVITEs awaiting a final answer; dropped after 64*T1 (RFC 3261 9.1)."""
         self._random = _RandomPool()
+        self._agent_uris: dict[str, str] = {}
         self._via_heads = {
             t: f"SIP/2.0/{t.upper()} {config.local_host}:{port};branch={new_branch('')}" for t, port in config.local_ports
         }
@@ -671,7 +673,7 @@ class B2bua:
         )
         extra = self._session_timer_headers(call, resp, now)
         self._answer_caller(call, 200, resp.reason, now, extra, body=body)
-        call.accepted_keys.append(call.invite_key)
+        call.accepted[call.invite_key] = (call.invite.cseq[0], _Leg.CALLER)
         call.state = CallState.ANSWERED
         self._events.append(CallAnswered(call.call_id, now))
 
@@ -884,9 +886,8 @@ class B2bua:
             return
         call, leg = found
         num = req.cseq[0]
-        for key in call.accepted_keys:
-            r = self._tx.request(key)
-            if r is not None and r.cseq[0] == num and self._by_sip.get(r.call_id, (None, None))[1] is leg:
+        for key, (cseq, accepted_leg) in call.accepted.items():
+            if cseq == num and accepted_leg is leg:
                 self._tx.confirm(key)
         late = call.late
         if late is not None and late.offer_leg is not leg and late.answer_cseq == num:
@@ -1034,7 +1035,7 @@ class B2bua:
             extra.append(("Session-Expires", se))
         self._respond(p.server_key, req, 200, now, body=body, extra=extra)
         if req.method == "INVITE" and p.server_key is not None:
-            call.accepted_keys.append(p.server_key)
+            call.accepted[p.server_key] = (req.cseq[0], origin)
             self._by_server_key[p.server_key] = call
         self._arm_session(call, now)
 
@@ -1125,9 +1126,15 @@ class B2bua:
 
     def _agent_uri(self, user: str) -> str:
         """The next hop's URI with the caller's Request-URI user (DESIGN: the user is kept)."""
-        uri = parse_uri(str(self._hop))
-        uri.user = user or None
-        return str(uri)
+        cached = self._agent_uris.get(user)
+        if cached is None:
+            uri = parse_uri(str(self._hop))
+            uri.user = user or None
+            cached = str(uri)
+            if len(self._agent_uris) >= 4096:  # called numbers repeat; bound the memory anyway
+                self._agent_uris.clear()
+            self._agent_uris[user] = cached
+        return cached
 
     def _track(self, key: TxKey, pending: _Pending) -> None:
         self._pending[key] = pending
@@ -1191,9 +1198,12 @@ class B2bua:
             if key != akey:
                 self._untrack(key)  # responses to our BYE/CANCEL/relays of an ended call change nothing
         if akey is not None and akey in self._pending:
-            # The agent INVITE may still see a late 2xx (ACK and BYE it) or its 487. RFC 3261 9.1:
-            # without a final response 64*T1 after the CANCEL, it is forgotten.
-            self._lingering.append((now + 64 * self.config.timers.t1_s, akey))
+            if _Leg.AGENT in call.dialogs:
+                self._untrack(akey)  # answered: the BYE ends it; nothing more to do for its 2xx
+            else:
+                # The agent INVITE may still see a late 2xx (ACK and BYE it) or its 487. RFC 3261 9.1:
+                # without a final response 64*T1 after the CANCEL, it is forgotten.
+                self._lingering.append((now + 64 * self.config.timers.t1_s, akey))
         try:
             call.media.close()
         finally:
@@ -1204,7 +1214,7 @@ class B2bua:
             self._by_sip.pop(sip_id, None)
         if call.invite_key is not None:
             self._by_server_key.pop(call.invite_key, None)
-        for key in call.accepted_keys:
+        for key in call.accepted:
             self._by_server_key.pop(key, None)
         for key in call.acks:
             self._acks.pop(key, None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.sip.message import Headers, SipRequest, SipResponse, parse_name_addr
+from gateway.sip.message import Headers, SipRequest, SipResponse, _shared_name_addr, parse_name_addr
 
 
 class DialogError(ValueError):
@@ -125,6 +125,14 @@ class Dialog:
 
 
 def _without_tag(value: str) -> str:
+    """The From/To value minus its tag; kept as written when the tag text can be cut out verbatim."""
+    addr = _shared_name_addr(value)
+    tag = addr.params.get("tag")
+    if "tag" not in addr.params:
+        return value.strip()
+    cut = f";tag={tag}" if tag is not None else ";tag"
+    if value.count(cut) == 1 and value.rstrip().endswith(cut):
+        return value.rstrip()[: -len(cut)]
     addr = parse_name_addr(value)
     addr.params.pop("tag", None)
     return str(addr)

@@ -129,11 +129,16 @@ def same_flow(failed: Peer, peer: Peer) -> bool:
 class _Tx:
     """State shared by the four transaction kinds."""
 
-    __slots__ = ("key", "request", "peer", "state", "timers", "interval_s", "last", "invite", "server", "confirmed")
+    __slots__ = (
+        "key", "request", "method", "peer", "state", "timers", "interval_s", "last", "invite", "server", "confirmed",
+    )
 
     def __init__(self, key: TxKey, request: SipRequest, peer: Peer, invite: bool, server: bool):
         self.key = key
-        self.request = request
+        self.request: SipRequest | None = request
+        """Dropped once the final response is settled: tens of thousands of transactions sit in
+        32 s wait states, and only their last bytes are needed there."""
+        self.method = request.method
         self.peer = peer
         self.invite = invite
         self.server = server
@@ -247,6 +252,7 @@ class TransactionLayer:
         return tx.state if tx else TxState.TERMINATED
 
     def request(self, key: TxKey) -> SipRequest | None:
+        """The request of a live transaction still awaiting its final response; else None."""
         tx = self._txs.get(key)
         return tx.request if tx else None
 
@@ -293,6 +299,7 @@ class TransactionLayer:
         if response.status < 200:
             tx.state = TxState.PROCEEDING
             return
+        tx.request = None
         if tx.invite:
             if response.status < 300:
                 # RFC 3261 13.3.1.4 / RFC 6026 7.1: retransmit the 2xx until ACK, give up at 64*T1.
@@ -341,7 +348,7 @@ class TransactionLayer:
         ]
         for tx in failed:
             self._terminate(tx)
-            self._events.append(TransportFailed(tx.key, tx.request.method, tx.server))
+            self._events.append(TransportFailed(tx.key, tx.method, tx.server))
 
     def terminate(self, key: TxKey) -> None:
         """Drop a transaction silently (e.g. its call was torn down)."""
@@ -406,13 +413,16 @@ class TransactionLayer:
                 elif status < 300:
                     # RFC 6026 7.2: Accepted, timer M absorbs 2xx retransmissions and forks for the TU.
                     tx.state = TxState.ACCEPTED
+                    tx.request = None
                     tx.timers.pop("B", None)
                     self._arm(tx, "M", now + 64 * self.timers.t1_s)
                     self._events.append(ResponseReceived(resp, key))
                 else:
                     tx.state = TxState.COMPLETED
                     tx.timers.pop("B", None)
+                    assert tx.request is not None
                     tx.last = bytes(ack_for(tx.request, resp))
+                    tx.request = None
                     self._out.append((tx.last, tx.peer))
                     self._events.append(ResponseReceived(resp, key))
                     if reliable:
@@ -432,6 +442,7 @@ class TransactionLayer:
                 self._events.append(ResponseReceived(resp, key))
                 return
             tx.state = TxState.COMPLETED
+            tx.request = None
             tx.timers.pop("E", None)
             tx.timers.pop("F", None)
             self._events.append(ResponseReceived(resp, key))
@@ -457,17 +468,17 @@ class TransactionLayer:
         t2 = self.timers.t2_s
         if name in ("A", "E", "G", "G2xx"):
             if tx.last is not None:
-                self._out.append((bytes(tx.request) if name in ("A", "E") else tx.last, tx.peer))
+                self._out.append((tx.last, tx.peer))
             # RFC 3261 17.1.1.2: A doubles without cap; E and G double up to T2.
             tx.interval_s = tx.interval_s * 2 if name == "A" else min(tx.interval_s * 2, t2)
             if name == "E" and tx.state is TxState.PROCEEDING:
                 tx.interval_s = t2
             self._arm(tx, name, deadline + tx.interval_s)
         elif name in ("B", "F"):
-            self._events.append(TransactionTimedOut(tx.key, tx.request.method, server=False))
+            self._events.append(TransactionTimedOut(tx.key, tx.method, server=False))
             self._terminate(tx)
         elif name == "H":
-            self._events.append(TransactionTimedOut(tx.key, tx.request.method, server=True))
+            self._events.append(TransactionTimedOut(tx.key, tx.method, server=True))
             self._terminate(tx)
         elif name == "L":
             if not tx.confirmed:

@@ -57,3 +57,22 @@ def test_mutated_invites_never_crash(pos, junk):
     # a valid call still goes through afterwards
     out = net.send(request("INVITE", call_id="other", branch="z9hG4bKother", body=sdp(40000)))
     assert any(p == CALLER and getattr(m, "status", 0) == 100 for m, p in out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_garbage_sdp_in_late_offer_2xx_and_ack_never_crash(offer_junk, answer_junk):
+    """The new offer/answer paths (offer in 2xx, answer in ACK) survive any body."""
+    from tests.b2bua.ladder import PBX, only
+
+    net = Net()
+    out = net.send(request("INVITE", body=b""))
+    (inv,) = only(out, PBX)
+    body = b"v=0\r\n" + offer_junk
+    out = [(m, p) for m, p in net.send(net.answer(inv, 200, body=body), PBX)]
+    oks = [m for m in only(out, CALLER) if getattr(m, "status", 0) == 200]
+    if oks:
+        ack = request("ACK", branch="z9hG4bKa", to_tag=oks[0].to_tag, body=b"v=0\r\n" + answer_junk)
+        raw_send(net, ack)
+    raw_send(net, b"")
+    assert not [e for e in net.events if isinstance(e, MessageRejected) and e.reason.startswith("internal")]
