@@ -167,8 +167,10 @@ class MaskingBridge:
         return content_type in DTMF_INFO_TYPES and (capturing or self._always(call_id))
 
     def play_feedback(self, call_id: str, kind: str) -> None:
-        play = getattr(self._gateway.media, "play_feedback", None)
-        if play is not None:
+        """The caller hears the tone over the agent's audio; nothing once the call's media is gone."""
+        media = self._gateway.media
+        play = getattr(media, "play_feedback", None)
+        if play is not None and call_id in getattr(media, "calls", {call_id: None}):
             play(call_id, kind)
 
 

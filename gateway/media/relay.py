@@ -22,7 +22,12 @@ and the held packet leaves, masked, when the next one arrives; under `mask =
 "always"` outside a capture each packet leaves masked in the iteration it arrived
 (no look-ahead). The caller's RFC 4733 packets are not forwarded on a masked leg and
 the agent leg's sequence numbers are renumbered so the dropped packets leave no gap.
-Agent->caller packets are relayed untouched. The safe state of a masked leg is
+Agent->caller packets are relayed untouched, except while a caller feedback tone plays
+(`play_feedback`): then each agent audio packet's payload is replaced by the tone's next
+samples, G.711-encoded for the leg's codec, under the agent's own RTP header (SSRC,
+sequence number and timestamp kept, so the caller's stream has no discontinuity). The
+tone rides on the agent's packets: while the agent sends no audio (silence suppression,
+hold) the caller hears nothing of it. The safe state of a masked leg is
 "hold and mask": a packet whose masked form is unknown leaves as silence, never as
 the caller's audio.
 
@@ -42,6 +47,7 @@ import numpy as np
 
 from dtmf.g711 import ALAW_DECODE, DECODE_TABLES, ENCODE_TABLES, SILENCE_CODES, ULAW_DECODE
 from dtmf.rfc4733 import TelephoneEventReceiver, TelephoneEventStarted
+from dtmf.tones import FEEDBACK_TONES, feedback_tone
 from gateway.media.leg import LegMedia, SrtpParams
 from gateway.media.rtp import RTP_HEADER, RtcpError, RtpError, parse_rtcp, rtp_payload_bounds
 from gateway.media.srtp import SrtpError, SrtpLeg
@@ -71,6 +77,8 @@ MAX_MISORDER = 100
 """RFC 3550 A.1: a backward step below this is a late packet."""
 MAX_QUEUED_EVENTS = 100_000
 """Undrained events beyond this are discarded oldest-first (memory bound)."""
+MAX_FEEDBACK_SAMPLES = 16_000
+"""Feedback tone samples queued per call at most (2 s at 8 kHz); a request beyond it is dropped."""
 _SEQ = struct.Struct("!H")
 _SEQ_TS_SSRC = struct.Struct("!HII")
 _NO_PT = 255
@@ -80,6 +88,10 @@ _BOTH_DECODE = np.concatenate([ULAW_DECODE, ALAW_DECODE])
 
 class CaptureUnavailable(ValueError):
     """A capture cannot be guaranteed on this call (fail closed)."""
+
+
+class FeedbackUnavailable(ValueError):
+    """A feedback tone cannot be played on this call."""
 
 
 class DetectorLike(Protocol):
@@ -178,7 +190,7 @@ class RelayStats:
 
     __slots__ = ("relayed", "relayed_bytes", "rtcp_relayed", "drops", "processing_hist", "captured",
                  "detector_batches", "detector_rows", "masker_batches", "hook_s", "packets_lost",
-                 "jitter", "lookahead")
+                 "jitter", "lookahead", "feedback_packets", "feedback_dropped")
 
     def __init__(self) -> None:
         self.relayed = [0, 0]
@@ -203,6 +215,10 @@ class RelayStats:
         """RFC 3550 A.8 interarrival jitter per stream, sampled once a second and at stream end."""
         self.lookahead = CountHistogram(LOOKAHEAD_BOUNDS_S)
         """Receive-to-release time of each packet held for the masker's look-ahead."""
+        self.feedback_packets = 0
+        """Agent->caller packets whose payload carried a feedback tone."""
+        self.feedback_dropped = 0
+        """Feedback tone requests dropped because the call's queue was full."""
 
     def packets_total(self) -> dict[tuple[str, str], int]:
         """{(direction, outcome): count} for tonewall_packets_total."""
@@ -244,7 +260,7 @@ class Leg:
         "pt_map", "audio_pt", "te_pt", "inspect", "capturing", "always", "masking", "clock_hz",
         "rtp_dest", "rtcp_dest", "rtp_src", "rtcp_src", "sdp_rtp", "sdp_rtcp",
         "last_rx_s", "seq_offset", "held", "slot", "mask_slot", "is_alaw",
-        "te_receiver", "endpoint",
+        "te_receiver", "endpoint", "feedback", "feedback_pos",
         "rx_ssrc", "rx_base", "rx_max", "rx_cycles", "rx_received", "rx_bad_seq", "rx_transit",
         "rx_jitter16", "rx_lost_reported", "rx_sampled_s",
     )
@@ -290,6 +306,10 @@ class Leg:
         """RFC 4733 de-duplication for the caller's events (created on the first one)."""
         self.endpoint: Any = None
         """Opaque handle for the edge (its socket pair); the core never touches it."""
+        self.feedback: bytes | None = None
+        """Agent leg: G.711 codes of the feedback tone still to play to the caller (None: none)."""
+        self.feedback_pos = 0
+        """Codes of `feedback` already sent."""
         # RFC 3550 A.1/A.3/A.8 state of the stream received on this leg (-1: none yet).
         self.rx_ssrc = -1
         self.rx_base = 0
@@ -417,6 +437,8 @@ class Relay:
             raise ValueError("legs negotiated different codecs")
         if caller.codec not in DECODE_TABLES:
             raise ValueError("codec cannot be inspected")
+        if call.agent.media is not None and call.agent.media.codec != agent.codec:
+            call.agent.feedback = None  # encoded for the old codec
         for leg, media in ((call.caller, caller), (call.agent, agent)):
             _apply_media(leg, media)
         for leg in (call.caller, call.agent):
@@ -491,6 +513,28 @@ class Relay:
         leg.always = on
         leg.masking = on or leg.capturing
         return sends
+
+    def play_feedback(self, call_id: str, kind: str) -> None:
+        """Queue a feedback tone (`dtmf.tones.FEEDBACK_TONES`) for the caller, after any still playing.
+
+        It replaces the payload of the agent's next audio packets to the caller; see the
+        module docstring. Raises FeedbackUnavailable for an unknown call, kind or codec.
+        """
+        if kind not in FEEDBACK_TONES:
+            raise FeedbackUnavailable("unknown feedback tone")
+        call = self.calls.get(call_id)
+        if call is None or call.agent.media is None:
+            raise FeedbackUnavailable("call has no media")
+        leg = call.agent
+        table = ENCODE_TABLES.get(leg.media.codec)  # type: ignore[union-attr]
+        if table is None:
+            raise FeedbackUnavailable("codec cannot carry feedback")
+        codes = table[feedback_tone(kind).view(np.uint16)].tobytes()
+        left = leg.feedback[leg.feedback_pos:] if leg.feedback is not None else b""
+        if len(left) + len(codes) > MAX_FEEDBACK_SAMPLES:
+            self.stats.feedback_dropped += 1
+            return
+        leg.feedback, leg.feedback_pos = left + codes, 0
 
     def next_event(self) -> Any | None:
         """Next relay event (digits, telephone-events, latching), or None."""
@@ -604,6 +648,8 @@ class Relay:
                     leg.seq_offset += 1
                     self.stats.captured += 1
                     return None
+        elif leg.feedback is not None and pt == leg.audio_pt:
+            data = self._splice_feedback(leg, data, start, end)
         if out_pt != pt:
             data = b"%c%c" % (data[0], (b1 & 0x80) | out_pt) + data[2:]
         if leg.seq_offset:
@@ -803,6 +849,25 @@ class Relay:
                 return None
         self.stats.relayed[leg.direction] += 1
         return peer, data, peer.rtp_dest
+
+    def _splice_feedback(self, leg: Leg, data: bytes, start: int, end: int) -> bytes:
+        """The agent's packet with its payload replaced by the feedback tone's next codes.
+
+        RFC 3550 5.1: header (SSRC, sequence number, timestamp, marker) and padding are the
+        agent's, so the caller's stream continues. A packet the tone ends in keeps the
+        agent's audio after the tone.
+        """
+        tone, pos = leg.feedback, leg.feedback_pos
+        n = end - start
+        chunk = tone[pos:pos + n]  # type: ignore[index]
+        pos += n
+        if pos >= len(tone):  # type: ignore[arg-type]
+            leg.feedback, pos = None, 0
+            if len(chunk) < n:
+                chunk += data[start + len(chunk):end]
+        leg.feedback_pos = pos
+        self.stats.feedback_packets += 1
+        return data[:start] + chunk + data[end:]
 
     def _drop_pending(self, leg: Leg) -> None:
         leg.held = None

@@ -4,7 +4,8 @@ Each leg gets an even RTP port and the odd RTCP port above it (RFC 3550 11), bou
 on the media address. Sockets are non-blocking and watched with `loop.add_reader`;
 each wakeup reads one datagram (the poller is level-triggered), passes it through
 `Relay.receive_rtp`/`receive_rtcp`, and sends the answer at once from the other
-leg's socket. When the core raises `wake` (masked-leg rows, a full detector batch,
+leg's socket (a caller feedback tone, when one plays, is spliced into the agent's
+packets by the core on the way). When the core raises `wake` (masked-leg rows, a full detector batch,
 a timer that moved, events), `Relay.process_pending` runs once at the end of that
 iteration from `loop.call_soon`. One loop timer, armed from `Relay.get_timer()` only
 while something is due (a detector batch's deadline, the once-a-second metrics
@@ -104,6 +105,10 @@ class RtpCallMedia:
         """Policy mask = "always" for this call (raises CaptureUnavailable if it cannot be masked)."""
         self._controller.set_mask_always(self.call_id, on)
 
+    def play_feedback(self, kind: str) -> None:
+        """Play a caller feedback tone ('accepted', 'error', 'reenter', 'complete') over the agent's audio."""
+        self._controller.play_feedback(self.call_id, kind)
+
     @property
     def last_packet_s(self) -> float | None:
         """Loop time of the last valid packet from either peer, for media timeouts."""
@@ -182,6 +187,14 @@ class RtpMediaController:
         """Apply policy mask = "always" to a call's caller leg."""
         self._send_all(self.relay.set_mask_always(call_id, on, perf_counter()))
         self._after_core()
+
+    def play_feedback(self, call_id: str, kind: str) -> None:
+        """Queue a feedback tone for a call's caller; it replaces the agent's next packets' audio.
+
+        Raises FeedbackUnavailable for an unknown call or kind. Nothing is sent here: the
+        tone leaves with the agent's packets as they arrive.
+        """
+        self.relay.play_feedback(call_id, kind)
 
     def next_event(self) -> Any | None:
         return self.relay.next_event()

@@ -33,10 +33,6 @@ def _tone_windows(samples: np.ndarray, freq_hz: float) -> int:
     return count
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no feedback tones: the capture service asks MaskingBridge.play_feedback, which calls "
-    "RtpMediaController.play_feedback, and gateway/transport/rtp.py (and the relay) have none, so "
-    "FeedbackRequested events are dropped and the caller hears nothing"))
 def test_caller_hears_feedback_tones_during_capture(gateway, artifacts):
     log_dir = artifacts / "feedback"
     api = gateway.agent_api(log_dir)

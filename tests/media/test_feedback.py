@@ -1,0 +1,248 @@
+"""Caller feedback tones: spliced into the agent->caller packets, bit-exact before and after."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from dtmf.g711 import ALAW_DECODE, ULAW_DECODE
+from dtmf.tones import FEEDBACK_TONES, feedback_tone
+from gateway.extensions import MaskingBridge
+from gateway.media.leg import Direction, LegMedia, SrtpParams
+from gateway.media.relay import MAX_FEEDBACK_SAMPLES, FeedbackUnavailable, Relay
+from gateway.media.rtp import RtpPacket
+from gateway.media.srtp import SrtpLeg
+from gateway.transport.rtp import RtpMediaController
+
+CALLER = ("10.0.0.1", 4000)
+AGENT = ("10.0.0.2", 6000)
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+RATE_HZ = 8000
+
+
+def leg(addr, codec="PCMU", pt=0, te=101, srtp=None) -> LegMedia:
+    return LegMedia(remote_rtp=addr, remote_rtcp=(addr[0], addr[1] + 1), codec=codec, audio_pt=pt,
+                    telephone_event_pt=te, direction=Direction.SENDRECV, srtp=srtp)
+
+
+def agent_packet(seq: int, pt: int = 0, size: int = 160, ssrc: int = 0x2222, marker: bool = False,
+                 padding: int = 0) -> bytes:
+    """Agent speech stand-in: a payload that differs in every packet (any change shows)."""
+    body = bytes((seq * 31 + i * 7) & 0xFF for i in range(size))
+    return bytes(RtpPacket(payload_type=pt, sequence_number=seq, timestamp=size * seq, ssrc=ssrc,
+                           marker=int(marker), payload=body, padding_size=padding))
+
+
+def make(codec: str = "PCMU", pt: int = 0) -> tuple[Relay, object]:
+    relay = Relay()
+    call = relay.add_call("c1")
+    relay.configure("c1", leg(CALLER, codec, pt), leg(AGENT, codec, pt))
+    return relay, call
+
+
+def relay_agent(relay: Relay, call, pkts: list[bytes]) -> list[bytes]:
+    out = []
+    for p in pkts:
+        sent = relay.receive_rtp(call.agent, p, AGENT, now=1.0)
+        assert sent is not None and sent[1] == CALLER
+        out.append(sent[0])
+    return out
+
+
+def tone_power(samples: np.ndarray, freq_hz: float) -> float:
+    """Share of a 20 ms window's power within 50 Hz of `freq_hz`."""
+    x = samples.astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size))) ** 2
+    bins = np.fft.rfftfreq(x.size, 1 / RATE_HZ)
+    total = spectrum.sum()
+    return float(spectrum[np.abs(bins - freq_hz) <= 50].sum() / total) if total else 0.0
+
+
+def on_off(kind: str, packet_samples: int = 160) -> list[bool]:
+    """Whether each packet of a tone is sounding, from the FEEDBACK_TONES table (not the generator)."""
+    states: list[bool] = []
+    for _, on_ms, off_ms in FEEDBACK_TONES[kind]:
+        states += [True] * int(on_ms * RATE_HZ / 1000) + [False] * int(off_ms * RATE_HZ / 1000)
+    return [states[i] for i in range(0, len(states), packet_samples)]
+
+
+def test_caller_hears_accepted_pattern_with_agent_stream_bit_exact_around_it() -> None:
+    relay, call = make()
+    before = [agent_packet(s) for s in range(100, 110)]
+    assert relay_agent(relay, call, before) == before
+    relay.play_feedback("c1", "accepted")
+    pattern = on_off("accepted")  # 120 ms on, 60 off, 120 on: 15 packets
+    during_in = [agent_packet(s) for s in range(110, 110 + len(pattern))]
+    during = relay_agent(relay, call, during_in)
+    after = [agent_packet(s) for s in range(110 + len(pattern), 130 + len(pattern))]
+    assert relay_agent(relay, call, after) == after
+    for sent, orig, sounding in zip(during, during_in, pattern):
+        assert sent[:12] == orig[:12]  # RFC 3550: SSRC, sequence number, timestamp, marker kept
+        assert len(sent) == len(orig)
+        samples = ULAW_DECODE[np.frombuffer(sent[12:], np.uint8)]
+        if sounding:
+            assert tone_power(samples, 1800.0) > 0.95
+            assert 20 * np.log10(np.sqrt(np.mean(samples.astype(float) ** 2)) / 32768) > -25
+        else:
+            assert np.abs(samples).max() <= 8  # the tone's gap is silence, not the agent's audio
+    assert relay.stats.feedback_packets == len(pattern)
+    assert relay.stats.relayed[1] == 10 + len(pattern) + 20
+
+
+def test_spliced_samples_follow_the_tone_generator() -> None:
+    relay, call = make(codec="PCMA", pt=8)
+    relay.play_feedback("c1", "complete")
+    tone = feedback_tone("complete")
+    n = -(-tone.size // 160)
+    sent = relay_agent(relay, call, [agent_packet(s, pt=8) for s in range(n)])
+    got = np.concatenate([ALAW_DECODE[np.frombuffer(p[12:], np.uint8)] for p in sent])[:tone.size]
+    # A-law quantisation: error below 1/16 of the sample's magnitude (plus the zero step).
+    assert np.all(np.abs(got.astype(int) - tone) <= np.abs(tone) / 16 + 16)
+
+
+def test_caller_to_agent_and_telephone_events_untouched_while_tone_plays() -> None:
+    relay, call = make()
+    relay.play_feedback("c1", "error")
+    up = agent_packet(5, ssrc=0x1111)
+    assert relay.receive_rtp(call.caller, up, CALLER, 1.0) == (up, AGENT)
+    event = bytes(RtpPacket(payload_type=101, sequence_number=1, timestamp=0, ssrc=0x2222,
+                            payload=b"\x05\x0a\x01\x90"))
+    assert relay.receive_rtp(call.agent, event, AGENT, 1.0) == (event, CALLER)
+    assert relay.stats.feedback_packets == 0
+    assert relay.receive_rtp(call.agent, agent_packet(2), AGENT, 1.0)[0] != agent_packet(2)
+
+
+def test_tone_ending_inside_a_packet_keeps_the_agent_audio_after_it() -> None:
+    relay, call = make()
+    tone_codes = 3200  # 'error': 400 ms
+    pkts = [agent_packet(s, size=240) for s in range(14)]  # 30 ms packets: the tone ends 80 codes into the 14th
+    relay.play_feedback("c1", "error")
+    sent = relay_agent(relay, call, pkts)
+    last = sent[13]
+    cut = tone_codes - 13 * 240
+    assert last[12 + cut:] == pkts[13][12 + cut:]
+    assert last[12:12 + cut] != pkts[13][12:12 + cut]
+    assert relay.receive_rtp(call.agent, agent_packet(14, size=240), AGENT, 1.0)[0] == agent_packet(14, size=240)
+
+
+def test_padding_and_marker_of_the_agent_packet_are_kept() -> None:
+    relay, call = make()
+    relay.play_feedback("c1", "accepted")
+    pkt = agent_packet(1, marker=True, padding=4)
+    out = relay_agent(relay, call, [pkt])[0]
+    assert out[:12] == pkt[:12] and out[-4:] == pkt[-4:] and len(out) == len(pkt)
+    assert out[12:172] != pkt[12:172]
+
+
+def test_tones_queue_back_to_back_and_a_flood_is_bounded() -> None:
+    relay, call = make()
+    relay.play_feedback("c1", "accepted")
+    relay.play_feedback("c1", "accepted")
+    n = 2 * feedback_tone("accepted").size // 160
+    sent = relay_agent(relay, call, [agent_packet(s) for s in range(n + 1)])
+    sounding = [tone_power(ULAW_DECODE[np.frombuffer(p[12:], np.uint8)], 1800.0) > 0.95 for p in sent]
+    assert sounding == on_off("accepted") * 2 + [False]
+    assert sent[-1] == agent_packet(n)
+    for _ in range(20):
+        relay.play_feedback("c1", "error")
+    queued = MAX_FEEDBACK_SAMPLES // feedback_tone("error").size
+    assert relay.stats.feedback_dropped == 20 - queued
+    assert len(call.agent.feedback) <= MAX_FEEDBACK_SAMPLES
+
+
+def test_feedback_refused_for_unknown_kind_call_or_unnegotiated_media() -> None:
+    relay, _ = make()
+    with pytest.raises(FeedbackUnavailable, match="unknown feedback tone"):
+        relay.play_feedback("c1", "fanfare")
+    with pytest.raises(FeedbackUnavailable, match="call has no media"):
+        relay.play_feedback("nope", "accepted")
+    relay.add_call("c2")
+    with pytest.raises(FeedbackUnavailable, match="call has no media"):
+        relay.play_feedback("c2", "accepted")
+
+
+def test_codec_change_drops_a_pending_tone_and_call_end_forgets_it() -> None:
+    relay, call = make()
+    relay.play_feedback("c1", "error")
+    relay.configure("c1", leg(CALLER), leg(AGENT))  # same codec: the tone stays
+    assert call.agent.feedback is not None
+    relay.configure("c1", leg(CALLER, "PCMA", 8), leg(AGENT, "PCMA", 8))
+    assert call.agent.feedback is None
+    pkt = agent_packet(1, pt=8)
+    assert relay_agent(relay, call, [pkt]) == [pkt]
+
+
+def test_srtp_legs_reprotect_the_spliced_packet() -> None:
+    keys = [base64.b64encode(os.urandom(30)).decode() for _ in range(4)]
+    # Gateway side of each leg, and the peer's matching end.
+    gw_caller = SrtpParams(SUITE, keys[0], keys[1])
+    gw_agent = SrtpParams(SUITE, keys[2], keys[3])
+    caller_end = SrtpLeg(SrtpParams(SUITE, keys[1], keys[0]))
+    agent_end = SrtpLeg(SrtpParams(SUITE, keys[3], keys[2]))
+    relay = Relay()
+    call = relay.add_call("c1")
+    relay.configure("c1", leg(CALLER, srtp=gw_caller), leg(AGENT, srtp=gw_agent))
+    relay.play_feedback("c1", "accepted")
+    plain = [agent_packet(s) for s in range(16)]
+    wire = relay_agent(relay, call, [agent_end.protect(p) for p in plain])
+    got = [caller_end.unprotect(w) for w in wire]
+    assert got[15] == plain[15]
+    assert all(g[:12] == p[:12] for g, p in zip(got, plain))
+    assert tone_power(ULAW_DECODE[np.frombuffer(got[0][12:], np.uint8)], 1800.0) > 0.95
+    assert relay.stats.feedback_packets == 15
+
+
+class _FakeGateway:
+    def __init__(self, media) -> None:
+        self.media = media
+
+
+def test_masking_bridge_plays_through_the_media_and_skips_ended_calls() -> None:
+    played = []
+
+    class Media:
+        calls = {"live": object()}
+
+        def play_feedback(self, call_id: str, kind: str) -> None:
+            played.append((call_id, kind))
+
+    bridge = MaskingBridge(_FakeGateway(Media()))
+    bridge.play_feedback("live", "accepted")
+    bridge.play_feedback("gone", "error")
+    assert played == [("live", "accepted")]
+
+
+async def test_loopback_caller_receives_tone_over_agent_packets() -> None:
+    def sock() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        return s
+
+    loop = asyncio.get_running_loop()
+    ctl = RtpMediaController("127.0.0.1", 31200, 31299, relay=Relay())
+    caller, agent = sock(), sock()
+    try:
+        media = ctl.open_call("call-1")
+        cp, ap = caller.getsockname(), agent.getsockname()
+        media.configure(leg(cp), leg(ap))
+        ctl.play_feedback("call-1", "accepted")
+        received = []
+        for seq in range(16):
+            agent.sendto(agent_packet(seq), ("127.0.0.1", media.agent_port))
+            data, _ = await asyncio.wait_for(loop.sock_recvfrom(caller, 2048), 2.0)
+            received.append(data)
+        assert [r[:12] for r in received] == [agent_packet(s)[:12] for s in range(16)]
+        assert tone_power(ULAW_DECODE[np.frombuffer(received[0][12:], np.uint8)], 1800.0) > 0.95
+        assert received[15] == agent_packet(15)
+        with pytest.raises(FeedbackUnavailable):
+            media.play_feedback("fanfare")
+    finally:
+        ctl.close()
+        caller.close()
+        agent.close()
