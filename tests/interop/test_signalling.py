@@ -117,8 +117,8 @@ def sdp_port(message: str) -> int:
 def test_ringing_then_early_media_then_answer(tmp_path, transport):
     uas_port = free_port()
     tone = tmp_path / "early.ulaw"
-    t = np.arange(8000 * 3) / 8000
-    sent = write_ulaw(tone, (np.sin(2 * np.pi * 425 * t) * 8000).astype(np.int16))
+    noise = np.random.default_rng(5).standard_normal(8000 * 3) * 2500  # every payload unique
+    sent = write_ulaw(tone, noise.astype(np.int16))
     hop = "tcp" if transport == "t1" else "udp"
     with GatewayProcess(tmp_path, next_hop_port=uas_port, next_hop_transport=hop) as gateway, RtpSink() as ear:
         # The agent plays a ringback-like tone from its 183 on; the caller listens on `ear`.
