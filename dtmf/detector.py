@@ -494,30 +494,73 @@ class DetectorBank:
             if slots.size == 0:
                 return []
         state = sm[slots]
-        # Streams inside an accepted tone that hit it in every new window: bulk update.
-        active = state[:, _ACTIVE]
-        steady = (active >= 0) & (state[:, _RUN_CODE] == active) & (hits == active[:, None]).all(axis=1)
-        if steady.any():
-            held = slots[steady]
-            rows = state[steady]
-            rows[:, _RUN_LEN] += c
-            rows[:, _LAST_HIT] = self._chunks[held] - 1
-            rows[:, _MISSES] = 0
-            sm[held] = rows
-            keep = ~steady
-            slots, hits, state = slots[keep], hits[keep], state[keep]
-            if slots.size == 0:
-                return []
         chunk0 = self._chunks[slots] - c
         if slots.size < self.vector_min_streams:
             events = self._advance_each(slots, hits, state, chunk0)
         else:
-            events = self._advance_vector(slots, hits, state, chunk0)
+            # Most of many streams see one value in every new window (the tone holds,
+            # the run grows, or nothing): updated in bulk; the rest window by window.
+            events = []
+            first = hits[:, 0]
+            uniform = (hits == first[:, None]).all(axis=1)
+            if uniform.any():
+                part = state[uniform]
+                self._advance_uniform(slots[uniform], first[uniform], part, chunk0[uniform], c, events)
+                state[uniform] = part
+            mixed = ~uniform
+            if mixed.any():
+                part = state[mixed]
+                few = np.count_nonzero(mixed) < self.vector_min_streams
+                advance = self._advance_each if few else self._advance_vector
+                events += advance(slots[mixed], hits[mixed], part, chunk0[mixed])
+                state[mixed] = part
         sm[slots] = state
         busy = (state[:, _RUN_CODE] >= 0) | (state[:, _ACTIVE] >= 0)
         self._n_busy += int(np.count_nonzero(busy)) - int(np.count_nonzero(self._busy[slots]))
         self._busy[slots] = busy
         return events
+
+    @staticmethod
+    def _advance_uniform(slots: np.ndarray, h: np.ndarray, state: np.ndarray, chunk0: np.ndarray, c: int,
+                         events: list[DetectorEvent]) -> None:
+        """`_advance_each` for streams whose `c` new windows all hit key h (or all miss: -1)."""
+        run_code, run_len, run_first = state[:, _RUN_CODE], state[:, _RUN_LEN], state[:, _RUN_FIRST]
+        active, active_start = state[:, _ACTIVE], state[:, _ACTIVE_START]
+        last_hit, misses = state[:, _LAST_HIT], state[:, _MISSES]
+        hit = h >= 0
+        held = hit & (h == active)
+        # The run: continued, restarted at the first window, or broken.
+        same = hit & (h == run_code)
+        before = np.where(same, run_len, 0)
+        run_first[:] = np.where(hit & ~same, chunk0, run_first)
+        run_len[:] = np.where(hit, before + c, 0)
+        run_code[:] = h
+        last = chunk0 + (c - 1)
+        on = active >= 0
+        # Q.24: a pause of 40 ms separates digits; short drop-outs do not.
+        missing = on & ~held
+        ends_at = END_MISSES - 1 - misses  # window of this call at which the digit ends
+        ending = missing & (ends_at < c)
+        # Q.24: a tone of 40 ms is a digit, one under 20-23 ms is not.
+        accept_at = ACCEPT_HITS - 1 - before
+        accepting = hit & ~held & (accept_at >= 0) & (accept_at < c)
+        last_hit[:] = np.where(held, last, last_hit)
+        misses[:] = np.where(held, 0, np.where(missing, misses + c, misses))
+        for i in np.flatnonzero(ending | accepting).tolist():
+            slot = int(slots[i])
+            if active[i] >= 0:
+                # Ended by the pause, or by the next key accepted without one: same event.
+                events.append(DigitEnded(slot, _CODE_TO_DIGIT[active[i]], int(active_start[i]),
+                                         _end_sample(int(last_hit[i]))))
+                active[i] = _NONE
+            if accepting[i]:
+                t = int(accept_at[i])
+                active[i] = h[i]
+                active_start[i] = _start_sample(int(run_first[i]))
+                last_hit[i] = last[i]
+                misses[i] = 0
+                events.append(DigitDetected(slot, _CODE_TO_DIGIT[h[i]], int(active_start[i]),
+                                            int(chunk0[i] + t + 1) * CHUNK_SAMPLES))
 
     @staticmethod
     def _advance_each(slots: np.ndarray, hits: np.ndarray, state: np.ndarray,

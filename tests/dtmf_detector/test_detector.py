@@ -8,6 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtmf.detector import (
+    CHUNK_SAMPLES,
+    END_MISSES,
+    ONSET_BIAS_SAMPLES,
     DetectorBank,
     DetectorInputError,
     DigitDetected,
@@ -330,3 +333,49 @@ def test_event_reprs_never_show_the_digit() -> None:
             text = repr(event) + str(event) + f"{event}"
             assert digit not in text
             assert "digit=<redacted>" in text and f"start_sample={event.start_sample}" in text
+
+
+@pytest.mark.parametrize("vector_min_streams", [0, 1000])
+@pytest.mark.parametrize("frame", [40, 120, 160, 440])
+def test_key_changes_and_dropouts_give_the_same_events_in_any_frame(vector_min_streams: int, frame: int) -> None:
+    """Whole-window frames take the bulk state-machine paths; they agree with one call for the stream."""
+    rng = np.random.default_rng(25)
+    n_streams = 30
+    streams = []
+    for _ in range(n_streams):
+        # Back-to-back keys (no pause), drop-outs that are bridged, pauses that split.
+        spec = [(DIGITS[rng.integers(16)], float(rng.integers(35, 120)), float(rng.choice([0, 5, 10, 15, 30, 60])))
+                for _ in range(8)]
+        signal, _ = tone_train(spec, rng, level_dbm0=float(rng.uniform(-20, -5)))
+        streams.append(g711_round_trip(np.concatenate([signal, np.zeros(8800)])[:8800]))
+    bank = DetectorBank(capacity=n_streams)
+    bank.vector_min_streams = vector_min_streams
+    slots = np.array([bank.add_stream() for _ in range(n_streams)])
+    audio = np.stack(streams)
+    events: list[DigitDetected | DigitEnded] = []
+    for pos in range(0, 8800 - frame + 1, frame):
+        got = bank.process(slots, audio[:, pos:pos + frame])
+        events += got
+        # Each event comes out of the call whose samples close the deciding window:
+        # the accept window, or the END_MISSES-th missed window after the last hit.
+        for j, e in enumerate(got):
+            if isinstance(e, DigitDetected):
+                assert pos < e.decided_sample <= pos + frame
+                continue
+            pause_decided = (e.end_sample - ONSET_BIAS_SAMPLES) + (END_MISSES + 1) * CHUNK_SAMPLES
+            switched = [n for n in got[j + 1:] if n.slot == e.slot][:1]
+            if switched and switched[0].decided_sample < pause_decided:
+                continue  # the next key, accepted without a pause, ended this one
+            assert pos < pause_decided <= pos + frame
+    tail = 8800 - 8800 // frame * frame
+    if tail:
+        events += bank.process(slots, audio[:, 8800 - tail:])
+    for slot in slots:
+        events += bank.flush(int(slot))
+    total = 0
+    for i, slot in enumerate(slots):
+        mine = [e for e in events if e.slot == slot]
+        alone = [type(e)(int(slot), *list(vars(e).values())[1:]) for e in detect(streams[i])]
+        assert mine == alone
+        total += len(alone)
+    assert total >= 2 * 4 * n_streams
