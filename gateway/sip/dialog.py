@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-from gateway.sip.message import Headers, SipRequest, SipResponse, _shared_name_addr, parse_name_addr
+from gateway.sip.message import Headers, SipRequest, SipResponse, _shared_name_addr, parse_name_addr, split_list
 
 
 class DialogError(ValueError):
@@ -37,14 +38,14 @@ class Dialog:
     @classmethod
     def as_uas(cls, request: SipRequest, local_tag: str, local_contact: str) -> Dialog:
         """RFC 3261 12.1.1: route set from Record-Route in order, remote target from Contact."""
-        contact = request.contact
+        target = _contact_target(request)
         return cls(
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=request.from_tag or "",
             local_uri=_without_tag(request.headers.get("To") or ""),
             remote_uri=_without_tag(request.headers.get("From") or ""),
-            remote_target=str(contact.uri) if contact else request.uri,
+            remote_target=target or request.uri,
             route_set=request.headers.get_all("Record-Route"),
             remote_seq=request.cseq[0],
             local_contact=local_contact,
@@ -53,14 +54,14 @@ class Dialog:
     @classmethod
     def as_uac(cls, request: SipRequest, response: SipResponse) -> Dialog:
         """RFC 3261 12.1.2: route set from Record-Route reversed, remote target from Contact."""
-        contact = response.contact
+        target = _contact_target(response)
         return cls(
             call_id=request.call_id,
             local_tag=request.from_tag or "",
             remote_tag=response.to_tag or "",
             local_uri=_without_tag(request.headers.get("From") or ""),
             remote_uri=_without_tag(request.headers.get("To") or ""),
-            remote_target=str(contact.uri) if contact else request.uri,
+            remote_target=target or request.uri,
             route_set=list(reversed(response.headers.get_all("Record-Route"))),
             local_seq=request.cseq[0],
             local_contact=request.headers.get("Contact") or "",
@@ -82,9 +83,9 @@ class Dialog:
 
     def refresh_target(self, msg: SipRequest | SipResponse) -> None:
         """RFC 3261 12.2.1.2 / 12.2.2: a target refresh replaces the remote target with its Contact."""
-        contact = msg.contact
-        if contact is not None:
-            self.remote_target = str(contact.uri)
+        target = _contact_target(msg)
+        if target is not None:
+            self.remote_target = target
 
     def new_request(
         self,
@@ -122,6 +123,23 @@ class Dialog:
         if content_type and body:
             h.add("Content-Type", content_type)
         return SipRequest(method, uri, h, body)
+
+
+def _contact_target(msg: SipRequest | SipResponse) -> str | None:
+    """The URI of the first Contact (RFC 3261 12.1.1 remote target), or None for none or `*`."""
+    values = msg.headers.values("Contact")
+    if not values:
+        return None
+    return _target_of(values[0])
+
+
+@lru_cache(maxsize=4096)
+def _target_of(value: str) -> str | None:
+    """Peers send the same Contact in every dialog: parse and format each spelling once."""
+    first = next(iter(split_list(value)), None)
+    if first is None or first.strip() == "*":
+        return None
+    return str(_shared_name_addr(first).uri)
 
 
 def _without_tag(value: str) -> str:

@@ -901,9 +901,10 @@ def _check_mandatory(msg: SipRequest | SipResponse) -> None:
     for key, name in _MANDATORY:
         if key not in keys:
             raise SipParseError(f"SIP message has no {name}")
-    for key, name in _SINGLE:
-        if keys.count(key) > 1:
-            raise SipParseError(f"SIP message has more than one {name}")
+    if len(set(keys)) != len(keys):  # repeated lines (several Via, say): check the single-valued ones
+        for key, name in _SINGLE:
+            if keys.count(key) > 1:
+                raise SipParseError(f"SIP message has more than one {name}")
     _, method = msg.cseq
     msg.from_tag  # noqa: B018 - parse to validate (and memoise)
     msg.to_tag  # noqa: B018
