@@ -166,6 +166,8 @@ class _Analysis:
         # Chunk energies are kept divided by the purity bound, so that level and
         # purity are one comparison: pair >= max(scaled energy, level floor).
         self.scaled_ones = np.full(CHUNK_SAMPLES, 1.0 / self.gate_purity, dtype=np.float32)
+        self.purity_per_energy = PURITY_MIN * self.gate_purity / WINDOW_SAMPLES
+        self.coverage_per_energy = COVERAGE_MIN * self.gate_purity / CHUNK_SAMPLES
         self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 4.0) / 10)
         self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 4.0) / 10)
         self.normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10)
@@ -420,7 +422,7 @@ class DetectorBank:
             cand = cand[(hi_max >= lo_max * an.gate_normal_twist) & (hi_max <= lo_max * an.gate_reverse_twist)]
             if cand.size:
                 hits = np.full(kc, _NONE, dtype=np.int64)
-                hits[cand] = self._check(cand, c, mag, z, carry, energy)
+                hits[cand] = self._check(cand, c, mag, z, carry, energy, e_sum)
                 hits = hits.reshape(k, c)
 
         # Carry to the next call: the last chunk's opening half and energy, the last two windows.
@@ -436,7 +438,7 @@ class DetectorBank:
         return hits
 
     def _check(self, cand: np.ndarray, c: int, mag: np.ndarray, z: np.ndarray, carry: np.ndarray,
-               energy: np.ndarray) -> np.ndarray:
+               energy: np.ndarray, e_sum: np.ndarray) -> np.ndarray:
         """Full Q.24 checks on the windows that passed the gate; key or -1 for each."""
         an = self._an
         kc = z.shape[1]
@@ -475,13 +477,10 @@ class DetectorBank:
         ok &= pair >= an.min_pair_power
         ok &= p.min(axis=0) >= an.min_tone_power
         # Energies are stored over the purity bound (see _Analysis.scaled_ones).
+        window_energy = e_sum[cand]
         e_close = energy[cand]
-        e_open = energy.take(cand - 1, mode="clip")
-        first = ti == 0
-        if first.any():
-            np.copyto(e_open, carry[si, _CARRY_ENERGY], where=first)
-        ok &= pair >= (PURITY_MIN * an.gate_purity / WINDOW_SAMPLES) * (e_open + e_close)
-        ok &= pair >= (COVERAGE_MIN * an.gate_purity / CHUNK_SAMPLES) * np.maximum(e_open, e_close)
+        ok &= pair >= an.purity_per_energy * window_energy
+        ok &= pair >= an.coverage_per_energy * np.maximum(window_energy - e_close, e_close)
         return np.where(ok, bins[0] * 4 + bins[1] - 4, _NONE)
 
     def _advance(self, slots: np.ndarray, hits: np.ndarray, c: int) -> list[DetectorEvent]:
