@@ -177,6 +177,18 @@ class CountHistogram:
         self.counts[bisect_left(self.bounds_s, value_s)] += n
         self.sum_s += value_s * n
 
+    def observe_since(self, now: float, since: list[float]) -> None:
+        """One observation of `now - t` per t: a batch's hold times in one numpy pass."""
+        if len(since) < 16:
+            for t in since:
+                self.observe(now - t)
+            return
+        values = now - np.array(since)
+        counts = np.bincount(np.searchsorted(self.bounds_s, values, side="left"), minlength=len(self.counts))
+        for i, c in enumerate(counts.tolist()):
+            self.counts[i] += c
+        self.sum_s += float(values.sum())
+
     def histogram(self) -> Histogram:
         """The exporter's view, built at scrape time."""
         hist = Histogram(self.bounds_s)
@@ -297,8 +309,9 @@ class Leg:
         self.last_rx_s: float | None = None
         self.seq_offset = 0
         """Packets withheld from the peer so far; subtracted from outgoing sequence numbers."""
-        self.held: tuple[bytes, bytes, float] | None = None
-        """Capture look-ahead: (header, raw payload, receive time) of the packet the masker holds."""
+        self.held: tuple[bytes, int, float] | None = None
+        """Capture look-ahead: (packet as it would leave unmasked, payload offset, receive time)
+        of the packet the masker holds."""
         self.slot = -1
         self.mask_slot = -1
         self.is_alaw = False
@@ -387,11 +400,15 @@ class Relay:
         self._det_alaw = False
         self._det_since: float | None = None
         """Receive time of the oldest row in the FIFO."""
-        # Masker rows of this iteration: leg, header (renumbered, no padding), payload, receive time.
+        # Masker rows of this iteration: leg, packet (renumbered, no padding), payload offset,
+        # payload, receive time; `_mask_odd` when some payload is not 160 bytes.
         self._mask_legs: list[Leg] = []
-        self._mask_headers: list[bytes] = []
+        self._mask_packets: list[bytes] = []
+        self._mask_starts: list[int] = []
         self._mask_payloads: list[bytes] = []
         self._mask_rx: list[float] = []
+        self._mask_odd = False
+        self._mask_alaw = False
         self._next_sample_s: float | None = None
 
     # ---- calls -----------------------------------------------------------------
@@ -479,7 +496,8 @@ class Relay:
         leg.masking = leg.always
         held, leg.held = leg.held, None
         if held is not None:
-            sent = self._forward_built(leg, held[0] + self._masked_body(leg, held[1], last))
+            pkt, start = held[0], held[1]
+            sent = self._forward_built(leg, pkt[:start] + self._masked_body(leg, pkt[start:], last))
             if sent is not None:
                 sends.append(sent)
                 if now is not None:
@@ -627,15 +645,19 @@ class Relay:
                     if len(det) >= self.detect_batch_rows:
                         self.wake = True
                 if leg.masking:
-                    header = data[:start]
                     if data[0] & 0x20 or leg.seq_offset:
                         # The payload leaves without its padding; renumbered now, so event packets
                         # withheld later in this iteration cannot shift it.
-                        header = bytes([data[0] & ~0x20]) + _renumber(header, leg.seq_offset)[1:]
+                        data = bytes([data[0] & ~0x20]) + _renumber(data[:start], leg.seq_offset)[1:] + payload
                     self._mask_legs.append(leg)
-                    self._mask_headers.append(header)
+                    self._mask_packets.append(data)
+                    self._mask_starts.append(start)
                     self._mask_payloads.append(payload)
                     self._mask_rx.append(now)
+                    if end - start != 160:
+                        self._mask_odd = True
+                    if leg.is_alaw:
+                        self._mask_alaw = True
                     self.wake = True
                     self.stats.relayed_bytes[d] += n
                     return None
@@ -771,37 +793,85 @@ class Relay:
                 self._digit_event(ev)
 
     def _run_masker(self, now: float | None) -> list[tuple[Leg, bytes, tuple[str, int]]]:
-        """This iteration's masked-leg rows through the masker; returns what leaves now."""
+        """This iteration's masked-leg rows through the masker; returns what leaves now.
+
+        Per row only a few Python steps: unchanged rows (all but DTMF) leave as the very
+        bytes that arrived, and only changed rows are re-encoded.
+        """
         legs = self._mask_legs
         if not legs:
             return []
-        headers, payloads, rxs = self._mask_headers, self._mask_payloads, self._mask_rx
-        self._mask_legs, self._mask_headers, self._mask_payloads, self._mask_rx = [], [], [], []
-        masked: dict[int, tuple[np.ndarray, bool]] = {}
-        rows = [i for i, p in enumerate(payloads) if len(p) == 160]
-        if rows and self.masker is not None:
-            codes = np.frombuffer(b"".join([payloads[i] for i in rows]), dtype=np.uint8).reshape(len(rows), 160)
-            offset = np.fromiter((256 * legs[i].is_alaw for i in rows), dtype=np.intp, count=len(rows))
-            frames = _BOTH_DECODE[codes + offset[:, None]]
-            mslots = [legs[i].mask_slot for i in rows]
+        pkts, starts, payloads, rxs = self._mask_packets, self._mask_starts, self._mask_payloads, self._mask_rx
+        odd, alaw = self._mask_odd, self._mask_alaw
+        self._mask_legs, self._mask_packets, self._mask_starts, self._mask_payloads, self._mask_rx = [], [], [], [], []
+        self._mask_odd = self._mask_alaw = False
+        k = len(legs)
+        # Per row: index of its masked samples in `out` when changed, -1 unchanged, None unknown.
+        state: list[int | None] = [None] * k
+        out: np.ndarray | None = None
+        rows = [i for i, p in enumerate(payloads) if len(p) == 160] if odd else None
+        if self.masker is not None and (rows is None or rows):
+            picked = payloads if rows is None else [payloads[i] for i in rows]
+            mlegs = legs if rows is None else [legs[i] for i in rows]
+            n = len(picked)
+            codes = np.frombuffer(b"".join(picked), dtype=np.uint8).reshape(n, 160)
+            if alaw:
+                offset = np.fromiter((256 * leg.is_alaw for leg in mlegs), dtype=np.intp, count=n)
+                frames = _BOTH_DECODE[codes + offset[:, None]]
+            else:
+                frames = ULAW_DECODE[codes]
+            mslots = [leg.mask_slot for leg in mlegs]
+            slot_arr = np.array(mslots, dtype=np.intp)
+            changed = np.zeros(n, dtype=bool)
             for sub in _rounds(mslots):
-                pick = range(len(rows)) if sub is None else sub
                 self.stats.masker_batches += 1
-                out, changed = self.masker.process(np.array([mslots[j] for j in pick], dtype=np.intp),
-                                                   frames if sub is None else frames[sub])
-                for r, j in enumerate(pick):
-                    masked[rows[j]] = (out[r], bool(changed[r]))
+                if sub is None:
+                    out, changed = self.masker.process(slot_arr, frames)
+                else:
+                    if out is None:
+                        out = np.empty((n, 160), dtype=np.int16)
+                    out[sub], changed[sub] = self.masker.process(slot_arr[sub], frames[sub])
+            marks = np.where(changed, np.arange(n), -1).tolist()
+            if rows is None:
+                state = marks
+            else:
+                for j, i in enumerate(rows):
+                    state[i] = marks[j]
         sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
+        held_since: list[float] = []
+        forward = self._forward_built
+        captured = 0
         for i, leg in enumerate(legs):
+            st = state[i]
             if leg.capturing:
-                self._release_held(leg, headers[i], payloads[i], rxs[i], masked.get(i), now, sends)
+                # The row's masker output is the held packet's, masked with this one as look-ahead.
+                held = leg.held
+                leg.held = (pkts[i], starts[i], rxs[i])
+                if held is None:
+                    continue
+                pkt = held[0]
+                if st is None or st >= 0:
+                    pkt = self._masked_packet(leg, pkt, held[1], None if st is None else out[st])  # type: ignore[index]
+                held_since.append(held[2])
             elif leg.always:
                 # mask = "always" outside a capture: this packet itself, masked without look-ahead.
-                sent = self._forward_built(leg, headers[i] + self._masked_body(leg, payloads[i], masked.get(i)))
-                if sent is not None:
-                    sends.append(sent)
-                self.stats.captured += 1
+                pkt = pkts[i]
+                if st is None or st >= 0:
+                    pkt = self._masked_packet(leg, pkt, starts[i], None if st is None else out[st])  # type: ignore[index]
+            else:
+                continue
+            captured += 1
+            sent = forward(leg, pkt)
+            if sent is not None:
+                sends.append(sent)
+        self.stats.captured += captured
+        if now is not None and held_since:
+            self.stats.lookahead.observe_since(now, held_since)
         return sends
+
+    def _masked_packet(self, leg: Leg, pkt: bytes, start: int, row: np.ndarray | None) -> bytes:
+        """Header and the payload as the agent may hear it (`row`: the masker's samples, None: unknown)."""
+        return pkt[:start] + self._masked_body(leg, pkt[start:], None if row is None else (row, True))
 
     def _masked_body(self, leg: Leg, payload: bytes, masked: tuple[np.ndarray, bool] | None) -> bytes:
         """The payload as the agent may hear it."""
@@ -816,20 +886,6 @@ class Relay:
         same = DECODE_TABLES[codec][codes] == row
         # Unchanged samples keep their exact code (mu-law decode/encode is not the identity).
         return np.where(same, codes, ENCODE_TABLES[codec][row.view(np.uint16)]).astype(np.uint8).tobytes()
-
-    def _release_held(self, leg: Leg, header: bytes, payload: bytes, rx_s: float,
-                      masked_prev: tuple[np.ndarray, bool] | None, now: float | None,
-                      sends: list[tuple[Leg, bytes, tuple[str, int]]]) -> None:
-        """Send the held packet (masked by this row's masker output) and hold this one in its place."""
-        held = leg.held
-        if held is not None:
-            sent = self._forward_built(leg, held[0] + self._masked_body(leg, held[1], masked_prev))
-            if sent is not None:
-                sends.append(sent)
-                if now is not None:
-                    self.stats.lookahead.observe(now - held[2])
-            self.stats.captured += 1
-        leg.held = (header, payload, rx_s)
 
     def _forward_built(self, leg: Leg, data: bytes) -> tuple[Leg, bytes, tuple[str, int]] | None:
         """Remap and protect a caller packet released from the masker (already renumbered)."""
@@ -874,7 +930,8 @@ class Relay:
         if leg in self._mask_legs:
             keep = [i for i, x in enumerate(self._mask_legs) if x is not leg]
             self._mask_legs = [self._mask_legs[i] for i in keep]
-            self._mask_headers = [self._mask_headers[i] for i in keep]
+            self._mask_packets = [self._mask_packets[i] for i in keep]
+            self._mask_starts = [self._mask_starts[i] for i in keep]
             self._mask_payloads = [self._mask_payloads[i] for i in keep]
             self._mask_rx = [self._mask_rx[i] for i in keep]
         if leg.slot >= 0 and leg.slot in self._det_slots:

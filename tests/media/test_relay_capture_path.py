@@ -1,0 +1,169 @@
+"""The relay's masked-row path: batching, rounds, odd payloads, mixed codecs, unchanged rows untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dtmf.g711 import ALAW_DECODE, ULAW_DECODE, alaw_encode, ulaw_encode
+from gateway.media.leg import Direction, LegMedia
+from gateway.media.relay import LOOKAHEAD_BOUNDS_S, CountHistogram, Relay
+from gateway.media.rtp import RtpPacket
+
+MASKED_LEVEL = 1000
+
+
+class SlotMasker:
+    """MaskerBank stand-in with many slots: one packet look-ahead; a row whose first sample is
+    above 4000 is 'a tone' and leaves as a constant MASKED_LEVEL."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.prev: dict[int, np.ndarray | None] = {}
+        self.calls: list[list[int]] = []
+
+    def add_stream(self, mask_always: bool = False) -> int:
+        self.n += 1
+        return self.n - 1
+
+    def remove_stream(self, slot: int) -> None:
+        pass
+
+    def set_mask_always(self, slot: int, on: bool) -> None:
+        pass
+
+    def set_capture(self, slot: int, on: bool):
+        self.prev[slot] = None
+        return None
+
+    def process(self, slots, frames):
+        slots = [int(s) for s in slots]
+        assert len(set(slots)) == len(slots), "a slot twice in one call"
+        self.calls.append(slots)
+        out = np.zeros_like(frames)
+        changed = np.zeros(len(slots), dtype=bool)
+        for r, s in enumerate(slots):
+            prev = self.prev.get(s)
+            if prev is None:
+                changed[r] = True  # filler
+            elif prev[0] > 4000:
+                out[r] = MASKED_LEVEL
+                changed[r] = True
+            else:
+                out[r] = prev
+            self.prev[s] = frames[r].copy()
+        return out, changed
+
+
+def media(port: int, codec: str = "PCMU") -> LegMedia:
+    pt = 0 if codec == "PCMU" else 8
+    return LegMedia(remote_rtp=("10.0.0.1", port), remote_rtcp=("10.0.0.1", port + 1), codec=codec,
+                    audio_pt=pt, telephone_event_pt=101, direction=Direction.SENDRECV)
+
+
+def packet(seq: int, body: bytes, pt: int = 0, ssrc: int = 1, padding: int = 0) -> bytes:
+    return bytes(RtpPacket(payload_type=pt, sequence_number=seq, timestamp=160 * seq, ssrc=ssrc,
+                           payload=body, padding_size=padding))
+
+
+def speech(seq: int, codec: str = "PCMU") -> bytes:
+    """Quiet, varying audio the fake masker passes unchanged."""
+    x = (np.sin(np.arange(160) * 0.3 + seq) * 800).astype(np.int16)
+    return (ulaw_encode(x) if codec == "PCMU" else alaw_encode(x)).tobytes()
+
+
+def tone(codec: str = "PCMU") -> bytes:
+    x = np.full(160, 8000, np.int16)
+    return (ulaw_encode(x) if codec == "PCMU" else alaw_encode(x)).tobytes()
+
+
+def setup(codecs: list[str]):
+    masker = SlotMasker()
+    relay = Relay(masker=masker)
+    calls = []
+    for i, codec in enumerate(codecs):
+        call = relay.add_call(f"c{i}")
+        relay.configure(f"c{i}", media(4000 + 10 * i, codec), media(6000 + 10 * i, codec))
+        relay.set_capture(f"c{i}", True)
+        calls.append(call)
+    return relay, masker, calls
+
+
+def feed(relay: Relay, call, pkt: bytes) -> None:
+    assert relay.receive_rtp(call.caller, pkt, call.caller.media.remote_rtp, now=1.0) is None
+
+
+def sent_by_call(sends) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for leg, data, _ in sends:
+        out.setdefault(leg.call.call_id, []).append(data)
+    return out
+
+
+def test_unchanged_rows_leave_as_the_bytes_that_arrived_and_changed_rows_are_reencoded_per_codec() -> None:
+    relay, _, (mu, a) = setup(["PCMU", "PCMA"])
+    p1mu, p1a = packet(1, tone("PCMU")), packet(1, speech(1, "PCMA"), pt=8)
+    feed(relay, mu, p1mu)
+    feed(relay, a, p1a)
+    assert relay.process_pending(1.0) == []  # both held
+    p2mu, p2a = packet(2, speech(2)), packet(2, tone("PCMA"), pt=8)
+    feed(relay, mu, p2mu)
+    feed(relay, a, p2a)
+    got = sent_by_call(relay.process_pending(1.02))
+    assert got["c1"] == [p1a] and got["c1"][0] is p1a  # unchanged: the very object, no copy
+    masked = got["c0"][0]
+    assert masked[:12] == p1mu[:12]
+    assert np.all(np.abs(ULAW_DECODE[np.frombuffer(masked[12:], np.uint8)] - MASKED_LEVEL) < 64)
+    feed(relay, mu, packet(3, speech(3)))
+    feed(relay, a, packet(3, speech(3, "PCMA"), pt=8))
+    got = sent_by_call(relay.process_pending(1.04))
+    assert got["c0"] == [p2mu]
+    assert np.all(np.abs(ALAW_DECODE[np.frombuffer(got["c1"][0][12:], np.uint8)] - MASKED_LEVEL) < 64)
+    assert relay.stats.captured == 4 and relay.stats.masker_batches == 3
+
+
+def test_same_caller_twice_in_one_batch_goes_in_rounds_in_order() -> None:
+    relay, masker, (c0, c1) = setup(["PCMU", "PCMU"])
+    feed(relay, c0, packet(1, speech(1)))
+    feed(relay, c1, packet(1, speech(1), ssrc=2))
+    feed(relay, c0, packet(2, tone()))
+    feed(relay, c0, packet(3, speech(3)))
+    got = sent_by_call(relay.process_pending(1.0))
+    assert masker.calls == [[0, 1], [0], [0]]
+    first, second = got["c0"]
+    assert first == packet(1, speech(1))
+    assert second[:12] == packet(2, b"")[:12] and second[12:] != tone()
+    assert "c1" not in got  # its only packet is held
+
+
+def test_odd_sized_payload_leaves_as_silence_and_others_in_the_batch_are_unaffected() -> None:
+    relay, masker, (c0, c1) = setup(["PCMU", "PCMU"])
+    feed(relay, c0, packet(1, speech(1)[:80]))
+    feed(relay, c1, packet(1, speech(1), ssrc=2))
+    relay.process_pending(1.0)
+    feed(relay, c0, packet(2, speech(2)))
+    feed(relay, c1, packet(2, speech(2), ssrc=2))
+    got = sent_by_call(relay.process_pending(1.02))
+    assert got["c0"] == [packet(1, b"\xff" * 80)]  # safe state: unknown masked form is silence
+    assert got["c1"] == [packet(1, speech(1), ssrc=2)]
+    assert masker.calls == [[1], [0, 1]]
+    feed(relay, c0, packet(3, speech(3)[:80]))  # the held packet's look-ahead is unknown
+    got = sent_by_call(relay.process_pending(1.04))
+    assert got["c0"] == [packet(2, b"\xff" * 160)]
+
+
+def test_padded_packet_leaves_without_padding_but_bit_exact_audio() -> None:
+    relay, _, (c0,) = setup(["PCMU"])
+    feed(relay, c0, packet(1, speech(1), padding=8))
+    feed(relay, c0, packet(2, speech(2)))
+    sent = [d for _, d, _ in relay.process_pending(1.0)]
+    assert sent == [packet(1, speech(1))]
+
+
+def test_batched_hold_times_equal_one_observation_each() -> None:
+    since = [0.5 - d for d in np.linspace(0.0005, 0.12, 40)]
+    for n in (3, 40):
+        one, batch = CountHistogram(LOOKAHEAD_BOUNDS_S), CountHistogram(LOOKAHEAD_BOUNDS_S)
+        for t in since[:n]:
+            one.observe(0.5 - t)
+        batch.observe_since(0.5, since[:n])
+        assert batch.counts == one.counts and abs(batch.sum_s - one.sum_s) < 1e-12
