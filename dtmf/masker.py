@@ -61,6 +61,7 @@ sample clock (FLAT). None of the fills depends on the key pressed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 
 import numpy as np
@@ -94,13 +95,16 @@ FLAG_MIN_LEVEL_DBM0 = -45.0
 """Flag only blocks at least as loud as one sine at this level (well under Q.24's -25 dBm0 floor)."""
 CONFIRM_CONCENTRATION = 0.5
 """Confirm a window when its two narrow DTMF bins hold this share of its energy."""
-TWIST_LIMIT_DB = 12.0
-"""High group within this many dB of the low group, either way (Q.24 asks for +4/-8 dB)."""
+TWIST_LIMIT_DB = 14.0
+"""High group within this many dB of the low group, either way: any tone twisted up to 12 dB
+(Q.24 asks for +4/-8 dB), with 2 dB for the window's leakage and off-nominal frequencies."""
 STEADY_DB = 10.0
 """Each block of a confirmed window carries DTMF-line energy within this many dB of its strongest block."""
-FREQ_OFFSETS = (-0.028, 0.0, 0.028)
-"""Relative offsets at which each window looks for each DTMF frequency: a tone up to 4.2 % off
-nominal (Q.24 rejects beyond 3.5 %) loses at most 2 dB of window power to the nearest one."""
+HOLD_CONCENTRATION = 0.5
+"""A block right after a tone block stays in the tone when its best low + high hold this share of its energy."""
+FREQ_OFFSETS = (-0.035, -0.0175, 0.0, 0.0175, 0.035)
+"""Relative offsets at which a window looks for each DTMF frequency (Q.24 rejects beyond 3.5 %):
+a tone up to 4 % off nominal loses at most 1 dB of window power to the nearest one."""
 
 FLAT_LEVEL_DBM0 = -20.0
 COMFORT_NOISE_MAX_DBM0 = -35.0
@@ -130,26 +134,24 @@ def _analysis_basis() -> np.ndarray:
     return np.concatenate([np.cos(w), np.sin(w)], axis=1)  # (40, 16)
 
 
-def _window_rotation() -> np.ndarray:
-    """(3, offsets, 8) phase rotations: block j of a window, frequency offset d, DTMF frequency f.
-
-    A block's projection is taken with block-local time; multiplying block j's by
-    exp(-i 2 pi f' 40 j / 8000) puts every block on the window's clock at the
-    frequency f', so their sum is the window's DFT at f'.
-    """
+def _window_basis() -> np.ndarray:
+    """(120, 2 * offsets * 8): cos then sin at each DTMF frequency times (1 + offset), offset-major."""
+    t = np.arange(WINDOW_BLOCKS * BLOCK_SAMPLES) / SAMPLE_RATE_HZ
     freqs = np.array(LOW_FREQS_HZ + HIGH_FREQS_HZ)
-    f = freqs[None, :] * (1.0 + np.array(FREQ_OFFSETS))[:, None]  # (offsets, 8)
-    j = np.arange(WINDOW_BLOCKS)[:, None, None]
-    return np.exp(-2j * np.pi * f[None, :, :] * j * BLOCK_SAMPLES / SAMPLE_RATE_HZ)
+    f = (freqs[None, :] * (1.0 + np.array(FREQ_OFFSETS))[:, None]).ravel()
+    w = 2 * np.pi * f[None, :] * t[:, None]
+    return np.concatenate([np.cos(w), np.sin(w)], axis=1)
 
 
 _BASIS = _analysis_basis()
-_ROTATION = _window_rotation()
+_WINDOW_BASIS = _window_basis()
+_WINDOW_INDEX = np.arange(WINDOW_BLOCKS * BLOCK_SAMPLES)[None, :]
+_N_LINES = len(FREQ_OFFSETS) * 8
 _MIN_BLOCK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(FLAG_MIN_LEVEL_DBM0) ** 2 / 2.0
 _MIN_WINDOW_ENERGY = WINDOW_BLOCKS * _MIN_BLOCK_ENERGY
 _TWIST_LIMIT = 10.0 ** (TWIST_LIMIT_DB / 10.0)
 _STEADY = 10.0 ** (-STEADY_DB / 10.0)
-_WINDOW_SCALE = 2.0 / (WINDOW_BLOCKS * BLOCK_SAMPLES)  # |DFT|^2 -> energy of a sine on the bin
+_WINDOW_SCALE = 2.0 / (WINDOW_BLOCKS * BLOCK_SAMPLES)  # |DFT|^2 -> energy of a sine on the frequency
 
 
 def _noise_power(level_dbm0: float) -> float:
@@ -223,34 +225,38 @@ def confirm_windows(blocks: np.ndarray) -> np.ndarray:
     """Confirmed windows of consecutive blocks: (..., m, 40) samples -> bool (..., m - 2)."""
     x = np.asarray(blocks)
     feats, _ = _block_features(x.reshape(-1, BLOCK_SAMPLES))
-    return _confirm(feats.reshape(x.shape[:-1] + (_N_FEATURES,)))
+    flat = x.reshape(-1, x.shape[-2] * BLOCK_SAMPLES)
+    return _confirm(feats.reshape(x.shape[:-1] + (_N_FEATURES,)), lambda rows: flat[rows], 0)
 
 
-def _confirm(feats: np.ndarray) -> np.ndarray:
+def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], first_block: int) -> np.ndarray:
     """Confirmed windows from block features (..., m, 18) -> bool (..., m - 2).
 
     Window s covers blocks s, s+1, s+2: two narrow lines, one per DTMF group,
     within the twist limit, holding most of the window's energy, and steady:
     every block carries DTMF-line energy (so a window confirms only from the
     block where the tone is, and its pre-guard stays within a block of the onset).
+    `samples_of(rows)` gives the samples of those rows (leading dimensions flattened),
+    block j of `feats` from sample 40 * (j + first_block): built only when needed.
     """
     m = feats.shape[-2]
     n = m - WINDOW_BLOCKS + 1
     el = feats[..., 0:n, _ENERGY:] + feats[..., 1:n + 1, _ENERGY:] + feats[..., 2:n + 2, _ENERGY:]
     e = el[..., 0]
     l0, l1, l2 = feats[..., 0:n, _LINES], feats[..., 1:n + 1, _LINES], feats[..., 2:n + 2, _LINES]
-    # The window's line energy cannot exceed its blocks' summed line energies, so
-    # only windows passing that cheap test (rare outside tones) need the DFT.
+    # A window's DFT line energy cannot exceed (about) its blocks' summed line
+    # energies, so only windows passing that cheap test (rare outside tones) get
+    # the DFT: 120 samples, at each DTMF frequency and a few offsets of it.
     confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., 1] >= CONFIRM_CONCENTRATION * e)
                  & (np.minimum(np.minimum(l0, l1), l2) >= _STEADY * np.maximum(np.maximum(l0, l1), l2)))
     flat = confirmed.reshape(-1, n)
     rows, starts = np.nonzero(flat)
     if len(rows):
-        fr = feats.reshape(-1, m, _N_FEATURES)
-        z = [fr[rows, starts + j, None, :8] - 1j * fr[rows, starts + j, None, 8:_ENERGY]
-             for j in range(WINDOW_BLOCKS)]  # sum of x(t) exp(-i w t) over each block
-        dft = z[0] + z[1] * _ROTATION[1] + z[2] * _ROTATION[2]
-        p = (dft.real ** 2 + dft.imag ** 2).max(axis=-2)  # best offset per DTMF frequency
+        x = samples_of(rows)
+        seg = np.take_along_axis(x, (starts[:, None] + first_block) * BLOCK_SAMPLES + _WINDOW_INDEX, axis=1)
+        seg = seg.astype(np.float64)
+        proj = seg @ _WINDOW_BASIS
+        p = (proj[:, :_N_LINES] ** 2 + proj[:, _N_LINES:] ** 2).reshape(-1, len(FREQ_OFFSETS), 8).max(axis=1)
         low = p[:, :4].max(axis=-1)
         high = p[:, 4:].max(axis=-1)
         flat[rows, starts] = (((low + high) * _WINDOW_SCALE >= CONFIRM_CONCENTRATION * e.reshape(-1, n)[rows, starts])
@@ -289,20 +295,26 @@ def _window_or(flags: np.ndarray, before: int, after: int) -> np.ndarray:
     return out
 
 
-def _tone_run(pre_tone: np.ndarray, confirmed: np.ndarray, flags: np.ndarray) -> np.ndarray:
+def _holds(feats: np.ndarray) -> np.ndarray:
+    """Blocks that keep a confirmed tone going: (..., 18) features -> bool (...)."""
+    energy = feats[..., _ENERGY]
+    return (energy >= _MIN_BLOCK_ENERGY) & (feats[..., _LINES] >= HOLD_CONCENTRATION * energy)
+
+
+def _tone_run(pre_tone: np.ndarray, confirmed: np.ndarray, holds: np.ndarray) -> np.ndarray:
     """Tone state of blocks -2..4 (held packet's first block = 0), rows of a batch.
 
     pre_tone (k, 3): blocks -2..0, known; confirmed (k, 9): windows starting at
-    -4..4; flags (k, 7): loose flags of blocks -2..4. A block is in a tone when a
-    confirmed window covers it, or when it is loosely flagged right after a block
-    in a tone (a confirmed tone stays masked while speech over it spoils windows).
+    -4..4; holds (k, 4): blocks 1..4 hold a tone. A block is in a tone when a
+    confirmed window covers it, or when it holds one right after a block in a
+    tone (a confirmed tone stays masked while speech over it spoils windows).
     """
     tone = np.empty((len(pre_tone), HANGOVER_BLOCKS + 1 + BLOCKS_PER_PACKET), dtype=bool)
     tone[:, :HANGOVER_BLOCKS + 1] = pre_tone
     prev = pre_tone[:, -1]
     for b in range(1, BLOCKS_PER_PACKET + 1):
         c = b + _CONFIRM_BEFORE  # window starting at block b
-        prev = confirmed[:, c - 2] | confirmed[:, c - 1] | confirmed[:, c] | (prev & flags[:, b + _HISTORY_BLOCKS])
+        prev = confirmed[:, c - 2] | confirmed[:, c - 1] | confirmed[:, c] | (prev & holds[:, b - 1])
         tone[:, b + HANGOVER_BLOCKS] = prev
     return tone
 
@@ -324,6 +336,8 @@ class Masker:
         # blocks, as a fresh MaskerBank slot's history does.
         self._base = -_HISTORY_BLOCKS
         self._feats: list[np.ndarray] = [np.zeros(_N_FEATURES)] * _HISTORY_BLOCKS
+        self._holds: list[bool] = [False] * _HISTORY_BLOCKS
+        self._window_samples = np.zeros(_HISTORY_BLOCKS * BLOCK_SAMPLES, dtype=np.int16)  # from the next window's block
         self._flags: list[bool] = [False] * _HISTORY_BLOCKS
         self._levels: list[float] = [_UNTRACKED] * _HISTORY_BLOCKS  # background power before each block
         self._confirmed: list[bool] = []  # per window, by its first block
@@ -392,16 +406,25 @@ class Masker:
         n_blocks = len(data) // BLOCK_SAMPLES
         if n_blocks:
             feats, flags = _block_features(data[: n_blocks * BLOCK_SAMPLES].reshape(-1, BLOCK_SAMPLES))
-            for fe, f in zip(feats, flags.tolist()):
+            self._feats.extend(feats)
+            self._holds.extend(_holds(feats).tolist())
+            for e, f in zip(feats[:, _ENERGY].tolist(), flags.tolist()):
                 self._levels.append(self._level)
-                self._feats.append(fe)
                 self._flags.append(f)
-                self._level = float(_track(self._level, fe[_ENERGY] / BLOCK_SAMPLES, f))
+                self._level = float(_track(self._level, e / BLOCK_SAMPLES, f))
             first = len(self._confirmed)
+            self._window_samples = np.concatenate([self._window_samples, data[: n_blocks * BLOCK_SAMPLES]])
             if len(self._feats) - first >= WINDOW_BLOCKS:
-                self._confirmed.extend(_confirm(np.array(self._feats[first:])).tolist())
+                recent = self._window_samples[None, :]
+                self._confirmed.extend(_confirm(np.array(self._feats[first:]), lambda rows: recent, 0).tolist())
+                keep = len(self._feats) - len(self._confirmed)  # blocks of the next window already seen
+                self._window_samples = self._window_samples[len(self._window_samples) - keep * BLOCK_SAMPLES:]
             self._tone.extend(self._tone_run(len(self._tone), len(self._confirmed)))
         self._partial = data[n_blocks * BLOCK_SAMPLES:]
+
+    def _hold(self, block: int) -> bool:
+        i = block - self._base
+        return 0 <= i < len(self._holds) and self._holds[i]
 
     def _flag(self, block: int) -> bool:
         i = block - self._base
@@ -421,7 +444,7 @@ class Masker:
         for i in range(first, stop):
             b = self._base + i
             prev = (any(self._confirm(s) for s in range(b - WINDOW_BLOCKS + 1, b + 1))
-                    or (prev and self._flag(b)))
+                    or (prev and self._hold(b)))
             out.append(prev)
         return out
 
@@ -459,7 +482,7 @@ class Masker:
         keep_from = self._pending_start // BLOCK_SAMPLES - HANGOVER_BLOCKS - WINDOW_BLOCKS
         if keep_from > self._base + 64:
             drop = keep_from - self._base
-            for name in ("_feats", "_flags", "_levels", "_confirmed", "_tone"):
+            for name in ("_feats", "_holds", "_flags", "_levels", "_confirmed", "_tone"):
                 del getattr(self, name)[:drop]
             self._base = keep_from
         return out
@@ -558,11 +581,12 @@ class MaskerBank:
             return None
         confirmed = np.concatenate([
             self._pre_confirmed[slot],
-            _confirm(self._hist_feats[slot]),
+            _confirm(self._hist_feats[slot], lambda rows: self._held[slot][None, :], 1),
             np.zeros(_WINDOWS_PER_CALL - 1, dtype=bool),  # windows reaching unseen blocks
         ])
         flags = np.concatenate([self._hist_flags[slot], np.zeros(PRE_GUARD_BLOCKS, dtype=bool)])
-        tone = _tone_run(self._pre_tone[slot][None, :], confirmed[None, :], flags[None, :])[0]
+        holds = np.concatenate([_holds(self._hist_feats[slot]), np.zeros(1, dtype=bool)])
+        tone = _tone_run(self._pre_tone[slot][None, :], confirmed[None, :], holds[None, :])[0]
         mask = (_window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
                 | _window_or(flags, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS))
         out = self._held[slot].copy()
@@ -603,10 +627,12 @@ class MaskerBank:
         # Blocks numbered from the held packet's first = 0. A held block b is masked by
         # the windows starting at b-4 .. b+1: those at -4..0 are known from the last
         # call, those at 1..4 (held blocks 1-3 and this packet's 0-2) are new.
-        new_confirmed = _confirm(np.concatenate([self._hist_feats[slots], feats[:, :WINDOW_BLOCKS]], axis=1))
+        win_feats = np.concatenate([self._hist_feats[slots], feats[:, :WINDOW_BLOCKS]], axis=1)
+        new_confirmed = _confirm(win_feats, lambda rows: np.concatenate(
+            [self._held[slots[rows]], frames[rows]], axis=1), 1)  # the held packet, then this one
         confirmed = np.concatenate([self._pre_confirmed[slots], new_confirmed], axis=1)
         all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
-        tone = _tone_run(self._pre_tone[slots], confirmed, all_flags[:, :_HISTORY_BLOCKS + BLOCKS_PER_PACKET + 1])
+        tone = _tone_run(self._pre_tone[slots], confirmed, _holds(win_feats[:, :BLOCKS_PER_PACKET]))
         la_mask = _window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
         # Direct rows: this packet, loose flags with hang-over only (no look-ahead).
         dm = _window_or(all_flags[:, BLOCKS_PER_PACKET:], HANGOVER_BLOCKS, 0)

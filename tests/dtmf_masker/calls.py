@@ -5,6 +5,8 @@ Shared by the leak tests and loadtests/masker_bench.py (which prints the figures
 
 from __future__ import annotations
 
+import glob
+import wave
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +17,10 @@ from dtmf.tones import DIGITS, DTMF_FREQS_HZ, HIGH_FREQS_HZ, LOW_FREQS_HZ, dtmf_
 
 RATE = 8000
 ALL_FREQS_HZ = LOW_FREQS_HZ + HIGH_FREQS_HZ
+SPEECH_GLOB = "/usr/share/asterisk/sounds/en_US_f_Allison/**/*.wav"
+"""Debian asterisk-core-sounds-en-wav: ~25 min of recorded prompts, 8 kHz 16-bit mono."""
+MUSIC_GLOB = "/usr/share/asterisk/moh/*.wav"
+"""Debian asterisk-moh-opsound-wav: ~18 min of music on hold."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,55 @@ def make_call(rng: np.random.Generator, n_digits: int, background: str,
     return Call(audio, tones_only, placed, background)
 
 
+def read_corpus(pattern: str) -> list[np.ndarray]:
+    """The mono 16-bit 8 kHz WAVs matching a glob, sorted by path (others are skipped)."""
+    out = []
+    for path in sorted(glob.glob(pattern, recursive=True)):
+        with wave.open(path) as w:
+            if w.getframerate() == RATE and w.getsampwidth() == 2 and w.getnchannels() == 1:
+                out.append(np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"))
+    return out
+
+
+def make_speech_call(rng: np.random.Generator, speech: np.ndarray, n_digits: int, gain_db: float,
+                     last_5ms_share: float = 0.4) -> Call:
+    """Recorded speech scaled by gain_db with random digits over it (0..-25 dBm0, twist -8..+4 dB,
+    40-120 ms, frequencies off by up to 1.5 %, random phases), mu-law round trip.
+
+    `speech` is cut at a random offset (wrapping around) to the call's length.
+    """
+    placed: list[Tone] = []
+    pos = int(rng.integers(800, 2400))
+    for _ in range(n_digits):
+        if rng.random() < last_5ms_share:
+            pos = (pos // PACKET_SAMPLES) * PACKET_SAMPLES + int(rng.integers(155, 160))
+        dur = int(rng.integers(40 * 8, 120 * 8 + 1))
+        placed.append(Tone(DIGITS[int(rng.integers(0, 16))], pos, pos + dur,
+                           float(rng.uniform(-25, 0)), float(rng.uniform(-8, 4))))
+        pos += dur + int(rng.integers(100 * 8, 600 * 8))
+    n = pos + 1600
+    n -= n % PACKET_SAMPLES
+    tones_only = np.zeros(n)
+    for t in placed:
+        phase = tuple(rng.uniform(0, 2 * np.pi, 2))
+        off = tuple(rng.uniform(-1.5, 1.5, 2))
+        tone = dtmf_tone(t.digit, (t.end - t.start) / 8.0, t.level_dbm0, t.twist_db, off[0], off[1], phase_rad=phase)
+        tones_only[t.start:t.start + len(tone)] += tone
+    start = int(rng.integers(0, len(speech)))
+    bg = np.resize(np.roll(speech, -start), n).astype(np.float64) * 10 ** (gain_db / 20)
+    linear = np.clip(np.rint(tones_only + bg), -32768, 32767).astype(np.int16)
+    audio = ulaw_decode(ulaw_encode(linear))
+    return Call(audio, tones_only, placed, f"speech {gain_db:+.0f} dB")
+
+
+def tone_free(n: int, tones: list[Tone], margin: int = 2 * PACKET_SAMPLES) -> np.ndarray:
+    """Samples farther than `margin` from every tone (bool, length n)."""
+    free = np.ones(n, dtype=bool)
+    for t in tones:
+        free[max(0, t.start - margin):t.end + margin] = False
+    return free
+
+
 def mask_single(audio: np.ndarray, mode: MaskMode, chunk: int = PACKET_SAMPLES,
                 lookahead: bool = True) -> np.ndarray:
     """Mask with one Masker, returned time-aligned with the input."""
@@ -114,13 +169,13 @@ def mask_single(audio: np.ndarray, mode: MaskMode, chunk: int = PACKET_SAMPLES,
     return np.concatenate(parts)[m.lookahead_samples:]
 
 
-def mask_bank(audios: list[np.ndarray], mode: MaskMode) -> list[np.ndarray]:
+def mask_bank(audios: list[np.ndarray] | np.ndarray, mode: MaskMode) -> list[np.ndarray]:
     """Mask several equal-length calls through one bank in capture, time-aligned."""
     bank = MaskerBank(mode, capacity=2)
     slots = np.array([bank.add_stream() for _ in audios])
     for s in slots:
         bank.set_capture(int(s), True)
-    stacked = np.stack(audios)
+    stacked = np.stack(list(audios))
     outs = []
     for i in range(0, stacked.shape[1], PACKET_SAMPLES):
         rows, _ = bank.process(slots, stacked[:, i:i + PACKET_SAMPLES])

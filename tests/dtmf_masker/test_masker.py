@@ -69,6 +69,33 @@ def test_onset_anywhere_in_a_packet_is_masked_with_lookahead(offset, mode):
     assert changed.max() < end + HANG_OVER
 
 
+@pytest.mark.parametrize("ms", [20, 25, 30])
+def test_short_tones_are_masked_from_their_first_sample(ms):
+    """A lenient receiver may take a 20-40 ms tone: every sample of it goes, at any alignment."""
+    for i, offset in enumerate(list(range(0, 160, 9)) + [156, 159]):
+        digit = DIGITS[i % 16]
+        start = 5 * PACKET_SAMPLES + offset
+        x = _with_tone(12 * PACKET_SAMPLES, start, digit=digit, ms=ms, level=-25, twist=-8 if i % 2 else 4)
+        out = mask_single(x, MaskMode.SILENCE)
+        end = start + ms * 8
+        assert not out[start:end].any(), (offset, digit)
+        changed = np.flatnonzero(out != x)
+        assert changed.min() >= start - PRE_GUARD and changed.max() < end + HANG_OVER, (offset, digit)
+
+
+@pytest.mark.parametrize("digit", list(DIGITS))
+def test_off_nominal_and_twisted_tones_are_masked(digit):
+    """Off by 3.5 % (Q.24's reject limit) and twisted by 12 dB either way, at -25 dBm0."""
+    for offset_pct in (-3.5, 3.5):
+        for twist in (-12.0, 12.0):
+            start = 5 * PACKET_SAMPLES + 157
+            x = np.zeros(14 * PACKET_SAMPLES)
+            tone = dtmf_tone(digit, 40, -25 - max(twist, 0), twist, offset_pct, -offset_pct)
+            x[start:start + len(tone)] += tone
+            out = mask_single(to_int16(x), MaskMode.SILENCE)
+            assert not out[start:start + len(tone)].any(), (offset_pct, twist)
+
+
 def test_without_lookahead_a_late_onset_leaks_at_most_one_block():
     start = 5 * PACKET_SAMPLES + 157
     x = _with_tone(16 * PACKET_SAMPLES, start, ms=60)
@@ -243,7 +270,7 @@ def test_speech_without_tones_mostly_passes():
     rng = np.random.default_rng(13)
     x = to_int16(speech_like(5 * 8000, rng, -25))
     out = mask_single(x, MaskMode.SILENCE)
-    assert np.mean(out != x) < 0.35  # flags err towards masking; figure in loadtests/README-masker.md
+    assert np.mean(out != x) < 0.2  # formants parked on DTMF lines; figure in loadtests/README-masker.md
 
 
 @pytest.mark.parametrize("codec,encode", [("PCMU", ulaw_encode), ("PCMA", alaw_encode)])
