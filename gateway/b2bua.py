@@ -1,11 +1,16 @@
 """The B2BUA core: a call is two dialogs (caller leg UAS, agent leg UAC) and two media legs. Sans-IO.
 
 Driven by: `receive(data, source, now)` for every datagram or framed stream
-message, `handle_timer(now)` when `get_timer()` is due, and `hangup(call_id,
-reason, now)` from the edge (media timeout, API). Output: `messages_to_send()`
-as (bytes, Peer) and `next_event()`. SDP is never relayed: each leg gets the
-gateway's own SDP anchored on the media ports of `CallMedia`, with PCMU/PCMA
-only and the telephone-event payload type of that leg. Safe state: any error in
+message, `handle_timer(now)` when `get_timer()` is due, `hangup(call_id,
+reason, now)` from the edge (media timeout, API) and `transport_failed(peer,
+now)` when the edge loses a connection or a send fails. Output:
+`messages_to_send()` as (bytes, Peer) and `next_event()`. SDP is never relayed:
+each leg gets the gateway's own SDP anchored on the media ports of `CallMedia`,
+with PCMU/PCMA only and the telephone-event payload type of that leg. An offer
+travels the way it came: an INVITE without SDP goes out without SDP, the 2xx's
+offer is re-offered to the other side, and the ACKs carry the answers back
+(initial INVITE and re-INVITE alike). One agent per call: a 2xx from another
+fork is ACKed and BYEd. Safe state: any error in
 one call ends that call (BYE/CANCEL both legs, media closed); a malformed
 message is answered 400 (or dropped when it cannot be answered) and never
 touches other calls. In-dialog requests go back over the flow the dialog was
