@@ -74,7 +74,8 @@ def serve(mode: str) -> None:
 
             detector = _Timed(DetectorBank(capacity=len(callers) + 8)) if mode == "tonewall" else None
             masker = _Timed(MaskerBank(MaskMode.FLAT, capacity=len(callers) + 8)) if spec.get("capture") else None
-            relay_kw = {k: spec[k] for k in ("detect_window_s", "detect_batch_rows") if spec.get(k) is not None}
+            relay_kw = {k: spec[k] for k in ("detect_window_s", "detect_batch_rows", "mask_window_s",
+                                             "mask_batch_rows") if spec.get(k) is not None}
             ctl = RtpMediaController(HOST, spec["ports"][0], spec["ports"][1],
                                      relay=Relay(detector=detector, masker=masker, **relay_kw))
             for i, (c, a) in enumerate(zip(callers, agents)):
@@ -237,6 +238,10 @@ def core_bench(n: int, seconds: float, capture: bool, hook: bool, iteration_ms: 
            "iteration_ms": iteration_ms, "core_cpu_s_per_mpkt": round(cpu / (total / 1e6), 2),
            "relay_only_cpu_s_per_mpkt": round((cpu - banks_s) / (total / 1e6), 2),
            "api": "process_pending+timer" if new_api else "flush per iteration"}
+    la = relay.stats.lookahead_seconds
+    if la.count:
+        out["lookahead_p50_ms_le"] = la.quantile(0.5) * 1e3
+        out["lookahead_p99_ms_le"] = la.quantile(0.99) * 1e3
     for name, bank in (("detector", detector), ("masker", masker)):
         if bank is not None:
             out[f"{name}_calls"] = bank.calls
@@ -414,10 +419,15 @@ def main() -> None:
         ap.add_argument("--iteration-ms", default="0.2,1", help="simulated loop iteration lengths")
         ap.add_argument("--capture", action="store_true")
         ap.add_argument("--no-hook", action="store_true")
+        ap.add_argument("--mask-window-ms", default="0", help="Relay mask_window_s values, in ms")
         args = ap.parse_args(sys.argv[2:])
         for n in (int(x) for x in args.streams.split(",")):
             for it in (float(x) for x in args.iteration_ms.split(",")):
-                print(json.dumps(core_bench(n, args.seconds, args.capture, not args.no_hook, it)), flush=True)
+                for w in (float(x) for x in args.mask_window_ms.split(",")):
+                    kw = {"mask_window_s": w / 1e3} if w else {}
+                    r = core_bench(n, args.seconds, args.capture, not args.no_hook, it, kw)
+                    r["mask_window_ms"] = w
+                    print(json.dumps(r), flush=True)
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", default="100,500,1000")
@@ -429,9 +439,13 @@ def main() -> None:
                     help="put every Tonewall call in a secure capture (masker with look-ahead on every caller leg)")
     ap.add_argument("--detect-window-ms", type=float, default=None, help="Relay detect_window_s, in ms")
     ap.add_argument("--detect-batch-rows", type=int, default=None, help="Relay detect_batch_rows")
+    ap.add_argument("--mask-window-ms", type=float, default=None, help="Relay mask_window_s, in ms")
+    ap.add_argument("--mask-batch-rows", type=int, default=None, help="Relay mask_batch_rows")
     args = ap.parse_args()
     relay_kw = {"detect_window_s": args.detect_window_ms / 1e3 if args.detect_window_ms is not None else None,
-                "detect_batch_rows": args.detect_batch_rows}
+                "detect_batch_rows": args.detect_batch_rows,
+                "mask_window_s": args.mask_window_ms / 1e3 if args.mask_window_ms is not None else None,
+                "mask_batch_rows": args.mask_batch_rows}
     global RELAY_NICE
     RELAY_NICE = args.relay_nice
     relays = args.relays.split(",")

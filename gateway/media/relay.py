@@ -16,7 +16,9 @@ caller packet goes through that one FIFO in arrival order, so each stream reache
 detector in order whatever its masking mode (a slot appears once per detector call;
 repeats go in later "rounds" of the same batch).
 
-Masked legs go through the masker bank once per loop iteration (`process_pending`):
+Masked legs go through the masker bank once per loop iteration (`process_pending`), or,
+with `mask_window_s` > 0, once the oldest waiting row is that old or `mask_batch_rows` wait
+(every masked packet then leaves up to the window later, for fewer masker calls):
 during a capture the caller's audio is held for one packet (the masker's look-ahead)
 and the held packet leaves, masked, when the next one arrives; under `mask =
 "always"` outside a capture each packet leaves masked in the iteration it arrived
@@ -70,6 +72,11 @@ DETECT_WINDOW_S = 0.010
 """Oldest pass-through row's wait before the detector runs: the bound on extra decision delay."""
 DETECT_BATCH_ROWS = 256
 """Rows that run the detector at once: bounds one call (and the socket reads it delays) to ~0.4 ms."""
+MASK_WINDOW_S = 0.0
+"""Oldest masked row's wait before the masker runs (0: every loop iteration). Every masked packet
+waits this much longer than its look-ahead; a window shares the masker's fixed cost per call."""
+MASK_BATCH_ROWS = 256
+"""Masked rows that run the masker at once, whatever the window."""
 JITTER_SAMPLE_INTERVAL_S = 1.0
 MAX_DROPOUT = 3000
 """RFC 3550 A.1: a forward jump below this is a gap (loss), not a restart."""
@@ -379,12 +386,15 @@ class Relay:
 
     def __init__(self, detector: DetectorLike | None = None, masker: MaskerLike | None = None,
                  strict: bool = False, detect_window_s: float = DETECT_WINDOW_S,
-                 detect_batch_rows: int = DETECT_BATCH_ROWS) -> None:
+                 detect_batch_rows: int = DETECT_BATCH_ROWS, mask_window_s: float = MASK_WINDOW_S,
+                 mask_batch_rows: int = MASK_BATCH_ROWS) -> None:
         self.detector = detector
         self.masker = masker
         self.strict = strict
         self.detect_window_s = detect_window_s
         self.detect_batch_rows = max(1, detect_batch_rows)
+        self.mask_window_s = max(0.0, mask_window_s)
+        self.mask_batch_rows = max(1, mask_batch_rows)
         self.stats = RelayStats()
         self.calls: dict[str, RelayCall] = {}
         self._events: deque[Any] = deque(maxlen=MAX_QUEUED_EVENTS)
@@ -409,6 +419,8 @@ class Relay:
         self._mask_rx: list[float] = []
         self._mask_odd = False
         self._mask_alaw = False
+        self._mask_since: float | None = None
+        """Receive time of the oldest masked row waiting for the masker."""
         self._next_sample_s: float | None = None
 
     # ---- calls -----------------------------------------------------------------
@@ -568,6 +580,10 @@ class Relay:
         return bool(self._det_slots or self._mask_legs)
 
     @property
+    def mask_rows_pending(self) -> int:
+        return len(self._mask_legs)
+
+    @property
     def detect_rows_pending(self) -> int:
         return len(self._det_slots)
 
@@ -649,6 +665,10 @@ class Relay:
                         # The payload leaves without its padding; renumbered now, so event packets
                         # withheld later in this iteration cannot shift it.
                         data = bytes([data[0] & ~0x20]) + _renumber(data[:start], leg.seq_offset)[1:] + payload
+                    if not self._mask_legs:
+                        self._mask_since = now
+                        if self.mask_window_s:
+                            self.timer_changed = True
                     self._mask_legs.append(leg)
                     self._mask_packets.append(data)
                     self._mask_starts.append(start)
@@ -731,7 +751,12 @@ class Relay:
 
         Returns the masked packets to send: (leg to send from, bytes, destination).
         """
-        sends = self._run_masker(now) if self._mask_legs else []
+        legs = self._mask_legs
+        if legs and (not self.mask_window_s or len(legs) >= self.mask_batch_rows
+                     or now >= self._mask_since + self.mask_window_s):  # type: ignore[operator]
+            sends = self._run_masker(now)
+        else:
+            sends = []
         if self._det_slots and (len(self._det_slots) >= self.detect_batch_rows
                                 or now >= self._det_since + self.detect_window_s):  # type: ignore[operator]
             self._run_detector()
@@ -748,6 +773,8 @@ class Relay:
         times = [t for t in (leg.te_receiver.get_timer() for leg in self._te_legs) if t is not None]  # type: ignore[union-attr]
         if self._det_since is not None:
             times.append(self._det_since + self.detect_window_s)
+        if self._mask_since is not None and self.mask_window_s:
+            times.append(self._mask_since + self.mask_window_s)
         if self._next_sample_s is not None:
             times.append(self._next_sample_s)
         return min(times) if times else None
@@ -805,6 +832,7 @@ class Relay:
         odd, alaw = self._mask_odd, self._mask_alaw
         self._mask_legs, self._mask_packets, self._mask_starts, self._mask_payloads, self._mask_rx = [], [], [], [], []
         self._mask_odd = self._mask_alaw = False
+        self._mask_since = None
         k = len(legs)
         # Per row: index of its masked samples in `out` when changed, -1 unchanged, None unknown.
         state: list[int | None] = [None] * k
@@ -934,6 +962,7 @@ class Relay:
             self._mask_starts = [self._mask_starts[i] for i in keep]
             self._mask_payloads = [self._mask_payloads[i] for i in keep]
             self._mask_rx = [self._mask_rx[i] for i in keep]
+            self._mask_since = min(self._mask_rx) if self._mask_rx else None
         if leg.slot >= 0 and leg.slot in self._det_slots:
             keep = [i for i, s in enumerate(self._det_slots) if s != leg.slot]
             self._det_slots = [self._det_slots[i] for i in keep]

@@ -8,7 +8,7 @@ leg's socket (a caller feedback tone, when one plays, is spliced into the agent'
 packets by the core on the way). When the core raises `wake` (masked-leg rows, a full detector batch,
 a timer that moved, events), `Relay.process_pending` runs once at the end of that
 iteration from `loop.call_soon`. One loop timer, armed from `Relay.get_timer()` only
-while something is due (a detector batch's deadline, the once-a-second metrics
+while something is due (a detector batch's deadline, a masker window's end, the once-a-second metrics
 sample, an RFC 4733 event's lost end), drives `Relay.handle_timer`.
 
 `now` for the core is `perf_counter()`: on Linux it is CLOCK_MONOTONIC, the clock
@@ -291,8 +291,12 @@ class RtpMediaController:
         try:
             # The loop clock has 1 ms steps: a timer may fire just before `when` on perf_counter.
             relay.handle_timer(max(t0, when))
+            # Masked rows whose batching window closed with no packet arriving since.
+            sends = relay.process_pending(max(t0, when)) if relay.mask_rows_pending else []
         except Exception:  # noqa: BLE001 - one batch's failure must not stop the loop
             relay.stats.drops[0]["hook_error"] += 1
+            sends = []
+        self._send_all(sends)
         relay.stats.hook_s += perf_counter() - t0
         relay.timer_changed = False
         self._arm_timer()

@@ -167,3 +167,77 @@ def test_batched_hold_times_equal_one_observation_each() -> None:
             one.observe(0.5 - t)
         batch.observe_since(0.5, since[:n])
         assert batch.counts == one.counts and abs(batch.sum_s - one.sum_s) < 1e-12
+
+
+def windowed(codecs: list[str], window_s: float, rows: int = 256):
+    relay, masker, calls = setup(codecs)
+    relay.mask_window_s, relay.mask_batch_rows = window_s, rows
+    return relay, masker, calls
+
+
+def test_masker_window_waits_for_its_oldest_row_and_arms_the_timer() -> None:
+    relay, masker, (c0, c1) = windowed(["PCMU", "PCMU"], 0.001)
+    assert relay.get_timer() is None
+    feed(relay, c0, packet(1, speech(1)))
+    assert relay.timer_changed and relay.get_timer() == 1.001
+    relay.receive_rtp(c1.caller, packet(1, speech(1), ssrc=2), c1.caller.media.remote_rtp, now=1.0004)
+    assert relay.process_pending(1.0009) == [] and masker.calls == []
+    relay.process_pending(1.001)
+    assert masker.calls == [[0, 1]] and relay.mask_rows_pending == 0
+    assert relay.get_timer() == 2.0  # only the once-a-second metrics sample is left
+
+
+def test_masker_window_runs_at_once_when_the_batch_is_full_and_flush_forces_it() -> None:
+    relay, masker, (c0, c1, c2) = windowed(["PCMU"] * 3, 0.5, rows=2)
+    feed(relay, c0, packet(1, speech(1)))
+    relay.process_pending(1.0)
+    assert masker.calls == []
+    feed(relay, c1, packet(1, speech(1)))
+    relay.process_pending(1.0)
+    assert masker.calls == [[0, 1]]
+    feed(relay, c2, packet(1, speech(1)))
+    relay.flush(1.0)
+    assert masker.calls == [[0, 1], [2]]
+
+
+def test_removing_the_only_waiting_call_clears_the_masker_deadline() -> None:
+    relay, _, (c0, c1) = windowed(["PCMU", "PCMU"], 0.01)
+    feed(relay, c0, packet(1, speech(1)))
+    relay.receive_rtp(c1.caller, packet(1, speech(1)), c1.caller.media.remote_rtp, now=1.005)
+    relay.remove_call("c0")
+    assert relay.get_timer() == 1.015
+    relay.remove_call("c1")
+    assert relay.get_timer() == 2.0  # the metrics sample
+
+
+async def test_edge_releases_a_windowed_row_from_its_timer() -> None:
+    import asyncio
+    import socket
+
+    from gateway.transport.rtp import RtpMediaController
+
+    def sock() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        return s
+
+    masker = SlotMasker()
+    ctl = RtpMediaController("127.0.0.1", 31300, 31399, relay=Relay(masker=masker, mask_window_s=0.003))
+    caller, agent = sock(), sock()
+    try:
+        call = ctl.open_call("call-1")
+        cp, ap = caller.getsockname(), agent.getsockname()
+        call.configure(LegMedia(cp, (cp[0], cp[1] + 1), "PCMU", 0, 101),
+                       LegMedia(ap, (ap[0], ap[1] + 1), "PCMU", 0, 101))
+        call.set_capture(True)
+        for seq in (1, 2):
+            caller.sendto(packet(seq, speech(seq)), ("127.0.0.1", call.caller_port))
+        # No packet follows: only the edge's timer can close the window that releases packet 1.
+        data, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(agent, 2048), 2.0)
+        assert data == packet(1, speech(1))
+        assert ctl.relay.mask_rows_pending == 0
+    finally:
+        ctl.close()
+        caller.close()
+        agent.close()
