@@ -7,9 +7,11 @@ The signal is cut into 40-sample chunks at absolute positions (0, 40, 80, ...)
 of each stream, so the decisions depend only on the samples, never on how they
 were packetised. Each chunk closes one 80-sample Hann window (10 ms, hop 5 ms).
 For every window and each of the 8 DTMF frequencies the bank computes the
-complex DFT value by one matrix product over all streams' windows; a cheap gate
-(implied by the exact checks) leaves only the few windows that may hold a DTMF
-pair for the exact checks. Per window:
+complex DFT value from one matrix product over all streams' new chunks (each
+chunk gives the opening half of one window and the closing half of the next; a
+per-stream carry bridges calls); a cheap gate (implied by the exact checks)
+leaves only the few windows that may hold a DTMF pair for the exact checks, and
+only streams with a hit or a digit on reach the state machine. Per window:
 
 * the strongest bin of each group names the candidate pair;
 * the real frequency of each tone comes from the phase advance of that bin
