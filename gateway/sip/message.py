@@ -567,6 +567,7 @@ def parse_via(text: str) -> Via:
 # comes back in every message of a transaction or dialog. The cached objects are
 # never mutated; the public accessors hand out copies.
 _shared_name_addr = lru_cache(maxsize=4096)(parse_name_addr)
+_shared_uri = lru_cache(maxsize=1024)(parse_uri)
 _shared_via = lru_cache(maxsize=4096)(parse_via)
 
 
@@ -881,7 +882,7 @@ def _parse_start_line(line: str) -> SipRequest | SipResponse:
         raise SipParseError("SIP request line is malformed")
     if version.upper() != SIP_VERSION:
         raise SipParseError("SIP version is not supported", 505)
-    req_uri = parse_uri(uri)
+    req_uri = _shared_uri(uri)
     if req_uri.is_sip and req_uri.headers:
         raise SipParseError("SIP Request-URI has headers")  # RFC 3261 19.1.5
     return SipRequest(method, uri, version=version)
@@ -919,12 +920,16 @@ def _check_mandatory(msg: SipRequest | SipResponse) -> None:
 
 def content_length(headers: Headers) -> int | None:
     """Content-Length as an int, or None when absent."""
+    memo = headers._memo
+    if "content-length" in memo:
+        return memo["content-length"]  # type: ignore[return-value]
     v = headers.get("Content-Length")
     if v is None:
         return None
     if not _digits(v) or len(v) > 10:
         raise SipParseError("SIP Content-Length is invalid")
-    return int(v)
+    memo["content-length"] = n = int(v)
+    return n
 
 
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> SipRequest | SipResponse:
@@ -932,14 +937,18 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> SipRequest | 
     if len(data) > limits.max_message_bytes:
         raise SipParseError("SIP message is too large", 513)
     data = data.lstrip(b"\r\n")  # RFC 3261 7.5: ignore CRLFs before the start line
-    m = _HEADER_END.search(data)
-    if m is None:
-        # A message with no body may end without the blank line only if nothing follows.
-        head = data.rstrip(b"\r\n")
-        if not head:
-            raise SipParseError("SIP message is empty")
-        raise SipParseError("SIP message has no end of headers")
-    head, rest = data[: m.start()], data[m.end() :]
+    end = data.find(b"\r\n\r\n")
+    if end >= 0 and b"\n\n" not in data[:end] and b"\n\r\n" not in data[: end + 2]:
+        head, rest = data[:end], data[end + 4 :]  # the usual CRLF CRLF, and no earlier bare-LF end
+    else:
+        m = _HEADER_END.search(data)
+        if m is None:
+            # A message with no body may end without the blank line only if nothing follows.
+            head = data.rstrip(b"\r\n")
+            if not head:
+                raise SipParseError("SIP message is empty")
+            raise SipParseError("SIP message has no end of headers")
+        head, rest = data[: m.start()], data[m.end() :]
     msg = parse_head(head, limits)
     length = content_length(msg.headers)
     if length is None:

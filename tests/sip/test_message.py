@@ -216,3 +216,12 @@ def test_mutated_invite_raises_only_value_errors(pos, junk):
         bytes(msg)
     except ValueError:
         pass
+
+
+def test_header_end_is_the_first_blank_line_whatever_the_line_ends():
+    """RFC 3261 7.5: the first empty line ends the headers, even a bare-LF one just before a CRLF CRLF."""
+    head, body = INVITE.split(b"\r\n\r\n", 1)
+    msg = parse_message(head.replace(b"Content-Length: 5", b"Content-Length: 4") + b"\n\r\n\r\nab")
+    assert msg.body == b"\r\nab"
+    msg = parse_message(head + b"\r\n\n" + body)
+    assert msg.body == body
