@@ -5,39 +5,43 @@ no clock. Its safe state is "mask": every decision errs towards masking.
 
 How it decides. The audio is cut into 5 ms blocks (40 samples, four per 20 ms
 packet, aligned to the stream's first sample). Each block is projected onto the
-eight DTMF frequencies (one matrix product for every row of a batch). Two tests
-use those projections:
+eight DTMF frequencies (one matrix product for every row of a batch). Two tests:
 
   * the *loose flag* of a block: loud enough, and >= half its energy at the best
     low-group plus best high-group frequency. 5 ms cannot resolve 200 Hz, so
-    speech formants and music trip it; it is used where there is no look-ahead
-    (outside a capture, mask = "always") and, on top, when held audio is flushed.
-  * the *confirmed window* (with look-ahead): three consecutive blocks (15 ms)
-    whose block projections, phase-rotated and summed coherently, are the 120-
-    sample DFT at each DTMF frequency (and at +-2 %, +-4 % of it, so off-nominal
-    tones a lenient receiver takes still count). A DTMF tone is two steady
-    sinusoids, so the window is confirmed when the best low and best high of
-    those narrow (~70 Hz) bins hold >= CONFIRM_CONCENTRATION of the window energy,
-    with both groups present (twist within +-TWIST_LIMIT_DB, wider than Q.24's
-    +4/-8 dB). Speech and music rarely put half their energy into two such
-    narrow lines; that is what lets them pass.
+    speech formants and music trip it; it decides alone where there is no
+    look-ahead (outside a capture, mask = "always"), and joins in when held audio
+    is flushed.
+  * the *confirmed window* (with look-ahead): three consecutive blocks (15 ms).
+    A DTMF tone is two steady sinusoids, so a window is confirmed when the best
+    low and best high lines of its 120-sample DFT (at each DTMF frequency and
+    +-1.75 %, +-3.5 % of it, so off-nominal tones a lenient receiver takes still
+    count; ~70 Hz wide) hold >= half the window's energy, with both groups present
+    (twist within +-12 dB, generous next to Q.24's +4/-8 dB) and every block
+    carrying them (steady within 10 dB). Speech and music rarely put half their
+    energy into two such narrow lines; that is what lets them pass. The DFT runs
+    only for windows whose blocks' own line energies allow a confirmation, so
+    its cost follows the tones, not the streams.
 
-With look-ahead a block is masked when a confirmed window covers it, starts in
-the next block (pre-guard: the tone's first full block confirms the partial
-onset block before it), or ended up to two blocks before (hang-over for tone
-tails and echo). A block's decision uses the blocks up to three after it, all
-inside the 20 ms look-ahead:
+A block is *in a tone* when a confirmed window covers it, or when it is loosely
+flagged right after a block in a tone (speech over a tone can spoil its windows
+but not undo the tone). With look-ahead a block is masked when it, the next
+block (pre-guard: the tone's first full blocks confirm the partial onset block
+before them), or one of the two blocks before it (hang-over for tone tails and
+echo) is in a tone. A block's decision reads the blocks up to three after it,
+all inside the 20 ms look-ahead:
 
     guard before a tone onset: 1 block + block alignment  <= 10 ms (look-ahead only)
     hang-over after a tone end: 2 blocks + block alignment <= 15 ms
 
 A tone starting in the last 5 ms of a packet has its first full blocks in the
-next packet; the first full window confirms and its pre-guard masks the onset,
-which is why one packet of look-ahead (160 samples, 20 ms) is enough and is all
-we hold. Any tone of 20 ms or more has a window of three full blocks. Without
-look-ahead a block is masked when it or one of the two blocks before it is
-loosely flagged. Outside the guard every sample passes unchanged (bit-exact
-once re-encoded; see `encode_masked`).
+next packet; their window confirms and its pre-guard masks the onset, which is
+why one packet of look-ahead (160 samples, 20 ms) is enough and is all we hold.
+Any tone of 20 ms or more has a window of three full blocks (the steadiness
+test keeps a window from confirming on a block before the onset, which holds the
+pre-guard to one block). Without look-ahead a block is masked when it or one of
+the two blocks before it is loosely flagged. Outside the guard every sample
+passes unchanged (bit-exact once re-encoded; see `encode_masked`).
 
 Look-ahead switching, for one stream (`Masker`) or one slot (`MaskerBank`):
   * on: the output stream gets one packet (160 samples) of *filler* (the mode's
@@ -151,6 +155,7 @@ _MIN_BLOCK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(FLAG_MIN_LEVEL_DBM0) ** 2 
 _MIN_WINDOW_ENERGY = WINDOW_BLOCKS * _MIN_BLOCK_ENERGY
 _TWIST_LIMIT = 10.0 ** (TWIST_LIMIT_DB / 10.0)
 _STEADY = 10.0 ** (-STEADY_DB / 10.0)
+_PREFILTER = 0.7
 _WINDOW_SCALE = 2.0 / (WINDOW_BLOCKS * BLOCK_SAMPLES)  # |DFT|^2 -> energy of a sine on the frequency
 
 
@@ -244,10 +249,12 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     el = feats[..., 0:n, _ENERGY:] + feats[..., 1:n + 1, _ENERGY:] + feats[..., 2:n + 2, _ENERGY:]
     e = el[..., 0]
     l0, l1, l2 = feats[..., 0:n, _LINES], feats[..., 1:n + 1, _LINES], feats[..., 2:n + 2, _LINES]
-    # A window's DFT line energy cannot exceed (about) its blocks' summed line
-    # energies, so only windows passing that cheap test (rare outside tones) get
-    # the DFT: 120 samples, at each DTMF frequency and a few offsets of it.
-    confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., 1] >= CONFIRM_CONCENTRATION * e)
+    # The window's line energy at a frequency is at most its blocks' summed line
+    # energies there (Cauchy-Schwarz), and a block sees a line up to 4 % off a DTMF
+    # frequency with at least 0.7 of its energy at the nominal one; so only windows
+    # passing this cheap test (rare outside tones) can confirm and get the DFT:
+    # 120 samples, at each DTMF frequency and the offsets of it.
+    confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., 1] >= _PREFILTER * CONFIRM_CONCENTRATION * e)
                  & (np.minimum(np.minimum(l0, l1), l2) >= _STEADY * np.maximum(np.maximum(l0, l1), l2)))
     flat = confirmed.reshape(-1, n)
     rows, starts = np.nonzero(flat)
@@ -632,11 +639,18 @@ class MaskerBank:
             [self._held[slots[rows]], frames[rows]], axis=1), 1)  # the held packet, then this one
         confirmed = np.concatenate([self._pre_confirmed[slots], new_confirmed], axis=1)
         all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
-        tone = _tone_run(self._pre_tone[slots], confirmed, _holds(win_feats[:, :BLOCKS_PER_PACKET]))
-        la_mask = _window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
-        # Direct rows: this packet, loose flags with hang-over only (no look-ahead).
-        dm = _window_or(all_flags[:, BLOCKS_PER_PACKET:], HANGOVER_BLOCKS, 0)
-        block_mask = np.where(delayed[:, None], la_mask, dm & direct_mask[:, None])
+        pre_tone = self._pre_tone[slots]
+        if confirmed.any() or pre_tone.any():
+            tone = _tone_run(pre_tone, confirmed, _holds(win_feats[:, :BLOCKS_PER_PACKET]))
+            la_mask = _window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
+        else:  # no tone anywhere near: the common case in speech
+            tone = np.zeros((k, HANGOVER_BLOCKS + 1 + BLOCKS_PER_PACKET), dtype=bool)
+            la_mask = tone[:, :BLOCKS_PER_PACKET]
+        if direct_mask.any():  # direct rows: this packet, loose flags with hang-over only (no look-ahead)
+            dm = _window_or(all_flags[:, BLOCKS_PER_PACKET:], HANGOVER_BLOCKS, 0) & direct_mask[:, None]
+            block_mask = np.where(delayed[:, None], la_mask, dm)
+        else:
+            block_mask = la_mask & delayed[:, None]
         changed = block_mask.any(axis=1) | filler
 
         n_in = self._n_in[slots]
