@@ -441,9 +441,21 @@ class SipTransport:
                 conn.closed = True
                 if self._by_remote.get((kind, host, port)) is conn:
                     del self._by_remote[(kind, host, port)]
+                self._report_transport_failure(kind, host, port)
 
         self._loop.create_task(open_connection())
         return conn
+
+    def _report_transport_failure(self, kind: str, host: str, port: int) -> None:
+        """RFC 3261 8.1.3.1: a transport error on a request is an immediate 503, not a 32 s Timer B."""
+        fail = getattr(self.core, "transport_failed", None)
+        if fail is None:
+            return
+        try:
+            fail(self.peer_type(kind, host, port, None), self._loop.time())
+        except Exception as exc:  # one failure report must never take the loop down
+            self.drops[f"core_error:{_exception_reason(exc)}"] += 1
+        self.pump()
 
     # ---- connection registry and limits
 

@@ -104,10 +104,6 @@ def test_tls_next_hop_with_an_untrusted_certificate_gets_no_invite(rogue_next_ho
     assert gateway.returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a failed outbound TLS connect (SSLCertVerificationError, counted in sip_drops) is not reported to the "
-    "INVITE client transaction: the caller hears nothing until Timer B and gets 408 after 32 s, instead of "
-    "an immediate 503 (RFC 3261 8.1.3.1: a transport error is treated as a 503)"))
 def test_tls_next_hop_with_an_untrusted_certificate_fails_the_call_fast(rogue_next_hop):
     gateway, caller, agent = rogue_next_hop
     ended = caller.of("disconnected")
