@@ -1,41 +1,68 @@
-"""Masker figures: microseconds per packet for the bank, and the leak measures on synthetic calls.
+"""Masker figures: CPU per packet, speech and music masked during a capture, and the leak measures.
 
-    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python3 loadtests/masker_bench.py
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python3 loadtests/masker_bench.py [--against REV]
 
-Bounded: each batch size runs for at most ~1 s of CPU and at most 2,000 batches.
+`--against REV` also runs dtmf/masker.py as it was at git revision REV (loaded
+from `git show`, nothing checked out) through the same cost, speech/music and
+speech-mix measures, side by side. Recorded audio: Debian
+asterisk-core-sounds-en-wav (speech) and asterisk-moh-opsound-wav (music on
+hold); those sections are skipped when absent.
+
+Bounded: each batch size runs for at most ~1 s of CPU and at most 2,000 batches;
+the whole run takes about a minute of CPU per masker.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from dtmf.masker import PACKET_SAMPLES, MaskerBank, MaskMode  # noqa: E402
+import dtmf.masker as current  # noqa: E402
 from dtmf.tones import dtmf_tone, to_int16, white_noise  # noqa: E402
 from tests.dtmf_masker.calls import (  # noqa: E402
-    classifier_accuracy, flat_fill_reference, leaked_ms, make_call, mask_bank, mask_single,
-    naive_mask, residual_db, speech_like,
+    MUSIC_GLOB, SPEECH_GLOB, Call, classifier_accuracy, flat_fill_reference, leaked_ms, make_call,
+    make_speech_call, mask_single, naive_mask, read_corpus, residual_db, speech_like, tone_free,
 )
 
+PACKET = 160
 
-def bench_bank(k: int, mode: MaskMode, tone_share: float = 0.1, max_batches: int = 2000,
+
+def load_revision(rev: str) -> ModuleType:
+    """dtmf/masker.py at a git revision, as a module of its own."""
+    text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:dtmf/masker.py"],
+                          capture_output=True, check=True, text=True, timeout=30).stdout
+    path = Path(tempfile.mkdtemp()) / "masker_at_rev.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"masker_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_bank(m: ModuleType, k: int, mode_name: str, tone_share: float = 0.1, max_batches: int = 2000,
                max_cpu_s: float = 1.0) -> float:
     """CPU microseconds per packet for batches of k rows, every slot in capture."""
     rng = np.random.default_rng(k)
     n_packets = 50
-    audio = white_noise(n_packets * PACKET_SAMPLES * k, -45, rng).reshape(k, -1)
+    audio = white_noise(n_packets * PACKET * k, -45, rng).reshape(k, -1)
     for s in range(int(k * tone_share) or 1):
         audio[s, 1000:1000 + 640] += dtmf_tone("5", 80, -10)
-    frames = to_int16(audio).reshape(k, n_packets, PACKET_SAMPLES)
-    bank = MaskerBank(mode, capacity=k)
+    frames = to_int16(audio).reshape(k, n_packets, PACKET)
+    bank = m.MaskerBank(m.MaskMode(mode_name), capacity=k)
     slots = np.array([bank.add_stream() for _ in range(k)])
     for s in slots:
         bank.set_capture(int(s), True)
@@ -47,11 +74,90 @@ def bench_bank(k: int, mode: MaskMode, tone_share: float = 0.1, max_batches: int
     return (time.process_time() - t0) / (done * k) * 1e6
 
 
+def mask_rows(m: ModuleType, rows: np.ndarray, mode_name: str = "silence") -> np.ndarray:
+    """Equal-length streams through one bank in capture, time-aligned (k, n)."""
+    bank = m.MaskerBank(m.MaskMode(mode_name), capacity=len(rows))
+    slots = np.array([bank.add_stream() for _ in rows])
+    for s in slots:
+        bank.set_capture(int(s), True)
+    outs = [bank.process(slots, rows[:, i:i + PACKET])[0] for i in range(0, rows.shape[1], PACKET)]
+    outs.append(np.stack([bank.flush(int(s))[0] for s in slots]))
+    return np.concatenate(outs, axis=1)[:, PACKET:]
+
+
+def masked_share(m: ModuleType, audio: np.ndarray, mode_name: str, rows: int = 32) -> tuple[float, float]:
+    """Share of all samples, and of samples in active 5 ms blocks (> -45 dBm0), changed in a capture."""
+    n = len(audio) // (rows * PACKET) * rows * PACKET
+    x = audio[:n].reshape(rows, -1)
+    changed = mask_rows(m, x, mode_name) != x
+    blocks = x.reshape(-1, 40).astype(np.float64)
+    active = np.repeat(np.mean(blocks**2, axis=1) >= (32767 * 10 ** ((-45 - 3.14) / 20)) ** 2 / 2, 40)
+    return float(changed.mean()), float(changed.ravel()[active].mean())
+
+
+def speech_calls(speech: np.ndarray, gain_db: float, seed: int, n_calls: int, n_digits: int) -> list[Call]:
+    rng = np.random.default_rng(seed)
+    made = [make_speech_call(rng, speech, n_digits, gain_db) for _ in range(n_calls)]
+    n = min(len(c.audio) for c in made)
+    for c in made:
+        c.audio, c.tones_only = c.audio[:n], c.tones_only[:n]
+        c.tones = [t for t in c.tones if t.end + 200 < n]
+    return made
+
+
+def leak_row(name: str, outs: list[np.ndarray], calls: list[Call], fill_ref: np.ndarray | None = None) -> None:
+    leaks = np.array([leaked_ms(o, c, t, fill_ref=fill_ref) for o, c in zip(outs, calls) for t in c.tones])
+    resid = max(residual_db(o, c, t) for o, c in zip(outs, calls) for t in c.tones)
+    acc = classifier_accuracy(outs, calls)
+    print(f"{name:>34} {leaks.max():11.1f} {int((leaks > 0).sum()):8d} {leaks.mean():8.2f} "
+          f"{resid:12.1f} {acc:10.3f}")
+
+
+def leak_header() -> None:
+    print(f"{'masker':>34} {'leak ms max':>11} {'tones>0':>8} {'mean ms':>8} {'resid dB max':>12} {'classifier':>10}")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", metavar="REV", help="also measure dtmf/masker.py at this git revision")
+    args = parser.parse_args()
+    maskers = [("current", current)]
+    if args.against:
+        maskers.append((args.against, load_revision(args.against)))
+    modes = [mode.value for mode in current.MaskMode]
+
     print("MaskerBank, capture on, 10 % of streams keying a digit; CPU us per packet (row)")
-    print(f"{'k':>5} " + " ".join(f"{m.value:>14}" for m in MaskMode))
+    print(f"{'masker':>10} {'k':>5} " + " ".join(f"{m:>14}" for m in modes))
     for k in (1, 10, 100, 500):
-        print(f"{k:>5} " + " ".join(f"{bench_bank(k, m):14.2f}" for m in MaskMode))
+        for name, m in maskers:
+            print(f"{name:>10} {k:>5} " + " ".join(f"{bench_bank(m, k, mode):14.2f}" for mode in modes))
+
+    speech = read_corpus(SPEECH_GLOB)
+    music = read_corpus(MUSIC_GLOB)
+    if speech and music:
+        speech_all, music_all = np.concatenate(speech), np.concatenate(music)
+        print("\nRecorded audio masked during a capture (32 streams through one bank): "
+              "% of all samples / % of samples in active blocks (> -45 dBm0)")
+        for label, audio in (("speech", speech_all), ("music", music_all)):
+            print(f"  {label}: {len(audio) / 8000 / 60:.1f} min")
+            for name, m in maskers:
+                shares = [masked_share(m, audio, mode) for mode in modes]
+                print(f"{name:>12} " + " ".join(f"{mode}: {100 * a:.2f} / {100 * b:.2f}"
+                                                for mode, (a, b) in zip(modes, shares)))
+
+        print("\nDigits over recorded speech (0..-25 dBm0, twist -8..+4 dB, 40-120 ms, +-1.5 %), "
+              "silence mode; 'speech alone' is the unmasked speech without the digits, scored on the "
+              "same tone windows: what the leaked-ms measure gives when there is no tone at all")
+        leak_header()
+        for gain_db in (-20.0, -15.0, -10.0):
+            calls = speech_calls(speech_all, gain_db, seed=11, n_calls=4, n_digits=100)
+            n = len(calls[0].audio)
+            alone = [np.rint(c.audio - c.tones_only).astype(np.int16) for c in calls]
+            leak_row(f"speech {gain_db:+.0f} dB: speech alone", alone, calls)
+            for name, m in maskers:
+                outs = list(mask_rows(m, np.stack([c.audio for c in calls])))
+                free = np.concatenate([(o != c.audio)[tone_free(n, c.tones)] for o, c in zip(outs, calls)])
+                leak_row(f"{name} (speech masked {100 * free.mean():.2f} %)", outs, calls)
 
     rng = np.random.default_rng(20240611)
     calls = [make_call(rng, 120, bg) for bg in ("silence", "noise", "speech")]
@@ -60,29 +166,26 @@ def main() -> None:
         c.audio, c.tones_only = c.audio[:n], c.tones_only[:n]
         c.tones = [t for t in c.tones if t.end + 200 < n]
     n_tones = sum(len(c.tones) for c in calls)
-    late = sum(t.start % PACKET_SAMPLES >= 155 for c in calls for t in c.tones)
-    print(f"\nleak measures: {n_tones} tones ({late} with onset in the last 5 ms of a packet), "
+    late = sum(t.start % PACKET >= 155 for c in calls for t in c.tones)
+    print(f"\nSynthetic calls: {n_tones} tones ({late} with onset in the last 5 ms of a packet), "
           "3 calls (silence / noise -45 dBm0 / speech-like -35 dBm0)")
-    print(f"{'masker':>26} {'leak ms max':>11} {'p99':>6} {'resid dB max':>12} {'classifier':>10}")
+    leak_header()
     ref = flat_fill_reference(n)
-    variants = []
-    for m in MaskMode:
-        variants.append((f"{m.value} single", [mask_single(c.audio, m) for c in calls], m))
-        variants.append((f"{m.value} bank", mask_bank([c.audio for c in calls], m), m))
-    variants.append(("no look-ahead (silence)",
-                     [mask_single(c.audio, MaskMode.SILENCE, lookahead=False) for c in calls], MaskMode.SILENCE))
-    variants.append(("strawman 20 ms zeroing", [naive_mask(c.audio) for c in calls], MaskMode.SILENCE))
-    variants.append(("unmasked", [c.audio for c in calls], MaskMode.SILENCE))
-    for name, outs, m in variants:
-        fr = ref if m is MaskMode.FLAT else None
-        leaks = [leaked_ms(o, c, t, fill_ref=fr) for o, c in zip(outs, calls) for t in c.tones]
-        resid = max(residual_db(o, c, t) for o, c in zip(outs, calls) for t in c.tones)
-        acc = classifier_accuracy(outs, calls)
-        print(f"{name:>26} {max(leaks):11.1f} {np.percentile(leaks, 99):6.1f} {resid:12.1f} {acc:10.3f}")
+    for mode in current.MaskMode:
+        fr = ref if mode is current.MaskMode.FLAT else None
+        leak_row(f"{mode.value} single", [mask_single(c.audio, mode) for c in calls], calls, fr)
+        leak_row(f"{mode.value} bank", list(mask_rows(current, np.stack([c.audio for c in calls]), mode.value)),
+                 calls, fr)
+    leak_row("no look-ahead (silence)",
+             [mask_single(c.audio, current.MaskMode.SILENCE, lookahead=False) for c in calls], calls)
+    leak_row("strawman 20 ms zeroing", [naive_mask(c.audio) for c in calls], calls)
+    leak_row("unmasked", [c.audio for c in calls], calls)
 
     x = to_int16(speech_like(60 * 8000, np.random.default_rng(5), -25))
-    changed = np.mean(mask_single(x, MaskMode.SILENCE) != x)
-    print(f"\nspeech-like talk without tones (60 s, -25 dBm0) masked during a capture: {100 * changed:.1f} % of samples")
+    for name, m in maskers:
+        changed = np.mean(mask_rows(m, x.reshape(1, -1)) != x)
+        print(f"\nspeech-like synthetic talk (60 s, -25 dBm0, formants parked on DTMF lines), {name}: "
+              f"{100 * changed:.1f} % of samples masked during a capture")
 
 
 if __name__ == "__main__":
