@@ -134,3 +134,30 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
     _one_line_error(run("mask", str(ok), str(tmp_path / "no-such-dir" / "o.wav")), "cannot write")
     _one_line_error(run("mask", str(ok), str(tmp_path / "o.wav"), "--mode", "loud"), "invalid choice")
     _one_line_error(run(), "required")
+
+
+def test_chunked_processing_equals_one_pass(tmp_path, monkeypatch):
+    """Streaming in chunks (memory bound for long files) changes no sample and no event."""
+    import dtmf.__main__ as cli
+    from dtmf.detector import DtmfDetector
+    from dtmf.masker import Masker, MaskMode
+
+    rng = np.random.default_rng(7)
+    sig, _ = dtmf_sequence("0123456789*#ABCD" * 2, tone_ms=45, gap_ms=45, level_dbm0=-12)
+    sig = to_int16(sig + white_noise(len(sig), -40, rng))
+    src = write(tmp_path / "k.wav", sig)
+    monkeypatch.setattr(cli, "CHUNK_S", 0.37)  # chunks that split tones and packets
+    cli.mask(str(src), str(tmp_path / "o.wav"), MaskMode.FLAT)
+    m = Masker(MaskMode.FLAT, lookahead=True)
+    whole = np.concatenate([m.process(sig), m.process(np.zeros(160, dtype=np.int16))])[160:160 + len(sig)]
+    assert np.array_equal(read(tmp_path / "o.wav")[0], whole)
+    for rate in (11025, 44100):
+        s, _ = dtmf_sequence("159D", tone_ms=45, gap_ms=45, sample_rate_hz=rate)
+        x = to_int16(s)
+        chunked = np.concatenate(list(cli.resample_to_8k(x, rate)))
+        monkeypatch.setattr(cli, "CHUNK_S", 1000.0)
+        one = np.concatenate(list(cli.resample_to_8k(x, rate)))
+        monkeypatch.setattr(cli, "CHUNK_S", 0.37)
+        assert len(chunked) == len(x) * 8000 // rate and np.array_equal(chunked, one)
+        det = DtmfDetector()
+        assert [e.digit for e in det.process(one) + det.flush()] == [d for d in "159D" for _ in (0, 1)]
