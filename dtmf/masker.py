@@ -18,7 +18,9 @@ eight DTMF frequencies (one matrix product for every row of a batch). Two tests:
     +-1.75 %, +-3.5 % of it, so off-nominal tones a lenient receiver takes still
     count; ~70 Hz wide) hold >= half the window's energy, with both groups present
     (twist within +-12 dB, generous next to Q.24's +4/-8 dB) and every block
-    carrying them (steady within 10 dB). Speech and music rarely put half their
+    carrying them (steady within 10 dB); or 40 % of it when the lines also pass
+    a receiver's own tests (twist +6/-10 dB, steady within 4 dB), which catches
+    a tone as loud as the speech over it. Speech and music rarely put that much
     energy into two such narrow lines; that is what lets them pass. The DFT runs
     only for windows whose blocks' own line energies allow a confirmation, so
     its cost follows the tones, not the streams.
@@ -98,7 +100,13 @@ FLAG_CONCENTRATION = 0.5
 FLAG_MIN_LEVEL_DBM0 = -45.0
 """Flag only blocks at least as loud as one sine at this level (well under Q.24's -25 dBm0 floor)."""
 CONFIRM_CONCENTRATION = 0.5
-"""Confirm a window when its two narrow DTMF bins hold this share of its energy."""
+"""Confirm a window when its two narrow DTMF lines hold this share of its energy ..."""
+MIXED_CONCENTRATION = 0.4
+"""... or this share when they also look like a tone by a receiver's own tests (twist within
+MIXED_TWIST_DB, steady within MIXED_STEADY_DB): a tone as loud as the speech over it."""
+MIXED_TWIST_DB = (6.0, -10.0)
+"""High group at most this much above / below the low group (Q.24's +4/-8 dB, plus 2 dB)."""
+MIXED_STEADY_DB = 4.0
 TWIST_LIMIT_DB = 14.0
 """High group within this many dB of the low group, either way: any tone twisted up to 12 dB
 (Q.24 asks for +4/-8 dB), with 2 dB for the window's leakage and off-nominal frequencies."""
@@ -156,6 +164,9 @@ _MIN_WINDOW_ENERGY = WINDOW_BLOCKS * _MIN_BLOCK_ENERGY
 _TWIST_LIMIT = 10.0 ** (TWIST_LIMIT_DB / 10.0)
 _STEADY = 10.0 ** (-STEADY_DB / 10.0)
 _PREFILTER = 0.7
+_MIXED_TWIST_HIGH = 10.0 ** (MIXED_TWIST_DB[0] / 10.0)
+_MIXED_TWIST_LOW = 10.0 ** (-MIXED_TWIST_DB[1] / 10.0)
+_MIXED_STEADY = 10.0 ** (-MIXED_STEADY_DB / 10.0)
 _WINDOW_SCALE = 2.0 / (WINDOW_BLOCKS * BLOCK_SAMPLES)  # |DFT|^2 -> energy of a sine on the frequency
 
 
@@ -254,8 +265,10 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     # frequency with at least 0.7 of its energy at the nominal one; so only windows
     # passing this cheap test (rare outside tones) can confirm and get the DFT:
     # 120 samples, at each DTMF frequency and the offsets of it.
-    confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., 1] >= _PREFILTER * CONFIRM_CONCENTRATION * e)
-                 & (np.minimum(np.minimum(l0, l1), l2) >= _STEADY * np.maximum(np.maximum(l0, l1), l2)))
+    lines_min = np.minimum(np.minimum(l0, l1), l2)
+    lines_max = np.maximum(np.maximum(l0, l1), l2)
+    confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., 1] >= _PREFILTER * MIXED_CONCENTRATION * e)
+                 & (lines_min >= _STEADY * lines_max))
     flat = confirmed.reshape(-1, n)
     rows, starts = np.nonzero(flat)
     if len(rows):
@@ -266,7 +279,10 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
         p = (proj[:, :_N_LINES] ** 2 + proj[:, _N_LINES:] ** 2).reshape(-1, len(FREQ_OFFSETS), 8).max(axis=1)
         low = p[:, :4].max(axis=-1)
         high = p[:, 4:].max(axis=-1)
-        flat[rows, starts] = (((low + high) * _WINDOW_SCALE >= CONFIRM_CONCENTRATION * e.reshape(-1, n)[rows, starts])
+        conc = (low + high) * _WINDOW_SCALE / e.reshape(-1, n)[rows, starts]
+        tone_like = ((high * _MIXED_TWIST_LOW >= low) & (high <= low * _MIXED_TWIST_HIGH)
+                     & (lines_min >= _MIXED_STEADY * lines_max).reshape(-1, n)[rows, starts])
+        flat[rows, starts] = (((conc >= CONFIRM_CONCENTRATION) | ((conc >= MIXED_CONCENTRATION) & tone_like))
                               & (high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high))
     return confirmed
 
