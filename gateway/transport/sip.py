@@ -189,6 +189,9 @@ class _Stream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.owner._connection_closed(self)
+        if self.remote[1] and not self.owner._closed:
+            # RFC 3261 17.1.4: transactions riding this flow learn it is gone.
+            self.owner._report_transport_failure(self.kind, self.remote[0], self.remote[1], self.connection_id)
 
     def send(self, data: bytes) -> None:
         if self.transport is None:
@@ -446,13 +449,13 @@ class SipTransport:
         self._loop.create_task(open_connection())
         return conn
 
-    def _report_transport_failure(self, kind: str, host: str, port: int) -> None:
+    def _report_transport_failure(self, kind: str, host: str, port: int, connection_id: int | None = None) -> None:
         """RFC 3261 8.1.3.1: a transport error on a request is an immediate 503, not a 32 s Timer B."""
         fail = getattr(self.core, "transport_failed", None)
         if fail is None:
             return
         try:
-            fail(self.peer_type(kind, host, port, None), self._loop.time())
+            fail(self.peer_type(kind, host, port, connection_id), self._loop.time())
         except Exception as exc:  # one failure report must never take the loop down
             self.drops[f"core_error:{_exception_reason(exc)}"] += 1
         self.pump()
