@@ -244,7 +244,7 @@ def _check_metrics(scrape: str) -> None:
         for s in family.samples:
             assert labels <= set(s.labels) | ({"le"} if kind == "histogram" else set()), (name, s.labels)
     for family in families.values():
-        assert family.name.startswith("tonewall_") or not family.name.startswith("tonewall"), family.name
+        assert family.name.startswith("tonewall_"), family.name  # "all prefixed tonewall_"
         assert not re.search(r"_(ms|milliseconds|us|microseconds|bytes_kb|minutes)(_|$)", family.name), family.name
 
     def value(name: str, **labels: str) -> float:
