@@ -156,8 +156,8 @@ def _window_basis() -> np.ndarray:
 
 
 _BASIS = _analysis_basis()
-_WINDOW_BASIS = _window_basis()
-_WINDOW_INDEX = np.arange(WINDOW_BLOCKS * BLOCK_SAMPLES)[None, :]
+_WINDOW_BASIS = _window_basis().astype(np.float32)  # samples are int16: float32 products are exact enough
+_WINDOW_OFFSETS = np.arange(WINDOW_BLOCKS)[None, :]
 _N_LINES = len(FREQ_OFFSETS) * 8
 _MIN_BLOCK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(FLAG_MIN_LEVEL_DBM0) ** 2 / 2.0
 _MIN_WINDOW_ENERGY = WINDOW_BLOCKS * _MIN_BLOCK_ENERGY
@@ -206,23 +206,21 @@ for _t in (_CN_TABLE, _FLAT_TABLE):
     _t.setflags(write=False)
 
 
-_ENERGY = 16
-_LINES = 17
-_N_FEATURES = 18
+_ENERGY = 0
+_LINES = 1
+_N_FEATURES = 2
 
 
 def _block_features(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(m, 40) samples -> features (m, 18) and loose flags (m,).
+    """(m, 40) samples -> features (m, 2) and loose flags (m,).
 
-    Features per block: the projections on cos and sin at the eight DTMF
-    frequencies (16), the energy, and the line energy: that of the best low plus
-    the best high DTMF frequency, as if each were a sine on its bin.
+    Features per block: the energy, and the line energy: that of the best low
+    plus the best high DTMF frequency, as if each were a sine on its bin.
     """
     x = np.asarray(blocks, dtype=np.float64)
-    feats = np.empty((len(x), _N_FEATURES))
-    proj = feats[:, :_ENERGY]
-    proj[:] = x @ _BASIS
+    proj = x @ _BASIS
     p = proj[:, :8] ** 2 + proj[:, 8:] ** 2  # ~ (amplitude * 20)^2 per frequency
+    feats = np.empty((len(x), _N_FEATURES))
     energy = feats[:, _ENERGY]
     energy[:] = np.einsum("ij,ij->i", x, x)
     lines = feats[:, _LINES]
@@ -246,7 +244,7 @@ def confirm_windows(blocks: np.ndarray) -> np.ndarray:
 
 
 def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], first_block: int) -> np.ndarray:
-    """Confirmed windows from block features (..., m, 18) -> bool (..., m - 2).
+    """Confirmed windows from block features (..., m, 2) -> bool (..., m - 2).
 
     Window s covers blocks s, s+1, s+2: two narrow lines, one per DTMF group,
     within the twist limit, holding most of the window's energy, and steady:
@@ -257,31 +255,32 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     """
     m = feats.shape[-2]
     n = m - WINDOW_BLOCKS + 1
-    el = feats[..., 0:n, _ENERGY:] + feats[..., 1:n + 1, _ENERGY:] + feats[..., 2:n + 2, _ENERGY:]
-    e = el[..., 0]
-    l0, l1, l2 = feats[..., 0:n, _LINES], feats[..., 1:n + 1, _LINES], feats[..., 2:n + 2, _LINES]
+    el = feats[..., 0:n, :] + feats[..., 1:n + 1, :] + feats[..., 2:n + 2, :]
+    e = el[..., _ENERGY]
     # The window's line energy at a frequency is at most its blocks' summed line
     # energies there (Cauchy-Schwarz), and a block sees a line up to 4 % off a DTMF
     # frequency with at least 0.7 of its energy at the nominal one; so only windows
     # passing this cheap test (rare outside tones) can confirm and get the DFT:
     # 120 samples, at each DTMF frequency and the offsets of it.
+    l0, l1, l2 = feats[..., 0:n, _LINES], feats[..., 1:n + 1, _LINES], feats[..., 2:n + 2, _LINES]
     lines_min = np.minimum(np.minimum(l0, l1), l2)
     lines_max = np.maximum(np.maximum(l0, l1), l2)
-    confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., 1] >= _PREFILTER * MIXED_CONCENTRATION * e)
+    confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., _LINES] >= _PREFILTER * MIXED_CONCENTRATION * e)
                  & (lines_min >= _STEADY * lines_max))
     flat = confirmed.reshape(-1, n)
     rows, starts = np.nonzero(flat)
     if len(rows):
+        steady = (lines_min >= _MIXED_STEADY * lines_max).reshape(-1, n)[rows, starts]
         x = samples_of(rows)
-        seg = np.take_along_axis(x, (starts[:, None] + first_block) * BLOCK_SAMPLES + _WINDOW_INDEX, axis=1)
-        seg = seg.astype(np.float64)
-        proj = seg @ _WINDOW_BASIS
+        blocks = x.reshape(len(rows), -1, BLOCK_SAMPLES)
+        seg = blocks[np.arange(len(rows))[:, None], starts[:, None] + first_block + _WINDOW_OFFSETS]
+        proj = seg.reshape(len(rows), -1).astype(np.float32) @ _WINDOW_BASIS
+        proj = proj.astype(np.float64)
         p = (proj[:, :_N_LINES] ** 2 + proj[:, _N_LINES:] ** 2).reshape(-1, len(FREQ_OFFSETS), 8).max(axis=1)
         low = p[:, :4].max(axis=-1)
         high = p[:, 4:].max(axis=-1)
         conc = (low + high) * _WINDOW_SCALE / e.reshape(-1, n)[rows, starts]
-        tone_like = ((high * _MIXED_TWIST_LOW >= low) & (high <= low * _MIXED_TWIST_HIGH)
-                     & (lines_min >= _MIXED_STEADY * lines_max).reshape(-1, n)[rows, starts])
+        tone_like = (high * _MIXED_TWIST_LOW >= low) & (high <= low * _MIXED_TWIST_HIGH) & steady
         flat[rows, starts] = (((conc >= CONFIRM_CONCENTRATION) | ((conc >= MIXED_CONCENTRATION) & tone_like))
                               & (high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high))
     return confirmed
@@ -439,7 +438,7 @@ class Masker:
             self._window_samples = np.concatenate([self._window_samples, data[: n_blocks * BLOCK_SAMPLES]])
             if len(self._feats) - first >= WINDOW_BLOCKS:
                 recent = self._window_samples[None, :]
-                self._confirmed.extend(_confirm(np.array(self._feats[first:]), lambda rows: recent, 0).tolist())
+                self._confirmed.extend(_confirm(np.array(self._feats[first:]), lambda rows: recent[rows], 0).tolist())
                 keep = len(self._feats) - len(self._confirmed)  # blocks of the next window already seen
                 self._window_samples = self._window_samples[len(self._window_samples) - keep * BLOCK_SAMPLES:]
             self._tone.extend(self._tone_run(len(self._tone), len(self._confirmed)))
@@ -604,7 +603,7 @@ class MaskerBank:
             return None
         confirmed = np.concatenate([
             self._pre_confirmed[slot],
-            _confirm(self._hist_feats[slot], lambda rows: self._held[slot][None, :], 1),
+            _confirm(self._hist_feats[slot], lambda rows: self._held[slot][None, :][rows], 1),
             np.zeros(_WINDOWS_PER_CALL - 1, dtype=bool),  # windows reaching unseen blocks
         ])
         flags = np.concatenate([self._hist_flags[slot], np.zeros(PRE_GUARD_BLOCKS, dtype=bool)])
