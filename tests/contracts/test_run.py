@@ -162,7 +162,9 @@ async def test_a_real_call_through_tonewall_run(tmp_path):
             assert ctype[0].startswith("text/event-stream")
             kinds = [e for e, _ in events]
             assert kinds[0] == "state" and kinds[-1] == "end" and "progress" in kinds, kinds
-            assert "411111" not in json.dumps(events)
+            sse_text = json.dumps(events)  # never a PAN digit run; the last four only
+            assert "41111" not in sse_text and "11111" not in sse_text
+            assert isinstance(call["started_at"], (str, int, float))
 
             # ---- contract 4: DELETE cancels
             async with http.post(f"{api}/v1/calls/{call['call_id']}/captures", headers=auth) as resp:
@@ -335,3 +337,45 @@ def _send_invite(gw_port: int, user: str) -> None:
                f"Contact: <sip:caller@127.0.0.1:{port}>\r\nContent-Type: application/sdp\r\n"
                f"Content-Length: {len(sdp)}\r\n\r\n{sdp}")
         s.sendto(msg.encode(), ("127.0.0.1", gw_port))
+
+
+def test_embedded_defaults_are_the_contracts():
+    from gateway.config import load_config
+
+    config = load_config(None, {})
+    assert (config.sip.listen.host, config.sip.listen.port) == ("127.0.0.1", 5060)
+    assert (config.api.listen.host, config.api.listen.port) == ("127.0.0.1", 8443)
+    assert (config.metrics.listen.host, config.metrics.listen.port) == ("127.0.0.1", 9464)
+    assert tuple(config.media.rtp_ports) == (20000, 29999)
+    assert config.data_dir in ("./tonewall-data", "tonewall-data")
+    assert config.processor.kind == "vault"
+
+
+def test_flags_override_every_toml_key_and_sip_answers_on_udp_and_tcp(tmp_path):
+    """A config naming other ports and dirs for all six keys: the flags win, the config's dir is never made."""
+    from tests.integration.gateway_proc import options
+
+    hop_port = free_port()
+    gw = Tonewall(tmp_path, next_hop=f"sip:127.0.0.1:{hop_port}", data_dir=tmp_path / "flag-data")
+    unused = [free_port() for _ in range(4)]
+    config = tmp_path / "tonewall.toml"
+    config.write_text(f'data_dir = "{tmp_path / "config-data"}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{unused[0]}"\nnext_hop = "sip:127.0.0.1:{unused[1]}"\n'
+                      f'[api]\nlisten = "127.0.0.1:{unused[2]}"\n[metrics]\nlisten = "127.0.0.1:{unused[3]}"\n'
+                      f'[media]\nrtp_ports = "{gw.rtp_low - 100}-{gw.rtp_low - 2}"\n')
+    gw.args += ["--config", str(config)]
+    gw.start()
+    try:
+        [line] = gw.listening_lines()
+        for fragment in (f"127.0.0.1:{gw.sip_port}", f"{gw.rtp_low}-{gw.rtp_high}", f"127.0.0.1:{gw.api_port}",
+                         f"127.0.0.1:{gw.metrics_port}", f"sip:127.0.0.1:{hop_port}"):
+            assert fragment in line, (fragment, line)
+        for port in unused:
+            assert str(port) not in line
+        assert options(gw.sip_port, "udp").startswith("SIP/2.0 200")
+        assert options(gw.sip_port, "tcp").startswith("SIP/2.0 200")
+    finally:
+        code, _ = gw.terminate()
+        gw.kill()
+    assert code == 0
+    assert (tmp_path / "flag-data" / "tls" / "ca.pem").is_file() and not (tmp_path / "config-data").exists()
