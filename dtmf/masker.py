@@ -14,9 +14,9 @@ eight DTMF frequencies (one matrix product for every row of a batch). Two tests:
     is flushed.
   * the *confirmed window* (with look-ahead): three consecutive blocks (15 ms).
     A DTMF tone is two steady sinusoids, so a window is confirmed when the best
-    low and best high lines of its 120-sample DFT (at each DTMF frequency and
-    +-1.75 %, +-3.5 % of it, so off-nominal tones a lenient receiver takes still
-    count; ~70 Hz wide) hold >= half the window's energy, with both groups present
+    low and best high lines of its 120-sample DFT (at each DTMF frequency +-1 %
+    and +-3 %, so off-nominal tones a lenient receiver takes still count; ~70 Hz
+    wide) hold >= half the window's energy, with both groups present
     (twist within +-12 dB, generous next to Q.24's +4/-8 dB) and every block
     carrying them (steady within 10 dB); or 40 % of it when the lines also pass
     a receiver's own tests (twist +6/-10 dB, steady within 4 dB), which catches
@@ -114,9 +114,9 @@ STEADY_DB = 10.0
 """Each block of a confirmed window carries DTMF-line energy within this many dB of its strongest block."""
 HOLD_CONCENTRATION = 0.5
 """A block right after a tone block stays in the tone when its best low + high hold this share of its energy."""
-FREQ_OFFSETS = (-0.035, -0.0175, 0.0, 0.0175, 0.035)
+FREQ_OFFSETS = (-0.03, -0.01, 0.01, 0.03)
 """Relative offsets at which a window looks for each DTMF frequency (Q.24 rejects beyond 3.5 %):
-a tone up to 4 % off nominal loses at most 1 dB of window power to the nearest one."""
+a tone up to 4 % off nominal loses at most 0.5 dB of window power to the nearest one."""
 
 FLAT_LEVEL_DBM0 = -20.0
 COMFORT_NOISE_MAX_DBM0 = -35.0
