@@ -100,3 +100,13 @@ def alaw_encode(samples: np.ndarray) -> np.ndarray:
 DECODE_TABLES = {"PCMU": ULAW_DECODE, "PCMA": ALAW_DECODE}
 ENCODE_TABLES = {"PCMU": ULAW_ENCODE, "PCMA": ALAW_ENCODE}
 SILENCE_CODES = {"PCMU": ULAW_SILENCE, "PCMA": ALAW_SILENCE}
+
+# G.711 A-law <-> mu-law conversion as a 256-byte table per direction, for bytes.translate:
+# decode with one law, re-encode with the other (a requantisation: mu->A lands on the nearest
+# A-law level), so converting a packet is one C loop and never touches numpy.
+ULAW_TO_ALAW: bytes = ALAW_ENCODE[ULAW_DECODE.view(np.uint16)].tobytes()
+"""mu-law code -> A-law code (bytes.translate table)."""
+ALAW_TO_ULAW: bytes = ULAW_ENCODE[ALAW_DECODE.view(np.uint16)].tobytes()
+"""A-law code -> mu-law code (bytes.translate table)."""
+TRANSCODE_TABLES = {("PCMU", "PCMA"): ULAW_TO_ALAW, ("PCMA", "PCMU"): ALAW_TO_ULAW}
+"""(from codec, to codec) -> translate table; absent when the laws are equal (pass through)."""

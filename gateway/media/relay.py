@@ -33,6 +33,12 @@ hold) the caller hears nothing of it. The safe state of a masked leg is
 "hold and mask": a packet whose masked form is unknown leaves as silence, never as
 the caller's audio.
 
+Legs that negotiated different G.711 laws (a peer answered the law it was not offered)
+have their audio payloads converted code for code by a 256-byte table (`bytes.translate`)
+in both directions; the detector and the masker read the caller's law, masked audio is
+encoded in the agent's law and feedback tones in the caller's; RFC 4733 payloads are
+never converted. Legs on one law pass bit-exact, as before.
+
 Per received stream the core keeps RFC 3550 A.1/A.3 sequence state (packets lost)
 and A.8 interarrival jitter in plain ints; `handle_timer` samples them once a second.
 """
@@ -47,7 +53,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dtmf.g711 import ALAW_DECODE, DECODE_TABLES, ENCODE_TABLES, SILENCE_CODES, ULAW_DECODE
+from dtmf.g711 import ALAW_DECODE, DECODE_TABLES, ENCODE_TABLES, SILENCE_CODES, TRANSCODE_TABLES, ULAW_DECODE
 from dtmf.rfc4733 import TelephoneEventReceiver, TelephoneEventStarted
 from dtmf.tones import FEEDBACK_TONES, feedback_tone
 from gateway.media.leg import LegMedia, SrtpParams
@@ -278,7 +284,7 @@ class Leg:
         "call", "name", "direction", "peer", "media", "srtp", "strict",
         "pt_map", "audio_pt", "te_pt", "inspect", "capturing", "always", "masking", "clock_hz",
         "rtp_dest", "rtcp_dest", "rtp_src", "rtcp_src", "sdp_rtp", "sdp_rtcp",
-        "last_rx_s", "seq_offset", "held", "slot", "mask_slot", "is_alaw",
+        "last_rx_s", "seq_offset", "held", "slot", "mask_slot", "is_alaw", "xlate",
         "te_receiver", "endpoint", "feedback", "feedback_pos",
         "rx_ssrc", "rx_base", "rx_max", "rx_cycles", "rx_received", "rx_bad_seq", "rx_transit",
         "rx_jitter16", "rx_lost_reported", "rx_sampled_s",
@@ -322,6 +328,8 @@ class Leg:
         self.slot = -1
         self.mask_slot = -1
         self.is_alaw = False
+        self.xlate: bytes | None = None
+        """Translate table from this leg's G.711 law to the peer leg's; None when the laws are equal."""
         self.te_receiver: TelephoneEventReceiver | None = None
         """RFC 4733 de-duplication for the caller's events (created on the first one)."""
         self.endpoint: Any = None
@@ -462,14 +470,15 @@ class Relay:
     def configure(self, call_id: str, caller: LegMedia, agent: LegMedia) -> None:
         """Apply an offer/answer outcome (first negotiation or any re-INVITE)."""
         call = self.calls[call_id]
-        if caller.codec != agent.codec:
-            raise ValueError("legs negotiated different codecs")
-        if caller.codec not in DECODE_TABLES:
+        if caller.codec not in DECODE_TABLES or agent.codec not in DECODE_TABLES:
             raise ValueError("codec cannot be inspected")
-        if call.agent.media is not None and call.agent.media.codec != agent.codec:
-            call.agent.feedback = None  # encoded for the old codec
+        if call.caller.media is not None and call.caller.media.codec != caller.codec:
+            call.agent.feedback = None  # encoded for the caller's old codec
         for leg, media in ((call.caller, caller), (call.agent, agent)):
             _apply_media(leg, media)
+        # Legs on different G.711 laws: audio payloads are converted by table on the way through.
+        call.caller.xlate = TRANSCODE_TABLES.get((caller.codec, agent.codec))
+        call.agent.xlate = TRANSCODE_TABLES.get((agent.codec, caller.codec))
         for leg in (call.caller, call.agent):
             table = bytearray([_NO_PT]) * 128
             table[leg.audio_pt] = leg.peer.audio_pt
@@ -556,7 +565,8 @@ class Relay:
         if call is None or call.agent.media is None:
             raise FeedbackUnavailable("call has no media")
         leg = call.agent
-        table = ENCODE_TABLES.get(leg.media.codec)  # type: ignore[union-attr]
+        # The tone replaces payloads already converted to the caller's law.
+        table = ENCODE_TABLES.get(call.caller.media.codec) if call.caller.media is not None else None
         if table is None:
             raise FeedbackUnavailable("codec cannot carry feedback")
         codes = table[feedback_tone(kind).view(np.uint16)].tobytes()
@@ -681,6 +691,8 @@ class Relay:
                     self.wake = True
                     self.stats.relayed_bytes[d] += n
                     return None
+                if leg.xlate is not None:
+                    data = data[:start] + payload.translate(leg.xlate) + data[end:]
             else:
                 if not self._telephone_event(leg, data, start, end, now):
                     self.stats.drops[d]["telephone_event"] += 1
@@ -691,7 +703,11 @@ class Relay:
                     self.stats.captured += 1
                     return None
         elif leg.feedback is not None and pt == leg.audio_pt:
+            if leg.xlate is not None:
+                data = data[:start] + data[start:end].translate(leg.xlate) + data[end:]
             data = self._splice_feedback(leg, data, start, end)
+        elif leg.xlate is not None and pt == leg.audio_pt:
+            data = data[:start] + data[start:end].translate(leg.xlate) + data[end:]
         if out_pt != pt:
             data = b"%c%c" % (data[0], (b1 & 0x80) | out_pt) + data[2:]
         if leg.seq_offset:
@@ -880,12 +896,16 @@ class Relay:
                 pkt = held[0]
                 if st is None or st >= 0:
                     pkt = self._masked_packet(leg, pkt, held[1], None if st is None else out[st])  # type: ignore[index]
+                elif leg.xlate is not None:
+                    pkt = pkt[:held[1]] + pkt[held[1]:].translate(leg.xlate)
                 held_since.append(held[2])
             elif leg.always:
                 # mask = "always" outside a capture: this packet itself, masked without look-ahead.
                 pkt = pkts[i]
                 if st is None or st >= 0:
                     pkt = self._masked_packet(leg, pkt, starts[i], None if st is None else out[st])  # type: ignore[index]
+                elif leg.xlate is not None:
+                    pkt = pkt[:starts[i]] + pkt[starts[i]:].translate(leg.xlate)
             else:
                 continue
             captured += 1
@@ -902,18 +922,22 @@ class Relay:
         return pkt[:start] + self._masked_body(leg, pkt[start:], None if row is None else (row, True))
 
     def _masked_body(self, leg: Leg, payload: bytes, masked: tuple[np.ndarray, bool] | None) -> bytes:
-        """The payload as the agent may hear it."""
+        """The payload as the agent may hear it, in the agent leg's law (`payload` is in the caller's)."""
         codec = leg.media.codec if leg.media is not None else "PCMU"
+        out_codec = leg.peer.media.codec if leg.peer.media is not None else codec
         if masked is None or len(payload) != 160:
             # Safe state: audio whose masked form is unknown leaves as silence.
-            return bytes([SILENCE_CODES[codec]]) * len(payload)
+            return bytes([SILENCE_CODES[out_codec]]) * len(payload)
         row, changed = masked
+        xlate = leg.xlate
         if not changed:
-            return payload
+            return payload if xlate is None else payload.translate(xlate)
         codes = np.frombuffer(payload, dtype=np.uint8)
         same = DECODE_TABLES[codec][codes] == row
-        # Unchanged samples keep their exact code (mu-law decode/encode is not the identity).
-        return np.where(same, codes, ENCODE_TABLES[codec][row.view(np.uint16)]).astype(np.uint8).tobytes()
+        # Unchanged samples keep their exact code (mu-law decode/encode is not the identity),
+        # converted code for code when the agent's law differs.
+        kept = codes if xlate is None else np.frombuffer(payload.translate(xlate), dtype=np.uint8)
+        return np.where(same, kept, ENCODE_TABLES[out_codec][row.view(np.uint16)]).astype(np.uint8).tobytes()
 
     def _forward_built(self, leg: Leg, data: bytes) -> tuple[Leg, bytes, tuple[str, int]] | None:
         """Remap and protect a caller packet released from the masker (already renumbered)."""

@@ -82,11 +82,13 @@ def test_audio_pt_remapped_and_unknown_pt_dropped() -> None:
     assert relay.stats.drops[0]["payload_type"] == 2
 
 
-def test_different_codecs_on_the_two_legs_are_refused() -> None:
+def test_uninspectable_codec_on_either_leg_is_refused() -> None:
     relay = Relay()
     relay.add_call("c")
     with pytest.raises(ValueError):
-        relay.configure("c", leg(CALLER_SDP), leg(AGENT_SDP, pt=8, codec="PCMA"))
+        relay.configure("c", leg(CALLER_SDP, pt=9, codec="G722"), leg(AGENT_SDP))
+    with pytest.raises(ValueError):
+        relay.configure("c", leg(CALLER_SDP), leg(AGENT_SDP, pt=9, codec="G722"))
 
 
 @pytest.mark.parametrize(
