@@ -141,6 +141,8 @@ class _Capture:
         self.history: list[dict[str, Any]] = []
         self.queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.ended_mono: float | None = None
+        self.call_ended_mono: float | None = None
+        """When the capture's call ended (retention counts from the later of the two ends)."""
         self.last_key_mono: float | None = None
         self.mask_held = True
 
@@ -335,6 +337,9 @@ class CaptureService:
                 self._handle(capture, capture.entry.abort("call_ended"), now)
         for held in list(self._mask_holders.get(call_id, ())):
             self._release_mask(self._captures[held])
+        for capture in self._captures.values():
+            if capture.view.call_id == call_id and capture.call_ended_mono is None:
+                capture.call_ended_mono = now
         self._last_digit.pop(call_id, None)
         self._arm()
 
@@ -359,10 +364,17 @@ class CaptureService:
             if capture.mask_held and self._mask_release_at(capture) is not None:
                 if now >= self._mask_release_at(capture):  # type: ignore[operator]
                     self._release_mask(capture)
-            if capture.ended_mono is not None and not capture.mask_held:
-                if now - capture.ended_mono > self._retain_s:
-                    del self._captures[capture.view.capture_id]
+            if capture.ended_mono is not None and not capture.mask_held and self._expired(capture, now):
+                del self._captures[capture.view.capture_id]
         self._arm()
+
+    def _expired(self, capture: _Capture, now: float) -> bool:
+        """DESIGN contract 4: readable for at least `retain_s` after the call ends (and the capture)."""
+        if capture.call_ended_mono is None:
+            if self._calls.get_call(capture.view.call_id) is not None:
+                return False  # the call is still up
+            capture.call_ended_mono = now  # its end was never reported: count from now
+        return now - max(capture.ended_mono or now, capture.call_ended_mono) > self._retain_s
 
     def get_timer(self) -> float | None:
         """When `tick` must next run (loop clock), or None."""

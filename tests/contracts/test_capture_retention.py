@@ -43,10 +43,16 @@ async def test_readable_an_hour_after_a_call_that_ends_right_after_the_capture(t
     assert _read_after(service, clock, capture_id, HOUR_S - 1) == "tokenized"
 
 
-@pytest.mark.xfail(strict=True, raises=CaptureNotFound,
-                   reason="gateway/capture/service.py:362 prunes an hour after the capture ends, not the call")
+
 async def test_readable_an_hour_after_the_call_ends_when_the_call_went_on_for_hours(tmp_path):
     service, clock, capture_id = await _tokenized_capture(tmp_path)
     _read_after(service, clock, capture_id, 2 * HOUR_S)  # the caller and agent keep talking
     service.on_call_ended("call-1")
     assert _read_after(service, clock, capture_id, HOUR_S - 1) == "tokenized"
+
+
+async def test_pruned_once_the_hour_after_the_call_has_passed(tmp_path):
+    service, clock, capture_id = await _tokenized_capture(tmp_path)
+    service.on_call_ended("call-1")
+    with pytest.raises(CaptureNotFound):
+        _read_after(service, clock, capture_id, HOUR_S + 120)
