@@ -300,6 +300,8 @@ class MetricsExtension:
 
 
 DTMF_METHODS = ("inband", "rfc4733", "info")
+SIP_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE")
+SIP_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
 CAPTURE_OUTCOMES = ("tokenized", "failed", "cancelled", "refused")
 TOKENIZATION_ERROR_KINDS = ("timeout", "rejected", "unavailable", "internal")
 
@@ -314,8 +316,11 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
         return capture.service.stats if capture is not None and capture.service is not None else None
 
     def sip_messages(kind: str) -> dict[tuple[str, ...], int]:
+        known = SIP_METHODS if kind == "request" else SIP_STATUS_CLASSES
+        rows = {(d, label): 0 for d in ("in", "out") for label in known}
         counts = gateway.sip.messages if gateway.sip is not None else {}
-        return {(d, label): n for (d, k, label), n in counts.items() if k == kind}
+        rows.update({(d, label): n for (d, k, label), n in counts.items() if k == kind})
+        return rows
 
     detection_latency = Histogram(SLOW_BOUNDS_S)
 

@@ -667,7 +667,7 @@ async def start_api(
     except BaseException:
         await runner.cleanup()
         raise
-    log.info("agent API listening on https://%s:%d", host, bound_port(runner))
+    log.debug("agent API listening on https://%s:%d", host, bound_port(runner))
     return runner
 
 
