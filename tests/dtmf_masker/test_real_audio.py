@@ -31,15 +31,15 @@ from .calls import (
 from .test_leak import CHANCE, _detected, _multimon
 
 SPEECH_MASKED_MAX = 0.035
-"""Share of recorded speech samples a capture may mask: measured 2.25 %, 4.4 % before the
-window confirmation (loadtests/README-masker.md)."""
+"""Share of recorded speech samples a capture may mask: measured 2.05 % (4.36 % before the
+window confirmation; loadtests/README-masker.md)."""
 MUSIC_MASKED_MAX = 0.05
-"""Music on hold: measured 3.5 % (16 % before)."""
+"""Music on hold: measured 3.3 % (16 % before)."""
 MIX_SPEECH_MASKED_MAX = 0.04
-"""Quiet speech between keyed digits (more than 40 ms from any): measured 2.6 %."""
+"""Quiet speech between keyed digits (more than 40 ms from any): measured 2.3 %."""
 QUIET_SPEECH_GAIN_DB = -20.0
 """Speech under the digits: its active level falls from about -15 to about -35 dBm0,
-at least 10 dB under the weakest digit (-25 dBm0), as in the synthetic speech call."""
+about 10 dB under the weakest digit (-25 dBm0), as in the synthetic speech call."""
 LOUD_SPEECH_GAIN_DB = -10.0
 """Speech as loud as the weakest digits: a receiver cannot take those; decoders and classifier must still fail."""
 
