@@ -183,3 +183,45 @@ def test_a_lone_masker_passes_recorded_speech_outside_its_guard(speech):
     same = np.all(blocks_out == blocks_in, axis=1)
     assert np.all(same | np.all(blocks_out == 0, axis=1))
     assert np.mean(same) > 1.0 - SPEECH_MASKED_MAX
+
+
+@pytest.mark.parametrize("chunk", [37, 1000])
+def test_speech_with_digits_gives_the_same_output_whatever_the_chunk_size(quiet_calls, quiet_masked, chunk):
+    c = quiet_calls[1]
+    n = 12 * 8000  # a stretch with several digits and plenty of candidate windows
+    ref = quiet_masked["flat"][1][:n - PACKET_SAMPLES]
+    out = mask_single(c.audio[:n], MaskMode.FLAT, chunk=chunk)
+    assert np.array_equal(out[:n - PACKET_SAMPLES], ref)
+
+
+def test_bank_slots_with_capture_toggles_equal_single_maskers_on_speech(quiet_calls):
+    """Capture on/off mid-digit and mid-speech: a bank slot's state follows one Masker exactly."""
+    rng = np.random.default_rng(21)
+    streams = [c.audio[: 600 * PACKET_SAMPLES].reshape(-1, PACKET_SAMPLES) for c in quiet_calls]
+    toggles = [{int(t): bool(i % 2 == 0) for i, t in enumerate(sorted(rng.choice(np.arange(1, 600), 8, replace=False)))}
+               for _ in streams]
+    expected = []
+    for x, tg in zip(streams, toggles):
+        m = Masker(MaskMode.COMFORT_NOISE, lookahead=False)
+        out = []
+        for i, row in enumerate(x):
+            if i in tg:
+                held = m.set_lookahead(tg[i])
+                if len(held):
+                    out.append(held)
+            out.append(m.process(row))
+        expected.append(np.concatenate(out))
+    bank = MaskerBank(MaskMode.COMFORT_NOISE, capacity=1)
+    slots = [bank.add_stream(mask_always=True) for _ in streams]
+    got: list[list[np.ndarray]] = [[] for _ in streams]
+    for i in range(len(streams[0])):
+        for s, tg in enumerate(toggles):
+            if i in tg:
+                held = bank.set_capture(slots[s], tg[i])
+                if held is not None:
+                    got[s].append(held[0])
+        rows, _ = bank.process(np.array(slots), np.stack([x[i] for x in streams]))
+        for s, r in enumerate(rows):
+            got[s].append(r)
+    for s in range(len(streams)):
+        assert np.array_equal(np.concatenate(got[s]), expected[s]), s
