@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 
 from dtmf.detector import DigitDetected, DtmfDetector
+from dtmf.g711 import ulaw_decode, ulaw_encode
 from dtmf.masker import MaskMode
+from dtmf.tones import DIGITS, dtmf_tone, white_noise
 from tests.conftest import require_binary
 
 from .calls import (
     Call,
+    Tone,
     classifier_accuracy,
     flat_fill_reference,
     leaked_ms,
@@ -131,3 +134,27 @@ def test_without_lookahead_late_onsets_leak_a_few_ms(calls):
     outs = [mask_single(c.audio, MaskMode.SILENCE, lookahead=False) for c in calls]
     late = [leaked_ms(out, c, t) for out, c in zip(outs, calls) for t in c.tones if t.start % 160 >= 155]
     assert max(late) > 0.0
+
+
+@pytest.mark.parametrize("noise_dbm0", [-35.0, -29.0])
+def test_digits_at_minus_25_dbm0_in_loud_white_noise_leak_nothing(noise_dbm0):
+    """Down to an SNR where the detector still takes some: every digit fully masked."""
+    rng = np.random.default_rng(3)
+    n = 30 * 8000
+    tones_only = np.zeros(n)
+    placed = []
+    pos = 1000
+    while pos < n - 3000:
+        if rng.random() < 0.4:
+            pos = pos // 160 * 160 + int(rng.integers(155, 160))
+        digit, dur, twist = DIGITS[int(rng.integers(16))], int(rng.integers(320, 961)), float(rng.uniform(-8, 4))
+        tone = dtmf_tone(digit, dur / 8, -25.0, twist, phase_rad=tuple(rng.uniform(0, 2 * np.pi, 2)))
+        tones_only[pos:pos + len(tone)] += tone
+        placed.append(Tone(digit, pos, pos + len(tone), -25.0, twist))
+        pos += len(tone) + int(rng.integers(800, 2400))
+    noisy = np.clip(np.rint(tones_only + white_noise(n, noise_dbm0, rng)), -32768, 32767).astype(np.int16)
+    call = Call(ulaw_decode(ulaw_encode(noisy)), tones_only, placed, "noise")
+    assert len(_detected(call.audio)) >= 0.3 * len(placed)
+    out = mask_bank([call.audio], MaskMode.SILENCE)[0]
+    assert max(leaked_ms(out, call, t) for t in placed) == 0.0
+    assert _detected(out) == []
