@@ -32,9 +32,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 import dtmf.masker as current  # noqa: E402
-from dtmf.tones import dtmf_tone, to_int16, white_noise  # noqa: E402
+from dtmf.detector import DigitDetected, DtmfDetector  # noqa: E402
+from dtmf.g711 import ulaw_decode, ulaw_encode  # noqa: E402
+from dtmf.tones import DIGITS, dtmf_tone, to_int16, white_noise  # noqa: E402
 from tests.dtmf_masker.calls import (  # noqa: E402
-    MUSIC_GLOB, SPEECH_GLOB, Call, classifier_accuracy, flat_fill_reference, leaked_ms, make_call,
+    MUSIC_GLOB, SPEECH_GLOB, Call, Tone, classifier_accuracy, flat_fill_reference, leaked_ms, make_call,
     make_speech_call, mask_single, naive_mask, read_corpus, residual_db, speech_like, tone_free,
 )
 
@@ -105,6 +107,30 @@ def speech_calls(speech: np.ndarray, gain_db: float, seed: int, n_calls: int, n_
     return made
 
 
+def noisy_call(noise_dbm0: float, seconds: int = 40) -> Call:
+    """Digits at -25 dBm0 every 100-300 ms in white noise, 40 % of onsets in a packet's last 5 ms."""
+    rng = np.random.default_rng(3)
+    n = seconds * 8000
+    tones_only = np.zeros(n)
+    placed = []
+    pos = 1000
+    while pos < n - 3000:
+        if rng.random() < 0.4:
+            pos = pos // PACKET * PACKET + int(rng.integers(155, 160))
+        digit, dur, twist = DIGITS[int(rng.integers(16))], int(rng.integers(320, 961)), float(rng.uniform(-8, 4))
+        tone = dtmf_tone(digit, dur / 8, -25.0, twist, phase_rad=tuple(rng.uniform(0, 2 * np.pi, 2)))
+        tones_only[pos:pos + len(tone)] += tone
+        placed.append(Tone(digit, pos, pos + len(tone), -25.0, twist))
+        pos += len(tone) + int(rng.integers(800, 2400))
+    noisy = np.clip(np.rint(tones_only + white_noise(n, noise_dbm0, rng)), -32768, 32767).astype(np.int16)
+    return Call(ulaw_decode(ulaw_encode(noisy)), tones_only, placed, "noise")
+
+
+def detected(audio: np.ndarray) -> list[str]:
+    det = DtmfDetector()
+    return [e.digit for e in det.process(audio) + det.flush() if isinstance(e, DigitDetected)]
+
+
 def leak_row(name: str, outs: list[np.ndarray], calls: list[Call], fill_ref: np.ndarray | None = None) -> None:
     leaks = np.array([leaked_ms(o, c, t, fill_ref=fill_ref) for o, c in zip(outs, calls) for t in c.tones])
     resid = max(residual_db(o, c, t) for o, c in zip(outs, calls) for t in c.tones)
@@ -158,6 +184,19 @@ def main() -> None:
                 outs = list(mask_rows(m, np.stack([c.audio for c in calls])))
                 free = np.concatenate([(o != c.audio)[tone_free(n, c.tones)] for o, c in zip(outs, calls)])
                 leak_row(f"{name} (speech masked {100 * free.mean():.2f} %)", outs, calls)
+
+    print("\nDigits at -25 dBm0 (twist -8..+4 dB, 40-120 ms) in white noise, silence mode")
+    print(f"{'noise':>10} {'tones':>6} {'detector in':>11} " + " ".join(f"{name + ' leak max / >0':>24}"
+                                                                   for name, _ in maskers))
+    for noise_dbm0 in (-40.0, -35.0, -30.0, -28.0):
+        call = noisy_call(noise_dbm0)
+        cells = []
+        for _, m in maskers:
+            out = mask_rows(m, call.audio[None, :])[0]
+            leaks = [leaked_ms(out, call, t) for t in call.tones]
+            cells.append(f"{max(leaks):.1f} / {sum(v > 0 for v in leaks)}")
+        print(f"{noise_dbm0:>10.0f} {len(call.tones):>6} {len(detected(call.audio)):>11} "
+              + " ".join(f"{c:>24}" for c in cells))
 
     rng = np.random.default_rng(20240611)
     calls = [make_call(rng, 120, bg) for bg in ("silence", "noise", "speech")]
