@@ -107,6 +107,7 @@ MIXED_TWIST_DB, steady within MIXED_STEADY_DB): a tone as loud as the speech ove
 MIXED_TWIST_DB = (6.0, -10.0)
 """High group at most this much above / below the low group (Q.24's +4/-8 dB, plus 2 dB)."""
 MIXED_STEADY_DB = 4.0
+"""Every block's line energy within this many dB of the window's strongest block: a steady tone."""
 TWIST_LIMIT_DB = 14.0
 """High group within this many dB of the low group, either way: any tone twisted up to 12 dB
 (Q.24 asks for +4/-8 dB), with 2 dB for the window's leakage and off-nominal frequencies."""
