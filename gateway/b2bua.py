@@ -75,9 +75,11 @@ __all__ = [
     "CallStarted",
     "CallState",
     "InfoDtmfReceived",
+    "LawsDiffered",
     "MediaController",
     "MessageRejected",
     "Peer",
+    "UnofferedCodecAccepted",
 ]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
@@ -155,7 +157,28 @@ class MessageRejected:
     status: int | None
 
 
-B2buaEvent = Union[CallStarted, CallAnswered, CallEnded, InfoDtmfReceived, MessageRejected]
+@dataclass(frozen=True)
+class UnofferedCodecAccepted:
+    """A peer answered with a G.711 law we did not offer (against RFC 3264 6.1, but common); accepted."""
+
+    call_id: str
+    leg: str
+    """'caller' or 'agent': the leg whose peer answered."""
+    codec: str
+
+
+@dataclass(frozen=True)
+class LawsDiffered:
+    """The two legs now use different G.711 laws: the relay converts the audio between them."""
+
+    call_id: str
+    caller_codec: str
+    agent_codec: str
+
+
+B2buaEvent = Union[
+    CallStarted, CallAnswered, CallEnded, InfoDtmfReceived, MessageRejected, UnofferedCodecAccepted, LawsDiffered
+]
 
 
 @dataclass(frozen=True)
@@ -279,6 +302,8 @@ class Call:
         self.pending_keys: set[TxKey] = set()
         self.acks: dict[TxKey, bytes] = {}
         """ACKs of answered re-INVITEs, re-sent when their 2xx is retransmitted."""
+        self.reported: set[UnofferedCodecAccepted | LawsDiffered] = set()
+        """Codec leniency already reported as an event (18x and 2xx repeat one answer)."""
 
     def __repr__(self) -> str:
         return f"Call({self.call_id!r}, state={self.state.value})"
@@ -750,14 +775,14 @@ class B2bua:
         try:
             if not ack.body or ack.content_type != "application/sdp":
                 raise NotAcceptable("SDP answer is missing from the ACK")
-            new_answer_leg = leg_from_answer(late.our_offer, remote_audio(parse_sdp(ack.body)))
+            new_answer_leg = self._leg_from_answer(call, answer_leg, late.our_offer, ack.body)
             sd, new_offer_leg = build_answer(
                 late.their_offer,
                 address=self.media.media_address,
                 port=self._port(call, offer_leg),
                 session_id=call.session_id,
                 version=self._next_version(call, offer_leg),
-                allowed_codecs=(new_answer_leg.codec,),
+                prefer=new_answer_leg.codec,
             )
         except (SdpParseError, NotAcceptable) as exc:
             # RFC 3261 13.2.2.4: still ACK with a valid answer, then hang up.
@@ -773,7 +798,7 @@ class B2bua:
         call.legs[answer_leg] = new_answer_leg
         call.legs[offer_leg] = new_offer_leg
         call.te_pts[offer_leg] = new_offer_leg.telephone_event_pt
-        call.media.configure(call.legs[_Leg.CALLER], call.legs[_Leg.AGENT])
+        self._configure_media(call)
 
     def _remember_ack(self, call: Call, late: _LateOffer, data: bytes) -> None:
         if late.pending is not None:
@@ -799,28 +824,27 @@ class B2bua:
     def _media_from_agent(self, call: Call, p: _Pending, resp: SipResponse) -> None:
         """The agent's answer (in a 18x or the 2xx) sets up both legs; a later one updates the agent leg."""
         assert p.offer is not None
-        agent_leg = leg_from_answer(p.offer, remote_audio(parse_sdp(resp.body)))
+        agent_leg = self._leg_from_answer(call, _Leg.AGENT, p.offer, resp.body)
         if call.caller_offer is None:
             return
         if call.caller_answer is None:
+            # The caller keeps its own law when it did not offer the agent's; the relay converts.
             sd, caller_leg = build_answer(
                 call.caller_offer,
                 address=self.media.media_address,
                 port=call.media.caller_port,
                 session_id=call.session_id,
                 version=self._next_version(call, _Leg.CALLER),
-                allowed_codecs=(agent_leg.codec,),
+                prefer=agent_leg.codec,
             )
             call.caller_answer = bytes(sd)
             call.legs[_Leg.CALLER] = caller_leg
-        elif agent_leg.codec != call.legs[_Leg.CALLER].codec:
-            # The caller already has our answer with the earlier codec and we never transcode:
-            # a codec the relay would misread could hide DTMF from the detector, so fail closed.
-            raise NotAcceptable("SDP answer changed the codec")
+        # A 2xx whose law differs from the 18x's changes only the agent leg: the caller keeps
+        # the answer it has, and the relay converts between the laws.
         if call.legs.get(_Leg.AGENT) != agent_leg:
             call.legs[_Leg.AGENT] = agent_leg
             call.te_pts[_Leg.AGENT] = agent_leg.telephone_event_pt
-            call.media.configure(call.legs[_Leg.CALLER], agent_leg)
+            self._configure_media(call)
 
     def _answer_caller(
         self, call: Call, status: int, reason: str, now: float, extra: list[tuple[str, str]] | None = None,
@@ -978,7 +1002,7 @@ class B2bua:
             self._events.append(MessageRejected(str(exc), 488))
             return
         current = call.legs.get(other)
-        # No transcoding: keep both legs on one codec, the current one when the offer still has it.
+        # One law on both legs passes bit-exact: keep the current one first when the offer still has it.
         if current is not None and current.codec in codecs:
             codecs = [current.codec] + [c for c in codecs if c != current.codec]
         body, local = self._offer(call, other, codecs, offer.direction)
@@ -1011,14 +1035,14 @@ class B2bua:
             return
         try:
             assert p.offer is not None and p.remote_offer is not None
-            new_other = leg_from_answer(p.offer, remote_audio(parse_sdp(resp.body)))
+            new_other = self._leg_from_answer(call, p.leg, p.offer, resp.body)
             sd, new_origin = build_answer(
                 p.remote_offer,
                 address=self.media.media_address,
                 port=self._port(call, origin),
                 session_id=call.session_id,
                 version=self._next_version(call, origin),
-                allowed_codecs=(new_other.codec,),
+                prefer=new_other.codec,
             )
         except (SdpParseError, NotAcceptable) as exc:
             self._events.append(MessageRejected(str(exc), 488))
@@ -1027,8 +1051,7 @@ class B2bua:
         call.legs[p.leg] = new_other
         call.legs[origin] = new_origin
         call.te_pts[p.leg] = new_other.telephone_event_pt or call.te_pts.get(p.leg)
-        caller, agent = call.legs[_Leg.CALLER], call.legs[_Leg.AGENT]
-        call.media.configure(caller, agent)
+        self._configure_media(call)
         self._accept_reoffer(call, p, req, resp, bytes(sd), now)
 
     def _accept_reoffer(self, call: Call, p: _Pending, req: SipRequest, resp: SipResponse, body: bytes,
@@ -1101,6 +1124,25 @@ class B2bua:
         self._track(ckey, _Pending(call, "relay", other, key))
 
     # ------------------------------------------------------------ building blocks
+
+    def _leg_from_answer(self, call: Call, leg: _Leg, offer: LocalOffer, body: bytes) -> LegMedia:
+        """A leg's media from its peer's answer to our offer; an unoffered G.711 law is reported."""
+        media = leg_from_answer(offer, remote_audio(parse_sdp(body)))
+        if media.codec not in offer.codecs:
+            self._report(call, UnofferedCodecAccepted(call.call_id, leg.value, media.codec))
+        return media
+
+    def _configure_media(self, call: Call) -> None:
+        """Hand both legs to the relay; legs on different laws are reported (the relay converts)."""
+        caller, agent = call.legs[_Leg.CALLER], call.legs[_Leg.AGENT]
+        call.media.configure(caller, agent)
+        if caller.codec != agent.codec:
+            self._report(call, LawsDiffered(call.call_id, caller.codec, agent.codec))
+
+    def _report(self, call: Call, event: UnofferedCodecAccepted | LawsDiffered) -> None:
+        if event not in call.reported:
+            call.reported.add(event)
+            self._events.append(event)
 
     def _offer(self, call: Call, leg: _Leg, codecs: list[str], direction: Direction) -> tuple[bytes, LocalOffer]:
         sd, local = build_offer(

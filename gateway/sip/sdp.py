@@ -384,15 +384,19 @@ def build_answer(
     version: int,
     direction: Direction | None = None,
     allowed_codecs: tuple[str, ...] = SUPPORTED_CODECS,
+    prefer: str | None = None,
 ) -> tuple[SessionDescription, LegMedia]:
-    """Answer a peer's offer (RFC 3264 6): first offered codec we can inspect, their PT numbers.
+    """Answer a peer's offer (RFC 3264 6): `prefer` if offered, else the first offered codec we can
+    inspect; their PT numbers.
 
     Returns our SDP and the peer leg's media. `direction` overrides the plain
-    complement of the offer (the B2BUA passes the other leg's state through).
+    complement of the offer (the B2BUA passes the other leg's state through);
+    `prefer` is the other leg's codec, so that both legs share one law when they can.
     Raises NotAcceptable when no PCMU/PCMA is offered or SRTP is offered with no
     suite we support.
     """
-    codec = next((c for c in offer.codecs if c.name in allowed_codecs and c.clock_hz == 8000), None)
+    usable = [c for c in offer.codecs if c.name in allowed_codecs and c.clock_hz == 8000]
+    codec = next((c for c in usable if c.name == prefer), usable[0] if usable else None)
     if codec is None:
         raise NotAcceptable("SDP offer has no acceptable codec")
     crypto: Crypto | None = None
@@ -426,11 +430,24 @@ def build_answer(
     return sd, leg
 
 
-def leg_from_answer(offer: LocalOffer, answer: RemoteAudio) -> LegMedia:
-    """The leg's media once the peer answered our offer; NotAcceptable if it picked nothing we offered."""
-    codec = next((c for c in answer.codecs if c.name in offer.codecs), None)
+def answer_codec(offer: LocalOffer, answer: RemoteAudio) -> Codec:
+    """The codec a peer's answer chose: one we offered, else any G.711 law (lenient, see below).
+
+    RFC 3264 6.1 lets an answer use only offered formats, yet common peers (SIPp's built-in
+    uas answers PCMU to anything) answer the other G.711 law. Both laws can be inspected and
+    the relay converts between them, so that answer is accepted; anything else is refused
+    (fail closed: audio the gateway cannot inspect could carry DTMF past the masker).
+    """
+    g711 = [c for c in answer.codecs if c.name in SUPPORTED_CODECS and c.clock_hz == 8000]
+    codec = next((c for c in g711 if c.name in offer.codecs), g711[0] if g711 else None)
     if codec is None:
         raise NotAcceptable("SDP answer has no acceptable codec")
+    return codec
+
+
+def leg_from_answer(offer: LocalOffer, answer: RemoteAudio) -> LegMedia:
+    """The leg's media once the peer answered our offer (codec chosen by `answer_codec`)."""
+    codec = answer_codec(offer, answer)
     srtp: SrtpParams | None = None
     if offer.srtp_suite:
         theirs = next((c for c in answer.crypto if c.suite == offer.srtp_suite and _valid_key(c.key_b64)), None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.b2bua import CallAnswered, CallEnded, CallState, MessageRejected
+from gateway.b2bua import CallAnswered, CallEnded, CallState, LawsDiffered, MessageRejected
 from gateway.sip.message import SipRequest, SipResponse
 from gateway.sip.sdp import parse_sdp, remote_audio
 from tests.b2bua.ladder import CALLER, MEDIA_ADDRESS, PBX, Net, only, request, sdp, statuses
@@ -214,10 +214,25 @@ def test_early_media_then_200_without_sdp_keeps_the_183_answer():
     assert len(net.media.opened[call_id].configured) == 1 and not ended(net)
 
 
-def test_early_media_codec_change_in_200_fails_closed():
+def test_early_media_law_change_in_200_keeps_the_callers_answer_and_converts():
+    net = Net()
+    inv = start(net)
+    call_id = net.events[0].call_id
+    out = net.send(net.answer(inv, 183, body=sdp(50000, fmts="8 96", te_pt=96, host="192.0.2.20")), PBX)
+    (progress,) = only(out, CALLER)
+    out = net.send(net.answer(inv, 200, body=sdp(50000, fmts="0 96", te_pt=96, host="192.0.2.20")), PBX)
+    assert statuses(out, PBX) == ["ACK"]
+    (ok,) = only(out, CALLER)
+    assert ok.status == 200 and ok.body == progress.body  # RFC 3261 13.2.1: one answer to the caller
+    caller_leg, agent_leg = net.media.opened[call_id].configured[-1]
+    assert (caller_leg.codec, agent_leg.codec) == ("PCMA", "PCMU")  # the relay converts
+    assert LawsDiffered(call_id, "PCMA", "PCMU") in net.events and not ended(net)
+
+
+def test_early_media_then_uninspectable_200_fails_closed():
     net = Net()
     inv = start(net)
     net.send(net.answer(inv, 183, body=sdp(50000, fmts="8 96", te_pt=96, host="192.0.2.20")), PBX)
-    out = net.send(net.answer(inv, 200, body=sdp(50000, fmts="0 96", te_pt=96, host="192.0.2.20")), PBX)
+    out = net.send(net.answer(inv, 200, body=sdp(50000, fmts="9 96", te_pt=96, host="192.0.2.20")), PBX)
     assert statuses(out, PBX) == ["ACK", "BYE"] and statuses(out, CALLER) == [488]
     assert ended(net)[-1].reason == "no common codec"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from dtmf.g711 import ALAW_TO_ULAW
 from tests.integration.gateway_proc import GatewayProcess
 from tests.peers.ports import free_block, free_port
 from tests.peers.sipp_builtin import BuiltinSipp, dump, link_shipped_pcaps, shipped_pcap_dir
@@ -102,15 +103,25 @@ def check_audio_at_agent(gateway: GatewayProcess, at_agent: list) -> None:
     assert any(e.payload[1] & 0x80 for e in events), "no end bit (RFC 4733 2.5.1.3)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "built-in `sipp -sn uas` answers PCMU (RTP/AVP 0) to the PCMA+101 offer of `-sn uac_pcap`; the gateway "
-    "ACKs+BYEs the agent leg and answers the caller 488 ('SDP answer has no acceptable codec') instead of "
-    "accepting an inspectable G.711 answer and transcoding PCMA->PCMU"))
 def test_builtin_uac_pcap_to_builtin_uas(tmp_path):
+    # The built-in uas answers PCMU (RTP/AVP 0) to the PCMA+101 offer (against RFC 3264 6.1): the
+    # gateway keeps the call, answers the caller PCMA and converts A-law to mu-law for the agent.
     gateway, result, callee, at_agent = run_uac_pcap(tmp_path, None)
     assert result.ok, (result.stderr, result.errors, gateway.lines[-5:])
     assert callee.ok, (callee.stderr, callee.errors)
-    assert [p for p, _ in at_agent if p.payload_type in (0, 8)], "no audio reached the agent"
+    assert gateway.returncode == 0
+    assert not [p for p, _ in at_agent if p.payload_type != 0], {p.payload_type for p, _ in at_agent}
+    assert all(gateway.rtp_low <= d.src[1] <= gateway.rtp_high for _, d in at_agent)
+    # Every shipped PCMA payload, in order, converted code for code by the G.711 A->mu table: the
+    # agent hears the caller's audio after one requantisation (no events: the uas negotiated none).
+    audio = [p for p, _ in at_agent]
+    payloads = [p.payload for p in sorted(audio, key=lambda p: (p.sequence - audio[0].sequence) & 0xFFFF)]
+    shipped = [p.payload.translate(ALAW_TO_ULAW) for p in shipped_rtp("g711a.pcap") if p.payload_type == 8]
+    assert len(payloads) >= len(shipped) - 3, (len(payloads), len(shipped))
+    start = shipped.index(payloads[0])
+    assert payloads == shipped[start: start + len(payloads)]
+    counters = gateway.final_counters()
+    assert counters["calls_started"] == 1 and counters["calls_active"] == 0
 
 
 def test_builtin_uac_pcap_audio_bit_exact_at_agent(tmp_path):
