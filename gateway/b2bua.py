@@ -6,7 +6,10 @@ reason, now)` from the edge (media timeout, API) and `transport_failed(peer,
 now)` when the edge loses a connection or a send fails. Output:
 `messages_to_send()` as (bytes, Peer) and `next_event()`. SDP is never relayed:
 each leg gets the gateway's own SDP anchored on the media ports of `CallMedia`,
-with PCMU/PCMA only and the telephone-event payload type of that leg. An offer
+with PCMU/PCMA only and the telephone-event payload type of that leg. A peer that
+answers the G.711 law it was not offered is accepted (RFC 3264 6.1 forbids it, common
+peers do it): each leg keeps its own law and the relay converts; an answer without
+G.711 is refused (fail closed). An offer
 travels the way it came: an INVITE without SDP goes out without SDP, the 2xx's
 offer is re-offered to the other side, and the ACKs carry the answers back
 (initial INVITE and re-INVITE alike). One agent per call: a 2xx from another
@@ -1001,10 +1004,7 @@ class B2bua:
             self._respond(key, req, 488, now)
             self._events.append(MessageRejected(str(exc), 488))
             return
-        current = call.legs.get(other)
-        # One law on both legs passes bit-exact: keep the current one first when the offer still has it.
-        if current is not None and current.codec in codecs:
-            codecs = [current.codec] + [c for c in codecs if c != current.codec]
+        codecs = self._reoffer_codecs(call, other, codecs)
         body, local = self._offer(call, other, codecs, offer.direction)
         extra = [("Content-Type", "application/sdp")]
         if se:
@@ -1090,9 +1090,7 @@ class B2bua:
             if body is not None:
                 self.hangup(call.call_id, "no common codec", now)  # we refused that leg's media
             return
-        current = call.legs.get(origin)
-        if current is not None and current.codec in codecs:
-            codecs = [current.codec] + [c for c in codecs if c != current.codec]
+        codecs = self._reoffer_codecs(call, origin, codecs)
         body, ours = self._offer(call, origin, codecs, their.direction)
         call.late = _LateOffer(p.leg, their, ours, resp.cseq[0], req.cseq[0], offer_key=ckey)
         call.reinvite_busy = True
@@ -1124,6 +1122,23 @@ class B2bua:
         self._track(ckey, _Pending(call, "relay", other, key))
 
     # ------------------------------------------------------------ building blocks
+
+    def _reoffer_codecs(self, call: Call, leg: _Leg, codecs: list[str]) -> list[str]:
+        """The laws to offer `leg` when the other leg re-offers `codecs` (inspectable, in its order).
+
+        One law on both legs passes bit-exact: `leg`'s current law goes first when offered.
+        On a call already converting between laws, `leg`'s current law is added last, so that
+        a peer supporting only that law can answer a refresh instead of refusing it.
+        """
+        current = call.legs.get(leg)
+        if current is None:
+            return codecs
+        if current.codec in codecs:
+            return [current.codec] + [c for c in codecs if c != current.codec]
+        other = call.legs.get(leg.other)
+        if other is not None and other.codec != current.codec:
+            return codecs + [current.codec]
+        return codecs
 
     def _leg_from_answer(self, call: Call, leg: _Leg, offer: LocalOffer, body: bytes) -> LegMedia:
         """A leg's media from its peer's answer to our offer; an unoffered G.711 law is reported."""

@@ -2,7 +2,8 @@
 
 The B2BUA never relays SDP: it builds its own per leg, anchoring media on its own
 address and port, offering only PCMU/PCMA (which it can inspect) plus
-telephone-event, and mapping the telephone-event payload type per leg. SRTP keys
+telephone-event, and mapping the telephone-event payload type per leg. An answer in
+the G.711 law we did not offer is accepted (`answer_codec`). SRTP keys
 (RFC 4568 SDES) are generated per leg with `secrets` and never appear in a repr.
 """
 

@@ -150,3 +150,36 @@ def test_caller_reinvite_answered_in_the_other_law_by_the_agent():
     caller_leg, agent_leg = net.media.opened[call_id].configured[-1]
     assert caller_leg.codec == agent_leg.codec == "PCMA"
     assert len(of(net, LawsDiffered)) == 1 and not of(net, CallEnded)
+
+
+def mixed_call(net: Net):
+    """A call answered like SIPp's built-in pair: caller on PCMA, agent on PCMU."""
+    inv = start(net, PCMA_ONLY)
+    out = net.send(net.answer(inv, 200, body=pcmu_only_answer()), PBX)
+    (ok,) = only(out, CALLER)
+    net.send(request("ACK", cseq=1, branch="z9hG4bKack1", to_tag=ok.to_tag))
+    return inv, ok
+
+
+def test_agent_refresh_on_a_converting_call_offers_the_caller_its_current_law_too():
+    net = Net()
+    inv, ok = mixed_call(net)
+    call_id = net.events[0].call_id
+    out = net.send(agent_request(net, inv, "INVITE", 1, body=agent_sdp("0 96", 50030)), PBX)
+    (reinv,) = only(out, CALLER)
+    # The agent's law first (one law would pass bit-exact), then the caller's current one.
+    assert [c.name for c in remote_audio(parse_sdp(reinv.body)).codecs] == ["PCMU", "PCMA"]
+    out = net.send(net.answer(reinv, 200, tag="caller1", body=sdp(40000, fmts="8 101")), CALLER)
+    (ok2,) = only(out, PBX)
+    assert ok2.status == 200 and [c.name for c in remote_audio(parse_sdp(ok2.body)).codecs] == ["PCMU"]
+    caller_leg, agent_leg = net.media.opened[call_id].configured[-1]
+    assert (caller_leg.codec, agent_leg.codec) == ("PCMA", "PCMU") and agent_leg.remote_rtp[1] == 50030
+    assert not of(net, CallEnded)
+
+
+def test_reoffer_on_a_one_law_call_adds_no_other_law():
+    net = Net()
+    inv, ok = connect(net, agent_sdp("8 96"))
+    out = net.send(agent_request(net, inv, "INVITE", 1, body=agent_sdp("0 96", 50030)), PBX)
+    (reinv,) = only(out, CALLER)
+    assert [c.name for c in remote_audio(parse_sdp(reinv.body)).codecs] == ["PCMU"]
