@@ -27,7 +27,9 @@ for _blas_var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from dtmf.detector import DetectorBank
 from dtmf.masker import MaskerBank, MaskMode
-from gateway.b2bua import B2bua, B2buaConfig, CallAnswered, CallEnded, CallStarted, MessageRejected
+from gateway.b2bua import (
+    B2bua, B2buaConfig, CallAnswered, CallEnded, CallStarted, LawsDiffered, MessageRejected, UnofferedCodecAccepted,
+)
 from gateway.config import Config, NextHop, parse_next_hop
 from gateway.media.relay import Relay
 from gateway.sip.framing import StreamFramer
@@ -90,6 +92,10 @@ class GatewayStats:
     calls_ended: Counter[str] = field(default_factory=Counter)
     sip_rejected: Counter[str] = field(default_factory=Counter)
     media_events: int = 0
+    calls_transcoded: int = 0
+    """Calls whose legs ended up on different G.711 laws (converted, so not bit-exact)."""
+    unoffered_codecs: Counter[str] = field(default_factory=Counter)
+    """Answers in a G.711 law we did not offer, by leg (accepted leniently)."""
     watchdog_hangups: Counter[str] = field(default_factory=Counter)
 
 
@@ -218,6 +224,12 @@ class Gateway:
             self._answered_at.pop(event.call_id, None)
         elif isinstance(event, MessageRejected):
             self.stats.sip_rejected[event.reason] += 1
+        elif isinstance(event, LawsDiffered):
+            self.stats.calls_transcoded += 1
+            log.warning("call %s: caller on %s, agent on %s: audio converted between laws (not bit-exact)",
+                        event.call_id, event.caller_codec, event.agent_codec)
+        elif isinstance(event, UnofferedCodecAccepted):
+            self.stats.unoffered_codecs[event.leg] += 1
         for handler in self.call_event_handlers:
             handler(event)
 
