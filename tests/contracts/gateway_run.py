@@ -7,10 +7,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+from tests.peers.child import collect_lines, stop_group
 from tests.peers.ports import free_block, free_port
 
 START_TIMEOUT_S = 20.0
@@ -56,7 +56,7 @@ class Tonewall:
         self.proc = subprocess.Popen(tonewall_cmd() + self.args, cwd=self.cwd, env=self.env, text=True,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
+        collect_lines(self.proc, lambda line: self.lines.append(line.rstrip("\n")))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and self.proc.poll() is None:
             if self.listening_lines():
@@ -67,11 +67,6 @@ class Tonewall:
 
     def listening_lines(self) -> list[str]:
         return [line for line in self.lines if "tonewall listening" in line]
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
 
     def terminate(self) -> tuple[int | None, float]:
         """SIGTERM; the exit status and how long it took (None if it had to be killed)."""
@@ -86,9 +81,7 @@ class Tonewall:
         return code, time.monotonic() - t0
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc, signal.SIGKILL)
 
     def token(self, *args: str, data_dir: bool = True) -> subprocess.CompletedProcess:
         extra = ["--data-dir", str(self.data_dir)] if data_dir and self.data_dir is not None else []

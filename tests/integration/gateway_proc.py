@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.peers.child import ROOT, collect_lines, stop_group
 from tests.peers.ports import free_block, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class GatewayProcess:
@@ -49,7 +46,7 @@ class GatewayProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
+        collect_lines(self.proc, lambda line: self.lines.append(line.rstrip("\n")))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any("tonewall listening" in line for line in self.lines):
@@ -60,22 +57,11 @@ class GatewayProcess:
         self.stop()
         raise RuntimeError(f"gateway did not start: {self.lines[-10:]}")
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
     def stop(self, timeout_s: float = 8.0) -> int:
         """SIGTERM and wait; kills (and reports -9) only if it does not stop in time."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, timeout_s=timeout_s)
         time.sleep(0.05)
         self.returncode = self.proc.returncode
         return self.returncode

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from tests.integration.gateway_proc import ROOT, GatewayProcess, options
+from tests.integration.gateway_proc import GatewayProcess, options
 from tests.integration.test_sipp_through_gateway import caller_audio
+from tests.peers.child import ROOT
 from tests.peers.pjsua import PjsuaPeer
 from tests.peers.ports import free_block, free_port
 from tests.peers.rtp_sink import RtpSink

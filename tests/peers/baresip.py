@@ -11,14 +11,13 @@ least about 180 ms each. baresip always runs with `-t SECONDS` and is killed on 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 from tests.conftest import require_binary
+from tests.peers.child import stop_group
 from tests.peers.ports import free_port
 
 MODULE_DIRS = (Path("/usr/lib/baresip/modules"), Path("/usr/lib/x86_64-linux-gnu/baresip/modules"),
@@ -148,16 +147,7 @@ class Baresip:
         if self._ctrl is not None:
             self._ctrl.close()
             self._ctrl = None
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=3)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait()
+        stop_group(self.proc)
         if getattr(self, "_log", None) is not None:
             self._log.close()
 

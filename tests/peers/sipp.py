@@ -7,8 +7,6 @@ mu-law); SIPp needs `-nostdin` without a terminal; statistics come from `-trace_
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -20,6 +18,7 @@ import numpy as np
 
 from dtmf.g711 import ulaw_encode
 from tests.conftest import require_binary
+from tests.peers.child import stop_group
 
 SCENARIOS = Path(__file__).with_name("scenarios")
 
@@ -150,16 +149,7 @@ class Sipp:
         return int(last[header.index("SuccessfulCall(C)")]), int(last[header.index("FailedCall(C)")])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=3)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait()
+        stop_group(self.proc)
 
     def __enter__(self) -> Sipp:
         return self.start()

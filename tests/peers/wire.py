@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import require_binary
+from tests.peers.child import stop_group
 from tests.peers.rtp_sink import RtpPacket, parse_rtp
 
 LINKTYPE_ETHERNET = 1
@@ -115,15 +116,7 @@ class WireCapture:
     def stop(self) -> list[Datagram]:
         if self.proc is not None and self.proc.poll() is None:
             time.sleep(0.1)
-            try:
-                os.killpg(self.proc.pid, signal.SIGINT)
-                self.proc.wait(timeout=3)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait()
+            stop_group(self.proc, signal.SIGINT)
         return read_pcap(self.path) if self.path.exists() else []
 
     def __enter__(self) -> WireCapture:
