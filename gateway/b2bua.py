@@ -24,6 +24,7 @@ connections work without DNS.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
@@ -202,6 +203,8 @@ class B2buaConfig:
     """No final answer from the agent leg within this: CANCEL it, 408 to the caller."""
     limits: Limits = Limits()
     user_agent: str = "Tonewall"
+    dialog_source_check: bool = True
+    """Accept in-dialog requests only from the host each leg's dialog was set up with (else 481)."""
 
 
 class _Leg(Enum):
@@ -520,6 +523,13 @@ class B2bua:
         dialog = call.dialogs.get(leg)
         if dialog is None or not dialog.matches(req):
             self._respond(key, req, 481, now)
+            return
+        if self.config.dialog_source_check and not self._from_leg_host(call, leg, ev.source):
+            # Call-ID and tags travel in clear text: anyone who saw them could BYE the call, or
+            # re-INVITE its media elsewhere, leaving the real peer on a dead half-call. Only
+            # the leg's own host may speak in its dialog (ports may change: RFC 3261 18.2.1).
+            self._respond(key, req, 481, now)
+            self._events.append(MessageRejected("SIP in-dialog request from a foreign host", 481))
             return
         dialog.receive_request(req)
         if req.method == "BYE":
@@ -1217,6 +1227,13 @@ class B2bua:
     def _capabilities(self) -> list[tuple[str, str]]:
         return [("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", ", ".join(SUPPORTED))]
 
+    def _from_leg_host(self, call: Call, leg: _Leg, source: Peer) -> bool:
+        """Whether `source` is the host of `leg`'s peer; a next hop named by DNS name is not checked."""
+        host = call.peers[leg].host
+        if leg is _Leg.AGENT and not _is_ip_literal(host):
+            return True
+        return source.host == host
+
     def _respond(
         self,
         key: TxKey | None,
@@ -1292,6 +1309,14 @@ class B2bua:
         if resp is not None:
             self._events[-1] = MessageRejected(str(exc), exc.status)
             self._out.append((resp, source))
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _info_digit(body: bytes, content_type: str | None) -> str | None:
