@@ -20,7 +20,14 @@ Masked legs go through the masker bank once per loop iteration (`process_pending
 with `mask_window_s` > 0, once the oldest waiting row is that old or `mask_batch_rows` wait
 (every masked packet then leaves up to the window later, for fewer masker calls):
 during a capture the caller's audio is held for one packet (the masker's look-ahead)
-and the held packet leaves, masked, when the next one arrives; under `mask =
+and the held packet leaves, masked, when the next one arrives, or at its release deadline
+(one packet time after it arrived, plus `HOLD_SLACK_S`; `handle_timer`), whichever comes
+first: DESIGN.md allows one packet of look-ahead, no more, so a late successor or a loop-lag
+spike never stretches the hold. A packet released by its deadline is masked with the look-ahead
+known (`MaskerBank.flush`), and its last block (the 5 ms a tone onset could hide in with its
+confirming blocks still unseen) leaves as silence unless it is too quiet to carry a tone; the
+late successor is then simply the next held packet (packets stay 1:1, no sample lost or
+repeated). Under `mask =
 "always"` outside a capture each packet leaves masked in the iteration it arrived
 (no look-ahead). The caller's RFC 4733 packets are not forwarded on a masked leg and
 the agent leg's sequence numbers are renumbered so the dropped packets leave no gap.
@@ -55,7 +62,7 @@ import numpy as np
 
 from dtmf.g711 import ALAW_DECODE, DECODE_TABLES, ENCODE_TABLES, SILENCE_CODES, TRANSCODE_TABLES, ULAW_DECODE
 from dtmf.rfc4733 import TelephoneEventReceiver, TelephoneEventStarted
-from dtmf.tones import FEEDBACK_TONES, feedback_tone
+from dtmf.tones import FEEDBACK_TONES, dbm0_to_amplitude, feedback_tone
 from gateway.media.leg import LegMedia, SrtpParams
 from gateway.media.rtp import RTP_HEADER, RtcpError, RtpError, parse_rtcp, rtp_payload_bounds
 from gateway.media.srtp import SrtpError, SrtpLeg
@@ -83,6 +90,15 @@ MASK_WINDOW_S = 0.0
 waits this much longer than its look-ahead; a window shares the masker's fixed cost per call."""
 MASK_BATCH_ROWS = 256
 """Masked rows that run the masker at once, whatever the window."""
+HOLD_SLACK_S = 0.0005
+"""A held packet's release deadline is one packet time after it arrived plus this: room for the
+successor's own jitter and the loop timer's millisecond steps, within issue 4's 21 ms."""
+TAIL_SAMPLES = 40
+"""A deadline-released packet's last block (5 ms): a tone starting there is confirmed only by
+blocks of the successor that has not arrived, so it leaves as silence unless quiet."""
+TAIL_QUIET_POWER = dbm0_to_amplitude(-50.0) ** 2 / 2.0
+"""Mean power (linear^2) under which a tail block passes: 5 dB under the masker's flag floor
+(-45 dBm0), no tone onset worth a guess fits in it."""
 JITTER_SAMPLE_INTERVAL_S = 1.0
 MAX_DROPOUT = 3000
 """RFC 3550 A.1: a forward jump below this is a gap (loss), not a restart."""
@@ -119,6 +135,7 @@ class MaskerLike(Protocol):
     def set_capture(self, slot: int, on: bool) -> Any: ...
     def set_mask_always(self, slot: int, on: bool) -> None: ...
     def process(self, slots: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def flush(self, slot: int) -> tuple[np.ndarray, bool] | None: ...
 
 
 @dataclass(frozen=True)
@@ -322,9 +339,9 @@ class Leg:
         self.last_rx_s: float | None = None
         self.seq_offset = 0
         """Packets withheld from the peer so far; subtracted from outgoing sequence numbers."""
-        self.held: tuple[bytes, int, float] | None = None
-        """Capture look-ahead: (packet as it would leave unmasked, payload offset, receive time)
-        of the packet the masker holds."""
+        self.held: tuple[bytes, int, float, float] | None = None
+        """Capture look-ahead: (packet as it would leave unmasked, payload offset, receive time,
+        release deadline) of the packet the masker holds."""
         self.slot = -1
         self.mask_slot = -1
         self.is_alaw = False
@@ -430,6 +447,8 @@ class Relay:
         self._mask_since: float | None = None
         """Receive time of the oldest masked row waiting for the masker."""
         self._next_sample_s: float | None = None
+        self._holding: dict[Leg, None] = {}
+        """Capturing legs with a held packet (each has a release deadline)."""
 
     # ---- calls -----------------------------------------------------------------
 
@@ -516,6 +535,7 @@ class Relay:
         leg.capturing = False
         leg.masking = leg.always
         held, leg.held = leg.held, None
+        self._holding.pop(leg, None)
         if held is not None:
             pkt, start = held[0], held[1]
             sent = self._forward_built(leg, pkt[:start] + self._masked_body(leg, pkt[start:], last))
@@ -793,10 +813,26 @@ class Relay:
             times.append(self._mask_since + self.mask_window_s)
         if self._next_sample_s is not None:
             times.append(self._next_sample_s)
+        if self._holding:
+            times.append(min(leg.held[3] for leg in self._holding))  # type: ignore[index]
         return min(times) if times else None
 
-    def handle_timer(self, now: float) -> None:
-        """Run the detector batch when due, sample stream metrics, end lost telephone-events."""
+    def handle_timer(self, now: float) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+        """Release held packets whose deadline passed, run the detector batch when due, sample
+        stream metrics, end lost telephone-events. Returns the released packets to send."""
+        sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
+        if self._holding:
+            due = [leg for leg in self._holding if leg.held[3] <= now]  # type: ignore[index]
+            if due:
+                if self._mask_legs:
+                    # A successor already here (in a masker window) releases its packet with look-ahead.
+                    sends = self._run_masker(now)
+                for leg in due:
+                    held = leg.held
+                    if held is not None and held[3] <= now:
+                        sent = self._release_held(leg, now)
+                        if sent is not None:
+                            sends.append(sent)
         if self._det_since is not None and now >= self._det_since + self.detect_window_s:
             self._run_detector()
         if self._next_sample_s is not None and now >= self._next_sample_s:
@@ -807,6 +843,7 @@ class Relay:
             self._telephone_events(leg, receiver.handle_timer(now))  # type: ignore[union-attr]
             if receiver.get_timer() is None:  # type: ignore[union-attr]
                 self._te_legs.discard(leg)  # back on its next event
+        return sends
 
     # ---- internals -------------------------------------------------------------
 
@@ -890,8 +927,13 @@ class Relay:
             if leg.capturing:
                 # The row's masker output is the held packet's, masked with this one as look-ahead.
                 held = leg.held
-                leg.held = (pkts[i], starts[i], rxs[i])
+                # One packet time (G.711: a byte per sample) after arrival, then it leaves regardless.
+                rx = rxs[i]
+                leg.held = (pkts[i], starts[i], rx, rx + len(payloads[i]) / leg.clock_hz + HOLD_SLACK_S)
                 if held is None:
+                    # A new deadline, earlier than none the edge's timer knows of.
+                    self._holding[leg] = None
+                    self.timer_changed = True
                     continue
                 pkt = held[0]
                 if st is None or st >= 0:
@@ -916,6 +958,33 @@ class Relay:
         if now is not None and held_since:
             self.stats.lookahead.observe_since(now, held_since)
         return sends
+
+    def _release_held(self, leg: Leg, now: float) -> tuple[Leg, bytes, tuple[str, int]] | None:
+        """The held packet at its deadline, masked with the look-ahead known (its successor is late).
+
+        The masker decides the blocks it can (`flush`: windows confirmed so far, loose flags
+        with their pre-guard); the last block, whose confirming blocks are in the missing
+        successor, leaves as silence unless too quiet to carry a tone (DESIGN.md: no onset
+        may leak). The masker starts a fresh look-ahead with the next packet, which the relay
+        holds in turn: packets stay 1:1.
+        """
+        held, leg.held = leg.held, None
+        self._holding.pop(leg, None)
+        pkt, start = held[0], held[1]  # type: ignore[index]
+        payload = pkt[start:]
+        last = None
+        if len(payload) == 160 and self.masker is not None and leg.mask_slot >= 0:
+            last = self.masker.flush(leg.mask_slot)
+        body = self._masked_body(leg, payload, last)
+        if last is not None and len(body) >= TAIL_SAMPLES:
+            codec = leg.media.codec if leg.media is not None else "PCMU"
+            tail = DECODE_TABLES[codec][np.frombuffer(payload, dtype=np.uint8, offset=len(payload) - TAIL_SAMPLES)]
+            if float(np.dot(tail, tail.astype(np.float64))) >= TAIL_QUIET_POWER * TAIL_SAMPLES:
+                out_codec = leg.peer.media.codec if leg.peer.media is not None else codec
+                body = body[:-TAIL_SAMPLES] + bytes([SILENCE_CODES[out_codec]]) * TAIL_SAMPLES
+        self.stats.captured += 1
+        self.stats.lookahead.observe(now - held[2])  # type: ignore[index]
+        return self._forward_built(leg, pkt[:start] + body)
 
     def _masked_packet(self, leg: Leg, pkt: bytes, start: int, row: np.ndarray | None) -> bytes:
         """Header and the payload as the agent may hear it (`row`: the masker's samples, None: unknown)."""
@@ -979,6 +1048,7 @@ class Relay:
 
     def _drop_pending(self, leg: Leg) -> None:
         leg.held = None
+        self._holding.pop(leg, None)
         if leg in self._mask_legs:
             keep = [i for i, x in enumerate(self._mask_legs) if x is not leg]
             self._mask_legs = [self._mask_legs[i] for i in keep]

@@ -9,7 +9,8 @@ packets by the core on the way). When the core raises `wake` (masked-leg rows, a
 a timer that moved, events), `Relay.process_pending` runs once at the end of that
 iteration from `loop.call_soon`. One loop timer, armed from `Relay.get_timer()` only
 while something is due (a detector batch's deadline, a masker window's end, the once-a-second metrics
-sample, an RFC 4733 event's lost end), drives `Relay.handle_timer`.
+sample, an RFC 4733 event's lost end, a held capture packet's release deadline), drives
+`Relay.handle_timer`, whose released packets it sends.
 
 `now` for the core is `perf_counter()`: on Linux it is CLOCK_MONOTONIC, the clock
 behind `loop.time()`, but with microsecond resolution where uvloop's `loop.time()`
@@ -290,9 +291,12 @@ class RtpMediaController:
         t0 = perf_counter()
         try:
             # The loop clock has 1 ms steps: a timer may fire just before `when` on perf_counter.
-            relay.handle_timer(max(t0, when))
-            # Masked rows whose batching window closed with no packet arriving since.
-            sends = relay.process_pending(max(t0, when)) if relay.mask_rows_pending else []
+            now = max(t0, when)
+            # Held capture packets at their release deadline, then masked rows whose batching
+            # window closed with no packet arriving since.
+            sends = relay.handle_timer(now)
+            if relay.mask_rows_pending:
+                sends += relay.process_pending(now)
         except Exception:  # noqa: BLE001 - one batch's failure must not stop the loop
             relay.stats.drops[0]["hook_error"] += 1
             sends = []

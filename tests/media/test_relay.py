@@ -273,6 +273,12 @@ class FakeMasker:
             self.prev.pop(slot, None)
         return None
 
+    def flush(self, slot: int):
+        prev = self.prev.pop(slot, None)
+        if prev is None:
+            return None
+        return (np.full(160, 1000, np.int16), True) if prev[0] != 0 else (prev, False)
+
     def process(self, slots, frames):
         out = np.zeros_like(frames)
         for r, s in enumerate(slots):

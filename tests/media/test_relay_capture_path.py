@@ -6,7 +6,7 @@ import numpy as np
 
 from dtmf.g711 import ALAW_DECODE, ULAW_DECODE, alaw_encode, ulaw_encode
 from gateway.media.leg import Direction, LegMedia
-from gateway.media.relay import LOOKAHEAD_BOUNDS_S, CountHistogram, Relay
+from gateway.media.relay import HOLD_SLACK_S, LOOKAHEAD_BOUNDS_S, CountHistogram, Relay
 from gateway.media.rtp import RtpPacket
 
 MASKED_LEVEL = 1000
@@ -34,6 +34,12 @@ class SlotMasker:
     def set_capture(self, slot: int, on: bool):
         self.prev[slot] = None
         return None
+
+    def flush(self, slot: int):
+        prev, self.prev[slot] = self.prev.get(slot), None
+        if prev is None:
+            return None
+        return (np.full(160, MASKED_LEVEL, np.int16), True) if prev[0] > 4000 else (prev, False)
 
     def process(self, slots, frames):
         slots = [int(s) for s in slots]
@@ -184,7 +190,8 @@ def test_masker_window_waits_for_its_oldest_row_and_arms_the_timer() -> None:
     assert relay.process_pending(1.0009) == [] and masker.calls == []
     relay.process_pending(1.001)
     assert masker.calls == [[0, 1]] and relay.mask_rows_pending == 0
-    assert relay.get_timer() == 2.0  # only the once-a-second metrics sample is left
+    # Next: the release deadline of c0's held packet, one packet time (+ slack) after it arrived.
+    assert relay.get_timer() == 1.0 + 0.020 + HOLD_SLACK_S
 
 
 def test_masker_window_runs_at_once_when_the_batch_is_full_and_flush_forces_it() -> None:
