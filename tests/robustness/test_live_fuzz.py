@@ -1,0 +1,184 @@
+"""Hostile input against a running gateway while a real call carries audio: SIP/UDP, SIP/TCP, RTP/RTCP, HTTPS.
+
+One `tonewall run` serves the whole module; the phases run in order, each bounded in
+count and time and seeded (TONEWALL_FUZZ_SEED replays a run). After each phase the
+gateway must: be alive, answer OPTIONS over UDP and TCP, still carry the live call's
+audio to the agent bit for bit (or have ended that call on both sides, never half),
+log no traceback or internal error, have counted what it refused, keep its RSS bounded,
+and set up a new call.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import ssl
+import time
+
+import pytest
+
+from tests.robustness.live import LiveCall, LiveGateway, sip_socket
+from tests.robustness.mutate import Dialog, Mutator, SipTemplates, render, rtp_garbage
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+SEED = int(os.environ.get("TONEWALL_FUZZ_SEED", "20261129"))
+UDP_MESSAGES = 2500
+UDP_BUDGET_S = 25.0
+RSS_GROWTH_KIB = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    gw = LiveGateway(tmp_path_factory.mktemp("fuzz"), seed=SEED)
+    try:
+        gw.ensure_live()
+        gw.rss_start_kib = gw.rss_kib()
+        yield gw
+    finally:
+        gw.close()
+    assert gw.gateway.returncode == 0, gw.gateway.lines[-5:]
+
+
+def dialog_of(call: LiveCall) -> Dialog:
+    d = call.caller.ua.dialog
+    assert d is not None
+    return Dialog(d.call_id, d.local_tag, d.remote_tag, d.remote_target, d.local_seq)
+
+
+def sip_counted(m: dict[str, float]) -> float:
+    """Everything the SIP edge counted as received or refused."""
+    return (LiveGateway.total(m, "tonewall_sip_requests_total", direction="in")
+            + LiveGateway.total(m, "tonewall_sip_responses_total", direction="in")
+            + LiveGateway.total(m, "tonewall_sip_dropped_total"))
+
+
+def assert_healthy(live: LiveGateway, phase: str) -> dict[str, float]:
+    """The checks after every phase; returns the metrics read."""
+    assert live.alive(), f"{phase}: gateway died (seed {SEED}): {live.gateway.lines[-10:]}"
+    assert live.answers_options() == ("SIP/2.0 200 OK", "SIP/2.0 200 OK"), phase
+    previous = live.live
+    if previous is not None and not previous.up:
+        # the phase ended the live call: it must have ended on both sides (a BYE each way), never half
+        _ends(live, previous, phase)
+    call = live.ensure_live()
+    live.audio_bit_exact(call)
+    live.wait_until(lambda: live.total(live.metrics(), "tonewall_calls_active") == 1, 40.0,
+                    f"{phase}: calls other than the live one stayed up")
+    assert live.log_problems() == [], f"{phase} (seed {SEED})"
+    rss = live.rss_kib()
+    assert rss - live.rss_start_kib < RSS_GROWTH_KIB, f"{phase}: RSS grew {rss - live.rss_start_kib} KiB"
+    live.new_call_works()
+    assert call.up, f"{phase}: the live call dropped during the new-call check"
+    return live.metrics()
+
+
+def sip_stream(rng: random.Random, live: LiveGateway, templates: SipTemplates, mutator: Mutator,
+               local: SipTemplates | None = None):
+    """Yields (socket index, kind, bytes): index 1 is the caller's own host, 0 a foreign one (127.0.0.2).
+
+    Only the foreign host gets in-dialog BYE/CANCEL and method mutations: from the caller's
+    own host a well-formed one legitimately ends the call.
+    """
+    while True:
+        call = live.live
+        roll = rng.random()
+        source = 0
+        if roll < 0.4:
+            start, items, body = templates.out_of_dialog(rng.choice(["INVITE", "OPTIONS", "INFO", "BYE", "CANCEL",
+                                                                     "ACK", "REGISTER", "MESSAGE"]))
+        elif roll < 0.85:
+            if local is not None and rng.random() < 0.5:
+                source = 1
+                start, items, body = local.in_dialog(rng.choice(["INVITE", "INFO", "OPTIONS", "UPDATE", "NOTIFY"]),
+                                                     dialog_of(call))
+            else:
+                start, items, body = templates.in_dialog(
+                    rng.choice(["INVITE", "INFO", "OPTIONS", "ACK", "UPDATE", "CANCEL", "BYE", "NOTIFY"]),
+                    dialog_of(call))
+        elif roll < 0.95:
+            start, items, body = templates.response(dialog_of(call))
+        else:
+            yield 0, "random", rng.randbytes(rng.randrange(1, 1500))
+            continue
+        if rng.random() < 0.1:
+            yield source, "clean", render(start, items, body)
+            continue
+        kind, data = mutator.mutate(start, items, body)
+        if source == 1 and (kind == "method" or not data.startswith(start.split(" ")[0].encode())):
+            continue
+        yield source, kind, data
+
+
+def replace_ended_call(live: LiveGateway, where: str) -> bool:
+    """If the phase ended the live call, check it ended on both sides and place a new one."""
+    call = live.live
+    if call is not None and call.up:
+        return False
+    if call is not None:
+        _ends(live, call, where)
+    live.ensure_live()
+    return True
+
+
+def test_sip_udp(live: LiveGateway):
+    rng = random.Random(SEED)
+    before = live.metrics()
+    foreign, local = sip_socket(host="127.0.0.2"), sip_socket()
+    for sock in (foreign, local):
+        sock.settimeout(0.0)
+    templates = SipTemplates(rng, live.gateway.sip_port, foreign.getsockname()[1])
+    mine = SipTemplates(rng, live.gateway.sip_port, local.getsockname()[1])
+    stream = sip_stream(rng, live, templates, Mutator(rng), mine)
+    sent = answered = replaced = 0
+    kinds: dict[str, int] = {}
+    deadline = time.monotonic() + UDP_BUDGET_S
+    gw = ("127.0.0.1", live.gateway.sip_port)
+    for i in range(UDP_MESSAGES):
+        if time.monotonic() > deadline:
+            break
+        if i % 100 == 0:
+            replaced += replace_ended_call(live, f"udp message {i}")
+        source, kind, data = next(stream)
+        try:
+            (foreign, local)[source].sendto(data, gw)
+        except OSError:
+            continue  # larger than a UDP datagram can be
+        sent += 1
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if i % 50 == 49:
+            answered += _drain(foreign) + _drain(local)
+            assert live.answers_options()[0] == "SIP/2.0 200 OK", f"no OPTIONS answer after {i} (seed {SEED})"
+    time.sleep(0.2)
+    answered += _drain(foreign) + _drain(local)
+    foreign.close()
+    local.close()
+    after = assert_healthy(live, "sip/udp")
+    print(f"\nsip/udp: {sent} messages, {answered} answers, live call replaced {replaced}x, kinds {kinds}")
+    # every datagram was either handled or counted as dropped (OPTIONS probes add to both sides)
+    assert sip_counted(after) - sip_counted(before) >= sent
+    refused = {k: v - before.get(k, 0.0) for k, v in after.items()
+               if k.startswith(("tonewall_sip_messages_rejected_total", "tonewall_sip_dropped_total"))
+               and v > before.get(k, 0.0)}
+    print("refused:", refused)
+    assert sum(refused.values()) > sent // 10
+    assert not [k for k in refused if "internal" in k or "core_error" in k], refused
+    assert answered > sent // 4
+
+
+def _ends(live: LiveGateway, call: LiveCall, where: str) -> bool:
+    live.wait_until(lambda: call.ended_both_sides, 5.0,
+                    f"half-ended call at {where} (seed {SEED}): caller {call.caller.ua.phase}, agent {call.agent.ua.phase}, "
+                    f"gateway calls {live.total(live.metrics(), 'tonewall_calls_active')}")
+    return True
+
+
+def _drain(sock: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            sock.recv(65536)
+        except (BlockingIOError, ConnectionRefusedError):
+            return n
+        n += 1
