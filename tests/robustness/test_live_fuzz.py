@@ -182,3 +182,82 @@ def _drain(sock: socket.socket) -> int:
         except (BlockingIOError, ConnectionRefusedError):
             return n
         n += 1
+
+
+TCP_CONNECTIONS = 120
+TCP_BUDGET_S = 20.0
+
+
+def _read_some(sock: socket.socket, timeout_s: float) -> bytes:
+    sock.settimeout(timeout_s)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, OSError):
+        pass
+    return data
+
+
+def test_sip_tcp(live: LiveGateway):
+    rng = random.Random(SEED + 1)
+    before = live.metrics()
+    port = live.gateway.sip_port
+    templates = SipTemplates(rng, port, 5060, transport="TCP")
+    stream = sip_stream(rng, live, templates, Mutator(rng))
+    deadline = time.monotonic() + TCP_BUDGET_S
+    slow: list[socket.socket] = []
+    sent = pipelined_answers = 0
+    for n in range(TCP_CONNECTIONS):
+        if time.monotonic() > deadline:
+            break
+        if n % 20 == 0:
+            replace_ended_call(live, f"tcp connection {n}")
+        sock = sip_socket(socket.SOCK_STREAM, "127.0.0.2")
+        sock.connect(("127.0.0.1", port))
+        wire = b""
+        for _ in range(rng.randrange(1, 12)):
+            _, _, data = next(stream)
+            wire += data + rng.choice([b"", b"", b"\r\n\r\n", b"\r\n", rng.randbytes(rng.randrange(1, 40))])
+            sent += 1
+        style = rng.choice(["split", "split", "close_mid", "slowloris", "pipelined_valid"])
+        if style == "pipelined_valid":
+            probe = render(*templates.out_of_dialog("OPTIONS")[0:3])
+            wire = probe * 5
+        if style in ("close_mid", "slowloris"):
+            wire = wire[:rng.randrange(1, max(2, len(wire)))]
+        try:
+            i = 0
+            while i < len(wire):
+                step = rng.choice([1, 7, 100, 1400, 65536])
+                sock.sendall(wire[i:i + step])
+                i += step
+        except OSError:
+            pass  # the gateway closed a connection whose framing broke: expected
+        if style == "slowloris" and len(slow) < 30:
+            slow.append(sock)
+            continue
+        if style == "pipelined_valid":
+            answers = b""
+            end = time.monotonic() + 3
+            while answers.count(b"SIP/2.0 200") < 5 and time.monotonic() < end:
+                answers += _read_some(sock, 0.2)
+            pipelined_answers += answers.count(b"SIP/2.0 200")
+            assert answers.count(b"SIP/2.0 200") == 5, f"pipelined OPTIONS got {answers[:200]!r} (seed {SEED})"
+        sock.close()
+    # many connections at once, each asking OPTIONS (below the per-host cap)
+    many = [sip_socket(socket.SOCK_STREAM, "127.0.0.3") for _ in range(100)]
+    for sock in many:
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(render(*templates.out_of_dialog("OPTIONS")[0:3]))
+    answered = sum(b"SIP/2.0 200" in _read_some(s, 0.05) or b"SIP/2.0 200" in _read_some(s, 2.0) for s in many)
+    for sock in many + slow:
+        sock.close()
+    assert answered == len(many)
+    after = assert_healthy(live, "sip/tcp")
+    print(f"\nsip/tcp: {sent} messages on {TCP_CONNECTIONS} connections, {len(slow)} slowloris, "
+          f"{pipelined_answers} pipelined answers, {answered} concurrent answers")
+    refused = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after
+                  if k.startswith(("tonewall_sip_messages_rejected_total", "tonewall_sip_dropped_total")))
+    assert refused > 0
+    assert not [k for k in after if ("internal" in k or "core_error" in k) and after[k]], after
