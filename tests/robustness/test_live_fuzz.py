@@ -261,3 +261,66 @@ def test_sip_tcp(live: LiveGateway):
                   if k.startswith(("tonewall_sip_messages_rejected_total", "tonewall_sip_dropped_total")))
     assert refused > 0
     assert not [k for k in after if ("internal" in k or "core_error" in k) and after[k]], after
+
+
+RTP_PACKETS = 3000
+RTP_BUDGET_S = 12.0
+
+
+def test_rtp_rtcp(live: LiveGateway):
+    rng = random.Random(SEED + 2)
+    before = live.metrics()
+    call = live.ensure_live()
+    targets = []
+    for host, rtp_port in (call.caller_leg_rtp, call.agent_leg_rtp):
+        targets += [(host, rtp_port), (host, rtp_port + 1)]  # RFC 3550 11: RTCP on the next port
+    sock = sip_socket()
+    sock.settimeout(0.0)
+    sent_before = len(call.caller.sent.payloads)
+    kinds: dict[str, int] = {}
+    deadline = time.monotonic() + RTP_BUDGET_S
+    ssrc = rng.getrandbits(32)
+    for i in range(RTP_PACKETS):
+        if time.monotonic() > deadline:
+            break
+        kind, data = rtp_garbage(rng, ssrc, i & 0xFFFF, i * 160)
+        try:
+            sock.sendto(data, rng.choice(targets))
+        except OSError:
+            continue
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if i % 200 == 199:
+            _drain(sock)
+            time.sleep(0.01)
+    sock.close()
+    # packets the caller never sent that reached the agent during the phase: injected by the fuzzer
+    received = call.agent.received.payloads[:]
+    sent = set(call.caller.sent.payloads)
+    injected = sum(1 for p in received[sent_before // 2:] if p not in sent)
+    after = assert_healthy(live, "rtp")
+    dropped = live.total(after, "tonewall_packets_dropped_total") - live.total(before, "tonewall_packets_dropped_total")
+    reasons = {k: v - before.get(k, 0.0) for k, v in after.items()
+               if k.startswith("tonewall_packets_dropped_total") and v > before.get(k, 0.0)}
+    print(f"\nrtp: {sum(kinds.values())} packets {kinds}; dropped {dropped:.0f} {reasons}; "
+          f"{injected} foreign packets relayed to the agent")
+    assert dropped > sum(kinds.values()) // 4
+
+
+@pytest.mark.xfail(strict=True, reason="gateway/media/relay.py: with media.strict_source off (the default) any "
+                   "source that sends one packet with a negotiated payload type is latched (RFC 4961 symmetric RTP): "
+                   "its audio reaches the agent and the agent's audio is sent to it (RTP bleed) until the real "
+                   "caller's next packet re-latches")
+def test_foreign_rtp_source_is_not_relayed(live: LiveGateway):
+    call = live.ensure_live()
+    sock = sip_socket(host="127.0.0.2")
+    sock.settimeout(0.0)
+    marker = b"\x5a" * 160
+    for i in range(50):
+        sock.sendto(bytes([0x80, 0]) + (i).to_bytes(2, "big") + bytes(8) + marker, call.caller_leg_rtp)
+        time.sleep(0.002)
+    time.sleep(0.1)
+    bled = _drain(sock)
+    sock.close()
+    injected = call.agent.received.payloads.count(marker)
+    live.audio_bit_exact(call)
+    assert (injected, bled) == (0, 0)
