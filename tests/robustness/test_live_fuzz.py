@@ -324,3 +324,73 @@ def test_foreign_rtp_source_is_not_relayed(live: LiveGateway):
     injected = call.agent.received.payloads.count(marker)
     live.audio_bit_exact(call)
     assert (injected, bled) == (0, 0)
+
+
+def _https(live: LiveGateway, raw: bytes, timeout_s: float = 3.0) -> bytes:
+    """Send raw bytes over TLS to the API (verified against the development CA); return what came back."""
+    ctx = ssl.create_default_context(cafile=str(live.gateway.data_dir / "tls" / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", live.gateway.api_port), timeout=timeout_s) as tcp:
+        with ctx.wrap_socket(tcp, server_hostname="127.0.0.1") as tls:
+            try:
+                tls.sendall(raw)
+            except OSError:
+                pass
+            data = b""
+            try:
+                while chunk := tls.recv(65536):
+                    data += chunk
+                    if len(data) > 1 << 20:
+                        break
+            except (TimeoutError, OSError):
+                pass
+            return data
+
+
+def test_https_api(live: LiveGateway):
+    rng = random.Random(SEED + 3)
+    before = live.metrics()
+    call_id = "x"
+    paths = ["/v1/calls", f"/v1/calls/{call_id}/captures", "/v1/captures/abc", "/v1/captures/abc/events",
+             "/static/../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd", "/static/..%2f..%2fpyproject.toml",
+             "/static//etc/passwd", "/static/%00", "/" + "a" * 9000, "/v1/calls?" + "x=1&" * 2000, "/openapi.json",
+             "/healthz", "/v1/admin/keys/reload", "*", "http://evil/", "/v1/calls/" + "%ff" * 50 + "/captures"]
+    methods = ["GET", "POST", "DELETE", "PUT", "PATCH", "TRACE", "CONNECT", "OPTIONS", "HEAD", "FOO", "G\x00T"]
+    tokens = ["", "Bearer", "Bearer x", "Bearer a.b.c", "Bearer " + "A" * 20000, "Basic Zm9vOmJhcg==",
+              "Bearer eyJhbGciOiJub25lIn0.eyJyb2xlIjoiYWRtaW4ifQ.", "Bearer \xff\xfe"]
+    bodies = [b"", b"{", b'{"fields": "pan"}', b'{"fields": [1, 2]}', b"[]" * 5000, b"\xff\xfe\x00",
+              b'{"fields": ["pan"]' + b"]" * 3, b'{"a":' * 5000, b"x" * 300000]
+    statuses: dict[str, int] = {}
+    deadline = time.monotonic() + 20.0
+    for i in range(160):
+        if time.monotonic() > deadline:
+            break
+        method, path, token, body = rng.choice(methods), rng.choice(paths), rng.choice(tokens), rng.choice(bodies)
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        if token:
+            head += f"Authorization: {token}\r\n"
+        style = rng.choice(["ok", "ok", "huge_header", "many_headers", "bad_length", "chunked_garbage", "garbage",
+                            "truncated"])
+        if style == "huge_header":
+            head += "X-Big: " + "b" * rng.choice([9000, 70000]) + "\r\n"
+        elif style == "many_headers":
+            head += "".join(f"X-{n}: v\r\n" for n in range(rng.choice([200, 2000])))
+        length = str(len(body)) if style != "bad_length" else rng.choice(["-1", "abc", "99999999999", "1"])
+        if style == "chunked_garbage":
+            raw = (head + "Transfer-Encoding: chunked\r\n\r\n").encode("latin-1") + b"zz\r\nxx\r\n0\r\n"
+        elif style == "garbage":
+            raw = rng.randbytes(rng.randrange(1, 3000))
+        else:
+            raw = (head + f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode("latin-1") + body
+            if style == "truncated":
+                raw = raw[:rng.randrange(1, len(raw))]
+        answer = _https(live, raw, timeout_s=1.0 if style in ("truncated", "bad_length") else 3.0)
+        status = answer[9:12].decode("latin-1") if answer.startswith(b"HTTP/1.") else "closed"
+        statuses[status] = statuses.get(status, 0) + 1
+        assert status != "500", f"{method} {path[:60]} {style}: {answer[:300]!r} (seed {SEED})"
+        if status == "200" and path.startswith("/static"):
+            raise AssertionError(f"path traversal served {path!r}: {answer[:200]!r}")
+    ok = _https(live, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
+    after = assert_healthy(live, "api")
+    print(f"\napi: statuses {statuses}")
+    assert statuses.get("400", 0) > 0 and "500" not in statuses, statuses
