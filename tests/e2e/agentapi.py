@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway import pki
-from tests.peers.pjsua import ROOT
+from tests.peers.child import ROOT
 
 
 def mint_token(data_dir: Path, role: str, agent: str | None = None) -> str:

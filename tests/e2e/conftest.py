@@ -18,9 +18,8 @@ import pytest
 
 from tests.conftest import require_binary
 from tests.e2e.agentapi import AgentApi, mint_token
-from tests.e2e.phone import Softphone
 from tests.integration.gateway_proc import GatewayProcess
-from tests.peers.pjsua import require_pjsua2
+from tests.peers.pjsua import PjsuaPeer, require_pjsua2
 from tests.peers.ports import free_block, free_port
 
 AGENT_USER = "alice"
@@ -30,6 +29,8 @@ SESSION_CONFIG = f"""
 match_user_prefix = "{ALWAYS_MASKED_USER[:6]}"
 mask = "always"
 """
+PHONE = {"codecs": "PCMU", "dtmf_report": "all"}
+"""The proofs' softphones offer PCMU only and report every DTMF callback (a digit's start is what leaks first)."""
 
 
 class E2eGateway:
@@ -100,8 +101,8 @@ def gateway(artifacts: Path) -> Iterator[E2eGateway]:
 
 @dataclass
 class Call:
-    caller: Softphone
-    agent: Softphone
+    caller: PjsuaPeer
+    agent: PjsuaPeer
     recording: Path
     log_dir: Path
 
@@ -112,11 +113,11 @@ def call_through(gw: E2eGateway, log_dir: Path, caller_user: str, timeout_s: flo
     """A PJSIP caller -> gateway -> PJSIP agent call with media up on both sides; hung up on exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
     recording = log_dir / f"agent-{caller_user}.wav"
-    agent = Softphone("agent", sip_port=gw.agent_port, rtp_port=free_block(20), log_dir=log_dir,
-                      record=recording, timeout_s=timeout_s)
-    caller = Softphone("caller", sip_port=free_port(), rtp_port=free_block(20), log_dir=log_dir,
+    agent = PjsuaPeer("agent", sip_port=gw.agent_port, rtp_port=free_block(20), log_dir=log_dir,
+                      record=recording, timeout_s=timeout_s, **PHONE)
+    caller = PjsuaPeer("caller", sip_port=free_port(), rtp_port=free_block(20), log_dir=log_dir,
                        user=caller_user, record=caller_record, target=f"sip:{agent_user}@127.0.0.1:{gw.sip_port}",
-                       timeout_s=timeout_s)
+                       timeout_s=timeout_s, **PHONE)
     with agent:
         with caller:
             caller.wait_event("media", 10)

@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.cards import CVVS, INBAND_CVV, INBAND_PAN, PANS, RFC4733_PAN
 from tests.e2e.leaksearch import search
-from tests.peers.pjsua import ROOT
+from tests.peers.child import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.gateway_proc import GatewayProcess
 from tests.interop.test_signalling import scenario
-from tests.peers.pjsua_hold import PjsuaHoldPeer
+from tests.peers.pjsua import PjsuaPeer
 from tests.peers.ports import free_block, free_port
 from tests.peers.rtp_sink import RtpSink
 from tests.peers.sipp import Sipp, sdp, write_ulaw
@@ -57,11 +57,11 @@ def test_hold_then_resume_keeps_audio_both_ways(tmp_path, holder):
     hold = {"hold_at_s": 1.0, "resume_at_s": 2.0}
     agent_port = free_port()
     with GatewayProcess(tmp_path, next_hop_port=agent_port) as gateway:
-        with PjsuaHoldPeer("agent", sip_port=agent_port, rtp_port=free_block(20),
+        with PjsuaPeer("agent", sip_port=agent_port, rtp_port=free_block(20),
                            play=tone_wav(tmp_path / "agent-tone.wav", AGENT_HZ, 8),
                            record=tmp_path / "agent.wav", timeout_s=20,
                            **(hold if holder == "agent" else {})) as agent:
-            with PjsuaHoldPeer("caller", sip_port=free_port(), rtp_port=free_block(20),
+            with PjsuaPeer("caller", sip_port=free_port(), rtp_port=free_block(20),
                                target=f"sip:agent@127.0.0.1:{gateway.sip_port}",
                                play=tone_wav(tmp_path / "caller-tone.wav", CALLER_HZ, 8),
                                record=tmp_path / "caller.wav", hold_s=3.6, timeout_s=20,

@@ -1,4 +1,5 @@
-"""Driver for tests/peers/pjsua_peer.py: one PJSIP softphone per subprocess, JSON events on stdout."""
+"""Driver for tests/peers/pjsua_peer.py: one PJSIP softphone per subprocess, JSON events on stdout,
+JSON commands on stdin."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers.child import stop_group
-ROOT = Path(__file__).resolve().parents[2]
+from tests.peers.child import ROOT, collect_lines, stop_group
 
 
 def require_pjsua2() -> None:
@@ -28,37 +28,54 @@ def require_pjsua2() -> None:
 
 
 class PjsuaPeer:
-    """A running pjsua_peer.py; `events` collects its JSON lines; always stopped on exit."""
+    """A running pjsua_peer.py; `events` collects its JSON lines, `send` gives it a command; always stopped on exit.
 
-    def __init__(self, role: str, *, sip_port: int, rtp_port: int, **options: Any) -> None:
+    Options become the script's flags (`hold_at_s=1.0` -> `--hold-at-s 1.0`; None and False are left out).
+    With `log_dir`, everything the peer printed is written to `log_dir/ROLE-SIPPORT.log` when it stops.
+    """
+
+    def __init__(self, role: str, *, sip_port: int, rtp_port: int, log_dir: Path | None = None,
+                 **options: Any) -> None:
         require_pjsua2()
+        self.role = role
         self.args = [sys.executable, "-m", "tests.peers.pjsua_peer", role,
                      "--sip-port", str(sip_port), "--rtp-port", str(rtp_port)]
         for name, value in options.items():
             if value is None or value is False:
                 continue
             self.args += [f"--{name.replace('_', '-')}", str(value)]
+        self.log_path = log_dir / f"{role}-{sip_port}.log" if log_dir is not None else None
         self.events: list[dict[str, Any]] = []
+        self.raw_lines: list[str] = []
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader: threading.Thread | None = None
         self.proc: subprocess.Popen[str] | None = None
-        self.stderr = ""
 
     def start(self) -> PjsuaPeer:
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
-        self.wait_event("ready", 10)
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self._reader = collect_lines(self.proc, self._line)
+        try:
+            self.wait_event("ready", 10)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            self.events.append(event)
-            self._queue.put(event)
+    def _line(self, line: str) -> None:
+        self.raw_lines.append(line)
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            return
+        self.events.append(event)
+        self._queue.put(event)
+
+    def send(self, cmd: str, **fields: Any) -> None:
+        """One command to the running peer (see pjsua_peer.py: play, dtmf, hangup)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
+        self.proc.stdin.flush()
 
     def wait_event(self, name: str, timeout_s: float, **match: Any) -> dict[str, Any]:
         """The first event `name` (with matching fields) seen so far or arriving within the timeout."""
@@ -71,7 +88,8 @@ class PjsuaPeer:
                     return event
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"pjsua {name} not seen; events: {self.events[-12:]}; stderr: {self.stderr_tail()}")
+                raise TimeoutError(f"pjsua {name} not seen; events: {self.events[-12:]}; "
+                                   f"output: {self.output_tail()}")
             try:
                 self._queue.get(timeout=min(remaining, 0.1))
             except queue.Empty:
@@ -79,6 +97,11 @@ class PjsuaPeer:
 
     def of(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == name]
+
+    def digits(self, *, since: float = 0.0, until: float = float("inf"), ends_only: bool = True) -> str:
+        """Digits this phone received (onDtmfEvent) between two monotonic times."""
+        return "".join(e["digit"] for e in self.of("dtmf")
+                       if since <= e["t"] <= until and (e["end"] or not ends_only))
 
     def wait_exit(self, timeout_s: float) -> int:
         assert self.proc is not None
@@ -88,16 +111,21 @@ class PjsuaPeer:
             self.stop()
             return -1
 
-    def stderr_tail(self) -> str:
-        if self.proc is None or self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        try:
-            return self.proc.stderr.read()[-1500:]
-        except ValueError:
-            return ""
+    def output_tail(self) -> str:
+        return "".join(self.raw_lines[-15:])
 
     def stop(self) -> None:
         stop_group(self.proc)
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        if self.proc is not None and self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        if self.log_path is not None:
+            # Everything the peer printed is kept: the card-data search reads it afterwards.
+            self.log_path.write_text("".join(self.raw_lines))
 
     def __enter__(self) -> PjsuaPeer:
         return self.start()
