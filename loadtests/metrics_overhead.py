@@ -50,9 +50,10 @@ from gateway.transport.rtp import RtpMediaController  # noqa: E402
 
 HOST = "127.0.0.1"
 PACKET_S = 0.020
-STATS_ATTRS = {"stats"}
-RFC3550_ATTRS = {"rx_ssrc", "rx_transit", "rx_jitter16", "rx_max", "rx_cycles", "rx_received"}
-RFC3550_NAMES = {"_SEQ_TS_SSRC", "transit", "last", "delta", "ts", "seq", "ssrc"}
+STATS_ATTRS = {"stats", "_untimed"}
+"""`_untimed`: the edge's countdown to the next timed datagram (1 in 16 is timed)."""
+RFC3550_ATTRS = {"rx_next", "_jitter_mask", "_jitter_pair", "_sequence_changed"}
+RFC3550_NAMES = {"seq"}
 HOT_RELAY = ("receive_rtp", "_run_detector", "process_pending", "handle_timer")
 HOT_EDGE = ("_read_rtp", "_flush", "_on_timer")
 
@@ -213,6 +214,7 @@ def build(level: str, streams: int, detector: bool) -> tuple[Any, Any, list[tupl
     edge = edge_cls.__new__(edge_cls)
     edge.media_address, edge.relay, edge.on_event, edge._loop = HOST, relay, None, loop
     edge._calls, edge._flush_scheduled, edge._timer, edge._timer_at = {}, False, None, None
+    edge._untimed = 0
     legs = []
     for i in range(streams):
         call = relay.add_call(f"call-{i}")

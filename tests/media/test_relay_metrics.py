@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.media.relay import Relay
 from gateway.media.rtp import RtpPacket
@@ -88,17 +90,45 @@ def reference_jitter_s(arrivals_s, timestamps, clock_hz=8000) -> float:
     return j / clock_hz
 
 
-def test_interarrival_jitter_follows_rfc3550() -> None:
-    rng = np.random.default_rng(3)
-    relay, call = make()
-    n = 400
-    arrivals = 100.0 + 0.02 * np.arange(n) + rng.uniform(0, 0.006, n)  # up to 6 ms of network jitter
-    stamps = [(0xFFFFF000 + 160 * i) & 0xFFFFFFFF for i in range(n)]  # wraps the 32-bit timestamp
-    for i in range(n):
-        relay.receive_rtp(call.caller, pkt(i, ts=stamps[i]), CALLER_SDP, float(arrivals[i]))
-    expected = reference_jitter_s(arrivals, 0xFFFFF000 + 160 * np.arange(n))
+def jittery_stream(relay, leg_, n: int, seed: int, start_s: float = 100.0):
+    rng = np.random.default_rng(seed)
+    arrivals = start_s + 0.02 * np.arange(n) + rng.uniform(0, 0.006, n)  # up to 6 ms of network jitter
+    stamps = 0xFFFFF000 + 160 * np.arange(n)  # wraps the 32-bit timestamp
+    return arrivals, stamps
+
+
+def test_interarrival_jitter_is_exactly_rfc3550_when_every_pair_is_taken() -> None:
+    relay, call = make(jitter_every=1)
+    arrivals, stamps = jittery_stream(relay, call.caller, 400, seed=3)
+    for i in range(400):
+        relay.receive_rtp(call.caller, pkt(i, ts=int(stamps[i])), CALLER_SDP, float(arrivals[i]))
+    expected = reference_jitter_s(arrivals, stamps)
     assert expected > 1e-3
-    assert call.caller.jitter_s == pytest.approx(expected, rel=0.05)
+    assert call.caller.jitter_s == pytest.approx(expected, rel=1e-6)
+
+
+def test_sampled_jitter_estimates_the_same_rfc3550_value() -> None:
+    """One pair in 8 (the default): the same D, so the same mean; each value within the noise."""
+    relay, call = make()
+    n = 5000
+    arrivals, stamps = jittery_stream(relay, call.caller, n, seed=4)
+    ours, ref = [], []
+    for i in range(n):
+        relay.receive_rtp(call.caller, pkt(i, ts=int(stamps[i])), CALLER_SDP, float(arrivals[i]))
+        if i % 50 == 49 and i > 500:  # once a second, after both have settled
+            ours.append(call.caller.jitter_s)
+            ref.append(reference_jitter_s(arrivals[:i + 1], stamps[:i + 1]))
+    assert np.mean(ours) == pytest.approx(np.mean(ref), rel=0.05)
+    # Both are noisy estimates of E|D| (A.8 averages ~31 packets, the sampled one ~15 pairs).
+    assert np.mean(np.abs(np.array(ours) / np.array(ref) - 1)) < 0.25
+
+
+def test_sampled_jitter_sees_every_other_packet_late() -> None:
+    """Pairs are consecutive packets, so a pattern in step with the sampling still shows."""
+    relay, call = make()
+    for i in range(800):
+        relay.receive_rtp(call.caller, pkt(i), CALLER_SDP, 10.0 + 0.02 * i + (0.004 if i % 2 else 0.0))
+    assert call.caller.jitter_s == pytest.approx(0.004, rel=0.01)
 
 
 def test_evenly_spaced_stream_has_no_jitter_and_events_do_not_count() -> None:
@@ -143,3 +173,45 @@ def test_lookahead_histogram_holds_each_capture_packet_one_packet_time() -> None
     assert counts[20.5e-3] == 9  # 20.3 ms each; the last one, released at capture end after 17 ms
     assert counts[19e-3] == 1
     assert hist.sum_s == pytest.approx(9 * 0.0203 + 0.017)
+
+
+def reference_lost(seqs: list[int]) -> int:
+    """RFC 3550 A.1 update_seq (no probation) and A.3 expected - received, written out plainly."""
+    base = max_seq = seqs[0]
+    cycles, received, bad_seq = 0, 1, -1
+    for seq in seqs[1:]:
+        udelta = (seq - max_seq) & 0xFFFF
+        if udelta < 3000:
+            if seq < max_seq:
+                cycles += 0x10000
+            max_seq = seq
+        elif udelta <= 0x10000 - 100:
+            if seq == bad_seq:
+                base = max_seq = seq
+                cycles, received, bad_seq = 0, 1, -1
+                continue
+            bad_seq = (seq + 1) & 0xFFFF
+            continue
+        received += 1
+    return cycles + max_seq - base + 1 - received
+
+
+@given(st.integers(0, 0xFFFF), st.lists(st.one_of(
+    st.integers(1, 1).map(lambda d: ("step", d)),
+    st.integers(2, 40).map(lambda d: ("step", d)),
+    st.integers(-120, 0).map(lambda d: ("step", d)),
+    st.integers(3000, 0x10000 - 101).map(lambda d: ("step", d)),
+    st.just(("repeat", 0)),
+), max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_loss_equals_a_plain_rfc3550_a1_a3(first: int, steps) -> None:
+    """The one-compare fast path and the running count give A.3's lost for any sequence walk."""
+    seqs, seq = [first], first
+    for kind, d in steps:
+        if kind == "step":
+            seq = (seq + d) & 0xFFFF
+        seqs.append(seq)
+    relay, call = make()
+    for s in seqs:
+        relay.receive_rtp(call.caller, pkt(s), CALLER_SDP, 0.0)
+    assert call.caller.packets_lost == reference_lost(seqs)
