@@ -9,16 +9,14 @@ multimon-ng (tests/peers/multimon.py); a proof needs both to find nothing.
 from __future__ import annotations
 
 import datetime
-import wave
 from pathlib import Path
 
 import numpy as np
 
 from dtmf.detector import DigitDetected, DtmfDetector
-from dtmf.tones import dtmf_tone, to_int16, white_noise
+from dtmf.tones import dtmf_tone, white_noise
+from tests.peers.audio import RATE_HZ, read_wav
 from tests.peers.multimon import decode_dtmf
-
-RATE_HZ = 8000
 
 
 def future_expiry(today: datetime.date | None = None) -> str:
@@ -55,23 +53,6 @@ def keyed(keys: str, rng: np.random.Generator, *, lead_ms: float = 0.0, tail_ms:
     return np.concatenate(parts)
 
 
-def write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE_HZ)
-        w.writeframes(to_int16(samples).astype("<i2").tobytes())
-    return path
-
-
-def read_wav(path: Path) -> np.ndarray:
-    """Mono 16-bit samples (PJSIP records 8 kHz mono with our endpoint config)."""
-    with wave.open(str(path), "rb") as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getframerate() != RATE_HZ:
-            raise ValueError("recording is not 8 kHz mono 16-bit")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-
-
 def detector_digits(samples: np.ndarray) -> str:
     """Digits the project's detector finds in a whole signal."""
     detector = DtmfDetector()
@@ -82,9 +63,3 @@ def detector_digits(samples: np.ndarray) -> str:
 def both_decoders(path: Path) -> tuple[str, str]:
     """(project detector, multimon-ng) digits in a WAV file."""
     return detector_digits(read_wav(path)), decode_dtmf(path)
-
-
-def rms_dbfs(samples: np.ndarray) -> float:
-    """RMS level relative to 16-bit full scale (-inf-safe)."""
-    x = samples.astype(np.float64)
-    return 10 * np.log10(max(float(np.mean(x * x)), 1e-12) / 32768.0**2)

@@ -20,7 +20,8 @@ import pytest
 from tests.e2e.agentapi import detokenize
 from tests.e2e.cards import INBAND_CVV, INBAND_PAN
 from tests.e2e.conftest import call_through
-from tests.e2e.keypad import both_decoders, future_expiry, keyed, read_wav, rms_dbfs, speech_like, write_wav
+from tests.e2e.keypad import both_decoders, future_expiry, keyed, speech_like
+from tests.peers.audio import read_wav, rms_dbfs, write_wav
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -20,7 +20,8 @@ import pytest
 from gateway import pki
 from tests.e2e.cards import FAULT_PAN, PROCESSOR_DOWN_CVV, PROCESSOR_DOWN_PAN
 from tests.e2e.conftest import E2eGateway, call_through
-from tests.e2e.keypad import both_decoders, future_expiry, keyed, speech_like, write_wav
+from tests.e2e.keypad import both_decoders, future_expiry, keyed, speech_like
+from tests.peers.audio import write_wav
 from tests.peers.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import call_through
-from tests.e2e.keypad import future_expiry, read_wav, rms_dbfs
+from tests.e2e.keypad import future_expiry
+from tests.peers.audio import read_wav, rms_dbfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import ALWAYS_MASKED_USER, call_through, wait_until
-from tests.e2e.keypad import both_decoders, keyed, read_wav, rms_dbfs, speech_like, write_wav
+from tests.e2e.keypad import both_decoders, keyed, speech_like
+from tests.peers.audio import read_wav, rms_dbfs, write_wav
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

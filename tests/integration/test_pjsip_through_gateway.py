@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.gateway_proc import GatewayProcess
+from tests.peers.audio import read_wav, tones_wav
 from tests.peers.multimon import decode_dtmf
 from tests.peers.pjsua import PjsuaPeer
 from tests.peers.ports import free_block, free_port
-from tests.peers.test_pjsua_driver import read_wav, tones_wav
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.integration.gateway_proc import GatewayProcess
-from tests.interop.test_hold import AGENT_HZ, CALLER_HZ, level_db, tone_wav
+from tests.peers.audio import AGENT_HZ, CALLER_HZ, level_db, tone_wav
 from tests.peers.baresip import Baresip
 from tests.peers.pjsua import PjsuaPeer
 from tests.peers.ports import free_block, free_port
@@ -23,7 +23,7 @@ def test_baresip_caller_audio_and_rfc4733_reach_pjsip_agent(tmp_path):
     rtp = free_block(10)
     with GatewayProcess(tmp_path, next_hop_port=agent_port) as gateway:
         with PjsuaPeer("agent", sip_port=agent_port, rtp_port=free_block(20), record=tmp_path / "agent.wav",
-                           play=tone_wav(tmp_path / "agent-tone.wav", AGENT_HZ, 8), timeout_s=20) as agent:
+                       play=tone_wav(tmp_path / "agent-tone.wav", AGENT_HZ, 8), timeout_s=20) as agent:
             # The aufile microphone hangs up at the end of its 3.5 s WAV (PEERS.md).
             with Baresip(tmp_path, user="caller", rtp_ports=(rtp, rtp + 9), lifetime_s=15,
                          source_wav=tone_wav(tmp_path / "caller-tone.wav", CALLER_HZ, 3.5)) as caller:
@@ -54,9 +54,9 @@ def test_pjsip_caller_to_baresip_agent(tmp_path):
                  source_wav=tone_wav(tmp_path / "agent-tone.wav", AGENT_HZ, 10)) as agent:
         with GatewayProcess(tmp_path, next_hop_port=agent.sip_port) as gateway:
             with PjsuaPeer("caller", sip_port=free_port(), rtp_port=free_block(20),
-                               target=f"sip:agent@127.0.0.1:{gateway.sip_port}", record=tmp_path / "caller.wav",
-                               play=tone_wav(tmp_path / "caller-tone.wav", CALLER_HZ, 8), hold_s=3.0,
-                               send_dtmf="19", dtmf_delay_s=1.0, timeout_s=15) as caller:
+                           target=f"sip:agent@127.0.0.1:{gateway.sip_port}", record=tmp_path / "caller.wav",
+                           play=tone_wav(tmp_path / "caller-tone.wav", CALLER_HZ, 8), hold_s=3.0,
+                           send_dtmf="19", dtmf_delay_s=1.0, timeout_s=15) as caller:
                 caller.wait_event("disconnected", 10)
             time.sleep(0.3)
             recordings = agent.recordings()

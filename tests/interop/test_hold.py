@@ -2,54 +2,18 @@
 
 from __future__ import annotations
 
-import wave
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from tests.integration.gateway_proc import GatewayProcess
 from tests.interop.test_signalling import scenario
+from tests.peers.audio import AGENT_HZ, CALLER_HZ, level_db, tone_wav
 from tests.peers.pjsua import PjsuaPeer
 from tests.peers.ports import free_block, free_port
 from tests.peers.rtp_sink import RtpSink
 from tests.peers.sipp import Sipp, sdp, write_ulaw
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-CALLER_HZ, AGENT_HZ = 600.0, 1400.0
-
-
-def tone_wav(path: Path, freq_hz: float, seconds: float) -> Path:
-    t = np.arange(int(8000 * seconds)) / 8000
-    samples = (np.sin(2 * np.pi * freq_hz * t) * 6000).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(samples.tobytes())
-    return path
-
-
-def read_recording(path: Path) -> tuple[int, np.ndarray]:
-    """(rate, samples) of a PCM WAV, also one whose writer was stopped before it patched the sizes."""
-    data = path.read_bytes()
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE" or b"data" not in data[:200]:
-        raise ValueError(f"{path.name} is not a PCM WAV")
-    rate = int.from_bytes(data[24:28], "little")
-    body = data[data.index(b"data", 12) + 8:]
-    return rate, np.frombuffer(body[: len(body) // 2 * 2], dtype="<i2").astype(np.float64)
-
-
-def level_db(path: Path, freq_hz: float, start_s: float, end_s: float) -> float:
-    """Power of one frequency in a window of a recording, in dB relative to a full-scale sine."""
-    rate, samples = read_recording(path)
-    chunk = samples[int(start_s * rate): int(end_s * rate)]
-    if chunk.size < rate // 10:
-        return -200.0
-    t = np.arange(chunk.size) / rate
-    amplitude = 2 * abs(np.dot(chunk, np.exp(-2j * np.pi * freq_hz * t))) / chunk.size
-    return 20 * np.log10(max(amplitude, 1e-9) / 32768)
 
 
 @pytest.mark.parametrize("holder", ["agent", "caller"])
@@ -58,14 +22,14 @@ def test_hold_then_resume_keeps_audio_both_ways(tmp_path, holder):
     agent_port = free_port()
     with GatewayProcess(tmp_path, next_hop_port=agent_port) as gateway:
         with PjsuaPeer("agent", sip_port=agent_port, rtp_port=free_block(20),
-                           play=tone_wav(tmp_path / "agent-tone.wav", AGENT_HZ, 8),
-                           record=tmp_path / "agent.wav", timeout_s=20,
-                           **(hold if holder == "agent" else {})) as agent:
+                       play=tone_wav(tmp_path / "agent-tone.wav", AGENT_HZ, 8),
+                       record=tmp_path / "agent.wav", timeout_s=20,
+                       **(hold if holder == "agent" else {})) as agent:
             with PjsuaPeer("caller", sip_port=free_port(), rtp_port=free_block(20),
-                               target=f"sip:agent@127.0.0.1:{gateway.sip_port}",
-                               play=tone_wav(tmp_path / "caller-tone.wav", CALLER_HZ, 8),
-                               record=tmp_path / "caller.wav", hold_s=3.6, timeout_s=20,
-                               **(hold if holder == "caller" else {})) as caller:
+                           target=f"sip:agent@127.0.0.1:{gateway.sip_port}",
+                           play=tone_wav(tmp_path / "caller-tone.wav", CALLER_HZ, 8),
+                           record=tmp_path / "caller.wav", hold_s=3.6, timeout_s=20,
+                           **(hold if holder == "caller" else {})) as caller:
                 caller.wait_event("disconnected", 15)
                 agent.wait_event("disconnected", 5)
             agent.wait_exit(5)

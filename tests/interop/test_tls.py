@@ -13,7 +13,7 @@ import pytest
 
 from gateway import pki
 from tests.integration.gateway_proc import GatewayProcess
-from tests.interop.test_hold import AGENT_HZ, CALLER_HZ, level_db, tone_wav
+from tests.peers.audio import AGENT_HZ, CALLER_HZ, level_db, tone_wav
 from tests.peers.pjsua import PjsuaPeer
 from tests.peers.ports import free_block, free_port
 
@@ -34,11 +34,11 @@ def call(tmp_path: Path, gateway: GatewayProcess, *, agent_port: int, agent_tls:
          caller_tls: dict) -> tuple[PjsuaPeer, PjsuaPeer]:
     """PJSIP caller -> gateway -> PJSIP agent, each side playing a tone and recording; 2.5 s of talk."""
     with PjsuaPeer("agent", sip_port=agent_port, rtp_port=free_block(20),
-                       play=tone_wav(tmp_path / "agent-tone.wav", AGENT_HZ, 6), record=tmp_path / "agent.wav",
-                       timeout_s=15, **agent_tls) as agent:
+                   play=tone_wav(tmp_path / "agent-tone.wav", AGENT_HZ, 6), record=tmp_path / "agent.wav",
+                   timeout_s=15, **agent_tls) as agent:
         with PjsuaPeer("caller", sip_port=free_port(), rtp_port=free_block(20), target=target,
-                           play=tone_wav(tmp_path / "caller-tone.wav", CALLER_HZ, 6),
-                           record=tmp_path / "caller.wav", hold_s=2.5, timeout_s=15, **caller_tls) as caller:
+                       play=tone_wav(tmp_path / "caller-tone.wav", CALLER_HZ, 6),
+                       record=tmp_path / "caller.wav", hold_s=2.5, timeout_s=15, **caller_tls) as caller:
             caller.wait_event("disconnected", 12)
             if agent.of("incoming"):
                 agent.wait_event("disconnected", 5)
@@ -87,9 +87,9 @@ def rogue_next_hop(tmp_path_factory):
     with GatewayProcess(tmp_path, next_hop_port=agent_tls_port, next_hop_transport="tls",
                         config=tls_config(tmp_path, listen_port=None, ca=trusted_ca)) as gateway:
         with PjsuaPeer("agent", sip_port=free_port(), rtp_port=free_block(20), tls_port=agent_tls_port,
-                           tls_cert=rogue.cert_path, tls_key=rogue.key_path, timeout_s=15) as agent:
+                       tls_cert=rogue.cert_path, tls_key=rogue.key_path, timeout_s=15) as agent:
             with PjsuaPeer("caller", sip_port=free_port(), rtp_port=free_block(20),
-                               target=f"sip:agent@127.0.0.1:{gateway.sip_port}", timeout_s=15) as caller:
+                           target=f"sip:agent@127.0.0.1:{gateway.sip_port}", timeout_s=15) as caller:
                 try:
                     caller.wait_event("disconnected", 5)
                 except TimeoutError:

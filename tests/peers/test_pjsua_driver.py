@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import wave
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-from dtmf.tones import dtmf_sequence, to_int16
+from tests.peers.audio import read_wav, tones_wav
 from tests.peers.multimon import decode_dtmf
 from tests.peers.pjsua import PjsuaPeer
 from tests.peers.ports import free_block, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-def write_wav(path: Path, samples: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(samples.astype("<i2").tobytes())
-
-
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-
-
-def tones_wav(path: Path, digits: str) -> None:
-    samples = to_int16(dtmf_sequence(digits, tone_ms=100, gap_ms=100)[0])
-    write_wav(path, np.concatenate([np.zeros(4800, np.int16), samples, np.zeros(4000, np.int16)]))
 
 
 def test_multimon_decodes_generated_tones(tmp_path):
