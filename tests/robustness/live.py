@@ -113,6 +113,7 @@ class LiveGateway:
         self.gateway.start()
         self.callers: list[Endpoint] = []
         self._answered: set[Endpoint] = set()
+        self.options_retries = 0
         self.live: LiveCall | None = None
 
     # ---- loop thread
@@ -234,7 +235,16 @@ class LiveGateway:
         return [line for line in self.gateway.lines if any(b in line for b in bad)]
 
     def answers_options(self) -> tuple[str, str]:
-        return options(self.gateway.sip_port, "udp"), options(self.gateway.sip_port, "tcp")
+        """OPTIONS over UDP (retransmitted like RFC 3261 17.1.2.2 would: a datagram may be lost) and TCP."""
+        for attempt in range(3):
+            try:
+                udp = options(self.gateway.sip_port, "udp", timeout_s=1.0 + attempt)
+                break
+            except TimeoutError:
+                self.options_retries += 1
+        else:
+            udp = "no answer"
+        return udp, options(self.gateway.sip_port, "tcp")
 
     def audio_bit_exact(self, call: LiveCall, window_s: float = 0.6) -> int:
         """Packets of the caller's audio that reached the agent in `window_s`, each equal to one sent, in order.
