@@ -13,12 +13,11 @@ import time
 import pytest
 
 from tests.integration.gateway_proc import GatewayProcess, options
-from tests.integration.test_sipp_through_gateway import caller_audio
 from tests.peers.child import ROOT
 from tests.peers.pjsua import PjsuaPeer
 from tests.peers.ports import free_block, free_port
 from tests.peers.rtp_sink import RtpSink
-from tests.peers.sipp import Sipp, render
+from tests.peers.sipp import Sipp, noise_ulaw, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -46,7 +45,8 @@ def bad_sip_messages(port: int) -> list[tuple[str, bytes, bool]]:
 
 def test_call_survives_bad_sip_and_rtp(tmp_path):
     uas_port = free_port()
-    rtp_file, sent = caller_audio(tmp_path, seconds=3.0)
+    rtp_file = str(tmp_path / "caller.ulaw")
+    sent = noise_ulaw(tmp_path / "caller.ulaw", 3.0, seed=7)
     with GatewayProcess(tmp_path, next_hop_port=uas_port, config="[sip]\nmax_message_bytes = 4096\n") as gateway, \
             RtpSink() as sink:
         with Sipp(render("uas", sdp_port=str(sink.port)), local_port=uas_port, workdir=tmp_path,

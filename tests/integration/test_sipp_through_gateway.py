@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tests.integration.gateway_proc import GatewayProcess, options
 from tests.peers.ports import free_block, free_port
 from tests.peers.rtp_sink import RtpSink
-from tests.peers.sipp import Sipp, render, write_ulaw
+from tests.peers.sipp import Sipp, noise_ulaw, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
-
-
-def caller_audio(tmp_path, seconds: float = 1.0) -> tuple[str, bytes]:
-    rng = np.random.default_rng(7)
-    samples = (rng.standard_normal(int(8000 * seconds)) * 2500).astype(np.int16)
-    path = tmp_path / "caller.ulaw"
-    return str(path), write_ulaw(path, samples)
 
 
 def run_pair(tmp_path, gateway: GatewayProcess, uac_xml: str, uas_xml: str, *, uas_port: int,
@@ -35,7 +27,8 @@ def run_pair(tmp_path, gateway: GatewayProcess, uac_xml: str, uas_xml: str, *, u
 @pytest.mark.parametrize("transport", ["u1", "t1"])
 def test_call_with_rtp_arrives_bit_exact(tmp_path, transport):
     uas_port = free_port()
-    rtp_file, sent = caller_audio(tmp_path)
+    rtp_file = str(tmp_path / "caller.ulaw")
+    sent = noise_ulaw(tmp_path / "caller.ulaw", 1.0, seed=7)
     hop = "tcp" if transport == "t1" else "udp"
     with GatewayProcess(tmp_path, next_hop_port=uas_port, next_hop_transport=hop) as gateway, RtpSink() as sink:
         result, callee = run_pair(tmp_path, gateway,

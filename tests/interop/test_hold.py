@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tests.integration.gateway_proc import GatewayProcess
-from tests.interop.test_signalling import scenario
 from tests.peers.audio import AGENT_HZ, CALLER_HZ, level_db, tone_wav
 from tests.peers.pjsua import PjsuaPeer
 from tests.peers.ports import free_block, free_port
 from tests.peers.rtp_sink import RtpSink
-from tests.peers.sipp import Sipp, sdp, write_ulaw
+from tests.peers.sipp import Sipp, noise_ulaw, rtp_stream, scenario, sdp
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -53,10 +51,9 @@ def test_caller_reinvite_to_new_rtp_port_moves_agent_audio(tmp_path):
     uas_port = free_port()
     tone = tmp_path / "agent.ulaw"
     # Noise, not a tone: every 20 ms payload is then unique and its place in the stream is known.
-    noise = np.random.default_rng(11).standard_normal(8000 * 4) * 2500
-    sent = write_ulaw(tone, noise.astype(np.int16))
+    sent = noise_ulaw(tone, 4, seed=11)
     with GatewayProcess(tmp_path, next_hop_port=uas_port) as gateway, RtpSink() as old, RtpSink() as new:
-        rtp = f'  <nop><action><exec rtp_stream="{tone},1,0"/></action></nop>'
+        rtp = rtp_stream(tone)
         with Sipp(scenario("uas_reinvite", RTP=rtp), local_port=uas_port, workdir=tmp_path,
                   media_port=free_block(10), timeout_s=20) as agent:
             with Sipp(scenario("uac_newport", SDP=sdp(str(old.port)), SDP_NEW=sdp(str(new.port)),

@@ -7,31 +7,14 @@ import socket
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.integration.gateway_proc import GatewayProcess
 from tests.peers.ports import free_block, free_port
 from tests.peers.rtp_sink import RtpSink
-from tests.peers.sipp import Sipp, sdp, write_ulaw
+from tests.peers.sipp import SCENARIOS, Sipp, noise_ulaw, rtp_stream, scenario, sdp
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-SCENARIOS = Path(__file__).with_name("scenarios")
-
-
-def scenario(name: str, **values: object) -> str:
-    """tests/interop/scenarios/NAME.xml with @@KEY@@ markers filled (SDP defaults to PCMU/PCMA/events)."""
-    text = (SCENARIOS / f"{name}.xml").read_text()
-    values.setdefault("SDP", sdp())
-    values.setdefault("RTP", "")
-    for key, value in values.items():
-        text = text.replace(f"@@{key}@@", str(value))
-    left = re.findall(r"@@[A-Z_]+@@", text)
-    if left:
-        raise KeyError(f"{name}.xml: unfilled markers {left}")
-    return text
-
 
 def options_scenario(pings: int, every_ms: int) -> str:
     """uac_options.xml with its ping block repeated `pings` times (SIPp loops are easy to get wrong)."""
@@ -117,12 +100,11 @@ def sdp_port(message: str) -> int:
 def test_ringing_then_early_media_then_answer(tmp_path, transport):
     uas_port = free_port()
     tone = tmp_path / "early.ulaw"
-    noise = np.random.default_rng(5).standard_normal(8000 * 3) * 2500  # every payload unique
-    sent = write_ulaw(tone, noise.astype(np.int16))
+    sent = noise_ulaw(tone, 3, seed=5)
     hop = "tcp" if transport == "t1" else "udp"
     with GatewayProcess(tmp_path, next_hop_port=uas_port, next_hop_transport=hop) as gateway, RtpSink() as ear:
         # The agent plays a ringback-like tone from its 183 on; the caller listens on `ear`.
-        rtp = f'  <nop><action><exec rtp_stream="{tone},1,0"/></action></nop>\n  <pause milliseconds="800"/>'
+        rtp = rtp_stream(tone, 800)
         with Sipp(scenario("uas_early", RING_MS=200, RTP=rtp), local_port=uas_port, transport=transport,
                   workdir=tmp_path, media_port=free_block(10), timeout_s=20) as agent:
             with Sipp(scenario("uac_early", SDP=sdp(str(ear.port)), HOLD_MS=200), local_port=free_port(),

@@ -7,6 +7,7 @@ mu-law); SIPp needs `-nostdin` without a terminal; statistics come from `-trace_
 from __future__ import annotations
 
 import csv
+import re
 import socket
 import subprocess
 import tempfile
@@ -36,21 +37,32 @@ def sdp(port: str = "[media_port]", direction: str = "sendrecv", codecs: str = "
     return "\n".join(lines)
 
 
+def rtp_stream(path: Path | str, pause_ms: int | None = None) -> str:
+    """Scenario lines playing headerless G.711 `path` once as PCMU; a pause after it keeps the call up."""
+    # SIPp rtp_stream: file,loops,payload type.
+    line = f'  <nop><action><exec rtp_stream="{path},1,0"/></action></nop>'
+    return line if pause_ms is None else f'{line}\n  <pause milliseconds="{pause_ms}"/>'
+
+
+def scenario(name: str, **values: object) -> str:
+    """scenarios/NAME.xml with every @@KEY@@ marker filled (SDP defaults to PCMU/PCMA/events, RTP to none)."""
+    text = (SCENARIOS / f"{name}.xml").read_text()
+    values.setdefault("SDP", sdp())
+    values.setdefault("RTP", "")
+    for key, value in values.items():
+        text = text.replace(f"@@{key}@@", str(value))
+    left = re.findall(r"@@[A-Z_]+@@", text)
+    if left:
+        raise KeyError(f"{name}.xml: unfilled markers {left}")
+    return text
+
+
 def render(name: str, *, user: str = "agent", sdp_port: str = "[media_port]", rtp_file: str | None = None,
            rtp_ms: int = 0, hold_ms: int = 500) -> str:
-    """Scenario XML with its @@MARKERS@@ replaced."""
-    text = (SCENARIOS / f"{name}.xml").read_text()
-    rtp = ""
-    if rtp_file is not None:
-        # SIPp rtp_stream: file,loops,payload type; the pause keeps the call up while it plays.
-        rtp = (f'  <nop><action><exec rtp_stream="{rtp_file},1,0"/></action></nop>\n'
-               f'  <pause milliseconds="{rtp_ms}"/>')
-    return (text.replace("@@USER@@", user)
-            .replace("@@SDP_HOLD@@", sdp(sdp_port, "sendonly"))
-            .replace("@@SDP_RECVONLY@@", sdp(sdp_port, "recvonly", "0 101"))
-            .replace("@@SDP@@", sdp(sdp_port))
-            .replace("@@RTP@@", rtp)
-            .replace("@@HOLD_MS@@", str(hold_ms)))
+    """One of the plain call scenarios (uac_*, uas*) with its user, SDP, RTP and hold time filled."""
+    return scenario(name, USER=user, SDP_HOLD=sdp(sdp_port, "sendonly"),
+                    SDP_RECVONLY=sdp(sdp_port, "recvonly", "0 101"), SDP=sdp(sdp_port),
+                    RTP="" if rtp_file is None else rtp_stream(rtp_file, rtp_ms), HOLD_MS=hold_ms)
 
 
 def write_ulaw(path: Path, samples: np.ndarray) -> bytes:
@@ -58,6 +70,12 @@ def write_ulaw(path: Path, samples: np.ndarray) -> bytes:
     data = ulaw_encode(samples.astype(np.int16)).astype(np.uint8).tobytes()
     path.write_bytes(data)
     return data
+
+
+def noise_ulaw(path: Path, seconds: float, *, seed: int, rms: float = 2500.0) -> bytes:
+    """Gaussian noise as headerless mu-law: every 20 ms payload is unique, so its place in the stream is known."""
+    samples = np.random.default_rng(seed).standard_normal(int(8000 * seconds)) * rms
+    return write_ulaw(path, samples.astype(np.int16))
 
 
 @dataclass

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tests.peers.ports import free_block, free_port
 from tests.peers.rtp_sink import RtpSink
-from tests.peers.sipp import Sipp, render, write_ulaw
+from tests.peers.sipp import Sipp, noise_ulaw, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -32,9 +31,7 @@ def test_scenario_pairs_complete(tmp_path, uac, uas, transport):
 
 
 def test_rtp_stream_reaches_the_answered_port_bit_exact(tmp_path):
-    rng = np.random.default_rng(1)
-    samples = (rng.standard_normal(8000) * 3000).astype(np.int16)
-    sent = write_ulaw(tmp_path / "caller.ulaw", samples)
+    sent = noise_ulaw(tmp_path / "caller.ulaw", 1.0, seed=1, rms=3000)
     uas_port, uac_port = free_port(), free_port()
     with RtpSink() as sink:
         with Sipp(render("uas", sdp_port=str(sink.port)), local_port=uas_port, workdir=tmp_path) as server:
