@@ -76,6 +76,9 @@ class SipConfig:
     session_timeout_s: float = 4 * 3600.0
     media_timeout_s: float = 60.0
     max_message_bytes: int = 65535
+    dialog_source_check: bool = True
+    """In-dialog requests only from the host the leg's dialog was set up with (481 otherwise);
+    turn off for peers whose in-dialog requests come from another address (multi-node SBCs)."""
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,7 @@ _SCHEMA: dict[str, _Schema] = {
         "session_timeout_s": ("session_timeout_s", _positive_float),
         "media_timeout_s": ("media_timeout_s", _positive_float),
         "max_message_bytes": ("max_message_bytes", _int_range(1024, 1 << 20)),
+        "dialog_source_check": ("dialog_source_check", _bool),
     },
     "media": {
         "rtp_ports": ("rtp_ports", parse_port_range),

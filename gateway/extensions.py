@@ -410,6 +410,9 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
 
         specs.append(MetricSpec("auth_failures_total", "counter", "API requests refused authentication, by reason",
                                 ("reason",), read=lambda: by_label(api.app[STATS].auth_failures)))
+        specs.append(MetricSpec("api_malformed_requests_total", "counter",
+                                "Malformed HTTP requests refused before any handler ran, by error type",
+                                ("kind",), read=lambda: by_label(api.app[STATS].malformed)))
         specs.append(MetricSpec("api_forbidden_total", "counter", "API requests refused for role or ownership",
                                 read=lambda: api.app[STATS].forbidden_total))
     return specs

@@ -142,6 +142,8 @@ class ApiStats:
     rate_limited_total: int = 0
     events_withheld_total: int = 0
     sse_streams_active: int = 0
+    malformed: Counter[str] = field(default_factory=Counter)
+    """Malformed HTTP requests refused before any handler ran, by error type (ProtocolLog)."""
 
 
 CAPTURES = web.AppKey("captures", object)
@@ -686,7 +688,9 @@ async def start_api(
 ) -> web.AppRunner:
     """Serve `app` over HTTPS on host:port (0 picks a port: see `bound_port`)."""
     require_modern_tls(ssl_context)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=ProtocolLog())
+    protocol_log = ProtocolLog()
+    app[STATS].malformed = protocol_log.errors
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=protocol_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
