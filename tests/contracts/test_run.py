@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.demo.endpoint import Endpoint
 from gateway.demo.useragent import CallEnded, CallEstablished
 from gateway.demo.voice import CallerVoice, SensitiveKeys
+from tests.integration.gateway_proc import options
 from tests.peers.ports import free_port
 
 from .gateway_run import Tonewall, tonewall_cmd
@@ -353,8 +354,6 @@ def test_embedded_defaults_are_the_contracts():
 
 def test_flags_override_every_toml_key_and_sip_answers_on_udp_and_tcp(tmp_path):
     """A config naming other ports and dirs for all six keys: the flags win, the config's dir is never made."""
-    from tests.integration.gateway_proc import options
-
     hop_port = free_port()
     gw = Tonewall(tmp_path, next_hop=f"sip:127.0.0.1:{hop_port}", data_dir=tmp_path / "flag-data")
     unused = [free_port() for _ in range(4)]

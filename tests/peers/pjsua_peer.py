@@ -55,6 +55,15 @@ def emit(event: str, **fields: object) -> None:
     print(json.dumps({"event": event, "t": round(time.monotonic(), 4), **fields}), flush=True)
 
 
+def loopback_transport(port: int) -> pj.TransportConfig:
+    """A SIP transport bound to, and advertising, 127.0.0.1:port."""
+    cfg = pj.TransportConfig()
+    cfg.port = port
+    cfg.boundAddress = "127.0.0.1"
+    cfg.publicAddress = "127.0.0.1"
+    return cfg
+
+
 class Peer:
     """Everything one softphone process needs: endpoint, account, one call, its media."""
 
@@ -84,13 +93,9 @@ class Peer:
         cfg.medConfig.sndClockRate = 8000
         cfg.medConfig.ecTailLen = 0
         self.ep.libInit(cfg)
-        tcfg = pj.TransportConfig()
-        tcfg.port = args.sip_port
-        tcfg.boundAddress = "127.0.0.1"
-        tcfg.publicAddress = "127.0.0.1"
         # A TLS caller keeps a UDP transport here; its `;transport=tls` target picks the TLS one.
         kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
-        self.ep.transportCreate(kind, tcfg)
+        self.ep.transportCreate(kind, loopback_transport(args.sip_port))
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         codecs = args.codecs.split(",")
@@ -115,10 +120,7 @@ class Peer:
             self._add_tls()
 
     def _add_tls(self) -> None:
-        tls = pj.TransportConfig()
-        tls.port = self.args.tls_port
-        tls.boundAddress = "127.0.0.1"
-        tls.publicAddress = "127.0.0.1"
+        tls = loopback_transport(self.args.tls_port)
         tls.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
         if self.args.tls_cert:
             tls.tlsConfig.certFile = self.args.tls_cert
