@@ -51,6 +51,28 @@ few integer operations a packet: a packet with the next sequence number of its s
 common case) costs one compare and one store; anything else (gap, late, duplicate, jump,
 new SSRC) takes the long way. Jitter is measured on one pair of consecutive packets in
 `jitter_every` (`JITTER_EVERY`); `handle_timer` samples both once a second.
+
+Latching (symmetric RTP, RFC 4961): each leg sends to the source its peer's RTP comes from,
+so a NATed peer is reached whatever its SDP says. A source is never trusted on one packet
+(one forged datagram would hijack the call: audio injected into the payment call, and the
+other side's audio sent to the forger, "RTP bleed"):
+- before the first latch, a valid packet from the SDP host (any port: a NAT may rewrite it)
+  latches at once; so does one from any host when the SDP names no usable address. Another
+  host must prove itself like a re-latch below (a NAT that rewrote the host too: its first
+  `RELATCH_PACKETS` - 1 packets are lost, and the SDP host, should it appear, wins at once);
+- once latched, a packet from another source is dropped (`unexpected_source`) until that
+  source has sent `RELATCH_PACKETS` consecutive valid packets (no packet from the latched
+  source in between), spread over `RELATCH_SPAN_PTIMES` packet times at least (a burst that
+  fits between two of the latched source's packets proves nothing), of one SSRC with
+  contiguous sequence numbers: the latched stream's SSRC,
+  continuing its numbering (a NAT rebinding), or a new SSRC only after the latched source
+  has been silent `RELATCH_SILENCE_S` (a restarted client). The last proving packet
+  re-latches (`SourceLatched`) and is relayed; the other side's audio never goes to an
+  unproven source;
+- RTCP follows its RTP leg: it latches only from the RTP source's host (before RTP latched:
+  the SDP host), and moves only after RTP has moved;
+- strict mode (`media.strict_source`): only the SDP host before the first latch, then only
+  the latched source, never re-latched.
 """
 
 from __future__ import annotations
@@ -113,6 +135,15 @@ MAX_DROPOUT = 3000
 """RFC 3550 A.1: a forward jump below this is a gap (loss), not a restart."""
 MAX_MISORDER = 100
 """RFC 3550 A.1: a backward step below this is a late packet."""
+RELATCH_PACKETS = 5
+"""Consecutive valid packets (one SSRC, contiguous sequence numbers) that latch a new source."""
+RELATCH_SPAN_PTIMES = 2.0
+"""...and that span at least this many packet times from the first: longer than the latched
+source's gap between packets, so a burst squeezed between two of them cannot prove itself."""
+RELATCH_SILENCE_S = 1.5
+"""A new source with a new SSRC may take over once the latched source was silent this long."""
+UNUSABLE_HOSTS = frozenset({"", "0.0.0.0", "::"})
+"""SDP connection addresses that name no peer (RFC 3264 8.4 hold, or no address yet)."""
 MAX_QUEUED_EVENTS = 100_000
 """Undrained events beyond this are discarded oldest-first (memory bound)."""
 MAX_FEEDBACK_SAMPLES = 16_000
@@ -315,6 +346,7 @@ class Leg:
         "call", "name", "media", "strict", "te_pt", "capturing", "always",
         "rtcp_dest", "rtcp_src", "sdp_rtp", "sdp_rtcp", "held", "mask_slot",
         "te_receiver", "feedback_pos", "rx_lost", "rx_bad_seq", "rx_lost_reported", "rx_sampled_s",
+        "candidate", "rtcp_may_move",
     )
 
     def __init__(self, call: RelayCall, name: str, direction: int, strict: bool) -> None:
@@ -346,6 +378,12 @@ class Leg:
         self.rtcp_src: tuple[str, int] | None = None
         self.sdp_rtp: tuple[str, int] | None = None
         self.sdp_rtcp: tuple[str, int] | None = None
+        self.candidate: tuple[tuple[str, int], int, int, int, float | None, float] | None = None
+        """A source proving itself before it latches: (address, SSRC, sequence number expected
+        next, valid packets so far, `last_rx_s` when it began (the latched source's last packet),
+        arrival time of its first packet)."""
+        self.rtcp_may_move = False
+        """RTP re-latched since RTCP last latched: RTCP may latch anew from the RTP source's host."""
         self.last_rx_s: float | None = None
         self.seq_offset = 0
         """Packets withheld from the peer so far; subtracted from outgoing sequence numbers."""
@@ -665,6 +703,9 @@ class Relay:
             self.stats.drops[d]["payload_type"] += 1
             return None
         if new_source:
+            if not (leg.strict or self._source_proven(leg, data, addr, now)):
+                self.stats.drops[d]["unexpected_source"] += 1
+                return None
             self._latch(leg, addr, rtcp=False, now=now)
         leg.last_rx_s = now
         # RFC 3550 A.1: the next number of the stream is one compare and one store (expected and
@@ -753,9 +794,14 @@ class Relay:
         """One RTCP datagram from `leg`'s peer, relayed to the other leg's RTCP port."""
         d = leg.direction
         new_source = addr != leg.rtcp_src
-        if new_source and leg.strict and not _source_allowed(leg.rtcp_src, leg.sdp_rtcp, addr):
-            self.stats.drops[d]["source"] += 1
-            return None
+        if new_source:
+            if leg.strict:
+                if not _source_allowed(leg.rtcp_src, leg.sdp_rtcp, addr):
+                    self.stats.drops[d]["source"] += 1
+                    return None
+            elif not _rtcp_source_allowed(leg, addr):
+                self.stats.drops[d]["unexpected_source"] += 1
+                return None
         if leg.srtp is not None:
             try:
                 data = leg.srtp.unprotect_rtcp(data)
@@ -1140,11 +1186,51 @@ class Relay:
         if jitters:
             self.stats.jitter.observe_many(np.array(jitters))
 
+    def _source_proven(self, leg: Leg, data: bytes, addr: tuple[str, int], now: float) -> bool:
+        """Whether a valid RTP packet from a source other than the latched one latches it now.
+
+        See the module docstring (Latching): one forged packet must never move the latch.
+        """
+        latched = leg.rtp_src
+        sdp = leg.sdp_rtp
+        if latched is None and (sdp is None or addr[0] == sdp[0] or sdp[0] in UNUSABLE_HOSTS):
+            leg.candidate = None
+            return True
+        seq = (data[2] << 8) | data[3]
+        ssrc = _TS_SSRC.unpack_from(data, 4)[1]
+        cand = leg.candidate
+        if (cand is not None and cand[0] == addr and cand[1] == ssrc and cand[2] == seq
+                and cand[4] == leg.last_rx_s):
+            count, since = cand[3] + 1, cand[5]
+        elif latched is None or self._may_take_over(leg, ssrc, seq, now):
+            count, since = 1, now
+        else:
+            return False
+        # A run must also last a while: a burst that fits between two of the latched source's
+        # packets (one packet time apart) is not interrupted by them, a real stream is.
+        ptime_s = (leg.media.ptime_ms if leg.media is not None else 20) / 1000
+        if count >= RELATCH_PACKETS and now - since >= RELATCH_SPAN_PTIMES * ptime_s:
+            leg.candidate = None
+            return True
+        leg.candidate = (addr, ssrc, (seq + 1) & 0xFFFF, count, leg.last_rx_s, since)
+        return False
+
+    @staticmethod
+    def _may_take_over(leg: Leg, ssrc: int, seq: int, now: float) -> bool:
+        """Whether a packet from an unlatched source may start proving itself."""
+        if ssrc == leg.rx_ssrc:
+            # A NAT rebinding: the same stream continues (RFC 3550 A.1: ahead, within MAX_DROPOUT).
+            return 0 < ((seq - leg.rx_next + 1) & 0xFFFF) < MAX_DROPOUT
+        # RFC 3550 8.2: a new SSRC is a new stream; only once the latched one has gone quiet.
+        return leg.last_rx_s is None or now - leg.last_rx_s >= RELATCH_SILENCE_S
+
     def _latch(self, leg: Leg, addr: tuple[str, int], rtcp: bool, now: float) -> None:
         # RFC 4961 / symmetric RTP: send to where the peer's packets come from.
         if rtcp:
             leg.rtcp_src = leg.rtcp_dest = addr
+            leg.rtcp_may_move = False
         else:
+            leg.rtcp_may_move = leg.rtp_src is not None  # a re-latch: RTCP may follow
             leg.rtp_src = leg.rtp_dest = addr
         self._events.append(SourceLatched(leg.call.call_id, leg.name, rtcp, addr))
         self.wake = True
@@ -1198,7 +1284,7 @@ def _apply_media(leg: Leg, media: LegMedia) -> None:
     if old is None or old.remote_rtp != media.remote_rtp:
         # A new SDP address (re-INVITE) restarts latching on that leg.
         leg.sdp_rtp = leg.rtp_dest = media.remote_rtp
-        leg.rtp_src = None
+        leg.rtp_src = leg.candidate = None
     if old is None or old.remote_rtcp != media.remote_rtcp:
         leg.sdp_rtcp = leg.rtcp_dest = media.remote_rtcp
         leg.rtcp_src = None
@@ -1214,6 +1300,17 @@ def _source_allowed(latched: tuple[str, int] | None, sdp: tuple[str, int] | None
     if latched is not None:
         return addr == latched
     return sdp is None or addr[0] == sdp[0]
+
+
+def _rtcp_source_allowed(leg: Leg, addr: tuple[str, int]) -> bool:
+    """RTCP from a new source: from the RTP source's host, and only once RTP re-latched since RTCP did
+    (or RTCP still comes from another host than RTP's)."""
+    rtp = leg.rtp_src
+    rtcp = leg.rtcp_src
+    if rtp is None:
+        sdp = leg.sdp_rtcp or leg.sdp_rtp
+        return rtcp is None and (sdp is None or sdp[0] in UNUSABLE_HOSTS or addr[0] == sdp[0])
+    return addr[0] == rtp[0] and (rtcp is None or leg.rtcp_may_move or rtcp[0] != rtp[0])
 
 
 def _rounds(slots: list[int]) -> list[list[int] | None]:

@@ -12,6 +12,7 @@ import pytest
 from dtmf.g711 import ULAW_DECODE, ulaw_encode
 from gateway.media.leg import Direction, LegMedia, SrtpParams
 from gateway.media.relay import (
+    RELATCH_PACKETS,
     CaptureUnavailable,
     InBandDigitDetected,
     Relay,
@@ -120,16 +121,30 @@ def test_padded_and_extended_packets_pass() -> None:
 
 def test_latching_follows_the_real_source() -> None:
     relay, call = make()
+    # A host other than the SDP's (a NAT that rewrote it) proves itself over RELATCH_PACKETS packets.
+    for seq in range(1, RELATCH_PACKETS):
+        assert relay.receive_rtp(call.caller, audio(seq), NAT_CALLER, seq * 0.02) is None
+        assert relay.receive_rtp(call.agent, audio(seq), AGENT_SDP, seq * 0.02)[1] == CALLER_SDP
     # Before the agent's first packet, the caller's audio goes to the agent's SDP address.
-    assert relay.receive_rtp(call.caller, audio(1), NAT_CALLER, 0.0)[1] == AGENT_SDP
+    assert relay.receive_rtp(call.caller, audio(RELATCH_PACKETS), NAT_CALLER, 0.1)[1] == AGENT_SDP
     # The agent's reply goes to where the caller's packets really came from.
-    assert relay.receive_rtp(call.agent, audio(1), AGENT_SDP, 0.0)[1] == NAT_CALLER
+    assert relay.receive_rtp(call.agent, audio(9), AGENT_SDP, 0.1)[1] == NAT_CALLER
     latched = [e for e in iter(relay.next_event, None) if isinstance(e, SourceLatched)]
     assert SourceLatched("c1", "caller", False, NAT_CALLER) in latched
-    # Non-strict: a NAT rebinding moves the latch.
+    assert relay.stats.drops[0]["unexpected_source"] == RELATCH_PACKETS - 1
+    # Non-strict: a NAT rebinding (same stream, new port) moves the latch once proven.
     moved = ("192.0.2.7", 31002)
-    assert relay.receive_rtp(call.caller, audio(2), moved, 0.0) is not None
-    assert relay.receive_rtp(call.agent, audio(2), AGENT_SDP, 0.0)[1] == moved
+    for seq in range(RELATCH_PACKETS + 1, 2 * RELATCH_PACKETS):
+        assert relay.receive_rtp(call.caller, audio(seq), moved, seq * 0.02) is None
+    assert relay.receive_rtp(call.caller, audio(2 * RELATCH_PACKETS), moved, 0.2) is not None
+    assert relay.receive_rtp(call.agent, audio(10), AGENT_SDP, 0.2)[1] == moved
+
+
+def test_sdp_host_latches_at_once_from_any_port() -> None:
+    relay, call = make()
+    src = (CALLER_SDP[0], 4100)
+    assert relay.receive_rtp(call.caller, audio(1), src, 0.0) == (audio(1), AGENT_SDP)
+    assert relay.receive_rtp(call.agent, audio(1), AGENT_SDP, 0.0)[1] == src
 
 
 def test_garbage_does_not_latch() -> None:

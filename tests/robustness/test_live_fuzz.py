@@ -306,10 +306,6 @@ def test_rtp_rtcp(live: LiveGateway):
     assert dropped > sum(kinds.values()) // 4
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/media/relay.py: with media.strict_source off (the default) any "
-                   "source that sends one packet with a negotiated payload type is latched (RFC 4961 symmetric RTP): "
-                   "its audio reaches the agent and the agent's audio is sent to it (RTP bleed) until the real "
-                   "caller's next packet re-latches")
 def test_foreign_rtp_source_is_not_relayed(live: LiveGateway):
     call = live.ensure_live()
     sock = sip_socket(host="127.0.0.2")
