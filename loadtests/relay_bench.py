@@ -171,12 +171,20 @@ class _Timed:
 
 
 def core_bench(n: int, seconds: float, capture: bool, hook: bool, iteration_ms: float,
-               relay_kw: dict | None = None) -> dict:
+               relay_kw: dict | None = None, lose_every: int = 0) -> dict:
     """Drive `Relay` with n streams' packets on a simulated clock; CPU-s per million packets.
 
     Packets arrive at 50/s per stream, phases spread over 20 ms; everything arriving within
     `iteration_ms` forms one event-loop iteration (what uvloop hands the readers in one
     wakeup under load), after which the edge's per-iteration call runs, and the timer when due.
+    The loop does what `gateway.transport.rtp` does: it sends (counts) every packet that
+    `receive_rtp`, `process_pending` and `handle_timer` return, re-arms the timer from
+    `get_timer()` when `timer_changed` (an armed earlier timer is kept), and after the timer
+    runs the masker for rows still waiting. "sent" counts all of them; "released_at_deadline"
+    those `handle_timer` let go (a held capture packet whose successor came too late);
+    `lose_every` K > 0 loses one packet in K of each stream on the way (spread over the
+    streams), so captures' held packets meet their deadline; then
+    sent + lost + held_at_end + mask_rows_at_end = packets.
     Works against this tree's relay and the older per-iteration `flush(max_detect_rows)` API.
     """
     import numpy as np
@@ -208,7 +216,7 @@ def core_bench(n: int, seconds: float, capture: bool, hook: bool, iteration_ms: 
     total = int(seconds * 50 * n)
     period_s = 0.020
     it_s = iteration_ms / 1e3
-    sent = 0
+    sent = at_once = released = lost = 0
     t_cpu = time.process_time()
     now = 1000.0
     next_iter = now + it_s
@@ -220,21 +228,39 @@ def core_bench(n: int, seconds: float, capture: bool, hook: bool, iteration_ms: 
         now = 1000.0 + seq_round * period_s + (i * period_s) / n
         if now >= next_iter:
             if new_api:
+                # End of an iteration (the edge's _flush), then its timer when due (_on_timer).
                 relay.wake = False
-                relay.process_pending(now)
+                sent += len(relay.process_pending(now))
+                if relay.timer_changed:
+                    relay.timer_changed = False
+                    when = relay.get_timer()
+                    if when is not None and (timer is None or when < timer):
+                        timer = when
                 if timer is not None and now >= timer:
-                    relay.handle_timer(now)
-                timer = relay.get_timer()
+                    out = relay.handle_timer(now)
+                    released += len(out)
+                    sent += len(out)
+                    if relay.mask_rows_pending:
+                        sent += len(relay.process_pending(now))
+                    relay.timer_changed = False
+                    timer = relay.get_timer()
             else:
-                relay.flush(256)
+                sent += len(relay.flush(256) or ())
             next_iter = now + it_s
+        k += 1
+        if lose_every and (seq_round + i) % lose_every == 0:
+            lost += 1
+            continue
         leg, src = legs[i]
         if relay.receive_rtp(leg, packets[seq_round % 50][i], src, now) is not None:
-            sent += 1
-        k += 1
+            at_once += 1
+    sent += at_once
     cpu = time.process_time() - t_cpu
     banks_s = sum(b.total_s for b in (detector, masker) if b is not None)
-    out = {"streams": n, "packets": total, "forwarded_at_once": sent, "capture": capture, "hook": hook,
+    out = {"streams": n, "packets": total, "lost": lost, "sent": sent, "forwarded_at_once": at_once,
+           "released_at_deadline": released, "held_at_end": sum(leg.held is not None for leg, _ in legs),
+           "mask_rows_at_end": relay.mask_rows_pending if new_api else 0,
+           "capture": capture, "hook": hook,
            "iteration_ms": iteration_ms, "core_cpu_s_per_mpkt": round(cpu / (total / 1e6), 2),
            "relay_only_cpu_s_per_mpkt": round((cpu - banks_s) / (total / 1e6), 2),
            "api": "process_pending+timer" if new_api else "flush per iteration"}
@@ -420,12 +446,14 @@ def main() -> None:
         ap.add_argument("--capture", action="store_true")
         ap.add_argument("--no-hook", action="store_true")
         ap.add_argument("--mask-window-ms", default="0", help="Relay mask_window_s values, in ms")
+        ap.add_argument("--lose-every", type=int, default=0,
+                        help="lose one packet in K of each stream (held packets then leave at their deadline)")
         args = ap.parse_args(sys.argv[2:])
         for n in (int(x) for x in args.streams.split(",")):
             for it in (float(x) for x in args.iteration_ms.split(",")):
                 for w in (float(x) for x in args.mask_window_ms.split(",")):
                     kw = {"mask_window_s": w / 1e3} if w else {}
-                    r = core_bench(n, args.seconds, args.capture, not args.no_hook, it, kw)
+                    r = core_bench(n, args.seconds, args.capture, not args.no_hook, it, kw, args.lose_every)
                     r["mask_window_ms"] = w
                     print(json.dumps(r), flush=True)
         return
