@@ -80,6 +80,7 @@ from __future__ import annotations
 import struct
 from bisect import bisect_left
 from collections import deque
+from heapq import heappop, heappush
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -502,6 +503,10 @@ class Relay:
         self._next_sample_s: float | None = None
         self._holding: dict[Leg, None] = {}
         """Capturing legs with a held packet (each has a release deadline)."""
+        self._deadlines: list[tuple[float, int, Leg]] = []
+        """Heap of (release deadline, tie-break, leg) per held packet; an entry whose leg holds
+        no packet or another deadline is stale and popped when met (no scan of all calls)."""
+        self._deadline_n = 0
 
     # ---- calls -----------------------------------------------------------------
 
@@ -860,16 +865,23 @@ class Relay:
             times.append(self._mask_since + self.mask_window_s)
         if self._next_sample_s is not None:
             times.append(self._next_sample_s)
-        if self._holding:
-            times.append(min(leg.held[3] for leg in self._holding))  # type: ignore[index]
+        deadline = self._next_deadline()
+        if deadline is not None:
+            times.append(deadline)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[tuple[Leg, bytes, tuple[str, int]]]:
         """Release held packets whose deadline passed, run the detector batch when due, sample
         stream metrics, end lost telephone-events. Returns the released packets to send."""
         sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
-        if self._holding:
-            due = [leg for leg in self._holding if leg.held[3] <= now]  # type: ignore[index]
+        deadline = self._next_deadline()
+        if deadline is not None and deadline <= now:
+            due = []
+            heap = self._deadlines
+            while heap and heap[0][0] <= now:
+                _, _, leg = heappop(heap)
+                if leg.held is not None and leg.held[3] <= now and leg not in due:
+                    due.append(leg)
             if due:
                 if self._mask_legs:
                     # A successor already here (in a masker window) releases its packet with look-ahead.
@@ -893,6 +905,17 @@ class Relay:
         return sends
 
     # ---- internals -------------------------------------------------------------
+
+    def _next_deadline(self) -> float | None:
+        """Earliest release deadline of a held packet; stale heap entries are dropped on the way."""
+        heap = self._deadlines
+        while heap:
+            deadline, _, leg = heap[0]
+            held = leg.held
+            if held is not None and held[3] == deadline and leg in self._holding:
+                return deadline
+            heappop(heap)
+        return None
 
     def _run_detector(self) -> None:
         """One detector call over the FIFO (more only when a stream has several rows in it)."""
@@ -976,7 +999,10 @@ class Relay:
                 held = leg.held
                 # One packet time (G.711: a byte per sample) after arrival, then it leaves regardless.
                 rx = rxs[i]
-                leg.held = (pkts[i], starts[i], rx, rx + len(payloads[i]) / leg.clock_hz + HOLD_SLACK_S)
+                deadline = rx + len(payloads[i]) / leg.clock_hz + HOLD_SLACK_S
+                leg.held = (pkts[i], starts[i], rx, deadline)
+                self._deadline_n += 1
+                heappush(self._deadlines, (deadline, self._deadline_n, leg))
                 if held is None:
                     # A new deadline, earlier than none the edge's timer knows of.
                     self._holding[leg] = None
