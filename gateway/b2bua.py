@@ -50,6 +50,7 @@ from gateway.sip.sdp import (
     NotAcceptable,
     RemoteAudio,
     SdpParseError,
+    SessionDescription,
     build_answer,
     build_offer,
     build_rejection,
@@ -788,15 +789,8 @@ class B2bua:
         try:
             if not ack.body or ack.content_type != "application/sdp":
                 raise NotAcceptable("SDP answer is missing from the ACK")
-            new_answer_leg = self._leg_from_answer(call, answer_leg, late.our_offer, ack.body)
-            sd, new_offer_leg = build_answer(
-                late.their_offer,
-                address=self.media.media_address,
-                port=self._port(call, offer_leg),
-                session_id=call.session_id,
-                version=self._next_version(call, offer_leg),
-                prefer=new_answer_leg.codec,
-            )
+            sd, new_answer_leg, new_offer_leg = self._bridge_answer(
+                call, answer_leg, late.our_offer, ack.body, late.their_offer)
         except (SdpParseError, NotAcceptable) as exc:
             # RFC 3261 13.2.2.4: still ACK with a valid answer, then hang up.
             self._events.append(MessageRejected(str(exc), 488))
@@ -812,6 +806,21 @@ class B2bua:
         call.legs[offer_leg] = new_offer_leg
         call.te_pts[offer_leg] = new_offer_leg.telephone_event_pt
         self._configure_media(call)
+
+    def _bridge_answer(self, call: Call, answered: _Leg, our_offer: LocalOffer, answer: bytes,
+                       their_offer: RemoteAudio) -> tuple[SessionDescription, LegMedia, LegMedia]:
+        """One leg answered our offer: its media, and our answer to the other leg's offer (same law if it can)."""
+        answered_media = self._leg_from_answer(call, answered, our_offer, answer)
+        other = answered.other
+        sd, other_media = build_answer(
+            their_offer,
+            address=self.media.media_address,
+            port=self._port(call, other),
+            session_id=call.session_id,
+            version=self._next_version(call, other),
+            prefer=answered_media.codec,
+        )
+        return sd, answered_media, other_media
 
     def _remember_ack(self, call: Call, late: _LateOffer, data: bytes) -> None:
         if late.pending is not None:
@@ -1045,15 +1054,7 @@ class B2bua:
             return
         try:
             assert p.offer is not None and p.remote_offer is not None
-            new_other = self._leg_from_answer(call, p.leg, p.offer, resp.body)
-            sd, new_origin = build_answer(
-                p.remote_offer,
-                address=self.media.media_address,
-                port=self._port(call, origin),
-                session_id=call.session_id,
-                version=self._next_version(call, origin),
-                prefer=new_other.codec,
-            )
+            sd, new_other, new_origin = self._bridge_answer(call, p.leg, p.offer, resp.body, p.remote_offer)
         except (SdpParseError, NotAcceptable) as exc:
             self._events.append(MessageRejected(str(exc), 488))
             self._respond(p.server_key, req, 488, now)
