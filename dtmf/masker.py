@@ -223,9 +223,10 @@ def _block_features(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p = proj[:, :8] ** 2 + proj[:, 8:] ** 2  # ~ (amplitude * 20)^2 per frequency
     feats = np.empty((len(x), _N_FEATURES))
     energy = feats[:, _ENERGY]
-    energy[:] = np.einsum("ij,ij->i", x, x)
+    energy[:] = (x * x).sum(axis=1)  # int16 squares: exact in float64 in any summation order
     lines = feats[:, _LINES]
-    lines[:] = (p[:, :4].max(axis=1) + p[:, 4:].max(axis=1)) * (2.0 / BLOCK_SAMPLES)
+    best = p.reshape(-1, 2, 4).max(axis=2)  # best low, best high
+    lines[:] = (best[:, 0] + best[:, 1]) * (2.0 / BLOCK_SAMPLES)
     flags = (energy >= _MIN_BLOCK_ENERGY) & (lines >= FLAG_CONCENTRATION * energy)
     return feats, flags
 
@@ -287,11 +288,48 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     return confirmed
 
 
+_SCALAR_GATE_ROWS = 8
+"""Up to this many rows `_may_confirm` checks the cheap window test on Python floats."""
+
+
+def _may_confirm(feats: np.ndarray) -> bool:
+    """Whether any window of (k, m, 2) block features passes `_confirm`'s cheap test (same float64 arithmetic).
+
+    False means `_confirm` would return all False: the caller skips it.
+    """
+    for row in feats.tolist():
+        for s in range(len(row) - WINDOW_BLOCKS + 1):
+            (e0, l0), (e1, l1), (e2, l2) = row[s], row[s + 1], row[s + 2]
+            e = e0 + e1 + e2
+            if (e >= _MIN_WINDOW_ENERGY and l0 + l1 + l2 >= _PREFILTER * MIXED_CONCENTRATION * e
+                    and min(l0, l1, l2) >= _STEADY * max(l0, l1, l2)):
+                return True
+    return False
+
+
 def _track(level: np.ndarray | float, power: np.ndarray | float, flag: np.ndarray | bool):
     """Background power after one block: flagged blocks leave it alone; the first block sets it."""
     rise = np.minimum(power, level * _NOISE_RISE + _NOISE_RISE_ABS)
     new = np.where((power < level) | (level < 0), power, rise)
     return np.where(flag, level, new)
+
+
+_SCALAR_TRACK_ROWS = 32
+"""Up to this many rows the tracker runs on Python floats: four numpy calls per block cost more."""
+
+
+def _track_rows(level: list[float], power: list[list[float]], flag: list[list[bool]]) -> tuple[np.ndarray, np.ndarray]:
+    """`_track` over each row's blocks: levels before each block (k, 4) and after the last (k,)."""
+    levels = []
+    for r, lv in enumerate(level):
+        row = []
+        for p, f in zip(power[r], flag[r]):
+            row.append(lv)
+            if not f:
+                lv = p if (p < lv or lv < 0) else min(p, lv * _NOISE_RISE + _NOISE_RISE_ABS)
+        levels.append(row)
+        level[r] = lv
+    return np.array(levels, dtype=np.float64).reshape(len(level), BLOCKS_PER_PACKET), np.array(level, dtype=np.float64)
 
 
 def _fill(mode: MaskMode, index: np.ndarray, power: np.ndarray) -> np.ndarray:
@@ -602,6 +640,11 @@ class MaskerBank:
         self._check(slot)
         if not self._held_valid[slot]:
             return None
+        if not (self._hist_flags[slot].any() or self._pre_confirmed[slot].any() or self._pre_tone[slot].any()
+                or _may_confirm(self._hist_feats[slot][None])):  # nothing flagged, no tone: nothing masked
+            self._held_valid[slot] = False
+            self._filler_level[slot] = self._level[slot]
+            return self._held[slot].copy(), False
         confirmed = np.concatenate([
             self._pre_confirmed[slot],
             _confirm(self._hist_feats[slot], lambda rows: self._held[slot][None, :][rows], 1),
@@ -635,11 +678,14 @@ class MaskerBank:
         flags = flags.reshape(k, BLOCKS_PER_PACKET)
         power = feats[:, :, _ENERGY] * (1.0 / BLOCK_SAMPLES)
 
-        level = self._level[slots]
-        levels = np.empty((k, BLOCKS_PER_PACKET))
-        for j in range(BLOCKS_PER_PACKET):  # the tracker is a recursion in time
-            levels[:, j] = level
-            level = _track(level, power[:, j], flags[:, j])
+        if k <= _SCALAR_TRACK_ROWS:  # same float64 arithmetic as `_track`, without its per-call numpy cost
+            levels, level = _track_rows(self._level[slots].tolist(), power.tolist(), flags.tolist())
+        else:
+            level = self._level[slots]
+            levels = np.empty((k, BLOCKS_PER_PACKET))
+            for j in range(BLOCKS_PER_PACKET):  # the tracker is a recursion in time
+                levels[:, j] = level
+                level = _track(level, power[:, j], flags[:, j])
 
         capture = self._capture[slots]
         held_valid = self._held_valid[slots]
@@ -651,8 +697,11 @@ class MaskerBank:
         # the windows starting at b-4 .. b+1: those at -4..0 are known from the last
         # call, those at 1..4 (held blocks 1-3 and this packet's 0-2) are new.
         win_feats = np.concatenate([self._hist_feats[slots], feats[:, :WINDOW_BLOCKS]], axis=1)
-        new_confirmed = _confirm(win_feats, lambda rows: np.concatenate(
-            [self._held[slots[rows]], frames[rows]], axis=1), 1)  # the held packet, then this one
+        if k <= _SCALAR_GATE_ROWS and not _may_confirm(win_feats):
+            new_confirmed = np.zeros((k, _WINDOWS_PER_CALL), dtype=bool)
+        else:
+            new_confirmed = _confirm(win_feats, lambda rows: np.concatenate(
+                [self._held[slots[rows]], frames[rows]], axis=1), 1)  # the held packet, then this one
         confirmed = np.concatenate([self._pre_confirmed[slots], new_confirmed], axis=1)
         all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
         pre_tone = self._pre_tone[slots]
