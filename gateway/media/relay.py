@@ -126,12 +126,15 @@ TAIL_QUIET_POWER = dbm0_to_amplitude(-50.0) ** 2 / 2.0
 """Mean power (linear^2) under which a tail block passes: 5 dB under the masker's flag floor
 (-45 dBm0), no tone onset worth a guess fits in it."""
 JITTER_SAMPLE_INTERVAL_S = 1.0
-JITTER_EVERY = 8
-"""RFC 3550 A.8's D is taken on one pair of consecutive packets (sequence numbers 8k, 8k+1) in
-this many: the same D, so the same mean; periodic patterns (every other packet late) still show."""
+JITTER_EVERY = 16
+"""RFC 3550 A.8's D is taken on one pair of consecutive packets (sequence numbers 16k, 16k+1) in
+this many: the same D, so the same mean; periodic patterns (every other packet late) still show.
+1 in 16, not 8: the pair's float work and the leg's float objects it reads are most of the
+RFC 3550 cost a packet at 1,000 calls (loadtests/README-metrics.md)."""
 JITTER_PAIR_GAIN = 1.0 / 8
 """Smoothing per sampled pair: A.8's 1/16 per packet remembers ~16 packets (0.3 s); 1/8 per pair
-in 8 remembers ~64 (1.3 s, about the once-a-second sample) and averages ~15 pairs."""
+in 16 remembers ~128 (2.6 s) and averages ~15 pairs, so each once-a-second value is as close to
+exact A.8 as with 1 in 8 (1/4 per pair would average ~7 and stray ~40 % further)."""
 MAX_DROPOUT = 3000
 """RFC 3550 A.1: a forward jump below this is a gap (loss), not a restart."""
 MAX_MISORDER = 100
@@ -343,7 +346,7 @@ class Leg:
     __slots__ = (
         "direction", "rtp_src", "srtp", "pt_map", "last_rx_s", "rx_next", "audio_pt", "inspect",
         "slot", "masking", "is_alaw", "xlate", "seq_offset", "peer", "rtp_dest", "feedback", "endpoint",
-        "rx_ssrc", "rx_pair_seq", "rx_transit", "rx_jitter", "clock_hz",
+        "rx_ssrc", "rx_pair_seq", "rx_transit", "rx_jitter", "clock_hz", "rx_pairs",
         "call", "name", "media", "strict", "te_pt", "capturing", "always",
         "rtcp_dest", "rtcp_src", "sdp_rtp", "sdp_rtcp", "held", "mask_slot",
         "te_receiver", "feedback_pos", "rx_lost", "rx_bad_seq", "rx_lost_reported", "rx_sampled_s",
@@ -418,6 +421,8 @@ class Leg:
         """Sequence number that completes the jitter pair (-1: none open)."""
         self.rx_jitter = 0.0
         """A.8 interarrival jitter in clock units."""
+        self.rx_pairs = 0
+        """Jitter pairs taken in the current stream, counted up to the warm-up's end only."""
         self.rx_lost_reported = 0
         self.rx_sampled_s: float | None = None
         """`last_rx_s` when the jitter was last sampled (unchanged since: the stream is idle)."""
@@ -475,6 +480,9 @@ class Relay:
         self._jitter_mask = jitter_every - 1
         self._jitter_gain = 1.0 / 16 if jitter_every <= 2 else JITTER_PAIR_GAIN
         """jitter_every 1 or 2: every packet completes a pair, exactly A.8."""
+        self._jitter_warmup = 0 if jitter_every <= 2 else round(1.0 / JITTER_PAIR_GAIN)
+        """Sampled pairs: the first ones are averaged (gain 1/n), so a new stream's estimate does not
+        ramp up from 0 over its first seconds (A.8's own ramp is 16 packets, 0.3 s)."""
         self.calls: dict[str, RelayCall] = {}
         self._events: deque[Any] = deque(maxlen=MAX_QUEUED_EVENTS)
         self._slot_legs: dict[int, Leg] = {}
@@ -1163,6 +1171,7 @@ class Relay:
         leg.rx_bad_seq = -1
         leg.rx_pair_seq = -1
         leg.rx_jitter = 0.0
+        leg.rx_pairs = 0
         leg.rx_lost_reported = 0
 
     def _sequence_jump(self, leg: Leg, seq: int) -> None:
@@ -1189,7 +1198,11 @@ class Relay:
         if seq == leg.rx_pair_seq:
             # Timestamps wrap at 2^32: D is the difference mod 2^32, taken around zero.
             d = (transit - leg.rx_transit + 2147483648.0) % 4294967296.0 - 2147483648.0
-            leg.rx_jitter += (abs(d) - leg.rx_jitter) * self._jitter_gain
+            if leg.rx_pairs < self._jitter_warmup:
+                leg.rx_pairs += 1
+                leg.rx_jitter += (abs(d) - leg.rx_jitter) / leg.rx_pairs
+            else:
+                leg.rx_jitter += (abs(d) - leg.rx_jitter) * self._jitter_gain
         leg.rx_transit = transit
         leg.rx_pair_seq = (seq + 1) & 0xFFFF
 

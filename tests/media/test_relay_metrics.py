@@ -108,7 +108,7 @@ def test_interarrival_jitter_is_exactly_rfc3550_when_every_pair_is_taken() -> No
 
 
 def test_sampled_jitter_estimates_the_same_rfc3550_value() -> None:
-    """One pair in 8 (the default): the same D, so the same mean; each value within the noise."""
+    """One pair in 16 (the default): the same D, so the same mean; each value within the noise."""
     relay, call = make()
     n = 5000
     arrivals, stamps = jittery_stream(relay, call.caller, n, seed=4)
@@ -121,6 +121,20 @@ def test_sampled_jitter_estimates_the_same_rfc3550_value() -> None:
     assert np.mean(ours) == pytest.approx(np.mean(ref), rel=0.05)
     # Both are noisy estimates of E|D| (A.8 averages ~31 packets, the sampled one ~15 pairs).
     assert np.mean(np.abs(np.array(ours) / np.array(ref) - 1)) < 0.25
+
+
+def test_default_jitter_takes_one_pair_in_sixteen() -> None:
+    """The estimate moves only when a pair closes: on sequence numbers 16k + 1, nowhere else."""
+    relay, call = make()
+    arrivals, stamps = jittery_stream(relay, call.caller, 200, seed=7)
+    moved = []
+    for i in range(200):
+        before = call.caller.rx_jitter
+        relay.receive_rtp(call.caller, pkt(i, ts=int(stamps[i])), CALLER_SDP, float(arrivals[i]))
+        if call.caller.rx_jitter != before:
+            moved.append(i)
+    assert moved and all(i % 16 == 1 for i in moved)
+    assert len(moved) >= 10
 
 
 def test_sampled_jitter_sees_every_other_packet_late() -> None:
