@@ -220,7 +220,8 @@ def _block_features(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     x = np.asarray(blocks, dtype=np.float64)
     proj = x @ _BASIS
-    p = proj[:, :8] ** 2 + proj[:, 8:] ** 2  # ~ (amplitude * 20)^2 per frequency
+    np.square(proj, out=proj)
+    p = proj[:, :8] + proj[:, 8:]  # ~ (amplitude * 20)^2 per frequency
     feats = np.empty((len(x), _N_FEATURES))
     energy = feats[:, _ENERGY]
     energy[:] = (x * x).sum(axis=1)  # int16 squares: exact in float64 in any summation order
@@ -578,8 +579,11 @@ class MaskerBank:
         grow("_hist_feats", (WINDOW_BLOCKS, _N_FEATURES), np.float64)
         # ... and the loose flags of the two blocks before it and of its four.
         grow("_hist_flags", (_HISTORY_BLOCKS + BLOCKS_PER_PACKET,), bool)
-        grow("_pre_confirmed", (_KNOWN_WINDOWS,), bool)
-        grow("_pre_tone", (HANGOVER_BLOCKS + 1,), bool)
+        # Windows known from the last call, then the tone state of the blocks -2..0: one array,
+        # so `process` reads and writes both with one gather and one scatter.
+        grow("_tone_state", (_KNOWN_WINDOWS + HANGOVER_BLOCKS + 1,), bool)
+        self._pre_confirmed = self._tone_state[:, :_KNOWN_WINDOWS]
+        self._pre_tone = self._tone_state[:, _KNOWN_WINDOWS:]
         grow("_held_levels", (BLOCKS_PER_PACKET,), np.float64)
         grow("_level", (), np.float64)
         grow("_filler_level", (), np.float64)
@@ -598,7 +602,7 @@ class MaskerBank:
                 self._alloc(self._cap * 2)
             slot = self._n_slots
             self._n_slots += 1
-        for name in ("_held", "_hist_feats", "_hist_flags", "_pre_confirmed", "_pre_tone", "_held_levels",
+        for name in ("_held", "_hist_feats", "_hist_flags", "_tone_state", "_held_levels",
                      "_filler_level", "_n_in", "_held_valid", "_capture"):
             getattr(self, name)[slot] = 0
         self._level[slot] = _UNTRACKED
@@ -697,31 +701,38 @@ class MaskerBank:
         # the windows starting at b-4 .. b+1: those at -4..0 are known from the last
         # call, those at 1..4 (held blocks 1-3 and this packet's 0-2) are new.
         win_feats = np.concatenate([self._hist_feats[slots], feats[:, :WINDOW_BLOCKS]], axis=1)
+        tone_state = self._tone_state[slots]
+        near_tone = bool(tone_state.any())
         if k <= _SCALAR_GATE_ROWS and not _may_confirm(win_feats):
             new_confirmed = np.zeros((k, _WINDOWS_PER_CALL), dtype=bool)
         else:
             new_confirmed = _confirm(win_feats, lambda rows: np.concatenate(
                 [self._held[slots[rows]], frames[rows]], axis=1), 1)  # the held packet, then this one
-        confirmed = np.concatenate([self._pre_confirmed[slots], new_confirmed], axis=1)
+            near_tone = near_tone or bool(new_confirmed.any())
         all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
-        pre_tone = self._pre_tone[slots]
-        if confirmed.any() or pre_tone.any():
-            tone = _tone_run(pre_tone, confirmed, _holds(win_feats[:, :BLOCKS_PER_PACKET]))
+        if near_tone:
+            confirmed = np.concatenate([tone_state[:, :_KNOWN_WINDOWS], new_confirmed], axis=1)
+            tone = _tone_run(tone_state[:, _KNOWN_WINDOWS:], confirmed, _holds(win_feats[:, :BLOCKS_PER_PACKET]))
             la_mask = _window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
-        else:  # no tone anywhere near: the common case in speech
-            tone = np.zeros((k, HANGOVER_BLOCKS + 1 + BLOCKS_PER_PACKET), dtype=bool)
-            la_mask = tone[:, :BLOCKS_PER_PACKET]
+            new_state = np.concatenate([confirmed[:, BLOCKS_PER_PACKET:], tone[:, BLOCKS_PER_PACKET:]], axis=1)
+        else:  # no tone anywhere near, nothing confirmed: the common case in speech
+            la_mask = np.zeros((k, BLOCKS_PER_PACKET), dtype=bool)
+            new_state = False
         if direct_mask.any():  # direct rows: this packet, loose flags with hang-over only (no look-ahead)
             dm = _window_or(all_flags[:, BLOCKS_PER_PACKET:], HANGOVER_BLOCKS, 0) & direct_mask[:, None]
             block_mask = np.where(delayed[:, None], la_mask, dm)
-        else:
+            changed = block_mask.any(axis=1) | filler
+        elif near_tone:
             block_mask = la_mask & delayed[:, None]
-        changed = block_mask.any(axis=1) | filler
+            changed = block_mask.any(axis=1) | filler
+        else:  # only filler rows change
+            block_mask = la_mask
+            changed = filler
 
         n_in = self._n_in[slots]
         out = np.where(delayed[:, None], self._held[slots], frames)
-        rows = np.flatnonzero(changed)
-        if len(rows):
+        if changed.any():
+            rows = np.flatnonzero(changed)
             base = np.where(delayed, n_in - PACKET_SAMPLES, n_in)[rows]
             idx = base[:, None] + np.arange(PACKET_SAMPLES)[None, :]
             blk_levels = np.where(delayed[rows, None], self._held_levels[slots[rows]], levels[rows])
@@ -740,8 +751,7 @@ class MaskerBank:
         self._level[slots] = level
         self._hist_feats[slots] = feats[:, BLOCKS_PER_PACKET - WINDOW_BLOCKS:]
         self._hist_flags[slots] = all_flags[:, BLOCKS_PER_PACKET:]
-        self._pre_confirmed[slots] = confirmed[:, BLOCKS_PER_PACKET:]
-        self._pre_tone[slots] = tone[:, BLOCKS_PER_PACKET:]
+        self._tone_state[slots] = new_state
         self._held_levels[slots] = levels
         self._held[slots] = frames
         self._n_in[slots] = n_in + PACKET_SAMPLES
