@@ -588,9 +588,8 @@ class MaskerBank:
         grow("_level", (), np.float64)
         grow("_filler_level", (), np.float64)
         grow("_n_in", (), np.int64)
-        grow("_held_valid", (), bool)
-        grow("_capture", (), bool)
-        grow("_always", (), bool)
+        grow("_switches", (3,), bool)  # held_valid, capture, always: one gather in `process`
+        self._held_valid, self._capture, self._always = (self._switches[:, i] for i in range(3))
         self._cap = cap
 
     def add_stream(self, mask_always: bool = False) -> int:
@@ -644,7 +643,7 @@ class MaskerBank:
         self._check(slot)
         if not self._held_valid[slot]:
             return None
-        if not (self._hist_flags[slot].any() or self._pre_confirmed[slot].any() or self._pre_tone[slot].any()
+        if not (np.count_nonzero(self._hist_flags[slot]) or np.count_nonzero(self._tone_state[slot])
                 or _may_confirm(self._hist_feats[slot][None])):  # nothing flagged, no tone: nothing masked
             self._held_valid[slot] = False
             self._filler_level[slot] = self._level[slot]
@@ -691,24 +690,24 @@ class MaskerBank:
                 levels[:, j] = level
                 level = _track(level, power[:, j], flags[:, j])
 
-        capture = self._capture[slots]
-        held_valid = self._held_valid[slots]
+        switches = self._switches[slots]
+        held_valid, capture, always = switches[:, 0], switches[:, 1], switches[:, 2]
         delayed = capture & held_valid
         filler = capture & ~held_valid
-        direct_mask = ~capture & self._always[slots]
+        direct_mask = always & ~capture
 
         # Blocks numbered from the held packet's first = 0. A held block b is masked by
         # the windows starting at b-4 .. b+1: those at -4..0 are known from the last
         # call, those at 1..4 (held blocks 1-3 and this packet's 0-2) are new.
         win_feats = np.concatenate([self._hist_feats[slots], feats[:, :WINDOW_BLOCKS]], axis=1)
         tone_state = self._tone_state[slots]
-        near_tone = bool(tone_state.any())
+        near_tone = bool(np.count_nonzero(tone_state))  # count_nonzero: cheaper than .any() on small arrays
         if k <= _SCALAR_GATE_ROWS and not _may_confirm(win_feats):
             new_confirmed = np.zeros((k, _WINDOWS_PER_CALL), dtype=bool)
         else:
             new_confirmed = _confirm(win_feats, lambda rows: np.concatenate(
                 [self._held[slots[rows]], frames[rows]], axis=1), 1)  # the held packet, then this one
-            near_tone = near_tone or bool(new_confirmed.any())
+            near_tone = near_tone or bool(np.count_nonzero(new_confirmed))
         all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
         if near_tone:
             confirmed = np.concatenate([tone_state[:, :_KNOWN_WINDOWS], new_confirmed], axis=1)
@@ -718,7 +717,7 @@ class MaskerBank:
         else:  # no tone anywhere near, nothing confirmed: the common case in speech
             la_mask = np.zeros((k, BLOCKS_PER_PACKET), dtype=bool)
             new_state = False
-        if direct_mask.any():  # direct rows: this packet, loose flags with hang-over only (no look-ahead)
+        if np.count_nonzero(direct_mask):  # direct rows: this packet, loose flags with hang-over only (no look-ahead)
             dm = _window_or(all_flags[:, BLOCKS_PER_PACKET:], HANGOVER_BLOCKS, 0) & direct_mask[:, None]
             block_mask = np.where(delayed[:, None], la_mask, dm)
             changed = block_mask.any(axis=1) | filler
@@ -731,7 +730,7 @@ class MaskerBank:
 
         n_in = self._n_in[slots]
         out = np.where(delayed[:, None], self._held[slots], frames)
-        if changed.any():
+        if np.count_nonzero(changed):
             rows = np.flatnonzero(changed)
             base = np.where(delayed, n_in - PACKET_SAMPLES, n_in)[rows]
             idx = base[:, None] + np.arange(PACKET_SAMPLES)[None, :]
