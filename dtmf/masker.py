@@ -270,6 +270,8 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     lines_max = np.maximum(np.maximum(l0, l1), l2)
     confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., _LINES] >= _PREFILTER * MIXED_CONCENTRATION * e)
                  & (lines_min >= _STEADY * lines_max))
+    if not np.count_nonzero(confirmed):  # the common case outside tones
+        return confirmed
     flat = confirmed.reshape(-1, n)
     rows, starts = np.nonzero(flat)
     if len(rows):
@@ -729,7 +731,10 @@ class MaskerBank:
             changed = filler
 
         n_in = self._n_in[slots]
-        out = np.where(delayed[:, None], self._held[slots], frames)
+        if np.count_nonzero(delayed) == k:  # every row in capture, past its filler
+            out = self._held[slots]
+        else:
+            out = np.where(delayed[:, None], self._held[slots], frames)
         if np.count_nonzero(changed):
             rows = np.flatnonzero(changed)
             base = np.where(delayed, n_in - PACKET_SAMPLES, n_in)[rows]
