@@ -291,7 +291,7 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     return confirmed
 
 
-_SCALAR_GATE_ROWS = 8
+_SCALAR_GATE_ROWS = 12
 """Up to this many rows `_may_confirm` checks the cheap window test on Python floats."""
 
 
@@ -317,8 +317,9 @@ def _track(level: np.ndarray | float, power: np.ndarray | float, flag: np.ndarra
     return np.where(flag, level, new)
 
 
-_SCALAR_TRACK_ROWS = 32
-"""Up to this many rows the tracker runs on Python floats: four numpy calls per block cost more."""
+_SCALAR_TRACK_ROWS = 16
+"""Up to this many rows the tracker runs on Python floats: four numpy calls per block cost more
+(break-even near 20 rows)."""
 
 
 def _track_rows(level: list[float], power: list[list[float]], flag: list[list[bool]]) -> tuple[np.ndarray, np.ndarray]:
