@@ -152,7 +152,8 @@ class Gateway:
         ports = tuple((kind, addr[1]) for kind, addr in self.sip.addresses.items())
         local_host = config.sip.public_address or listen.host
         self.b2bua = B2bua(B2buaConfig(next_hop=hop.uri, local_host=local_host, local_ports=ports,
-                                       limits=limits, dialog_source_check=config.sip.dialog_source_check),
+                                       limits=limits, dialog_source_check=config.sip.dialog_source_check,
+                                       srtp_allowed=config.media.srtp != "off"),
                            self.media)
         self.sip.core = self.b2bua
         self._watchdog = loop.create_task(self._watch_calls())

@@ -206,6 +206,8 @@ class B2buaConfig:
     user_agent: str = "Tonewall"
     dialog_source_check: bool = True
     """Accept in-dialog requests only from the host each leg's dialog was set up with (else 481)."""
+    srtp_allowed: bool = True
+    """False (config `media.srtp = "off"`): an offer of SRTP (RTP/SAVP) is refused with 488."""
 
 
 class _Leg(Enum):
@@ -560,6 +562,8 @@ class B2bua:
                 offer = remote_audio(parse_sdp(req.body))
                 if not any(c.name in ("PCMU", "PCMA") for c in offer.codecs):
                     raise NotAcceptable("SDP offer has no acceptable codec")
+                if offer.secure and not self.config.srtp_allowed:
+                    raise NotAcceptable("SRTP refused by policy")
             except NotAcceptable as exc:
                 self._respond(key, req, 488, now)
                 self._events.append(MessageRejected(str(exc), 488))

@@ -235,6 +235,17 @@ def test_srtp_on_caller_leg_only():
     assert caller_leg.srtp is not None and caller_leg.srtp.remote_key_b64 == KEY and agent_leg.srtp is None
 
 
+def test_srtp_offer_refused_when_srtp_is_off():
+    extra = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
+    net = Net(B2buaConfig(next_hop="sip:pbx.example.com:5080", srtp_allowed=False))
+    out = net.send(request("INVITE", body=sdp(40000, proto="RTP/SAVP", extra=extra)))
+    assert statuses(out, CALLER)[-1] == 488
+    assert not [m for m, p in out if p != CALLER]  # nothing reaches the agent
+    assert not net.media.opened
+    out = net.send(request("INVITE", branch="z9hG4bKplain", call_id="plain", body=sdp(40002)))
+    assert [m for m, p in out if p != CALLER and isinstance(m, SipRequest) and m.method == "INVITE"]
+
+
 def test_srtp_on_agent_leg_only():
     net = Net(B2buaConfig(next_hop="sips:pbx.example.com", agent_srtp_suite="AES_CM_128_HMAC_SHA1_32"))
     out = net.send(request("INVITE", body=sdp(40000)))
