@@ -777,12 +777,11 @@ class Relay:
                     leg.seq_offset += 1
                     self.stats.captured += 1
                     return None
-        elif leg.feedback is not None and pt == leg.audio_pt:
+        elif pt == leg.audio_pt:
             if leg.xlate is not None:
                 data = data[:start] + data[start:end].translate(leg.xlate) + data[end:]
-            data = self._splice_feedback(leg, data, start, end)
-        elif leg.xlate is not None and pt == leg.audio_pt:
-            data = data[:start] + data[start:end].translate(leg.xlate) + data[end:]
+            if leg.feedback is not None:
+                data = self._splice_feedback(leg, data, start, end)
         if out_pt != pt:
             data = b"%c%c" % (data[0], (b1 & 0x80) | out_pt) + data[2:]
         if leg.seq_offset:
