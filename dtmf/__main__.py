@@ -33,6 +33,9 @@ DEFAULT_MASK_MODE = MaskMode.FLAT
 """The gateway's `[capture] mask_mode` default: `mask` masks as a capture does."""
 CHUNK_S = 8.0
 """Seconds of audio per processing step: bounds memory whatever the file length."""
+MAX_RATE_HZ = 384_000
+"""Highest rate `decode` resamples: the anti-alias filter grows with the rate (a header claiming
+4 GHz would otherwise cost gigabytes of filter taps for a file of a few samples)."""
 
 _WAVE_FORMAT_PCM = 0x0001
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
@@ -111,10 +114,14 @@ def read_wav(path: str) -> WavData:
         raise InputError(f"{path}: has {_describe_format(tag, bits)} samples, need 16-bit PCM")
     if channels != 1:
         raise InputError(f"{path}: has {channels} channels, need mono")
-    if bits != 16 or block_align != 2:
+    if bits != 16:
         raise InputError(f"{path}: has {bits}-bit samples, need 16-bit PCM")
+    if block_align != 2:
+        raise InputError(f"{path}: block align {block_align} does not match mono 16-bit PCM (2)")
     if rate <= 0:
         raise InputError(f"{path}: invalid sample rate")
+    if rate > MAX_RATE_HZ:
+        raise InputError(f"{path}: sample rate {rate} Hz is above {MAX_RATE_HZ} Hz")
     return WavData(path, rate, data_at, data_len // 2)
 
 
