@@ -22,7 +22,7 @@ from gateway.b2bua import CallEnded, InfoDtmfReceived
 from gateway.capture.machine import CardEntryConfig, parse_fields
 from gateway.capture.service import CaptureService
 from gateway.config import Config
-from gateway.media.relay import InBandDigitDetected, TelephoneEventDetected
+from gateway.media.relay import InBandDigitDetected, InBandDigitEnded, TelephoneEventDetected, TelephoneEventEnded
 from gateway.metrics import LoopLagMonitor, MetricSpec, build_registry, start_metrics_server
 from gateway.stats import SLOW_BOUNDS_S, Histogram
 from gateway.tokenize.tokenizer import Tokenizer
@@ -215,6 +215,10 @@ class CaptureExtension:
                 service.on_digit(event.call_id, event.digit, "inband", now)
             elif isinstance(event, TelephoneEventDetected) and event.digit is not None:
                 service.on_digit(event.call_id, event.digit, "rfc4733", now)
+            elif isinstance(event, InBandDigitEnded):
+                service.on_key_released(event.call_id, "inband", now)
+            elif isinstance(event, TelephoneEventEnded):
+                service.on_key_released(event.call_id, "rfc4733", now)
 
         def on_call(event: Any) -> None:
             if isinstance(event, InfoDtmfReceived):

@@ -185,6 +185,8 @@ class CaptureService:
         """call_id -> capture_id of the capture that takes the caller's keys."""
         self._mask_holders: dict[str, set[str]] = {}
         self._last_digit: dict[str, tuple[str, str, float]] = {}
+        self._keys_down: dict[str, set[str]] = {}
+        """Per call, the methods (inband, rfc4733) whose key is still held: masking never ends under a held key."""
         self._timer: asyncio.TimerHandle | None = None
         self.stats = CaptureStats()
 
@@ -302,6 +304,8 @@ class CaptureService:
         """A caller key from any path; a key seen in-band and as RFC 4733 close together counts once."""
         if method not in DIGIT_METHODS:
             raise ValueError("unknown DTMF method")
+        if method != "info":  # INFO carries no key-up: its key is instantaneous
+            self._keys_down.setdefault(call_id, set()).add(method)
         if call_id in self._mask_holders:
             for capture_id in self._mask_holders[call_id]:
                 self._captures[capture_id].last_key_mono = now
@@ -327,6 +331,23 @@ class CaptureService:
         self._handle(capture, events, now)
         self._arm()
 
+    def on_key_released(self, call_id: str, method: str, now: float) -> None:
+        """A held key came up (tone ended, RFC 4733 end): the keypad-quiet time counts from here.
+
+        A key held past the end of a capture would otherwise reach the agent once the
+        quiet time, counted from the key's start, ran out under it.
+        """
+        down = self._keys_down.get(call_id)
+        if down is None or method not in down:
+            return
+        down.discard(method)
+        if not down:
+            del self._keys_down[call_id]
+        for capture_id in self._mask_holders.get(call_id, ()):
+            capture = self._captures[capture_id]
+            capture.last_key_mono = max(now, capture.last_key_mono or now)
+        self._arm()
+
     def on_call_ended(self, call_id: str) -> None:
         """The call is gone: an entry in progress fails; masking for the call is released."""
         now = self._now()
@@ -341,6 +362,7 @@ class CaptureService:
             if capture.view.call_id == call_id and capture.call_ended_mono is None:
                 capture.call_ended_mono = now
         self._last_digit.pop(call_id, None)
+        self._keys_down.pop(call_id, None)
         self._arm()
 
     @property
@@ -404,8 +426,8 @@ class CaptureService:
     # internals
 
     def _mask_release_at(self, capture: _Capture) -> float | None:
-        if capture.ended_mono is None:
-            return None
+        if capture.ended_mono is None or capture.view.call_id in self._keys_down:
+            return None  # capture on, or a key still held: mask on
         quiet_from = max(capture.ended_mono, capture.last_key_mono or capture.ended_mono)
         return quiet_from + self._mask_quiet_s
 

@@ -80,6 +80,10 @@ async def until_ended(service: CaptureService, capture_id: str, timeout_s: float
 
 def key_all(service: CaptureService, call_id: str, keys: str, clock: Clock, method: str = "inband",
             step_s: float = 0.3) -> None:
+    """Each key pressed for 80 ms (its key-up reported as the gateway does), `step_s` apart."""
     for key in keys:
-        clock.now += step_s
+        clock.now += step_s - 0.08
         service.on_digit(call_id, key, method, clock.now)
+        clock.now += 0.08
+        if method != "info":
+            service.on_key_released(call_id, method, clock.now)

@@ -53,12 +53,52 @@ async def test_mask_held_until_keypad_quiet(world):
     assert service.capture_active("call-1")
     clock.now += 1.5
     service.on_digit("call-1", "#", "rfc4733", clock.now)  # a stray '#' after the end: still masked
-    service.tick(clock.now + 1.9)
+    service.on_key_released("call-1", "rfc4733", clock.now + 0.1)
+    service.tick(clock.now + 2.0)
     assert masking.on["call-1"] and service.capture_active("call-1")
-    clock.now += 2.0
+    clock.now += 2.1
     assert service.get_timer() == pytest.approx(clock.now)
     service.tick(clock.now)
     assert masking.on["call-1"] is False and not service.capture_active("call-1")
+
+
+@pytest.mark.parametrize("method", ["inband", "rfc4733"])
+async def test_mask_held_while_the_last_key_is_held(world, method):
+    """A key held past the capture's end (the CVV completing at full length) stays masked until 2 s after key-up."""
+    service, calls, masking, clock, *_ = world
+    view = await service.start("call-1", [], actor="alice")
+    key_all(service, "call-1", CARD_KEYS[:-2], clock, method=method)  # ... "12", the CVV's last key not yet
+    clock.now += 0.3
+    service.on_digit("call-1", "3", method, clock.now)  # completes the CVV at full length, and stays down
+    await until_ended(service, view.capture_id)
+    assert service.get(view.capture_id).state == "tokenized"
+    held_from = clock.now
+    for _ in range(10):  # 10 s of one key held: never released under it
+        clock.now += 1.0
+        service.tick(clock.now)
+        assert service.get_timer() is None or service.get_timer() > clock.now
+    assert masking.on["call-1"] and service.capture_active("call-1")
+    service.on_key_released("call-1", "info" if method == "inband" else "inband", clock.now)  # not the held one
+    service.tick(clock.now + 2.5)
+    assert service.capture_active("call-1")
+    service.on_key_released("call-1", method, clock.now)
+    assert clock.now - held_from >= 10.0
+    service.tick(clock.now + 1.9)
+    assert service.capture_active("call-1")
+    assert service.get_timer() == pytest.approx(clock.now + 2.0)
+    service.tick(clock.now + 2.0)
+    assert masking.on["call-1"] is False and not service.capture_active("call-1")
+
+
+async def test_call_end_releases_a_held_key(world):
+    service, calls, masking, clock, *_ = world
+    view = await service.start("call-1", [], actor="alice")
+    service.on_digit("call-1", "5", "rfc4733", clock.now)
+    await service.cancel(view.capture_id, actor="alice")
+    service.tick(clock.now + 30)
+    assert service.capture_active("call-1")
+    service.on_call_ended("call-1")
+    assert not service.capture_active("call-1")
 
 
 @pytest.mark.parametrize(
