@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from dtmf.__main__ import decode_events, read_wav  # noqa: E402
 from dtmf.detector import DigitEnded  # noqa: E402
-from dtmf.tones import DIGITS, DTMF_FREQS_HZ  # noqa: E402
+from dtmf.tones import DIGITS  # noqa: E402
 from tests.dtmf_battery.tape import (  # noqa: E402
     LAWS,
     Condition,
@@ -118,7 +117,8 @@ def run_table(reps: int, seed: int, folder: Path) -> tuple[list, float]:
 
 
 def print_table(rows: list) -> None:
-    head = f"{'rule':<10} {'condition':<52} {'expect':<6} {'tones':>5}  {'tonewall lin / mu / A':<22}  {'spandsp lin / mu / A':<22} verdict"
+    head = (f"{'rule':<10} {'condition':<52} {'expect':<6} {'tones':>5}  {'tonewall lin / mu / A':<22}  "
+            f"{'spandsp lin / mu / A':<22} verdict")
     print(head)
     print("-" * len(head))
     totals = {"tonewall": [0, 0], "spandsp": [0, 0]}
@@ -138,8 +138,9 @@ def print_table(rows: list) -> None:
                     if r is not None:
                         totals[name][0] += r.n_right
                         totals[name][1] += len(r.tones)
+        ours_s, theirs_s = (" ".join(_cell(r, cond.expect) for r in rs) for rs in (ours, theirs))
         print(f"{rule:<10} {cond.name[:52]:<52} {cond.expect.value:<6} {n_tones:>5}  "
-              f"{' '.join(_cell(r, cond.expect) for r in ours):<22}  {' '.join(_cell(r, cond.expect) for r in theirs):<22} {verdict}")
+              f"{ours_s:<22}  {theirs_s:<22} {verdict}")
     print()
     for name, (right, n) in totals.items():
         if n:

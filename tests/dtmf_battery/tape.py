@@ -14,6 +14,7 @@ resampling rows), rendered linear or through a G.711 round trip, decoded by
 
 Levels are dBm0 per tone (`dtmf.tones`); twist is the high tone against the low
 one (negative: high weaker, "normal" twist); SNR is the pair's total power
+(or, on the rows that say so, the weaker tone's: data sheets' convention)
 against white noise over the whole 0-4 kHz band.
 """
 
@@ -371,7 +372,7 @@ def combined_conditions(keys: str) -> list[Condition]:
                     for k in keys)
                 name = f"combined twist {twist:+.0f} dB, low {'+-'[s_low < 0]}, high {'+-'[s_high < 0]}"
                 out.append(Condition(name, "combined", Expect.DETECT, tones, snr_db=15.0))
-                out.append(Condition(name + ", SNR vs weaker tone", "combined", Expect.DETECT, tones,
+                out.append(Condition(name + ", SNR re weaker", "combined", Expect.DETECT, tones,
                                      snr_db=15.0, snr_ref="weaker"))
     return out
 

@@ -49,10 +49,12 @@ def _tape_conditions() -> list[Condition]:
 CONDITIONS = _tape_conditions()
 
 _TWIST_REASON = ("twist beyond the Q.24 limit accepted: dtmf/detector.py NORMAL_TWIST_DB = 8.7, "
-                 "REVERSE_TWIST_DB = 4.7 (rule: reject beyond 8 / 4 dB; 8.5 and 4.5 dB are detected)")
+                 "REVERSE_TWIST_DB = 4.7; bisected (mu-law, 32 tones): every tone detected up to 8.37 dB "
+                 "normal / 4.53 dB reverse, none only past 8.70 / 4.72 dB (rule: reject beyond 8 / 4 dB)")
 _COMBINED_REASON = ("twist at the limit (-8 or +4 dB) with 15 dB white noise: the per-window twist estimate "
-                    "scatters past the 0.7 dB margin and breaks the 6-window run; 40-75 % of tones detected "
-                    "(SNR vs pair power), 97-100 % (SNR vs the weaker tone)")
+                    "scatters past the 0.7 dB margin and breaks the 6-window run; at 15 dB SNR every tone is "
+                    "detected only up to 7.57 dB normal / 3.88 dB reverse twist; 42-80 % of combined worst-case "
+                    "tones detected (SNR re pair power), 94-100 % (SNR re the weaker tone)")
 KNOWN_FAILURES: dict[str, str] = {
     "twist +4.5 dB": _TWIST_REASON,
     "twist -8.5 dB": _TWIST_REASON,
