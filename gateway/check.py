@@ -604,6 +604,9 @@ def check_data_dir_modes(data_dir: Path) -> list[CheckResult]:
     except OSError:
         return [_warn(dir_name, f"{data_dir} does not exist yet (created 0700 on first run)"),
                 _pass(key_name, "no data dir, no key files")]
+    if not stat.S_ISDIR(top.st_mode):
+        # os.walk of a file yields nothing: without this a file would pass as an owner-only dir
+        return [_fail(dir_name, f"{data_dir} is not a directory"), _pass(key_name, "no data dir, no key files")]
     dir_problems: list[tuple[Status, str]] = []
     key_problems: list[tuple[Status, str]] = []
     private = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -270,8 +271,8 @@ def _bool(value: Any) -> bool:
 
 
 def _positive_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError("expected a positive number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError("expected a positive finite number")
     return float(value)
 
 
@@ -429,35 +430,49 @@ FLAG_KEYS: dict[str, str] = {
 """DESIGN.md contract 2: the flags of `tonewall run` and the keys they override."""
 
 
+def _toml_path(raw: str) -> str:
+    """A TOML key path as dotted text: `sip . "listen"` -> `sip.listen`."""
+    return ".".join(part.strip().strip('"\'') for part in raw.split("."))
+
+
 def find_key_line(text: str, section: str, key: str, index: int | None = None) -> int | None:
     """1-based line of `key` inside `[section]` (or the index-th `[[section]]`) in TOML text.
 
     A line scanner, not a parser: it is only used to point at an error that tomllib
-    already accepted syntactically, so tables and `key =` lines are all it needs.
+    already accepted syntactically. It also finds keys written as dotted keys
+    (`sip.listen = ...`) or sub-tables (`[sip.extra]`); a key inside an inline table
+    (`sip = { listen = ... }`) points at the line that opens it, and a key that is
+    not in the text points at its section's header.
     """
+    target = f"{section}.{key}" if section and key else section or key
     current, seen = "", -1
-    header_line = None
+    fallback = None
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        m = re.match(r"^\[\[\s*([A-Za-z0-9_.\-]+)\s*\]\]", line)
+        m = re.match(r"^\[\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]", line) or re.match(
+            r"^\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]", line)
         if m:
-            current = m.group(1)
-            seen = seen + 1 if current == section else seen
-            if current == section and (index is None or seen == index):
-                header_line = header_line or lineno
+            current = _toml_path(m.group(1))
+            if line.startswith("[["):
+                seen = seen + 1 if current == section else seen
+            in_scope = index is None or (current == section and seen == index)
+            if current == target and index is None:
+                return lineno
+            if current == section and in_scope and fallback is None:
+                fallback = lineno
             continue
-        m = re.match(r"^\[\s*([A-Za-z0-9_.\-]+)\s*\]", line)
-        if m:
-            current = m.group(1)
-            if current == section:
-                header_line = header_line or lineno
+        if index is not None and (current != section or seen != index):
             continue
-        if current != section or (index is not None and seen != index):
+        m = re.match(r"^((?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)(?:\s*\.\s*(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+))*)\s*=",
+                     line)
+        if not m:
             continue
-        m = re.match(r'^("?)([A-Za-z0-9_\-]+)\1\s*=', line)
-        if m and m.group(2) == key:
+        full = _toml_path(f"{current}.{m.group(1)}" if current else m.group(1))
+        if full == target:
             return lineno
-    return header_line if key == "" else None
+        if fallback is None and section and (full == section or target.startswith(full + ".")):
+            fallback = lineno  # an inline table (or a dotted prefix) that holds the key
+    return fallback
 
 
 def _build_section(cls: type, values: dict[str, Any], fail: Callable[[str, str], ConfigError],
@@ -545,6 +560,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
         raise ConfigError(source, find_key_line(text, "", "routes"), "routes", "expected [[routes]] tables")
     for i, values in enumerate(raw_routes):
         fail = failer("routes", i)
+        if not isinstance(values, dict):
+            raise ConfigError(source, find_key_line(text, "", "routes"), f"routes[{i}]", "expected a [[routes]] table")
         if "match_user_prefix" not in values:
             raise ConfigError(source, find_key_line(text, "routes", "", i), f"routes[{i}]",
                               "match_user_prefix is required")
@@ -553,7 +570,31 @@ def load_config(path: str | os.PathLike[str] | None = None,
     config = Config(data_dir=base.get("data_dir", DEFAULT_DATA_DIR), routes=tuple(routes),
                     source=source, **built)
     _check_cross(config, text, source, env)
+    _check_ipv4_sip(config, text, source, overrides or {})
     return config
+
+
+IPV6_REASON = "IPv6 is not supported for SIP and media yet (calls would fail): use an IPv4 address"
+
+
+def _check_ipv4_sip(config: Config, text: str, source: str, overrides: dict[str, str]) -> None:
+    """Refuse IPv6 where the SIP and media path would take it: better at start than a silent failed call."""
+    flag_for = {v: k for k, v in FLAG_KEYS.items()}
+    sip = config.sip
+    hosts = [("sip.listen", sip.listen.host), ("sip.tls_listen", sip.tls_listen.host if sip.tls_listen else None),
+             ("sip.next_hop", sip.next_hop.host if sip.next_hop else None), ("sip.public_address", sip.public_address),
+             ("media.address", config.media.address)]
+    hosts += [(f"routes[{i}].next_hop", r.next_hop.host if r.next_hop else None) for i, r in enumerate(config.routes)]
+    for dotted, host in hosts:
+        if host is None or ":" not in host:
+            continue
+        if dotted in overrides:
+            raise ConfigError("command line", None, flag_for.get(dotted, dotted), IPV6_REASON)
+        section, _, key = dotted.partition(".")
+        index = None
+        if section.startswith("routes["):
+            index, section = int(section[7:-1]), "routes"
+        raise ConfigError(source, find_key_line(text, section, key, index), dotted, IPV6_REASON)
 
 
 def _check_cross(config: Config, text: str, source: str, env: dict[str, str]) -> None:

@@ -155,6 +155,8 @@ def load_or_create_dev_key(data_dir: str | os.PathLike[str]) -> ed25519.Ed25519P
     """The development signing key in DATA_DIR/keys, generated (0600) when absent."""
     path = Path(data_dir) / "keys" / DEV_KEY_NAME
     if not path.exists():
+        # The data dir is private (0700) whoever creates it first: `token issue` often runs before `run`.
+        Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         key = ed25519.Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -421,7 +423,15 @@ def issue_token_main(argv: Sequence[str] | None = None) -> int:
         parser.error("--agent is required for the agent role")
     if not 0 < args.ttl <= MAX_TTL_S:
         parser.error(f"--ttl must be between 1 and {MAX_TTL_S}")
-    key = load_or_create_dev_key(args.data_dir)
+    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+        print(f"tonewall token issue: the data dir {args.data_dir} is not a directory", file=sys.stderr)
+        return 1
+    try:
+        key = load_or_create_dev_key(args.data_dir)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        print(f"tonewall token issue: cannot use the data dir {args.data_dir}: {reason}", file=sys.stderr)
+        return 1
     token = issue_token(
         key,
         role=args.role,

@@ -291,7 +291,9 @@ async def _errors_middleware(request: web.Request, handler: Callable[[web.Reques
         reason = {404: "not found", 405: "method not allowed", 413: "body too large"}.get(
             exc.status, "request failed"
         )
-        return _error_body(exc.status, HTTP_ERROR_NAMES.get(exc.status, "error"), reason)
+        # RFC 9110 15.5.6: a 405 MUST list the target's methods in Allow
+        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return _error_body(exc.status, HTTP_ERROR_NAMES.get(exc.status, "error"), reason, kept)
     except asyncio.CancelledError:
         raise
     except Exception:
