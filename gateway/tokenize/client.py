@@ -109,6 +109,8 @@ class HttpsTokenizer:
             except (TokenizationUnavailable, TokenizationTimeout) as exc:
                 last = exc
                 if not exc.retryable:
+                    # Ops must see why (a bad certificate looks like an outage to the agent).
+                    log.warning("tokenization attempt %d failed: %s (not retried)", attempt + 1, exc.reason)
                     raise
                 log.warning("tokenization attempt %d failed: %s", attempt + 1, exc.reason)
             pause = min(backoff, deadline - loop.time())
