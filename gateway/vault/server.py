@@ -333,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = pki.issue_client_cert(args.data_dir, args.name, args.role)
         print(files.cert_path)
         return 0
+    # Stand-alone, the vault is its own process: the gateway's card-data rules apply to it too (no core
+    # dumps of decrypted PANs) and its log lines (PCI DSS 10.2.1.1: who read which token) must be written.
+    from gateway.app import configure_logging, disable_core_dumps
+
+    disable_core_dumps()
+    configure_logging()
     try:
         asyncio.run(run_vault(settings))
     except KeyboardInterrupt:
