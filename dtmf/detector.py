@@ -176,11 +176,23 @@ class _Analysis:
         self.reverse_twist = 10.0 ** (REVERSE_TWIST_DB / 10)
         self.min_pair_power = _dbm0_power(MIN_PAIR_LEVEL_DBM0)
         self.min_tone_power = _dbm0_power(MIN_TONE_LEVEL_DBM0)
+        # The gate's twist bounds as one column: hi >= lo * each, then one comparison.
+        self.gate_twist = np.array([[self.gate_normal_twist], [self.gate_reverse_twist]], dtype=np.float32)
+        # The exact checks as rows of one comparison (see DetectorBank._check): the same
+        # float32 (and, for the energy ratios, float64) operands as the checks written out.
+        self.check_floors = np.array([[self.min_tone_power], [self.min_tone_power], [self.min_pair_power]],
+                                     dtype=np.float32).astype(np.float64)
+        self.energy_ratios = np.array([[self.purity_per_energy], [self.coverage_per_energy]])
+        self.twist_ratios = np.array([[self.normal_twist], [-self.reverse_twist]], dtype=np.float32)
+        self.twist_signs = np.array([[1.0], [-1.0]], dtype=np.float32)
+        self.neg_freq_tol_rad = -self.freq_tol_rad.astype(np.float64)
 
 
 _ANALYSIS: dict[int, _Analysis] = {}
 _POWER_STEPS = 4096
-_BACK = np.arange(3)[:, None]  # the window, and the one and two before it
+_GROUP_BASE = np.array([[0], [4]])  # bin index of each group's first frequency
+_IM_ROWS = np.array([[[0]], [[8]]])  # row of the real, and of the imaginary part of a bin
+_CHECK_ROWS = 9  # rows of the check's comparison (see DetectorBank._check)
 
 # Float carry of each stream between calls (one row per slot, gathered and
 # scattered once per call).
@@ -214,6 +226,8 @@ class DetectorBank:
         self._n_busy = 0  # slots with a run of hits or a digit on
         self._work: dict[str, np.ndarray] = {}
         self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._window_history: dict[tuple[int, int], np.ndarray] = {}
+        self._rhs: dict[int, np.ndarray] = {}
         self._grow(capacity)
 
     @property
@@ -377,33 +391,56 @@ class DetectorBank:
                 self._held[slots, :left] = frames[:, n - left:]
             self._held_n[slots] = left
             self._n_held += k * ((left > 0) - (held > 0))
-        hits = self._analyse(slots, x, c)
+        found = self._analyse(slots, x, c)
         self._chunks[slots] += c
-        if hits is None:
-            if self._n_busy == 0 or not self._busy[slots].any():
+        # Only streams with a hit, a run or a digit on reach the state machine.
+        if found is None:
+            if self._n_busy == 0:
                 return []
-            hits = np.full((k, c), _NONE, dtype=np.int64)
+            rows = self._busy[slots].nonzero()[0]
+            if rows.size == 0:
+                return []
+            return self._advance(slots[rows], np.full((rows.size, c), _NONE, dtype=np.int64), c)
+        hit_windows, keys = found
+        if self._n_busy == 0:
+            on = np.zeros(k, dtype=np.bool_)
+        else:
+            on = self._busy[slots]
+        hit_streams = hit_windows // c
+        on[hit_streams] = True
+        rows = on.nonzero()[0]
+        hits = np.full((k, c), _NONE, dtype=np.int64)
+        hits.reshape(-1)[hit_windows] = keys
+        if rows.size < k:
+            return self._advance(slots[rows], hits[rows], c)
         return self._advance(slots, hits, c)
 
-    def _analyse(self, slots: np.ndarray, x: np.ndarray, c: int) -> np.ndarray | None:
-        """Hit key (0-15) or -1 for each (stream, window) closed by these chunks (None: no hit)."""
+    def _analyse(self, slots: np.ndarray, x: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Hit windows (flat stream * c + window indices) and their keys; None when no window hits."""
         an = self._an
         k = x.shape[0]
         kc = k * c
         chunks = x.reshape(kc, CHUNK_SAMPLES)
-        carry = self._carry.take(slots, axis=0, out=self._scratch("carry", (k, _CARRY_WIDTH)), mode="clip")
+        # The windows' DFT (16 rows) and the streams' carry share one flat array, so that
+        # the check gathers a window and the two before it in one take (see _check).
+        z_and_carry = self._scratch("z_and_carry", (16 * kc + k * _CARRY_WIDTH,))
+        z = z_and_carry[:16 * kc].reshape(16, kc)
+        carry = self._carry.take(slots, axis=0, out=z_and_carry[16 * kc:].reshape(k, _CARRY_WIDTH), mode="clip")
         # One matrix product over all chunks of all streams (32 rows: both window halves).
         halves = np.matmul(an.half_rows, chunks.T, out=self._scratch("halves", (32, kc)))
         opening, closing = halves[:16], halves[16:]
         # Window t of a stream = opening half of chunk t-1 + closing half of chunk t;
-        # the first one opens on the previous call's last chunk (the carry).
-        z = self._scratch("z", (16, kc))
-        np.add(opening[:, :-1], closing[:, 1:], out=z[:, 1:])
+        # the first one opens on the previous call's last chunk (the carry). The add runs
+        # over the flat rows (contiguous: several times faster than over the 2-D views);
+        # what it puts in each stream's first window is overwritten by the second add.
+        np.add(halves[:16].reshape(-1)[:-1], halves[16:].reshape(-1)[1:], out=z.reshape(-1)[1:])
         np.add(closing[:, ::c], carry[:, _CARRY_OPEN].T, out=z[:, ::c])
         sq = np.multiply(x, x, out=self._scratch("x2", x.shape))
-        # Chunk energies over the purity bound (see _Analysis.scaled_ones).
-        energy = np.matmul(sq.reshape(kc, CHUNK_SAMPLES), an.scaled_ones, out=self._scratch("energy", (kc,)))
-        e_sum = self._scratch("e_sum", (kc,))
+        # Window energies (row 0) and chunk energies (row 1), over the purity bound (see
+        # _Analysis.scaled_ones): one array, so that the check gathers both at once.
+        energies = self._scratch("energies", (2, kc))
+        e_sum, energy = energies
+        np.matmul(sq.reshape(kc, CHUNK_SAMPLES), an.scaled_ones, out=energy)
         np.add(energy[:-1], energy[1:], out=e_sum[1:])
         np.add(energy[::c], carry[:, _CARRY_ENERGY], out=e_sum[::c])
 
@@ -415,106 +452,121 @@ class DetectorBank:
         group_max = np.maximum.reduce(mag.reshape(2, 4, kc), axis=1, out=self._scratch("gmax", (2, kc)))
         pair_max = np.add(group_max[0], group_max[1], out=self._scratch("pair", (kc,)))
         floor = np.maximum(e_sum, an.gate_pair_mag, out=self._scratch("floor", (kc,)))
-        gate = np.greater_equal(pair_max, floor)
-        hits = None
-        if gate.any():
-            cand = np.flatnonzero(gate)
-            # Twist with slack for the roll-off correction, on the few windows left.
-            lo_max, hi_max = group_max[:, cand]
-            cand = cand[(hi_max >= lo_max * an.gate_normal_twist) & (hi_max <= lo_max * an.gate_reverse_twist)]
-            if cand.size:
-                hits = np.full(kc, _NONE, dtype=np.int64)
-                hits[cand] = self._check(cand, c, mag, z, carry, energy, e_sum)
-                hits = hits.reshape(k, c)
+        cand = np.greater_equal(pair_max, floor).nonzero()[0]
+        found = None
+        if cand.size:
+            # Twist with slack for the roll-off correction, on the few windows left. The
+            # slack (4 dB against a correction under 1 dB) also makes "<" as safe as "<=".
+            strongest = group_max[:, cand]
+            above = np.greater_equal(strongest[1], strongest[0] * an.gate_twist)
+            twisted = np.greater(above[0], above[1])
+            n_left = np.count_nonzero(twisted)
+            if n_left:
+                if n_left < cand.size:
+                    cand = cand[twisted]
+                    strongest = strongest[:, twisted]
+                found = self._check(cand, strongest, c, mag, z_and_carry, energies)
 
         # Carry to the next call: the last chunk's opening half and energy, the last two windows.
         new = self._scratch("carry_new", (k, _CARRY_WIDTH))
         new[:, _CARRY_OPEN] = opening[:, c - 1::c].T
         new[:, _CARRY_ENERGY] = energy[c - 1::c]
         if c >= 2:
-            new[:, _CARRY_HIST] = z.reshape(16, k, c)[:, :, c - 2:].transpose(1, 2, 0).reshape(k, 32)
+            np.copyto(new[:, _CARRY_HIST].reshape(k, 2, 16), z.reshape(16, k, c)[:, :, c - 2:].transpose(1, 2, 0))
         else:
             new[:, 17:33] = carry[:, 33:49]
             new[:, 33:49] = z.T
         self._carry[slots] = new
-        return hits
+        return found
 
-    def _check(self, cand: np.ndarray, c: int, mag: np.ndarray, z: np.ndarray, carry: np.ndarray,
-               energy: np.ndarray, e_sum: np.ndarray) -> np.ndarray:
-        """Full Q.24 checks on the windows that passed the gate; key or -1 for each."""
+    def _check(self, cand: np.ndarray, strongest: np.ndarray, c: int, mag: np.ndarray, z_and_carry: np.ndarray,
+               energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Full Q.24 checks on the windows that passed the gate: the hit windows and their keys."""
         an = self._an
-        kc = z.shape[1]
+        kc = mag.shape[1]
         n = cand.size
-        si, ti = np.divmod(cand, c)
         bins = mag[:, cand].reshape(2, 4, n).argmax(axis=1)  # strongest low and high bin
-        bins[1] += 4
+        freq_idx = bins + _GROUP_BASE
         # Re and im of the chosen bins in the window and the two before it, from this
-        # call's windows or the stream's carry: (re/im, low/high, window, n).
-        idx = bins[:, None, :] * kc + (cand - _BACK)
-        parts = z.take(np.stack([idx, idx + 8 * kc]), mode="clip")
-        outside = ti < _BACK
-        if outside.any():
-            hist = si * _CARRY_WIDTH + _CARRY_HIST.start + 16 * (ti + 2 - _BACK) + bins[:, None, :]
-            np.copyto(parts, carry.take(np.stack([hist, hist + 8]), mode="clip"), where=outside)
-        re, im = parts
+        # call's windows or the stream's carry, in one gather: (re/im, low/high, window, n).
+        where = self._window_history.get((kc, c))
+        if where is None:
+            where = self._window_history[(kc, c)] = _window_history(kc, c)
+        offset, stride = where[:, :, cand]
+        parts = z_and_carry.take((freq_idx + _IM_ROWS)[:, :, None, :] * stride + offset, mode="clip")
         # The phase advance of each bin over one hop, averaged over two hops
         # (angle of x0 x1* + x1 x2*), against the advance of a tone at the nominal
         # frequency, gives the tone's frequency offset.
-        outer_sum = parts[:, :, 0] + parts[:, :, 2]
-        outer_diff = parts[:, :, 0] - parts[:, :, 2]
-        cross_re = re[:, 1] * outer_sum[0] + im[:, 1] * outer_sum[1]
-        cross_im = re[:, 1] * outer_diff[1] - im[:, 1] * outer_diff[0]
-        phase = np.arctan2(cross_im, cross_re) - an.hop_phase[bins]
+        middle = parts[:, :, 1]
+        cross = middle * (parts[:, :, 0] + parts[:, :, 2])
+        cross_re = cross[0] + cross[1]
+        cross = middle * (parts[::-1, :, 0] - parts[::-1, :, 2])
+        cross_im = cross[0] - cross[1]
+        phase = np.arctan2(cross_im, cross_re) - an.hop_phase.take(freq_idx)
         phase = np.remainder(phase + np.pi, 2 * np.pi) - np.pi
-        # Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
-        ok = (np.abs(phase) <= an.freq_tol_rad[bins]).all(axis=0)
+        # Every check below is one row of lhs >= rhs, compared at once:
+        #   rows 0-2: each tone and the pair against the level floors;
+        #   rows 3-4: the pair against the purity and coverage bounds;
+        #   rows 5-6: -|offset| >= -tolerance (Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %);
+        #   rows 7-8: high >= low * normal twist, -high >= -low * reverse twist (Q.24: 8 dB, 4 dB).
+        lhs = self._scratch("lhs", (_CHECK_ROWS, n))
+        rhs = self._rhs.get(n)
+        if rhs is None:
+            if len(self._rhs) > 256:
+                self._rhs.clear()
+            rhs = self._rhs[n] = np.empty((_CHECK_ROWS, n))
+            rhs[0:3] = an.check_floors
+        np.abs(phase, out=lhs[5:7])
+        np.negative(lhs[5:7], out=lhs[5:7])
+        an.neg_freq_tol_rad.take(freq_idx, out=rhs[5:7])
         # Tone powers, corrected for the window's roll-off at the estimated offset.
         step = ((phase + np.pi) * an.power_steps_per_rad + 0.5).astype(np.intp)
-        p = mag.take(bins * kc + cand) * an.power_per_mag.take(step, mode="clip")
-        p_lo, p_hi = p
-        pair = p_lo + p_hi
-        # Q.24 twist: high tone up to 8 dB below or 4 dB above the low tone.
-        ok &= p_hi >= p_lo * an.normal_twist
-        ok &= p_hi <= p_lo * an.reverse_twist
-        ok &= pair >= an.min_pair_power
-        ok &= p.min(axis=0) >= an.min_tone_power
-        # Energies are stored over the purity bound (see _Analysis.scaled_ones).
-        window_energy = e_sum[cand]
-        e_close = energy[cand]
-        ok &= pair >= an.purity_per_energy * window_energy
-        ok &= pair >= an.coverage_per_energy * np.maximum(window_energy - e_close, e_close)
-        return np.where(ok, bins[0] * 4 + bins[1] - 4, _NONE)
+        p = np.multiply(strongest, an.power_per_mag.take(step, mode="clip"), out=lhs[0:2])
+        np.add(p[0], p[1], out=lhs[2:5])
+        np.multiply(p[1], an.twist_signs, out=lhs[7:9])
+        np.multiply(p[0], an.twist_ratios, out=rhs[7:9])
+        # Energies are stored over the purity bound (see _Analysis.scaled_ones): the
+        # window's (purity) and the louder of its two chunks' (coverage).
+        e = energies.take(cand, axis=1)
+        np.maximum(e[0] - e[1], e[1], out=e[1])
+        np.multiply(e, an.energy_ratios, out=rhs[3:5])
+        ok = np.greater_equal(lhs, rhs).all(axis=0)
+        hit = ok.nonzero()[0]
+        if hit.size == 0:
+            return None
+        if hit.size < n:
+            cand, bins = cand[hit], bins[:, hit]
+        return cand, bins[0] * 4 + bins[1]
 
     def _advance(self, slots: np.ndarray, hits: np.ndarray, c: int) -> list[DetectorEvent]:
-        """Run each stream's hit/miss state machine over its `c` new windows."""
+        """Run the hit/miss state machine of these streams (all busy or hit) over their `c` new windows."""
         sm = self._sm
-        # Streams with no hit, no run and no digit on have nothing to update.
-        busy = (hits >= 0).any(axis=1) | self._busy[slots]
-        if not busy.all():
-            slots, hits = slots[busy], hits[busy]
-            if slots.size == 0:
-                return []
         state = sm[slots]
         chunk0 = self._chunks[slots] - c
         if slots.size < self.vector_min_streams:
-            events = self._advance_each(slots, hits, state, chunk0)
-        else:
-            # Most of many streams see one value in every new window (the tone holds,
-            # the run grows, or nothing): updated in bulk; the rest window by window.
-            events = []
-            first = hits[:, 0]
-            uniform = (hits == first[:, None]).all(axis=1)
-            if uniform.any():
-                part = state[uniform]
-                self._advance_uniform(slots[uniform], first[uniform], part, chunk0[uniform], c, events)
-                state[uniform] = part
-            mixed = ~uniform
-            if mixed.any():
-                part = state[mixed]
-                few = np.count_nonzero(mixed) < self.vector_min_streams
-                advance = self._advance_each if few else self._advance_vector
-                events += advance(slots[mixed], hits[mixed], part, chunk0[mixed])
-                state[mixed] = part
+            events, busy, n_busy_change = self._advance_each(slots, hits, state, chunk0)
+            sm[slots] = state
+            self._busy[slots] = busy
+            self._n_busy += n_busy_change
+            return events
+        # Most of many streams see one value in every new window (the tone holds,
+        # the run grows, or nothing): updated in bulk; the rest window by window.
+        events = []
+        first = hits[:, 0]
+        uniform = (hits == first[:, None]).all(axis=1)
+        if uniform.any():
+            part = state[uniform]
+            self._advance_uniform(slots[uniform], first[uniform], part, chunk0[uniform], c, events)
+            state[uniform] = part
+        mixed = ~uniform
+        if mixed.any():
+            part = state[mixed]
+            few = np.count_nonzero(mixed) < self.vector_min_streams
+            if few:
+                events += self._advance_each(slots[mixed], hits[mixed], part, chunk0[mixed])[0]
+            else:
+                events += self._advance_vector(slots[mixed], hits[mixed], part, chunk0[mixed])
+            state[mixed] = part
         sm[slots] = state
         busy = (state[:, _RUN_CODE] >= 0) | (state[:, _ACTIVE] >= 0)
         self._n_busy += int(np.count_nonzero(busy)) - int(np.count_nonzero(self._busy[slots]))
@@ -565,12 +617,28 @@ class DetectorBank:
 
     @staticmethod
     def _advance_each(slots: np.ndarray, hits: np.ndarray, state: np.ndarray,
-                      chunk0: np.ndarray) -> list[DetectorEvent]:
-        """The state machine stream by stream in Python (cheaper for a few streams); updates `state`."""
+                      chunk0: np.ndarray) -> tuple[list[DetectorEvent], list[bool], int]:
+        """The state machine stream by stream in Python (cheaper for a few streams); updates `state`.
+
+        Returns the events, each stream's busy flag after the windows, and the change
+        in the number of busy streams.
+        """
         events: list[DetectorEvent] = []
         rows = state.tolist()
+        busy: list[bool] = []
+        n_busy_change = 0
         for slot, row, hit_row, chunk in zip(slots.tolist(), rows, hits.tolist(), chunk0.tolist()):
             run_code, run_len, run_first, active, active_start, last_hit, misses = row
+            n_busy_change -= run_code >= 0 or active >= 0
+            h = hit_row[0]
+            if h >= 0 and h == active == run_code and hit_row.count(h) == len(hit_row):
+                # The digit's tone holds in every new window: the run grows, nothing is decided.
+                run_len += len(hit_row)
+                last_hit, misses = chunk + len(hit_row) - 1, 0
+                row[1], row[5], row[6] = run_len, last_hit, misses
+                busy.append(True)
+                n_busy_change += 1
+                continue
             for h in hit_row:
                 if h < 0:
                     run_code, run_len = _NONE, 0
@@ -599,8 +667,11 @@ class DetectorBank:
                                                 (chunk + 1) * CHUNK_SAMPLES))
                 chunk += 1
             row[:] = run_code, run_len, run_first, active, active_start, last_hit, misses
+            on = run_code >= 0 or active >= 0
+            busy.append(on)
+            n_busy_change += on
         state[:] = rows
-        return events
+        return events, busy, n_busy_change
 
     @staticmethod
     def _advance_vector(slots: np.ndarray, hits: np.ndarray, state: np.ndarray,
@@ -671,6 +742,21 @@ class DetectorBank:
         state[:, _MISSES] = misses
         return events
 
+
+
+def _window_history(kc: int, c: int) -> np.ndarray:
+    """Where window t - w (w = 0, 1, 2) of each of the kc windows is in the flat z-and-carry array.
+
+    (offset, stride) for each w and window: the value of DFT row r is at offset + r * stride,
+    in the windows' rows (stride kc) or, before the stream's first new window, in its
+    carry (stride 1).
+    """
+    q = np.arange(kc)
+    s, t = np.divmod(q, c)
+    w = np.arange(3)[:, None]
+    inside = t >= w
+    in_carry = 16 * kc + s * _CARRY_WIDTH + _CARRY_HIST.start + 16 * (t - w + 2)
+    return np.stack([np.where(inside, q - w, in_carry), np.where(inside, kc, 1)])
 
 
 ONSET_BIAS_SAMPLES = 34
