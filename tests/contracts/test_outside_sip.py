@@ -172,7 +172,13 @@ class Rig:
 
     def __init__(self, tmp: Path) -> None:
         self.agent, self.caller = Wire(), Wire()
-        self.gw = GatewayProcess(tmp, next_hop_port=self.agent.port, rtp_ports=60).start()
+        for attempt in range(3):  # free ports are picked then bound: another job may take one in between
+            try:
+                self.gw = GatewayProcess(tmp / f"gw{attempt}", next_hop_port=self.agent.port, rtp_ports=60).start()
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
         self.addr = ("127.0.0.1", self.gw.sip_port)
         self.ruri = f"sip:1001@127.0.0.1:{self.gw.sip_port}"
 
