@@ -146,6 +146,27 @@ def print_table(rows: list) -> None:
         if n:
             print(f"right answers on scored rows (detect/reject), {name}: {right}/{n} = {100.0 * right / n:.1f} %")
     print(f"tonewall rows failing: {len(failed)}: {', '.join(failed) if failed else 'none'}")
+    print_timing(rows)
+
+
+def print_timing(rows: list) -> None:
+    """How far tonewall's reported start_ms and end_ms are from the tone edges, per rule (detect rows)."""
+    errs: dict[str, list[tuple[float, float]]] = {}
+    for rule, cond, cells in rows:
+        if cond.expect is not Expect.DETECT:
+            continue
+        for law in LAWS:
+            r = cells[law][0]
+            for t in r.tones if r is not None else ():
+                if t.got == t.placed.digit:
+                    (start, end), = t.spans_ms
+                    errs.setdefault(rule, []).append((start - t.placed.start_ms, end - t.placed.end_ms))
+    print("\ntonewall start_ms / end_ms minus the true tone edge (detect rows, tones reported right):")
+    print(f"  {'rule':<12} {'tones':>6} {'start p50':>10} {'|start| max':>12} {'end p50':>9} {'|end| max':>10}")
+    for rule, e in errs.items():
+        a = np.array(e)
+        print(f"  {rule:<12} {len(a):>6} {np.median(a[:, 0]):>+10.2f} {np.abs(a[:, 0]).max():>12.2f} "
+              f"{np.median(a[:, 1]):>+9.2f} {np.abs(a[:, 1]).max():>10.2f}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +267,14 @@ def boundaries(folder: Path, seed: int, reps: int = 2) -> list[tuple[str, str, f
          lambda v: detected_share([Condition("b", "b", Expect.DETECT, tuple(Tone(k) for k in keys), snr_db=v)],
                                   folder, seed),
          30.0, 0.0, 0.1, "accept 15 dB"),
+        ("DC offset, tones at -25 dBm0", "cnt",
+         lambda v: detected_share([Condition("b", "b", Expect.DETECT, tuple(Tone(k, level_dbm0=-25.0) for k in keys),
+                                             dc_offset=v)], folder, seed),
+         0.0, 3000.0, 5.0, "not in Q.24"),
+        ("DC offset, tones at -10 dBm0", "cnt",
+         lambda v: detected_share([Condition("b", "b", Expect.DETECT, tuple(Tone(k) for k in keys),
+                                             dc_offset=v)], folder, seed),
+         0.0, 12000.0, 5.0, "not in Q.24"),
     ]
 
     def pause_share(v: float) -> float:

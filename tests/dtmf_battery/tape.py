@@ -134,6 +134,8 @@ class ToneResult:
     placed: Placed
     got: str
     """The digits assigned to the tone, in order."""
+    spans_ms: tuple[tuple[float, float], ...] = ()
+    """The reported (start_ms, end_ms) of each of those digits."""
 
     @property
     def passed(self) -> bool:
@@ -269,6 +271,7 @@ def score(tape: Tape, detections: Iterable[Detection]) -> dict[str, ConditionRes
     for p in tape.placed:
         by_cond.setdefault(p.condition, []).append(p)
     got: dict[tuple[str, int], str] = {}
+    spans: dict[tuple[str, int], tuple[tuple[float, float], ...]] = {}
     false: dict[str, str] = {name: "" for name in tape.spans_ms}
     for d in detections:
         mid = (d.start_ms + d.end_ms) / 2
@@ -282,9 +285,10 @@ def score(tape: Tape, detections: Iterable[Detection]) -> dict[str, ConditionRes
             continue
         key = (name, by_cond[name][best].index)
         got[key] = got.get(key, "") + d.digit
+        spans[key] = spans.get(key, ()) + ((d.start_ms, d.end_ms),)
     return {
-        name: ConditionResult(name, tuple(ToneResult(p, got.get((name, p.index), "")) for p in by_cond[name]),
-                              false[name])
+        name: ConditionResult(name, tuple(ToneResult(p, got.get((name, p.index), ""), spans.get((name, p.index), ()))
+                                          for p in by_cond[name]), false[name])
         for name in tape.spans_ms
     }
 
@@ -393,9 +397,10 @@ def impairment_conditions(keys: str) -> list[Condition]:
     for delay in (20, 40, 60):
         out.append(Condition(f"echo -15 dB at {delay} ms", "impairment", Expect.DETECT,
                              tuple(Tone(k) for k in keys), echo=(float(delay), -15.0)))
-    for dc in (3000.0, -3000.0):
-        out.append(Condition(f"DC offset {dc:+.0f}", "impairment", Expect.DETECT, tuple(Tone(k) for k in keys),
-                             dc_offset=dc))
+    # A sound card's offset is a few hundred counts; Q.24 says nothing, but a DC blocker is one subtraction.
+    for dc, level in ((3000.0, -10.0), (-3000.0, -10.0), (300.0, -25.0), (1000.0, -25.0), (-1000.0, -25.0)):
+        out.append(Condition(f"DC offset {dc:+.0f}, tones at {level:.0f} dBm0", "impairment", Expect.DETECT,
+                             tuple(Tone(k, level_dbm0=level) for k in keys), dc_offset=dc))
     # +3 dBm0 per tone peaks at twice 16-bit full scale: about 6 dB of hard clipping.
     out.append(_isolated("clipped (+3 dBm0 per tone, ~6 dB over)", "impairment", Expect.DETECT, keys,
                          level_dbm0=3.0))
