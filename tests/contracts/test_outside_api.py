@@ -10,6 +10,7 @@ README tells clients to.
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import ssl
@@ -297,3 +298,24 @@ def test_metrics_endpoint_methods_and_paths(api):
     assert status == 200 and body == ""
     assert api.metrics("POST")[0] == 405
     assert api.metrics("GET", "/nothing")[0] == 404
+
+
+# ---- the call listing
+
+def test_call_listing_shape(api):
+    status, body = api.json("GET", "/v1/calls")
+    [call] = body["calls"]
+    assert set(call) == {"call_id", "agent", "caller", "state", "started_at"}, call
+    assert call["agent"] == AGENT and call["caller"] == "caller"  # user parts of the agent leg and the From URI
+    started = datetime.datetime.fromisoformat(call["started_at"])
+    assert started.tzinfo is not None
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()) < 600
+    assert all(isinstance(v, str) and v for v in call.values())
+
+
+@pytest.mark.xfail(strict=True, reason="gateway/extensions.py CallDirectory._info recomputes started_at on every "
+                   "request as time.time() - (loop.time() - call.started_at), so it moves by microseconds between "
+                   "two GETs; fix: take the wall-minus-loop offset once")
+def test_a_calls_started_at_does_not_move_between_requests(api):
+    seen = {api.json("GET", "/v1/calls")[1]["calls"][0]["started_at"] for _ in range(5)}
+    assert len(seen) == 1, seen
