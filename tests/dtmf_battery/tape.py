@@ -392,24 +392,24 @@ def sequence_conditions(keys: str) -> list[Condition]:
 
 def impairment_conditions(keys: str) -> list[Condition]:
     """Line impairments a gateway meets: drop-outs, echo, DC offset, clipping."""
-    out = [_isolated(f"dropout {d} ms mid-tone", "impairment", Expect.DETECT, keys, duration_ms=80.0,
+    out = [_isolated(f"dropout {d} ms mid-tone", "dropout", Expect.DETECT, keys, duration_ms=80.0,
                      dropout_ms=float(d)) for d in (5, 10)]
     for delay in (20, 40, 60):
-        out.append(Condition(f"echo -15 dB at {delay} ms", "impairment", Expect.DETECT,
+        out.append(Condition(f"echo -15 dB at {delay} ms", "echo", Expect.DETECT,
                              tuple(Tone(k) for k in keys), echo=(float(delay), -15.0)))
     # A sound card's offset is a few hundred counts; Q.24 says nothing, but a DC blocker is one subtraction.
     for dc, level in ((3000.0, -10.0), (-3000.0, -10.0), (300.0, -25.0), (1000.0, -25.0), (-1000.0, -25.0)):
-        out.append(Condition(f"DC offset {dc:+.0f}, tones at {level:.0f} dBm0", "impairment", Expect.DETECT,
+        out.append(Condition(f"DC offset {dc:+.0f}, tones at {level:.0f} dBm0", "dc offset", Expect.DETECT,
                              tuple(Tone(k, level_dbm0=level) for k in keys), dc_offset=dc))
     # +3 dBm0 per tone peaks at twice 16-bit full scale: about 6 dB of hard clipping.
-    out.append(_isolated("clipped (+3 dBm0 per tone, ~6 dB over)", "impairment", Expect.DETECT, keys,
+    out.append(_isolated("clipped (+3 dBm0 per tone, ~6 dB over)", "clipping", Expect.DETECT, keys,
                          level_dbm0=3.0))
     return out
 
 
 def echo_sequence_conditions(keys: str) -> list[Condition]:
     """Echo over a 40/40 keyed string: the echo eats the pause, so Q.24 says nothing (reported only)."""
-    return [Condition(f"echo -15 dB at {d} ms over 40/40 string", "impairment", Expect.EITHER,
+    return [Condition(f"echo -15 dB at {d} ms over 40/40 string", "echo", Expect.EITHER,
                       tuple(Tone(k, 40.0, gap_after_ms=40.0) for k in keys), echo=(float(d), -15.0))
             for d in (20, 40, 60)]
 

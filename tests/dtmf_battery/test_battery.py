@@ -12,6 +12,10 @@ so the marker gets removed); see KNOWN_FAILURES for what was measured.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -19,6 +23,7 @@ from dtmf.tones import DIGITS, DTMF_FREQS_HZ
 
 from .tape import (
     LAWS,
+    ROOT,
     Condition,
     Detection,
     Expect,
@@ -92,14 +97,29 @@ def tapes() -> dict[str, Tape]:
 
 
 @pytest.fixture(scope="module")
-def decoded(tapes, tmp_path_factory) -> dict[str, dict]:
-    """Each law's tape written as a WAV, decoded by the CLI once, scored per condition."""
+def raw(tapes, tmp_path_factory) -> dict[str, tuple[Path, list[Detection]]]:
+    """Each law's tape written as a WAV and decoded by the CLI once."""
     out = {}
     folder = tmp_path_factory.mktemp("battery")
     for law, tape in tapes.items():
         path = write_wav(folder / f"battery-{law}.wav", tape.pcm(law), tape.rate_hz)
-        out[law] = score(tape, cli_decode(path))
+        out[law] = (path, cli_decode(path))
     return out
+
+
+@pytest.fixture(scope="module")
+def decoded(tapes, raw) -> dict[str, dict]:
+    """Each law's CLI digits scored per condition."""
+    return {law: score(tapes[law], raw[law][1]) for law in LAWS}
+
+
+def test_plain_output_is_the_json_digits_on_one_line(raw) -> None:
+    path, detections = raw["PCMU"]
+    r = subprocess.run([sys.executable, "-m", "dtmf", "decode", str(path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert len(detections) > 1000
+    assert r.stdout == "".join(d.digit for d in detections) + "\n"
 
 
 @pytest.mark.parametrize("name", _params())
@@ -132,7 +152,8 @@ def test_reported_start_and_end_are_at_the_tone_edges(decoded, law: str) -> None
             (start, end), = t.spans_ms
             checked += 1
             if max(abs(start - t.placed.start_ms), abs(end - t.placed.end_ms)) > bound:
-                worst.append(f"{name} {t.placed.digit}: {start - t.placed.start_ms:+.2f}/{end - t.placed.end_ms:+.2f} ms")
+                err = f"{start - t.placed.start_ms:+.2f}/{end - t.placed.end_ms:+.2f} ms"
+                worst.append(f"{name} {t.placed.digit}: {err}")
     assert checked > 500
     assert worst == []
 
