@@ -170,8 +170,15 @@ class _Analysis:
         self.scaled_ones = np.full(CHUNK_SAMPLES, 1.0 / self.gate_purity, dtype=np.float32)
         self.purity_per_energy = PURITY_MIN * self.gate_purity / WINDOW_SAMPLES
         self.coverage_per_energy = COVERAGE_MIN * self.gate_purity / CHUNK_SAMPLES
-        self.gate_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + 4.0) / 10)
-        self.gate_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + 4.0) / 10)
+        # The gate's twist sees raw magnitudes: at offsets the frequency check accepts,
+        # the two tones' roll-off corrections differ by at most this ratio (~1 dB, from
+        # the table itself), plus 0.1 % for float rounding.
+        accepted_steps = np.abs(np.arange(_POWER_STEPS + 1) / self.power_steps_per_rad - np.pi) \
+            <= self.freq_tol_rad.max() + 2.0 / self.power_steps_per_rad
+        correction_ratio = float(self.power_per_mag[accepted_steps].max() / self.power_per_mag[accepted_steps].min())
+        twist_slack = correction_ratio * 1.001
+        self.gate_normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10) / twist_slack
+        self.gate_reverse_twist = 10.0 ** (REVERSE_TWIST_DB / 10) * twist_slack
         self.normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10)
         self.reverse_twist = 10.0 ** (REVERSE_TWIST_DB / 10)
         self.min_pair_power = _dbm0_power(MIN_PAIR_LEVEL_DBM0)
@@ -452,20 +459,8 @@ class DetectorBank:
         group_max = np.maximum.reduce(mag.reshape(2, 4, kc), axis=1, out=self._scratch("gmax", (2, kc)))
         pair_max = np.add(group_max[0], group_max[1], out=self._scratch("pair", (kc,)))
         floor = np.maximum(e_sum, an.gate_pair_mag, out=self._scratch("floor", (kc,)))
-        cand = np.greater_equal(pair_max, floor).nonzero()[0]
-        found = None
-        if cand.size:
-            # Twist with slack for the roll-off correction, on the few windows left. The
-            # slack (4 dB against a correction under 1 dB) also makes "<" as safe as "<=".
-            strongest = group_max[:, cand]
-            above = np.greater_equal(strongest[1], strongest[0] * an.gate_twist)
-            twisted = np.greater(above[0], above[1])
-            n_left = np.count_nonzero(twisted)
-            if n_left:
-                if n_left < cand.size:
-                    cand = cand[twisted]
-                    strongest = strongest[:, twisted]
-                found = self._check(cand, strongest, c, mag, z_and_carry, energies)
+        gated = self._gate(pair_max, floor, group_max)
+        found = None if gated is None else self._check(*gated, c, mag, z_and_carry, energies)
 
         # Carry to the next call: the last chunk's opening half and energy, the last two windows.
         new = self._scratch("carry_new", (k, _CARRY_WIDTH))
@@ -478,6 +473,24 @@ class DetectorBank:
             new[:, 33:49] = z.T
         self._carry[slots] = new
         return found
+
+    def _gate(self, pair_max: np.ndarray, floor: np.ndarray,
+              group_max: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Windows that may pass the exact checks, and their strongest bin per group (None: none)."""
+        cand = np.greater_equal(pair_max, floor).nonzero()[0]
+        if cand.size == 0:
+            return None
+        # Twist with slack for the roll-off correction, on the few windows left (the
+        # 0.1 % in the slack also makes "<" as safe as "<=").
+        strongest = group_max[:, cand]
+        above = np.greater_equal(strongest[1], strongest[0] * self._an.gate_twist)
+        twisted = np.greater(above[0], above[1])
+        n_left = np.count_nonzero(twisted)
+        if n_left == 0:
+            return None
+        if n_left < cand.size:
+            return cand[twisted], strongest[:, twisted]
+        return cand, strongest
 
     def _check(self, cand: np.ndarray, strongest: np.ndarray, c: int, mag: np.ndarray, z_and_carry: np.ndarray,
                energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -379,3 +379,42 @@ def test_key_changes_and_dropouts_give_the_same_events_in_any_frame(vector_min_s
         assert mine == alone
         total += len(alone)
     assert total >= 2 * 4 * n_streams
+
+
+class _UngatedBank(DetectorBank):
+    """Every window goes to the exact checks: the reference for the gate."""
+
+    def _gate(self, pair_max: np.ndarray, floor: np.ndarray,
+              group_max: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(pair_max.size), group_max
+
+
+def test_gate_passes_every_window_the_exact_checks_accept() -> None:
+    """Tones at the edges of the twist, offset and level limits, in noise: the gate drops no hit."""
+    rng = np.random.default_rng(31)
+    streams = []
+    for i in range(48):
+        digit = DIGITS[i % 16]
+        kw: dict[str, float] = {"level_dbm0": float(rng.uniform(-33, -3))}
+        kind = i % 4
+        if kind == 0:
+            kw["twist_db"] = float(rng.choice([-1, 1]) * rng.uniform(3.5, 10.0))
+        elif kind == 1:
+            group = "low" if rng.random() < 0.5 else "high"
+            kw[f"{group}_offset_pct"] = float(rng.choice([-1, 1]) * rng.uniform(1.5, 4.0))
+        elif kind == 2:
+            kw["twist_db"] = float(rng.uniform(-9.5, 5.5))
+            kw["high_offset_pct"] = float(rng.uniform(-3.0, 3.0))
+        samples, _, _ = placed_tone(digit, rng, duration_ms=float(rng.integers(25, 90)),
+                                    noise_snr_db=float(rng.uniform(6, 30)) if kind == 3 else None, **kw)
+        streams.append(np.pad(samples, (0, 2400))[:2400])
+    audio = np.stack(streams)
+    events = []
+    for bank in (DetectorBank(len(streams)), _UngatedBank(len(streams))):
+        slots = np.array([bank.add_stream() for _ in streams])
+        got = []
+        for pos in range(0, audio.shape[1], 160):
+            got += bank.process(slots, audio[:, pos:pos + 160])
+        events.append(got)
+    assert events[0] == events[1]
+    assert sum(isinstance(e, DigitDetected) for e in events[0]) >= 12
