@@ -24,8 +24,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "The token's role or agent may not do this",
         404: "No such call or capture",
         409: "A capture is already active on this call",
+        413: "Request body larger than 16 KiB",
+        415: "Request body is not application/json",
         422: "The capture was refused (e.g. the call's codec cannot be inspected)",
         429: "Rate limited; see Retry-After",
+        500: "The keys could not be re-read; the old ones stay in use",
     }
     return {str(code): _error_response(descriptions[code]) for code in codes}
 
@@ -101,7 +104,7 @@ def openapi_document() -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_errors(400, 401, 403, 404, 409, 422, 429),
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429),
                     },
                 }
             },
@@ -151,7 +154,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Re-read the token verification keys (admin, MFA)",
                     "responses": {
                         "200": _json("Status", "Reloaded"),
-                        **_errors(401, 403, 429),
+                        **_errors(401, 403, 429, 500),
                     },
                 }
             },

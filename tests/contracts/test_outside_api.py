@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -319,3 +320,22 @@ def test_call_listing_shape(api):
 def test_a_calls_started_at_does_not_move_between_requests(api):
     seen = {api.json("GET", "/v1/calls")[1]["calls"][0]["started_at"] for _ in range(5)}
     assert len(seen) == 1, seen
+
+
+def test_openapi_documents_what_the_api_answers(api):
+    """A client generated from /openapi.json must know every status the README lists for each route."""
+    status, doc = api.json("GET", "/openapi.json", token=None)
+    assert status == 200 and doc["openapi"].startswith("3.")
+    ops = {(method.upper(), re.sub(r"\{[^}]+\}", "X", path)): op
+           for path, item in doc["paths"].items() for method, op in item.items() if isinstance(op, dict)}
+    readme_errors = {400, 401, 403, 404, 409, 413, 415, 422, 429}
+    assert readme_errors <= {int(c) for c in ops[("POST", "/v1/calls/X/captures")]["responses"]}
+    assert "201" in ops[("POST", "/v1/calls/X/captures")]["responses"]
+    for (method, path), op in ops.items():
+        if path.startswith("/v1/admin"):
+            continue
+        assert method in ROUTES[path], (method, path)  # documented operations exist with that method
+        assert {"401", "403"} <= set(op["responses"]) or not path.startswith("/v1/"), (method, path)
+    for path, methods in ROUTES.items():
+        for method in methods - {"HEAD"}:
+            assert (method, path) in ops, (method, path)  # and every route is documented
