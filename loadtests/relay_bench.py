@@ -1,15 +1,19 @@
 """Relay benchmark: Tonewall (DTMF hook on) vs rtpengine (userspace) vs a bare uvloop relay.
 
     python3 loadtests/relay_bench.py --streams 100,500,1000 --duration 12 [--capture]
+    python3 loadtests/relay_bench.py verify-secure     # rtpengine-secure delays and silences DTMF
 
 Each stream is one call's caller->agent direction (every packet passes the DTMF
 hook in Tonewall). With --capture every Tonewall call is put in a secure capture
 after setup (masker with one packet of look-ahead on every caller leg): the added
 latency then includes the 20 ms hold. For each point and relay: start the relay in its own process,
 set up the calls (Tonewall/bare: JSON over stdin; rtpengine: ng offer/answer),
-run the load generator (loadtests/rtp_load.py) and read the relay's CPU time from
-/proc/<pid>/stat (all threads) over the measured window. A "direct" row (no relay)
-gives the generator+kernel floor for latency.
+run the load generator (loadtests/rtp_load.py; by default the sendmmsg/recvmmsg one,
+`--generator sockets` for the old socket-per-stream one) and read the relay's user and
+system CPU time from /proc/<pid>/stat (all threads) over the run. A "direct" row (no relay)
+gives the generator+kernel floor for latency. `rtpengine-secure` is rtpengine's leak-free
+DTMF configuration (issue 4's comparison): `block DTMF` on the caller with
+DTMF-security=silence, in-band DTMF detection and a 40 ms delay buffer.
 """
 
 from __future__ import annotations
@@ -45,11 +49,28 @@ def _relay_priority() -> None:
             pass
 
 
-def cpu_s(pid: int) -> float:
-    """utime + stime of a process (all threads), from /proc/<pid>/stat."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process (all threads) in seconds, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (all threads), from /proc/<pid>/stat."""
+    return sum(cpu_times(pid))
+
+
+def udp_drops(ports: set[int]) -> int:
+    """Datagrams the kernel dropped (receive buffer full) on the IPv4 UDP sockets bound to `ports`."""
+    total = 0
+    with open("/proc/net/udp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if int(parts[1].rsplit(":", 1)[1], 16) in ports:
+                total += int(parts[-1])
+    return total
 
 
 # ---- relay servers (run in a child process) -----------------------------------------
@@ -312,11 +333,23 @@ def bdecode(b: bytes, i: int = 0):
     return b[j + 1:j + 1 + n], j + 1 + n
 
 
+SECURE_DELAY_MS = 40
+"""rtpengine's delay buffer in the leak-free configuration (issue 4)."""
+SECURE_BLOCK = {"DTMF-security": "silence", "flags": ["detect DTMF"], "delay-buffer": SECURE_DELAY_MS}
+"""ng `block DTMF` keys for rtpengine 10.5's leak-free DTMF configuration on the caller's leg.
+The command sets the leg's whole block mode: "detect DTMF" must be repeated here (a block
+without it turns in-band detection off and tones pass, checked with verify-secure), and the
+delay buffer lets the silence cover the tone's onset that was decoded before detection fired."""
+
+
 class RtpEngine:
     """An rtpengine daemon in userspace (--table=-1) and an ng client for it."""
 
-    def __init__(self, port_low: int, port_high: int) -> None:
-        self.ng_port = 22222 + random.randint(0, 1000)
+    def __init__(self, port_low: int, port_high: int, secure: bool = False) -> None:
+        self.secure = secure
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # a port nobody holds now
+            probe.bind((HOST, 0))
+            self.ng_port = probe.getsockname()[1]
         self.proc = subprocess.Popen(
             ["rtpengine", "--table=-1", f"--interface={HOST}", f"--listen-ng={HOST}:{self.ng_port}",
              "--foreground", "--delete-delay=0", f"--port-min={port_low}", f"--port-max={port_high}",
@@ -325,12 +358,17 @@ class RtpEngine:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.settimeout(2.0)
         self.pid = self.proc.pid
-        for _ in range(50):
+        self.sock.settimeout(0.5)
+        for _ in range(40):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rtpengine exited with {self.proc.returncode}")
             try:
                 if self.command({"command": "ping"}).get("result") == b"pong":
+                    self.sock.settimeout(2.0)
                     return
             except (OSError, socket.timeout):
                 time.sleep(0.1)
+        self.close()
         raise RuntimeError("rtpengine did not answer ping")
 
     def command(self, msg: dict) -> dict:
@@ -364,6 +402,11 @@ class RtpEngine:
             r = self.command({"command": "answer", "sdp": self.sdp(a), "to-tag": "agent", **base})
             if r.get("result") != b"ok":
                 raise RuntimeError(f"rtpengine answer failed: {r}")
+            if self.secure:
+                b = self.command({"command": "block DTMF", "call-id": base["call-id"], "from-tag": "caller",
+                                  **SECURE_BLOCK})
+                if b.get("result") != b"ok":
+                    raise RuntimeError(f"rtpengine block DTMF failed: {b}")
             targets.append((HOST, self.media_port(r["sdp"])))  # the caller-facing port
         return targets
 
@@ -377,25 +420,114 @@ class RtpEngine:
         self.sock.close()
 
 
+def verify_secure(secure: bool, digit: str = "5", tone_ms: int = 100, packets: int = 150) -> dict:
+    """One call through rtpengine (plain or secure): is the output delayed, is the tone gone?
+
+    Sends `packets` PCMU packets at 20 ms: quiet packets carrying the send stamp (the bench
+    generator's encoding) and, from packet 50, a `tone_ms` DTMF tone at -10 dBm0. Returns the
+    one-way latency of the stamped packets (kernel receive timestamps), the digits the
+    project's detector finds in the output audio, and the 5 ms blocks of output that still
+    carry both of the digit's frequencies (each within 20 dB of the input tone's level).
+    """
+    import numpy as np
+
+    from dtmf.detector import DigitDetected, DtmfDetector
+    from dtmf.g711 import ulaw_decode, ulaw_encode
+    from dtmf.tones import DTMF_FREQS_HZ, dtmf_tone, to_int16
+    from mmsg import MmsgReceiver
+    from rtp_load import IDX_AT, IDX_NIBBLES, STAMP_AT, STAMP_NIBBLES, decode_nibbles, encode_nibbles
+
+    engine = RtpEngine(30000 + 200 * secure, 30199 + 200 * secure, secure=secure)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind((HOST, 0))
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind((HOST, 0))
+    rx.setblocking(False)
+    recv = MmsgReceiver(rx, batch=64, max_bytes=256)
+    s0, s1 = STAMP_AT - 12, STAMP_AT - 12 + STAMP_NIBBLES  # payload offsets
+    i0, i1 = IDX_AT - 12, IDX_AT - 12 + IDX_NIBBLES
+    out_audio: list[bytes] = []
+    lat_ns: list[int] = []
+    try:
+        port = engine.open_calls([tx.getsockname()], [rx.getsockname()])[0][1]
+        tone = ulaw_encode(to_int16(dtmf_tone(digit, tone_ms, -10.0))).tobytes()
+        tone_at = 50
+        tone_packets = -(-len(tone) // 160)
+        tone = tone + bytes([0xFF]) * (160 * tone_packets - len(tone))
+        t_start = time.monotonic()
+        for k in range(packets + 15):  # 15 more packet times drain the delay buffer
+            if k < packets:
+                if tone_at <= k < tone_at + tone_packets:
+                    body = tone[(k - tone_at) * 160:(k - tone_at + 1) * 160]
+                else:
+                    quiet = bytearray([0xFF]) * 160
+                    quiet[i0:i1] = encode_nibbles(np.array([k], dtype=np.uint64), IDX_NIBBLES)[0].tobytes()
+                    quiet[s0:s1] = encode_nibbles(np.array([time.time_ns()], dtype=np.uint64), STAMP_NIBBLES)[0].tobytes()
+                    body = bytes(quiet)
+                hdr = bytes([0x80, 0]) + k.to_bytes(2, "big") + (160 * k).to_bytes(4, "big") + b"\0\0\0\1"
+                tx.sendto(hdr + body, (HOST, port))
+            time.sleep(max(0.0, t_start + (k + 1) * 0.020 - time.monotonic()))
+            data, lens, rx_ns = recv.receive()
+            for row, n_bytes, t_rx in zip(data, lens, rx_ns):
+                p = row[12:n_bytes]
+                out_audio.append(p.tobytes())
+                if len(p) >= i1 and (p[s0:i1] >= 0xF0).all() and t_rx:
+                    lat = int(t_rx) - int(decode_nibbles(p[None, s0:s1])[0])
+                    if 0 <= lat < 10**10:  # not a stamp: a silenced packet (0xFF) decodes to 2**64 - 1
+                        lat_ns.append(lat)
+    finally:
+        engine.close()
+        tx.close()
+        rx.close()
+    pcm = ulaw_decode(np.frombuffer(b"".join(out_audio), np.uint8))
+    det = DtmfDetector()
+    events = det.process(pcm) + det.flush()
+    digits = "".join(e.digit for e in events if isinstance(e, DigitDetected))
+    low_hz, high_hz = DTMF_FREQS_HZ[digit]
+
+    def pair_level(x: np.ndarray) -> np.ndarray:
+        """Per 5 ms block, the weaker of the digit's two frequency components."""
+        blocks = x[:len(x) // 40 * 40].astype(np.float64).reshape(-1, 40)
+        t = np.arange(40) / 8000.0
+        return np.minimum(*(np.abs(blocks @ np.exp(-2j * np.pi * f * t)) for f in (low_hz, high_hz)))
+
+    threshold = np.median(pair_level(to_int16(dtmf_tone(digit, tone_ms, -10.0)))) / 10.0
+    lat = np.sort(np.array(lat_ns, dtype=np.float64)) / 1e6
+    return {"relay": "rtpengine-secure" if secure else "rtpengine", "digit_sent": digit, "tone_ms": tone_ms,
+            "packets_sent": packets, "packets_received": len(out_audio), "stamped_received": len(lat),
+            "latency_ms_p50": round(float(np.median(lat)), 2) if len(lat) else None,
+            "latency_ms_min": round(float(lat[0]), 2) if len(lat) else None,
+            "latency_ms_max": round(float(lat[-1]), 2) if len(lat) else None,
+            "digits_in_output": digits,
+            "tone_5ms_blocks_in_output": int(np.count_nonzero(pair_level(pcm) > threshold)),
+            "tone_5ms_blocks_in_input": tone_ms // 5}
+
+
 # ---- the benchmark ------------------------------------------------------------------
 
 
 def run_point(relay: str, n: int, duration_s: float, capture: bool = False,
-              relay_kw: dict | None = None) -> dict:
+              relay_kw: dict | None = None, generator: str = "mmsg") -> dict:
     import uvloop
 
-    from rtp_load import LoadGenerator
+    from rtp_load import LoadGenerator, MmsgLoadGenerator
 
-    gen = LoadGenerator(n)
-    callers = [s.getsockname() for s in gen.callers]
-    agents = [s.getsockname() for s in gen.agents]
+    if generator == "mmsg":
+        gen = MmsgLoadGenerator(n)
+        callers, agents = gen.callers, gen.agents
+        gen_rx_ports = {gen.agent_address[1]}
+    else:
+        gen = LoadGenerator(n)
+        callers = [s.getsockname() for s in gen.callers]
+        agents = [s.getsockname() for s in gen.agents]
+        gen_rx_ports = {a[1] for a in agents}
     proc = None
     engine = None
     try:
         if relay == "direct":
             targets, pid = agents, None
-        elif relay == "rtpengine":
-            engine = RtpEngine(10000, 10000 + 8 * n + 100)  # below the ephemeral range
+        elif relay in ("rtpengine", "rtpengine-secure"):
+            engine = RtpEngine(10000, 10000 + 8 * n + 100, secure=relay == "rtpengine-secure")
             targets, pid = engine.open_calls(callers, agents), engine.pid
         else:
             env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -408,14 +540,23 @@ def run_point(relay: str, n: int, duration_s: float, capture: bool = False,
             targets = [tuple(t) for t in json.loads(proc.stdout.readline())["targets"]]
             pid = proc.pid
         warmup_s = 2.0
-        cpu0 = cpu_s(pid) if pid else 0.0
+        u0, s0 = cpu_times(pid) if pid else (0.0, 0.0)
         t0 = time.monotonic()
-        result = uvloop.run(gen.run(targets, duration_s, warmup_s=warmup_s))
+        result = gen.run(targets, duration_s, warmup_s=warmup_s)
+        if asyncio.iscoroutine(result):
+            result = uvloop.run(result)
         # CPU over the whole run (warm-up included) against all packets sent.
-        cpu = (cpu_s(pid) - cpu0) if pid else float("nan")
+        u1, s1 = cpu_times(pid) if pid else (float("nan"), float("nan"))
+        ut, st = u1 - u0, s1 - s0
+        cpu = ut + st
+        mpkt = result["sent"] / 1e6
         result.update(relay=relay, wall_s=round(time.monotonic() - t0, 2), cpu_s=round(cpu, 3),
-                      cpu_s_per_mpkt=round(cpu / (result["sent"] / 1e6), 2) if pid else float("nan"),
-                      cpu_pct=round(100 * cpu / duration_s, 1) if pid else float("nan"))
+                      cpu_s_per_mpkt=round(cpu / mpkt, 2) if pid else float("nan"),
+                      utime_s_per_mpkt=round(ut / mpkt, 2) if pid else float("nan"),
+                      stime_s_per_mpkt=round(st / mpkt, 2) if pid else float("nan"),
+                      cpu_pct=round(100 * cpu / duration_s, 1) if pid else float("nan"),
+                      relay_rx_drops=udp_drops({t[1] for t in targets}) if pid else 0,
+                      gen_rx_drops=udp_drops(gen_rx_ports))
         if proc is not None:
             proc.stdin.close()
             extra = proc.stdout.readline()
@@ -434,10 +575,26 @@ def run_point(relay: str, n: int, duration_s: float, capture: bool = False,
         gen.close()
 
 
+
 def main() -> None:
     if len(sys.argv) >= 3 and sys.argv[1] == "serve":
         serve(sys.argv[2])
         return
+    if len(sys.argv) >= 2 and sys.argv[1] == "verify-secure":
+        ap = argparse.ArgumentParser(prog="relay_bench.py verify-secure", description=verify_secure.__doc__)
+        ap.add_argument("--digits", default="5,1,#", help="one call per digit, plain and secure")
+        ap.add_argument("--tone-ms", type=int, default=100)
+        args = ap.parse_args(sys.argv[2:])
+        ok = True
+        for d in args.digits.split(","):
+            for secure in (False, True):
+                r = verify_secure(secure, d, args.tone_ms)
+                if secure:
+                    r["ok"] = (not r["digits_in_output"] and r["tone_5ms_blocks_in_output"] == 0
+                               and (r["latency_ms_p50"] or 0) >= SECURE_DELAY_MS - 5)
+                    ok &= r["ok"]
+                print(json.dumps(r), flush=True)
+        sys.exit(0 if ok else 1)
     if len(sys.argv) >= 2 and sys.argv[1] == "core":
         ap = argparse.ArgumentParser(prog="relay_bench.py core", description=core_bench.__doc__)
         ap.add_argument("--streams", default="100,500,1000")
@@ -469,6 +626,9 @@ def main() -> None:
     ap.add_argument("--detect-batch-rows", type=int, default=None, help="Relay detect_batch_rows")
     ap.add_argument("--mask-window-ms", type=float, default=None, help="Relay mask_window_s, in ms")
     ap.add_argument("--mask-batch-rows", type=int, default=None, help="Relay mask_batch_rows")
+    ap.add_argument("--generator", choices=("mmsg", "sockets"), default="mmsg",
+                    help="mmsg: one sendmmsg socket and one recvmmsg socket (light); "
+                         "sockets: the old socket pair per stream (heavy, for comparison)")
     args = ap.parse_args()
     relay_kw = {"detect_window_s": args.detect_window_ms / 1e3 if args.detect_window_ms is not None else None,
                 "detect_batch_rows": args.detect_batch_rows,
@@ -477,20 +637,24 @@ def main() -> None:
     global RELAY_NICE
     RELAY_NICE = args.relay_nice
     relays = args.relays.split(",")
-    if "rtpengine" in relays and shutil.which("rtpengine") is None:
-        print("rtpengine not installed: skipping it", file=sys.stderr)
-        relays.remove("rtpengine")
-    print(f"{'relay':10} {'streams':>7} {'sent':>8} {'loss%':>7} {'p50us':>7} {'p99us':>7} {'p99.9us':>8} "
-          f"{'maxus':>8} {'cpu%':>6} {'cpu-s/Mpkt':>10} {'load1':>6}")
+    for name in ("rtpengine", "rtpengine-secure"):
+        if name in relays and shutil.which("rtpengine") is None:
+            print(f"rtpengine not installed: skipping {name}", file=sys.stderr)
+            relays.remove(name)
+    print(f"{'relay':16} {'streams':>7} {'sent':>8} {'loss%':>7} {'p50us':>8} {'p99us':>8} {'p99.9us':>9} "
+          f"{'maxus':>9} {'cpu%':>6} {'cpu-s/Mpkt':>10} {'usr':>6} {'sys':>6} {'gen%':>5} {'load1':>6}")
     for n in (int(x) for x in args.streams.split(",")):
         for relay in relays:
             load_before = os.getloadavg()[0]
-            r = run_point(relay, n, args.duration, capture=args.capture and relay.startswith("tonewall"),
-                          relay_kw=relay_kw)
+            capture = args.capture and relay.startswith("tonewall")
+            r = run_point(relay, n, args.duration, capture=capture, relay_kw=relay_kw, generator=args.generator)
             r["loadavg_1m_before"] = round(load_before, 2)
-            print(f"{relay:10} {n:7d} {r['sent']:8d} {r['loss_pct']:7.3f} {r['lat_p50_us']:7.1f} "
-                  f"{r['lat_p99_us']:7.1f} {r['lat_p999_us']:8.1f} {r['lat_max_us']:8.1f} "
-                  f"{r['cpu_pct']:6} {r['cpu_s_per_mpkt']:10} {load_before:6.2f}", flush=True)
+            r["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+            r["capture"] = capture
+            print(f"{relay:16} {n:7d} {r['sent']:8d} {r['loss_pct']:7.3f} {r['lat_p50_us']:8.1f} "
+                  f"{r['lat_p99_us']:8.1f} {r['lat_p999_us']:9.1f} {r['lat_max_us']:9.1f} "
+                  f"{r['cpu_pct']:6} {r['cpu_s_per_mpkt']:10} {r['utime_s_per_mpkt']:6} {r['stime_s_per_mpkt']:6} "
+                  f"{r.get('gen_cpu_pct', float('nan')):5} {load_before:6.2f}", flush=True)
             print("  " + json.dumps(r), file=sys.stderr, flush=True)
 
 
