@@ -182,13 +182,22 @@ class Rig:
         self.addr = ("127.0.0.1", self.gw.sip_port)
         self.ruri = f"sip:1001@127.0.0.1:{self.gw.sip_port}"
 
-    def offer(self, body: str, **kw) -> tuple[str, Msg | None]:
-        """Send an INVITE; the agent leg's INVITE (None if none came within a second)."""
+    def offer(self, body: str, *, refused: bool = False, **kw) -> tuple[str, Msg | None]:
+        """Send an INVITE; the agent leg's INVITE (None if none came).
+
+        With `refused`, first wait for the caller's final response: a forwarded INVITE
+        would have left before it, so a short look at the agent side then suffices.
+        """
         call_id = uuid.uuid4().hex
         self.caller.send(request("INVITE", self.ruri, self.caller, call_id=call_id, cseq=1, body=body, **kw),
                          self.addr)
-        out = self.agent.quiet(lambda m: m.method == "INVITE" and m.get("call-id") not in self._answered, 1.5)
+        if refused:
+            self.refusal = self.final(call_id)
+        out = self.agent.quiet(lambda m: m.method == "INVITE" and m.get("call-id") not in self._answered,
+                               0.3 if refused else 3.0)
         return call_id, (out[0] if out else None)
+
+    refusal: Msg | None = None
 
     _answered: set = set()
 
@@ -252,8 +261,8 @@ def test_pcma_only_offer_is_carried_as_pcma(rig):
     ("101", "a=rtpmap:101 telephone-event/8000"),
 ])
 def test_offers_with_only_uninspectable_codecs_get_488_and_no_agent_leg(rig, fmts, maps):
-    call_id, inv = rig.offer(sdp(40000, fmts, maps))
-    final = rig.final(call_id)
+    call_id, inv = rig.offer(sdp(40000, fmts, maps), refused=True)
+    final = rig.refusal
     assert final.status == 488, final.first  # RFC 3261 21.4.26 / RFC 3264 6: fail closed, nothing relayed
     rig.ack(call_id, final, 1)
     assert inv is None, "an INVITE reached the agent for a call the gateway cannot inspect"
@@ -353,7 +362,7 @@ def test_answer_keeps_every_offered_m_line(rig, order):
                    "accepted although the media path is IPv4-only; agent-to-caller packets are then dropped as "
                    "send errors until latching. Expected 488 with Warning 301 (RFC 3261 20.43)")
 def test_ipv6_media_offer_is_refused_cleanly(rig):
-    call_id, inv = rig.offer(sdp(40000, conn="IN IP6 ::1"))
+    call_id, inv = rig.offer(sdp(40000, conn="IN IP6 ::1"))  # today forwarded: waits for the agent's INVITE
     if inv is not None:
         final = rig.answer(call_id, inv, sdp(41000))
         if final.status == 200:
@@ -387,3 +396,53 @@ def test_the_gateway_still_relays_audio_after_all_of_the_above(rig):
     finally:
         crtp.close()
         artp.close()
+
+
+@pytest.mark.parametrize("extra, ctype, status, header", [
+    (("Require: 100rel",), "application/sdp", 420, ("unsupported", "100rel")),  # RFC 3261 8.2.2.3
+    (("Require: timer, x-foo",), "application/sdp", 420, ("unsupported", "x-foo")),
+    ((), "text/plain", 415, ("accept", "application/sdp")),  # RFC 3261 8.2.3
+    ((), "multipart/mixed;boundary=XX", 415, ("accept", "application/sdp")),
+])
+def test_invites_the_gateway_cannot_honour_are_refused_with_the_header_that_says_why(rig, extra, ctype, status,
+                                                                                    header):
+    body = sdp(40000)
+    if ctype.startswith("multipart"):  # SIP-T style: SDP plus ISUP (RFC 5621 bodies are not handled)
+        body = f"--XX\r\nContent-Type: application/sdp\r\n\r\n{body}\r\n--XX--\r\n"
+    call_id, inv = rig.offer(body, extra=extra, ctype=ctype, refused=True)
+    final = rig.refusal
+    rig.ack(call_id, final, 1)
+    assert inv is None and final.status == status, final.first
+    assert header[1] in (final.get(header[0]) or ""), final.raw
+
+
+def test_max_forwards_zero_is_483(rig):
+    call_id = uuid.uuid4().hex
+    msg = request("INVITE", rig.ruri, rig.caller, call_id=call_id, cseq=1, body=sdp(40000))
+    rig.caller.send(msg.replace("Max-Forwards: 70", "Max-Forwards: 0"), rig.addr)
+    final = rig.final(call_id)
+    rig.ack(call_id, final, 1)
+    assert final.status == 483  # RFC 3261 16.3 / 8.2.2
+
+
+def test_agent_answers_without_sdp_or_busy(rig):
+    """An agent 200 with no answer is ACKed and hung up, the caller told; a 486 reaches the caller and is ACKed."""
+    call_id, inv = rig.offer(sdp(40000))
+    assert inv is not None
+    rig._answered.add(inv.get("call-id"))
+    rig.agent.send(response(inv, 200, "OK", contact=f"<sip:1001@127.0.0.1:{rig.agent.port}>"), top_via_addr(inv))
+    agent_leg = inv.get("call-id")
+    rig.agent.expect(lambda m: m.method == "ACK" and m.get("call-id") == agent_leg)  # RFC 3261 13.2.2.4
+    bye = rig.agent.expect(lambda m: m.method == "BYE" and m.get("call-id") == agent_leg)
+    rig.agent.send(response(bye, 200, "OK"), top_via_addr(bye))
+    final = rig.final(call_id)
+    rig.ack(call_id, final, 1)
+    assert 400 <= final.status < 600, final.first
+
+    call_id, inv = rig.offer(sdp(40000))
+    rig._answered.add(inv.get("call-id"))
+    rig.agent.send(response(inv, 486, "Busy Here"), top_via_addr(inv))
+    final = rig.final(call_id)
+    rig.ack(call_id, final, 1)
+    assert final.status == 486
+    rig.agent.expect(lambda m: m.method == "ACK" and m.get("call-id") == inv.get("call-id"))  # RFC 3261 17.1.1.3
