@@ -214,6 +214,57 @@ _SM_WIDTH = 7
 _SM_FRESH = np.array([_NONE, 0, 0, _NONE, 0, _NONE, 0], dtype=np.int64)
 
 
+class _Plan:
+    """The work arrays of one call shape (k streams, c chunks each) and their views, made once.
+
+    Views of the bank's shared scratch buffers: building the ~30 views costs more than
+    the arithmetic on some of them.
+    """
+
+    def __init__(self, bank: DetectorBank, k: int, c: int) -> None:
+        kc = k * c
+        self.x = bank._scratch("x", (k, c * CHUNK_SAMPLES))
+        self.chunks_t = self.x.reshape(kc, CHUNK_SAMPLES).T
+        self.sq = bank._scratch("x2", (k, c * CHUNK_SAMPLES))
+        self.sq_chunks = self.sq.reshape(kc, CHUNK_SAMPLES)
+        # The windows' DFT (16 rows) and the streams' carry share one flat array, so that
+        # the check gathers a window and the two before it in one take (see _check).
+        self.z_and_carry = bank._scratch("z_and_carry", (16 * kc + k * _CARRY_WIDTH,))
+        self.z = self.z_and_carry[:16 * kc].reshape(16, kc)
+        self.carry = self.z_and_carry[16 * kc:].reshape(k, _CARRY_WIDTH)
+        self.halves = bank._scratch("halves", (32, kc))
+        opening, closing = self.halves[:16], self.halves[16:]
+        self.opening_flat = opening.reshape(-1)[:-1]
+        self.closing_flat = closing.reshape(-1)[1:]
+        self.z_flat = self.z.reshape(-1)[1:]
+        self.first_closing = closing[:, ::c]
+        self.carry_opening = self.carry[:, _CARRY_OPEN].T
+        self.z_first = self.z[:, ::c]
+        self.energies = bank._scratch("energies", (2, kc))
+        e_sum, energy = self.energies
+        self.e_sum, self.energy = e_sum, energy
+        self.energy_prev, self.energy_next, self.e_sum_next = energy[:-1], energy[1:], e_sum[1:]
+        self.energy_first, self.e_sum_first = energy[::c], e_sum[::c]
+        self.carry_energy = self.carry[:, _CARRY_ENERGY]
+        self.zz = bank._scratch("zz", (16, kc))
+        self.zz_re, self.zz_im = self.zz[:8], self.zz[8:]
+        self.mag = bank._scratch("mag", (8, kc))
+        self.mag_groups = self.mag.reshape(2, 4, kc)
+        self.group_max = bank._scratch("gmax", (2, kc))
+        self.pair_max = bank._scratch("pair", (kc,))
+        self.floor = bank._scratch("floor", (kc,))
+        # Carry to the next call: the last chunk's opening half and energy, the last two windows.
+        self.new = bank._scratch("carry_new", (k, _CARRY_WIDTH))
+        self.new_opening, self.last_opening = self.new[:, _CARRY_OPEN], opening[:, c - 1::c].T
+        self.new_energy, self.last_energy = self.new[:, _CARRY_ENERGY], energy[c - 1::c]
+        if c >= 2:
+            self.new_hist = self.new[:, _CARRY_HIST].reshape(k, 2, 16)
+            self.last_windows = self.z.reshape(16, k, c)[:, :, c - 2:].transpose(1, 2, 0)
+        else:
+            self.new_hist = self.new[:, _CARRY_HIST]
+            self.last_windows = None
+
+
 class DetectorBank:
     """DTMF receivers for many streams, advanced together by one numpy pass per call."""
 
@@ -234,6 +285,7 @@ class DetectorBank:
         self._work: dict[str, np.ndarray] = {}
         self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._window_history: dict[tuple[int, int], np.ndarray] = {}
+        self._plans: dict[tuple[int, int], _Plan] = {}
         self._rhs: dict[int, np.ndarray] = {}
         self._grow(capacity)
 
@@ -369,6 +421,7 @@ class DetectorBank:
             buf = np.empty(max(size, 0 if buf is None else 2 * buf.size), dtype=np.float32)
             self._work[name] = buf
             self._views.clear()
+            self._plans.clear()
         if len(self._views) > 512:
             self._views.clear()
         view = self._views[(name, shape)] = buf[:size].reshape(shape)
@@ -388,8 +441,13 @@ class DetectorBank:
             return []
         k = slots.size
         left = total - c * CHUNK_SAMPLES
+        plan = self._plans.get((k, c))
+        if plan is None:
+            if len(self._plans) > 512:
+                self._plans.clear()
+            plan = self._plans[(k, c)] = _Plan(self, k, c)
         # x: the held samples, then the new ones up to the last complete chunk, as float32.
-        x = self._scratch("x", (k, c * CHUNK_SAMPLES))
+        x = plan.x
         if held:
             x[:, :held] = self._held[slots, :held]
         x[:, held:] = frames[:, :n - left]
@@ -398,7 +456,7 @@ class DetectorBank:
                 self._held[slots, :left] = frames[:, n - left:]
             self._held_n[slots] = left
             self._n_held += k * ((left > 0) - (held > 0))
-        found = self._analyse(slots, x, c)
+        found = self._analyse(slots, plan, c)
         self._chunks[slots] += c
         # Only streams with a hit, a run or a digit on reach the state machine.
         if found is None:
@@ -422,56 +480,45 @@ class DetectorBank:
             return self._advance(slots[rows], hits[rows], c)
         return self._advance(slots, hits, c)
 
-    def _analyse(self, slots: np.ndarray, x: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def _analyse(self, slots: np.ndarray, w: _Plan, c: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Hit windows (flat stream * c + window indices) and their keys; None when no window hits."""
         an = self._an
-        k = x.shape[0]
-        kc = k * c
-        chunks = x.reshape(kc, CHUNK_SAMPLES)
-        # The windows' DFT (16 rows) and the streams' carry share one flat array, so that
-        # the check gathers a window and the two before it in one take (see _check).
-        z_and_carry = self._scratch("z_and_carry", (16 * kc + k * _CARRY_WIDTH,))
-        z = z_and_carry[:16 * kc].reshape(16, kc)
-        carry = self._carry.take(slots, axis=0, out=z_and_carry[16 * kc:].reshape(k, _CARRY_WIDTH), mode="clip")
+        self._carry.take(slots, axis=0, out=w.carry, mode="clip")
         # One matrix product over all chunks of all streams (32 rows: both window halves).
-        halves = np.matmul(an.half_rows, chunks.T, out=self._scratch("halves", (32, kc)))
-        opening, closing = halves[:16], halves[16:]
+        np.matmul(an.half_rows, w.chunks_t, out=w.halves)
         # Window t of a stream = opening half of chunk t-1 + closing half of chunk t;
         # the first one opens on the previous call's last chunk (the carry). The add runs
         # over the flat rows (contiguous: several times faster than over the 2-D views);
         # what it puts in each stream's first window is overwritten by the second add.
-        np.add(halves[:16].reshape(-1)[:-1], halves[16:].reshape(-1)[1:], out=z.reshape(-1)[1:])
-        np.add(closing[:, ::c], carry[:, _CARRY_OPEN].T, out=z[:, ::c])
-        sq = np.multiply(x, x, out=self._scratch("x2", x.shape))
+        np.add(w.opening_flat, w.closing_flat, out=w.z_flat)
+        np.add(w.first_closing, w.carry_opening, out=w.z_first)
+        np.multiply(w.x, w.x, out=w.sq)
         # Window energies (row 0) and chunk energies (row 1), over the purity bound (see
         # _Analysis.scaled_ones): one array, so that the check gathers both at once.
-        energies = self._scratch("energies", (2, kc))
-        e_sum, energy = energies
-        np.matmul(sq.reshape(kc, CHUNK_SAMPLES), an.scaled_ones, out=energy)
-        np.add(energy[:-1], energy[1:], out=e_sum[1:])
-        np.add(energy[::c], carry[:, _CARRY_ENERGY], out=e_sum[::c])
+        np.matmul(w.sq_chunks, an.scaled_ones, out=w.energy)
+        np.add(w.energy_prev, w.energy_next, out=w.e_sum_next)
+        np.add(w.energy_first, w.carry_energy, out=w.e_sum_first)
 
         # Cheap gate over every window, implied by the exact checks: the pair cannot
         # beat the strongest bin of each group, so a window whose two strongest bins
         # miss the level floor or the purity bound cannot pass them.
-        zz = np.multiply(z, z, out=self._scratch("zz", (16, kc)))
-        mag = np.add(zz[:8], zz[8:], out=self._scratch("mag", (8, kc)))
-        group_max = np.maximum.reduce(mag.reshape(2, 4, kc), axis=1, out=self._scratch("gmax", (2, kc)))
-        pair_max = np.add(group_max[0], group_max[1], out=self._scratch("pair", (kc,)))
-        floor = np.maximum(e_sum, an.gate_pair_mag, out=self._scratch("floor", (kc,)))
-        gated = self._gate(pair_max, floor, group_max)
-        found = None if gated is None else self._check(*gated, c, mag, z_and_carry, energies)
+        np.multiply(w.z, w.z, out=w.zz)
+        np.add(w.zz_re, w.zz_im, out=w.mag)
+        np.maximum.reduce(w.mag_groups, axis=1, out=w.group_max)
+        np.add(w.group_max[0], w.group_max[1], out=w.pair_max)
+        np.maximum(w.e_sum, an.gate_pair_mag, out=w.floor)
+        gated = self._gate(w.pair_max, w.floor, w.group_max)
+        found = None if gated is None else self._check(*gated, c, w.mag, w.z_and_carry, w.energies)
 
         # Carry to the next call: the last chunk's opening half and energy, the last two windows.
-        new = self._scratch("carry_new", (k, _CARRY_WIDTH))
-        new[:, _CARRY_OPEN] = opening[:, c - 1::c].T
-        new[:, _CARRY_ENERGY] = energy[c - 1::c]
-        if c >= 2:
-            np.copyto(new[:, _CARRY_HIST].reshape(k, 2, 16), z.reshape(16, k, c)[:, :, c - 2:].transpose(1, 2, 0))
+        np.copyto(w.new_opening, w.last_opening)
+        np.copyto(w.new_energy, w.last_energy)
+        if w.last_windows is not None:
+            np.copyto(w.new_hist, w.last_windows)
         else:
-            new[:, 17:33] = carry[:, 33:49]
-            new[:, 33:49] = z.T
-        self._carry[slots] = new
+            w.new_hist[:, :16] = w.carry[:, 33:49]
+            w.new_hist[:, 16:] = w.z.T
+        self._carry[slots] = w.new
         return found
 
     def _gate(self, pair_max: np.ndarray, floor: np.ndarray,
