@@ -209,12 +209,16 @@ def run_talkoff(folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Boundaries the receiver implements.
 
-def detected_share(conds: list[Condition], folder: Path, seed: int, law: str = "PCMU") -> float:
-    """Share of tones reported as exactly their own digit, through the CLI's decode path."""
+def detected_share(conds: list[Condition], folder: Path, seed: int, receiver: str, law: str = "PCMU") -> float:
+    """Share of tones reported as exactly their own digit by `receiver` ("tonewall": the CLI's decode path)."""
     tape = build_tape(conds, seed)
-    path = write_wav(folder / "bisect.wav", tape.pcm(law), tape.rate_hz)
-    dets = [Detection(e.digit, e.start_sample / 8, e.end_sample / 8)
-            for e in decode_events(str(path)) if isinstance(e, DigitEnded)]
+    pcm = tape.pcm(law)
+    if receiver == "tonewall":
+        path = write_wav(folder / "bisect.wav", pcm, tape.rate_hz)
+        dets = [Detection(e.digit, e.start_sample / 8, e.end_sample / 8)
+                for e in decode_events(str(path)) if isinstance(e, DigitEnded)]
+    else:
+        dets = spandsp_detections(pcm) or []
     res = score(tape, dets)
     n = sum(len(r.tones) for r in res.values())
     return sum(r.n_detected for r in res.values()) / n
@@ -233,13 +237,16 @@ def bisect(pred: Callable[[float], bool], good: float, bad: float, tol: float) -
     return good
 
 
-def boundaries(folder: Path, seed: int, reps: int = 2) -> list[tuple[str, str, float, float, str]]:
+def boundaries(folder: Path, seed: int, receiver: str, reps: int = 2) -> list[tuple[str, str, float, float, str]]:
     """(limit, unit, last value where every tone is detected, last where any is, rule) per limit."""
     keys = DIGITS * reps
 
+    def share_of(conds: list[Condition]) -> float:
+        return detected_share(conds, folder, seed, receiver)
+
     def one(make: Callable[[str, float], Tone], **cond_kw) -> Callable[[float], float]:
-        return lambda v: detected_share([Condition("b", "b", Expect.DETECT, tuple(make(k, v) for k in keys),
-                                                   **cond_kw)], folder, seed)
+        return lambda v: share_of([Condition("b", "b", Expect.DETECT, tuple(make(k, v) for k in keys),
+                                                   **cond_kw)])
 
     specs: list[tuple[str, str, Callable[[float], float], float, float, float, str]] = []
     for group in ("low", "high"):
@@ -264,22 +271,21 @@ def boundaries(folder: Path, seed: int, reps: int = 2) -> list[tuple[str, str, f
         ("drop-out inside an 80 ms tone", "ms", one(lambda k, v: Tone(k, 80.0, dropout_ms=v)), 0.0, 40.0, 0.25,
          "one digit for short drop-outs"),
         ("SNR (white noise vs pair power)", "dB",
-         lambda v: detected_share([Condition("b", "b", Expect.DETECT, tuple(Tone(k) for k in keys), snr_db=v)],
-                                  folder, seed),
+         lambda v: share_of([Condition("b", "b", Expect.DETECT, tuple(Tone(k) for k in keys), snr_db=v)]),
          30.0, 0.0, 0.1, "accept 15 dB"),
         ("DC offset, tones at -25 dBm0", "cnt",
-         lambda v: detected_share([Condition("b", "b", Expect.DETECT, tuple(Tone(k, level_dbm0=-25.0) for k in keys),
-                                             dc_offset=v)], folder, seed),
+         lambda v: share_of([Condition("b", "b", Expect.DETECT, tuple(Tone(k, level_dbm0=-25.0) for k in keys),
+                                             dc_offset=v)]),
          0.0, 3000.0, 5.0, "not in Q.24"),
         ("DC offset, tones at -10 dBm0", "cnt",
-         lambda v: detected_share([Condition("b", "b", Expect.DETECT, tuple(Tone(k) for k in keys),
-                                             dc_offset=v)], folder, seed),
+         lambda v: share_of([Condition("b", "b", Expect.DETECT, tuple(Tone(k) for k in keys),
+                                             dc_offset=v)]),
          0.0, 12000.0, 5.0, "not in Q.24"),
     ]
 
     def pause_share(v: float) -> float:
         tones = tuple(t for k in keys for t in (Tone(k, 40.0, gap_after_ms=v), Tone(k, 40.0)))
-        return detected_share([Condition("b", "b", Expect.DETECT, tones)], folder, seed)
+        return share_of([Condition("b", "b", Expect.DETECT, tones)])
 
     out = []
     for name, unit, share, good, bad, tol, rule in specs:
@@ -311,10 +317,17 @@ def main() -> int:
         if not args.no_talkoff:
             run_talkoff(folder)
         if not args.no_bisect:
-            print("\nboundaries the receiver implements (mu-law, 16 keys x 2, CLI decode path in process):")
-            print(f"  {'limit':<42} {'100 % detected to':>18} {'0 % detected past':>18}  rule")
-            for name, unit, always, never, rule in boundaries(folder, args.seed):
-                print(f"  {name:<42} {always:>13.2f} {unit:<4} {never:>13.2f} {unit:<4}  {rule}")
+            print("\nboundaries the receivers implement (mu-law, 16 keys x 2, random phases and onsets; tonewall "
+                  "through the CLI's decode path in process):")
+            print(f"  {'limit':<42} {'tonewall 100 % .. 0 %':>24}  {'spandsp 100 % .. 0 %':>24}  rule")
+            ours = boundaries(folder, args.seed, "tonewall")
+            theirs = boundaries(folder, args.seed, "spandsp") if spandsp_detections(np.zeros(8)) is not None \
+                else [(n, u, float("nan"), float("nan"), r) for n, u, _, _, r in ours]
+            for (name, unit, always, never, rule), (_, _, s_always, s_never, _) in zip(ours, theirs):
+                print(f"  {name:<42} {always:>9.2f} .. {never:>8.2f} {unit:<4} "
+                      f"{s_always:>9.2f} .. {s_never:>8.2f} {unit:<4}  {rule}")
+            print("  (100 %: every tone reported right up to this value; 0 %: none past it; nan: the swept range "
+                  "does not reach that edge)")
     cpu1 = os.times()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system) + (cpu1.children_user - cpu0.children_user) \
         + (cpu1.children_system - cpu0.children_system)
