@@ -85,8 +85,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "audit":
+        from pathlib import Path
+
         from gateway.audit import verify_data_dir
 
+        # Verifying must not create anything: the verifier's key loader makes a key when there is none,
+        # which would turn a mistyped --data-dir into a fresh, "ok" audit folder.
+        folder = Path(args.data_dir) / "audit"
+        if not Path(args.data_dir).is_dir():
+            print(f"audit: FAILED (no data dir at {args.data_dir})")
+            return 1
+        if not (folder / "audit.key").is_file():
+            if (folder / "audit.jsonl").exists():
+                print(f"audit: FAILED (the log's key {folder / 'audit.key'} is missing)")
+                return 1
+            print("audit: ok (0 records, no audit log yet)")
+            return 0
         result = verify_data_dir(args.data_dir)
         for problem in result.problems:
             print(problem)

@@ -163,3 +163,17 @@ def test_check_fails_a_data_dir_that_is_a_file(tmp_path):
     assert r.returncode == 1, r.stdout[-800:]
     line = next(ln for ln in r.stdout.splitlines() if "data_dir.permissions" in ln)
     assert line.startswith("FAIL"), line
+
+
+def test_audit_verify_creates_nothing_and_fails_a_mistyped_data_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "keyless" / "audit").mkdir(parents=True)
+    (tmp_path / "keyless" / "audit" / "audit.jsonl").write_text('{"seq": 1}\n')
+    results = _run_all({name: (["audit", "verify", "--data-dir", str(tmp_path / name)], tmp_path)
+                        for name in ("typo", "empty", "keyless")})
+    assert results["typo"].returncode == 1 and "FAILED" in results["typo"].stdout, results["typo"]
+    assert results["keyless"].returncode == 1 and "FAILED" in results["keyless"].stdout, results["keyless"]
+    assert results["empty"].returncode == 0 and results["empty"].stdout.startswith("audit: ok")
+    assert not (tmp_path / "typo").exists()  # a verifier that writes would mint a fresh key and call it ok
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "keyless" / "audit").iterdir()) == ["audit.jsonl"]
