@@ -287,6 +287,9 @@ def test_metrics_scrape_has_every_readme_family_with_its_type_and_labels(api):
             assert buckets == sorted(buckets), name  # cumulative
     for family in families.values():
         assert family.name.startswith("tonewall_"), family.name
+    bounds = sorted(float(s.labels["le"]) for s in families["tonewall_packet_processing_seconds"].samples
+                    if s.name.endswith("_bucket") and s.labels["le"] != "+Inf")
+    assert (bounds[0], bounds[-1]) == (1e-6, 0.05), bounds  # README: buckets 1 us to 50 ms
     value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert value[("tonewall_calls_active", ())] == 1  # the fixture's call is up
     assert sum(v for (n, labels), v in value.items() if n == "tonewall_sip_requests_total"

@@ -170,11 +170,12 @@ def direction(body: str) -> str:
 class Rig:
     """A gateway whose next hop is a hand-driven agent; a hand-driven caller in front of it."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, rtp_ports: int = 60) -> None:
         self.agent, self.caller = Wire(), Wire()
         for attempt in range(3):  # free ports are picked then bound: another job may take one in between
             try:
-                self.gw = GatewayProcess(tmp / f"gw{attempt}", next_hop_port=self.agent.port, rtp_ports=60).start()
+                self.gw = GatewayProcess(tmp / f"gw{attempt}", next_hop_port=self.agent.port,
+                                         rtp_ports=rtp_ports).start()
                 break
             except RuntimeError:
                 if attempt == 2:
@@ -446,3 +447,25 @@ def test_agent_answers_without_sdp_or_busy(rig):
     rig.ack(call_id, final, 1)
     assert final.status == 486
     rig.agent.expect(lambda m: m.method == "ACK" and m.get("call-id") == inv.get("call-id"))  # RFC 3261 17.1.1.3
+
+
+def test_a_full_rtp_range_refuses_the_next_call_with_503_and_frees_ports_on_hangup(tmp_path):
+    """Contract 2: all RTP inside --rtp-ports; 4 ports are one call (two legs of RTP/RTCP pairs)."""
+    small = Rig(tmp_path, rtp_ports=4)
+    try:
+        first, inv = small.offer(sdp(40000))
+        final = small.answer(first, inv, sdp(41000))
+        assert final.status == 200
+        second, inv2 = small.offer(sdp(40002), refused=True)
+        small.ack(second, small.refusal, 1)
+        assert inv2 is None and small.refusal.status == 503, small.refusal.first  # RFC 3261 21.5.4
+        small.bye(first, final, 2)
+        third, inv3 = small.offer(sdp(40004))
+        assert inv3 is not None, "the ports of the ended call were not given back"
+        ports = [int(m_lines(inv3.body)[0].split()[1])]
+        final3 = small.answer(third, inv3, sdp(41000))
+        ports.append(int(m_lines(final3.body)[0].split()[1]))
+        assert all(small.gw.rtp_low <= p <= small.gw.rtp_high for p in ports), ports
+        small.bye(third, final3, 2)
+    finally:
+        small.close()
