@@ -14,6 +14,7 @@ import ctypes
 import os
 import socket
 import struct
+from time import time_ns
 
 import numpy as np
 
@@ -120,12 +121,24 @@ class MmsgSender:
 
     def send(self, start: int, count: int) -> int:
         """Send rows start..start+count-1; returns how many left (refused ones are counted in `errors`)."""
+        return self.send_timed(start, count)[0]
+
+    def send_timed(self, start: int, count: int) -> tuple[int, int, int]:
+        """`send`, also returning `time.time_ns()` just before the first syscall and just after the last.
+
+        The kernel sends the messages one after another inside the call, so message k of
+        the range left at about t_call + k * (t_done - t_call) / count: the load generator
+        uses that instead of one stamp for the whole range.
+        """
         if start < 0 or count < 0 or start + count > len(self.packets):
             raise ValueError("row range is outside the packet array")
         fd = self.sock.fileno()
+        base = self._msgs0 + start * self._stride
+        stride = self._stride
         done = ok = 0
+        t_call = time_ns()
         while done < count:
-            r = _sendmmsg(fd, self._msgs0 + (start + done) * self._stride, count - done, 0)
+            r = _sendmmsg(fd, base + done * stride, count - done, 0)
             if r > 0:
                 done += r
                 ok += r
@@ -134,7 +147,7 @@ class MmsgSender:
                 continue
             self.errors += 1  # the kernel refused this message: count it and go on
             done += 1
-        return ok
+        return ok, t_call, time_ns()
 
 
 class MmsgReceiver:

@@ -535,9 +535,13 @@ def run_point(relay: str, n: int, duration_s: float, capture: bool = False,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                     preexec_fn=_relay_priority)
             proc.stdin.write(json.dumps({"callers": callers, "agents": agents, "capture": capture,
-                                         "ports": [20000, 20000 + 4 * n + 100], **(relay_kw or {})}) + "\n")
+                                         # Slack: other engineers' gateways may hold ports here.
+                                         "ports": [20000, 20000 + 4 * n + 4000], **(relay_kw or {})}) + "\n")
             proc.stdin.flush()
-            targets = [tuple(t) for t in json.loads(proc.stdout.readline())["targets"]]
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"relay {relay} did not start (see its traceback above)")
+            targets = [tuple(t) for t in json.loads(line)["targets"]]
             pid = proc.pid
         warmup_s = 2.0
         u0, s0 = cpu_times(pid) if pid else (0.0, 0.0)

@@ -169,16 +169,12 @@ class LoadGenerator:
         }
 
 
-SEND_CHUNK = 8
-"""Messages per sendmmsg call. Every message of a call carries the clock read just before
-it, so message k of a chunk is stamped k messages' kernel time early (~4.5 us each on
-loopback here, more under load): at most ~30 us, ~15 us on average, the same in the
-`direct` row. Smaller chunks stamp closer and cost more Python per packet."""
-
+SEND_CHUNK = 64
+"""At most this many messages per sendmmsg call (a tick at 1,000 streams is ~50)."""
 DRAIN_TICKS = 4
 """The mmsg receiver reads every this many ticks (and every tick from the end of sending)."""
 STAMP_AT, STAMP_NIBBLES = 12, 16
-"""Payload bytes 0-15 (after the 12-byte RTP header): the send time in ns, 4 bits per byte."""
+"""Payload bytes 0-15 (after the 12-byte RTP header): the send stamp in ns, 4 bits per byte."""
 IDX_AT, IDX_NIBBLES = 28, 6
 """Payload bytes 16-21: the stream index, 4 bits per byte."""
 _NIBBLE = 0xF0
@@ -199,6 +195,35 @@ def decode_nibbles(rows: np.ndarray) -> np.ndarray:
     return np.bitwise_or.reduce((rows & 0x0F).astype(np.uint64) << shifts, axis=1)
 
 
+class _CallLog:
+    """Each sendmmsg call of a run: its stamp, first row, row count, and clock before/after."""
+
+    def __init__(self, capacity: int) -> None:
+        self.n = 0
+        self.arrays = np.zeros((5, capacity), dtype=np.int64)
+
+    def add(self, stamp_ns: int, row: int, count: int, call_ns: int, done_ns: int) -> None:
+        if self.n == self.arrays.shape[1]:
+            self.arrays = np.concatenate([self.arrays, np.zeros_like(self.arrays)], axis=1)
+        self.arrays[:, self.n] = (stamp_ns, row, count, call_ns, done_ns)
+        self.n += 1
+
+    def send_times(self, stamp: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """When each (stamp, stream index) message left: its call's start plus its share of
+        the call (message k of m at k/m of the call's duration); -1 when no call matches."""
+        stamps, rows, counts, calls, dones = self.arrays[:, :self.n]
+        j = np.minimum(np.searchsorted(stamps, stamp), max(self.n - 1, 0))
+        if not self.n:
+            return np.full(len(stamp), -1, dtype=np.int64)
+        k = idx - rows[j]
+        ok = (stamps[j] == stamp) & (k >= 0) & (k < counts[j])
+        return np.where(ok, calls[j] + k * (dones[j] - calls[j]) // np.maximum(counts[j], 1), -1)
+
+    def ns_per_message(self) -> float:
+        stamps, rows, counts, calls, dones = self.arrays[:, :self.n]
+        return float((dones - calls).sum() / max(1, counts.sum()))
+
+
 class MmsgLoadGenerator:
     """N streams from one sendmmsg socket to per-stream targets, received on one recvmmsg socket.
 
@@ -206,14 +231,21 @@ class MmsgLoadGenerator:
     when each stream goes to its own relay port) and the agent address (the receiver
     tells streams apart by the stream index in the payload). A 1 ms tick sends every due
     packet; due streams form a contiguous range of rows (phases are in row order), so a
-    tick is one or two ranges split into `SEND_CHUNK`-message sendmmsg calls, each stamped
-    with the clock read just before it. The receiver is drained every `DRAIN_TICKS` ticks
-    (kernel timestamps make the read time irrelevant; bigger batches cost less).
+    tick is one sendmmsg call (two when the range wraps; more past `SEND_CHUNK`).
+
+    Send time: every message of a call carries the call's stamp (a unique, increasing
+    `time.time_ns()` read before the call), and the generator logs each call's clock just
+    before and just after the syscall. The kernel sends the messages one after another
+    inside the call (~4-5 us each on loopback here), so message k of m left at
+    t_call + k/m * (t_done - t_call): the receiver finds the call by the stamp and the
+    message by the stream index. One stamp for all would make the 50th message of a tick
+    look ~200 us slower than the first.
 
     The stamp and the stream index are written one 4-bit nibble per payload byte as
     0xF0 | nibble: quiet mu-law codes (|x| <= 30 of 8031) that survive a relay that decodes
     and re-encodes G.711 (rtpengine with DTMF security), where raw bytes would not (0x7F
-    comes back as 0xFF, and loud garbage could look like a tone).
+    comes back as 0xFF, and loud garbage could look like a tone). The receiver is drained
+    every `DRAIN_TICKS` ticks (kernel timestamps make the read time irrelevant).
     """
 
     def __init__(self, n_streams: int, host: str = "127.0.0.1", rcvbuf_bytes: int = 32 << 20) -> None:
@@ -263,10 +295,12 @@ class MmsgLoadGenerator:
         stamp_cols = rows[:, STAMP_AT:STAMP_AT + STAMP_NIBBLES]
         sender = MmsgSender(self.tx, rows, list(targets))
         recv = self.receiver
+        log = _CallLog(int((duration_s + drain_s + 1) / TICK_S) * 2)
 
         start_ns = time.time_ns() + 5_000_000
         measure_from_ns = start_ns + int(warmup_s * 1e9)
         end_ns = start_ns + int(duration_s * 1e9)
+        drain_end_ns = end_ns + int(drain_s * 1e9)
         # Packet g (0, 1, ...) is stream g % n's packet number g // n, due at start + g * 20 ms / n.
         total = -(-(end_ns - start_ns) * n // PERIOD_NS)
         next_g = 0
@@ -277,12 +311,11 @@ class MmsgLoadGenerator:
         lat_ns = np.empty(max_lat, dtype=np.int64)
         n_lat = 0
         received = foreign = no_kernel_ts = 0
+        last_stamp = 0
         max_behind_ns = 0
         ticks = behind_ticks = 0
         cpu0 = time.process_time()
-        tick_s = TICK_S
         next_tick = time.perf_counter()
-        drain_end_ns = end_ns + int(drain_s * 1e9)
         while True:
             now = time.time_ns()
             if now >= drain_end_ns:
@@ -291,8 +324,7 @@ class MmsgLoadGenerator:
             due = min(total, (now - start_ns) * n // PERIOD_NS + 1) if now >= start_ns else 0
             burst = min(due - next_g, n)
             if burst > 0:
-                behind = now - (start_ns + next_g * PERIOD_NS // n)
-                max_behind_ns = max(max_behind_ns, behind)
+                max_behind_ns = max(max_behind_ns, now - (start_ns + next_g * PERIOD_NS // n))
                 if due - next_g > n:
                     behind_ticks += 1
                 g = next_g
@@ -304,11 +336,13 @@ class MmsgLoadGenerator:
                     ts_col[a:b] = (rnd * 160) & 0xFFFFFFFF
                     for c in range(a, b, send_chunk):
                         d = min(b, c + send_chunk)
-                        t0 = time.time_ns()
-                        stamp_cols[c:d] = np.frombuffer(b"".join([_BYTE_NIBBLES[x] for x in t0.to_bytes(8, "big")]),
-                                                        np.uint8)
-                        sender.send(c, d - c)
-                        if t0 >= measure_from_ns:
+                        stamp = max(time.time_ns(), last_stamp + 1)
+                        last_stamp = stamp
+                        stamp_cols[c:d] = np.frombuffer(
+                            b"".join([_BYTE_NIBBLES[x] for x in stamp.to_bytes(8, "big")]), np.uint8)
+                        _ok, t_call, t_done = sender.send_timed(c, d - c)
+                        log.add(stamp, c, d - c, t_call, t_done)
+                        if stamp >= measure_from_ns:
                             measured_sent += d - c
                             sent_per_stream[c:d] += 1
                     g += b - a
@@ -319,12 +353,13 @@ class MmsgLoadGenerator:
                     k = len(data)
                     if not k:
                         break
-                    stamp = decode_nibbles(data[:, STAMP_AT:STAMP_AT + STAMP_NIBBLES]).astype(np.int64)
+                    stamp_rx = decode_nibbles(data[:, STAMP_AT:STAMP_AT + STAMP_NIBBLES]).astype(np.int64)
                     idx = decode_nibbles(data[:, IDX_AT:IDX_AT + IDX_NIBBLES]).astype(np.int64)
-                    # A packet a relay rewrote (e.g. DTMF silence: all 0xFF) carries no valid stamp.
-                    good = (lens >= IDX_AT + IDX_NIBBLES) & (idx < n) & (stamp >= start_ns) & (stamp < drain_end_ns)
+                    # A packet a relay rewrote (e.g. DTMF silence: all 0xFF) matches no call.
+                    sent_ns = log.send_times(stamp_rx, idx)
+                    good = (lens >= IDX_AT + IDX_NIBBLES) & (sent_ns >= 0)
                     foreign += int(k - np.count_nonzero(good))
-                    keep = good & (stamp >= measure_from_ns)
+                    keep = good & (stamp_rx >= measure_from_ns)
                     m = int(np.count_nonzero(keep))
                     if m:
                         r = rx_ns[keep]
@@ -332,7 +367,7 @@ class MmsgLoadGenerator:
                         if missing.any():
                             no_kernel_ts += int(np.count_nonzero(missing))
                             r = np.where(missing, time.time_ns(), r)
-                        lat = r - stamp[keep]
+                        lat = r - sent_ns[keep]
                         take = min(m, max_lat - n_lat)
                         lat_ns[n_lat:n_lat + take] = lat[:take]
                         n_lat += take
@@ -340,7 +375,7 @@ class MmsgLoadGenerator:
                         recv_per_stream += np.bincount(idx[keep], minlength=n)
                     if k < recv.batch:
                         break
-            next_tick += tick_s
+            next_tick += TICK_S
             pause = next_tick - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
@@ -371,6 +406,7 @@ class MmsgLoadGenerator:
             "gen_max_behind_ms": round(max_behind_ns / 1e6, 2),
             "gen_backlog_ticks": behind_ticks,
             "gen_ticks": ticks,
+            "gen_send_calls": log.n,
+            "gen_send_us_per_msg": round(log.ns_per_message() / 1e3, 2),
             "rcvbuf_bytes": self.rcvbuf_bytes,
-            "send_chunk": send_chunk,
         }
