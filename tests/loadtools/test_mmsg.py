@@ -195,3 +195,14 @@ def test_generator_keeps_each_streams_ssrc_sequence_and_timestamp():
             s.close()
     assert r["sent"] == n * 10
     assert r["measured_received"] == 0 and r["loss_pct"] == 100.0
+
+
+def test_call_log_places_each_message_at_its_share_of_its_call():
+    log = rtp_load._CallLog(capacity=1)  # grows past its capacity
+    log.add(stamp_ns=1_000, row=10, count=4, call_ns=2_000, done_ns=2_400)
+    log.add(stamp_ns=5_000, row=0, count=2, call_ns=5_100, done_ns=5_300)
+    stamp = np.array([1_000, 1_000, 5_000, 5_000, 1_000, 4_999, 9_999])
+    idx = np.array([10, 13, 0, 1, 14, 0, 0])
+    assert list(log.send_times(stamp, idx)) == [2_000, 2_300, 5_100, 5_200, -1, -1, -1]
+    assert log.ns_per_message() == (400 + 200) / 6
+    assert list(rtp_load._CallLog(4).send_times(np.array([1]), np.array([0]))) == [-1]
