@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import datetime
 import json
 import logging
+import os
 import re
+import resource
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,7 @@ DETOKENIZE_ROLE = "payments"
 MAX_BODY_BYTES = 4096
 # What store.new_token makes: letters, then the last four; anything else is never logged.
 _TOKEN_SHAPE = re.compile(r"tok_[a-z]{1,64}_[0-9]{4}")
+_PR_SET_DUMPABLE = 4
 
 
 @dataclass(frozen=True)
@@ -306,6 +310,22 @@ def rotate_key(settings: VaultSettings) -> tuple[str, int]:
         store.close()
 
 
+def _harden_process() -> None:
+    """Stand-alone, the vault is a process of its own: the gateway's card-data rules apply to it too.
+
+    No core dumps or same-user ptrace of decrypted PANs (as gateway.app.disable_core_dumps, without
+    importing the SIP and media stack), and its log lines written (PCI DSS 10.2.1.1: who read which token).
+    """
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the rlimit is what we have
+        pass
+    level = getattr(logging, os.environ.get("TONEWALL_LOG_LEVEL", "INFO").upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
@@ -333,12 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = pki.issue_client_cert(args.data_dir, args.name, args.role)
         print(files.cert_path)
         return 0
-    # Stand-alone, the vault is its own process: the gateway's card-data rules apply to it too (no core
-    # dumps of decrypted PANs) and its log lines (PCI DSS 10.2.1.1: who read which token) must be written.
-    from gateway.app import configure_logging, disable_core_dumps
-
-    disable_core_dumps()
-    configure_logging()
+    _harden_process()
     try:
         asyncio.run(run_vault(settings))
     except KeyboardInterrupt:

@@ -46,7 +46,6 @@ from tests.e2e.cards import (
     PANS,
     RETRY_CVV,
     RETRY_PAN,
-    SLOW_CVV,
     SLOW_PAN,
     TLS_PAN,
     VAULT_DOWN_CID,
@@ -66,9 +65,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 PROCESSOR_FOLDER = "processor-faults"
 VAULT_FOLDER = "vault-restart"
-TIMEOUT_S = 1.5
+TIMEOUT_S = 1.0
 RETRIES = 2
-"""The gateway's [processor] timeout_s and retries: three attempts of 1.5 s at most."""
+"""The gateway's [processor] timeout_s and retries: three attempts of 1 s at most (loopback answers in ms)."""
 GATEWAY_CLIENT = "tonewall-gateway:gateway"
 
 
@@ -110,19 +109,22 @@ def capture_call(gw: E2eGateway, log_dir: Path, caller_user: str, seed: int,
                  fields: list[str] | None = None) -> Iterator[Capture]:
     """A PJSIP call through `gw` with a capture started through the API; hung up once the keying has played."""
     api = gw.agent_api(log_dir)
-    with call_through(gw, log_dir, caller_user) as call:
-        status, body = api.start_capture(api.call_for(caller_user)["call_id"], fields)
-        assert status == 201, body
-        capture = Capture(call, api, body["capture_id"], api.follow(body["capture_id"]),
-                          np.random.default_rng(seed))
-        yield capture
-        time.sleep(max(0.0, capture.playing_until - time.monotonic()) + 0.2)
-    # test_z_card_data_nowhere.py reads every sse-*.txt as a stream of the session gateway (its audit
-    # check); these came from this file's gateways: kept (and searched) under another name.
-    if capture.stream._done.wait(5):
-        sse = log_dir / f"sse-{capture.capture_id}.txt"
-        if sse.exists():
-            sse.rename(log_dir / f"events-{capture.capture_id}.sse.txt")
+    capture: Capture | None = None
+    try:
+        with call_through(gw, log_dir, caller_user) as call:
+            status, body = api.start_capture(api.call_for(caller_user)["call_id"], fields)
+            assert status == 201, body
+            capture = Capture(call, api, body["capture_id"], api.follow(body["capture_id"]),
+                              np.random.default_rng(seed))
+            yield capture
+            time.sleep(max(0.0, capture.playing_until - time.monotonic()) + 0.2)
+    finally:
+        # test_z_card_data_nowhere.py takes every sse-*.txt for a stream of the session gateway (its
+        # audit check); these came from this file's gateways: kept, and searched, under another name.
+        if capture is not None and capture.stream._done.wait(5):
+            sse = log_dir / f"sse-{capture.capture_id}.txt"
+            if sse.exists():
+                sse.rename(log_dir / f"events-{capture.capture_id}.sse.txt")
 
 
 def card_keys(pan: str, cvv: str) -> str:
@@ -156,10 +158,10 @@ def processor_gateway(artifacts: Path, processor: ScriptedProcessor) -> Iterator
 
 
 def test_slow_processor_times_out(processor, processor_gateway, artifacts):
-    processor.script(Script(delay_s=TIMEOUT_S + 1.0))
-    keys = card_keys(SLOW_PAN, SLOW_CVV)
+    processor.script(Script(delay_s=TIMEOUT_S + 0.5))
+    keys = f"{SLOW_PAN}#"
     log_dir = artifacts / PROCESSOR_FOLDER / "slow"
-    with capture_call(processor_gateway, log_dir, "slow", seed=21) as cap:
+    with capture_call(processor_gateway, log_dir, "slow", seed=21, fields=["pan"]) as cap:
         cap.key(keys)
         end = cap.stream.wait_end(TIMEOUT_S * (RETRIES + 1) + 15)
         cap.key("#")  # masked still: the keypad has not been quiet for 2 s
@@ -167,6 +169,11 @@ def test_slow_processor_times_out(processor, processor_gateway, artifacts):
     assert cap.states() == [("collecting", None), ("tokenizing", None), ("failed", "processor_timeout")]
     attempts = processor.attempts
     assert [(a.key, a.client) for a in attempts] == [(cap.capture_id, GATEWAY_CLIENT)] * (RETRIES + 1)
+    # The processor answers in the end (one card under the capture's key); the failed capture stays failed.
+    wait_until(lambda: all(a.outcome != "pending" for a in processor.attempts), 10, "the late answers")
+    assert sorted(a.outcome for a in processor.attempts) == ["200"] * RETRIES + ["201"]
+    status, view = cap.api.request("GET", f"/v1/captures/{cap.capture_id}")
+    assert status == 200 and (view["state"], view["reason"], view["token"]) == ("failed", "processor_timeout", None)
     assert cap.what_the_caller_keyed() == keys + "#"
     assert both_decoders(cap.call.recording) == ("", "")
 
@@ -185,8 +192,13 @@ def test_tls_failure_fails_closed(processor, processor_gateway, artifacts, tls):
     assert cap.states() == [("collecting", None), ("tokenizing", None), ("failed", "processor_unavailable")]
     assert processor.attempts == [], "a request got through a failed TLS handshake"
     assert cap.capture_id not in processor.cards
-    # A certificate from another CA is not retried (retrying cannot fix it); no TLS at all is a failed handshake.
-    assert processor.connections == 1 if tls == "wrong_ca" else processor.connections >= 1
+    if tls == "wrong_ca":
+        # The gateway refused the certificate (the handshake failed on its side) and did not retry:
+        # retrying cannot fix a certificate.
+        wait_until(lambda: processor.handshake_failures == 1, 5, "the refused handshake")
+        assert processor.connections == 1
+    else:
+        assert processor.connections >= 1 and processor.handshake_failures == 0
     failures = [line for line in _new_lines(processor_gateway, since) if "tokenization attempt" in line]
     assert failures and all(line.split("failed: ", 1)[1].startswith("tls") for line in failures), failures
     assert cap.what_the_caller_keyed() == keys + "#"
@@ -196,14 +208,15 @@ def test_tls_failure_fails_closed(processor, processor_gateway, artifacts, tls):
 @pytest.mark.parametrize("errors_500", [RETRIES, RETRIES + 1], ids=["within-budget", "beyond-budget"])
 def test_500s_then_success_or_fail_closed(processor, processor_gateway, artifacts, errors_500):
     processor.script(Script(errors_500=errors_500))
-    keys = card_keys(RETRY_PAN, RETRY_CVV)
+    within = errors_500 <= RETRIES
+    keys = card_keys(RETRY_PAN, RETRY_CVV) if within else f"{RETRY_PAN}#"
     with capture_call(processor_gateway, artifacts / PROCESSOR_FOLDER / f"http500-{errors_500}",
-                      f"http500-{errors_500}", seed=23) as cap:
+                      f"http500-{errors_500}", seed=23, fields=None if within else ["pan"]) as cap:
         cap.key(keys)
         end = cap.stream.wait_end(TIMEOUT_S * (RETRIES + 1) + 15)
         cap.key("#")
     outcomes = [(a.key, a.outcome) for a in processor.attempts]
-    if errors_500 <= RETRIES:
+    if within:
         assert (end["state"], end["reason"]) == ("tokenized", None)
         assert outcomes == [(cap.capture_id, "500")] * errors_500 + [(cap.capture_id, "201")]
         stored = processor.cards[cap.capture_id]
@@ -255,10 +268,17 @@ class VaultProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout_s: float = 15.0) -> VaultProcess:
+        return self.spawn().wait_listening(timeout_s)
+
+    def spawn(self) -> VaultProcess:
         self.lines = []
         self.proc = subprocess.Popen(self.args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         collect_lines(self.proc, self.lines.append)
+        return self
+
+    def wait_listening(self, timeout_s: float = 15.0) -> VaultProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while not any("vault listening" in line for line in self.lines):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -302,10 +322,11 @@ def vault_gateway(artifacts: Path) -> Iterator[tuple[E2eGateway, VaultProcess]]:
     folder = artifacts / VAULT_FOLDER
     data_dir = folder / "data"
     pki.ensure_ca(data_dir)  # made before either process starts: neither races the other to create it
-    vault = VaultProcess(data_dir, free_port(), folder / "vault.log").start()
+    vault = VaultProcess(data_dir, free_port(), folder / "vault.log").spawn()
     config = f'[processor]\nkind = "vault"\nurl = "{vault.url}"\ntimeout_s = {TIMEOUT_S}\nretries = {RETRIES}\n'
     try:
-        gw = E2eGateway(folder, config=config).start()
+        gw = E2eGateway(folder, config=config).start()  # the vault starts meanwhile
+        vault.wait_listening()
     except BaseException:
         vault.stop()
         raise
@@ -322,6 +343,8 @@ def test_vault_restart_mid_capture(vault_gateway, artifacts, back_before_last_fi
     pan, cvv = (VAULT_RESTART_PAN, VAULT_RESTART_CVV) if back_before_last_field else (VAULT_DOWN_PAN, VAULT_DOWN_CID)
     first, last = f"{pan}#{future_expiry()}#", f"{cvv}#"
     name = "restarted" if back_before_last_field else "still-down"
+    if not vault.running:
+        vault.start()
     cards_before = vault.cards()
     with capture_call(gw, artifacts / VAULT_FOLDER / name, f"vault-{name}", seed=25) as cap:
         cap.key(first)
@@ -334,8 +357,6 @@ def test_vault_restart_mid_capture(vault_gateway, artifacts, back_before_last_fi
         cap.key(last)
         end = cap.stream.wait_end(TIMEOUT_S * (RETRIES + 1) + 15)
         cap.key("#")
-    if not back_before_last_field:
-        vault.start()
     if back_before_last_field:
         assert (end["state"], end["reason"], end["last4"]) == ("tokenized", None, pan[-4:])
         assert vault.token_for(cap.capture_id) == end["token"]
@@ -372,13 +393,14 @@ def test_no_card_data_and_audit_verifies(processor, processor_gateway, vault_gat
     vault.stop()
     processor.stop()
     folders = [artifacts / PROCESSOR_FOLDER, artifacts / VAULT_FOLDER]
+    views_by_folder = {folder: _ended_views(folder) for folder in folders}
+    if not any(views_by_folder.values()):
+        pytest.skip("nothing to search: run the whole file (the fault proofs produce the outputs)")
     hits, searched = search(folders, PANS, CVVS)
     assert hits == [], [(str(h.path), h.offset, h.what) for h in hits]
     assert searched >= 20
-    for folder in folders:
+    for folder, views in views_by_folder.items():
         assert "Traceback" not in (folder / "gateway.log").read_text()
-        views = _ended_views(folder)
-        assert views, f"no capture ended under {folder}"
         out = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "verify", "--data-dir",
                               str(folder / "data"), "--list"], cwd=ROOT, capture_output=True, text=True, timeout=30)
         (folder / "audit-verify.txt").write_text(out.stdout + out.stderr)
