@@ -61,6 +61,8 @@ DIGITS_ALLOWED_KEYS = frozenset({"last4", "token", "capture_id", "call_id", "age
 CONFLICT_REASONS = frozenset({"capture_active", "capture already active"})
 NOT_FOUND_REASONS = frozenset({"unknown_call", "unknown call"})
 BAD_REQUEST_REASONS = frozenset({"invalid_fields"})
+UNANSWERED_STATES = frozenset({"trying", "ringing"})
+"""gateway.b2bua.CallState values before the agent answered."""
 
 CONSOLE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -432,6 +434,9 @@ async def start_capture(request: web.Request) -> web.Response:
         check_start_capture(identity, call.agent)
     except Forbidden as exc:
         raise _forbid(request, identity, exc) from None
+    if str(getattr(call.state, "value", call.state)) in UNANSWERED_STATES:
+        # no codec is agreed before the answer: say so, not "codec not inspectable"
+        raise ApiError(422, "refused", "call not answered yet")
     captures = request.app[CAPTURES]
     try:
         view = await captures.start(call_id, fields, identity.actor)

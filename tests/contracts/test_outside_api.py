@@ -17,6 +17,7 @@ import re
 import ssl
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -342,3 +343,37 @@ def test_openapi_documents_what_the_api_answers(api):
     for path, methods in ROUTES.items():
         for method in methods - {"HEAD"}:
             assert (method, path) in ops, (method, path)  # and every route is documented
+
+
+def test_concurrent_starts_on_one_call_give_one_capture(api):
+    call_id = api.call_id()
+    results: list = []
+
+    def start() -> None:
+        results.append(api.json("POST", f"/v1/calls/{call_id}/captures", body=b"{}", headers=JSON))
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [201] + [409] * 7, statuses
+    [view] = [body for status, body in results if status == 201]
+    status, view = api.json("DELETE", f"/v1/captures/{view['capture_id']}")
+    assert (status, view["state"]) == (200, "cancelled")
+
+
+def test_a_capture_on_a_call_not_yet_answered_is_refused_as_such(api):
+    rig = api.rig
+    sip_call_id, inv = rig.offer(sdp(40020))
+    assert inv is not None
+    try:
+        status, body = api.json("GET", "/v1/calls")
+        [ringing] = [c for c in body["calls"] if c["state"] in ("trying", "ringing")]
+        status, body = api.json("POST", f"/v1/calls/{ringing['call_id']}/captures", body=b"{}", headers=JSON)
+        _is_error(status, body, 422)
+        assert "answer" in body["reason"], body  # not "codec not inspectable": no codec is agreed yet
+    finally:
+        final = rig.answer(sip_call_id, inv, sdp(41000))
+        rig.bye(sip_call_id, final, 2)
