@@ -185,21 +185,16 @@ class _Analysis:
         self.min_tone_power = _dbm0_power(MIN_TONE_LEVEL_DBM0)
         # The gate's twist bounds as one column: hi >= lo * each, then one comparison.
         self.gate_twist = np.array([[self.gate_normal_twist], [self.gate_reverse_twist]], dtype=np.float32)
-        # The exact checks as rows of one comparison (see DetectorBank._check): the same
-        # float32 (and, for the energy ratios, float64) operands as the checks written out.
-        self.check_floors = np.array([[self.min_tone_power], [self.min_tone_power], [self.min_pair_power]],
-                                     dtype=np.float32).astype(np.float64)
+        # Columns for the exact checks on a (2, n) row pair, in the checks' own dtypes:
+        # float32 for the twist, float64 for the energy ratios (numpy float64 scalars).
+        self.twist_bounds = np.array([[self.normal_twist], [self.reverse_twist]], dtype=np.float32)
         self.energy_ratios = np.array([[self.purity_per_energy], [self.coverage_per_energy]])
-        self.twist_ratios = np.array([[self.normal_twist], [-self.reverse_twist]], dtype=np.float32)
-        self.twist_signs = np.array([[1.0], [-1.0]], dtype=np.float32)
-        self.neg_freq_tol_rad = -self.freq_tol_rad.astype(np.float64)
 
 
 _ANALYSIS: dict[int, _Analysis] = {}
 _POWER_STEPS = 4096
 _GROUP_BASE = np.array([[0], [4]])  # bin index of each group's first frequency
 _IM_ROWS = np.array([[[0]], [[8]]])  # row of the real, and of the imaginary part of a bin
-_CHECK_ROWS = 9  # rows of the check's comparison (see DetectorBank._check)
 
 # Float carry of each stream between calls (one row per slot, gathered and
 # scattered once per call).
@@ -286,7 +281,7 @@ class DetectorBank:
         self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._window_history: dict[tuple[int, int], np.ndarray] = {}
         self._plans: dict[tuple[int, int], _Plan] = {}
-        self._rhs: dict[int, np.ndarray] = {}
+        self._passed: dict[int, np.ndarray] = {}
         self._grow(capacity)
 
     @property
@@ -564,34 +559,39 @@ class DetectorBank:
         cross_im = cross[0] - cross[1]
         phase = np.arctan2(cross_im, cross_re) - an.hop_phase.take(freq_idx)
         phase = np.remainder(phase + np.pi, 2 * np.pi) - np.pi
-        # Every check below is one row of lhs >= rhs, compared at once:
-        #   rows 0-2: each tone and the pair against the level floors;
-        #   rows 3-4: the pair against the purity and coverage bounds;
-        #   rows 5-6: -|offset| >= -tolerance (Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %);
-        #   rows 7-8: high >= low * normal twist, -high >= -low * reverse twist (Q.24: 8 dB, 4 dB).
-        lhs = self._scratch("lhs", (_CHECK_ROWS, n))
-        rhs = self._rhs.get(n)
-        if rhs is None:
-            if len(self._rhs) > 256:
-                self._rhs.clear()
-            rhs = self._rhs[n] = np.empty((_CHECK_ROWS, n))
-            rhs[0:3] = an.check_floors
-        np.abs(phase, out=lhs[5:7])
-        np.negative(lhs[5:7], out=lhs[5:7])
-        an.neg_freq_tol_rad.take(freq_idx, out=rhs[5:7])
+        # Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %. Most speech windows that
+        # reach this point fail here: the rest of the checks runs on the ones left.
+        in_band = (np.abs(phase) <= an.freq_tol_rad.take(freq_idx)).all(axis=0)
+        n_left = np.count_nonzero(in_band)
+        if n_left == 0:
+            return None
+        if n_left < n:
+            cand, strongest, phase, bins = cand[in_band], strongest[:, in_band], phase[:, in_band], bins[:, in_band]
+            n = n_left
         # Tone powers, corrected for the window's roll-off at the estimated offset.
         step = ((phase + np.pi) * an.power_steps_per_rad + 0.5).astype(np.intp)
-        p = np.multiply(strongest, an.power_per_mag.take(step, mode="clip"), out=lhs[0:2])
-        np.add(p[0], p[1], out=lhs[2:5])
-        np.multiply(p[1], an.twist_signs, out=lhs[7:9])
-        np.multiply(p[0], an.twist_ratios, out=rhs[7:9])
+        p = strongest * an.power_per_mag.take(step, mode="clip")
+        pair = p[0] + p[1]
+        # Every check left is one row of `passed`, written in place and reduced once:
+        #   rows 0-1: each tone's level; row 2: the pair's level;
+        #   rows 3-4: Q.24 twist, high tone up to 8 dB below or 4 dB above the low one;
+        #   rows 5-6: the pair against the purity and coverage bounds.
+        passed = self._passed.get(n)
+        if passed is None:
+            if len(self._passed) > 256:
+                self._passed.clear()
+            passed = self._passed[n] = np.empty((7, n), dtype=np.bool_)
+        np.greater_equal(p, an.min_tone_power, out=passed[0:2])
+        np.greater_equal(pair, an.min_pair_power, out=passed[2])
+        twist = p[0] * an.twist_bounds
+        np.greater_equal(p[1], twist[0], out=passed[3])
+        np.less_equal(p[1], twist[1], out=passed[4])
         # Energies are stored over the purity bound (see _Analysis.scaled_ones): the
         # window's (purity) and the louder of its two chunks' (coverage).
         e = energies.take(cand, axis=1)
         np.maximum(e[0] - e[1], e[1], out=e[1])
-        np.multiply(e, an.energy_ratios, out=rhs[3:5])
-        ok = np.greater_equal(lhs, rhs).all(axis=0)
-        hit = ok.nonzero()[0]
+        np.greater_equal(pair, e * an.energy_ratios, out=passed[5:7])
+        hit = passed.all(axis=0).nonzero()[0]
         if hit.size == 0:
             return None
         if hit.size < n:
