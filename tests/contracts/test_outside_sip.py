@@ -469,3 +469,23 @@ def test_a_full_rtp_range_refuses_the_next_call_with_503_and_frees_ports_on_hang
         small.bye(third, final3, 2)
     finally:
         small.close()
+
+
+@pytest.mark.xfail(strict=True, reason="gateway/transport/sip.py: a next hop named by a DNS name over UDP "
+                   "(sip:localhost:PORT, like the README's sip:pbx.example.net) is never sent to: the UDP send "
+                   "raises ValueError (the datagram endpoint wants an IP) and the caller gets no final response; "
+                   "TCP/TLS next hops resolve names. Expected: resolve the name (RFC 3263 A/AAAA) and send")
+def test_a_next_hop_named_by_dns_name_over_udp(tmp_path):
+    agent, caller = Wire(), Wire()
+    gw = GatewayProcess(tmp_path, next_hop_port=agent.port, rtp_ports=8)
+    gw.args[gw.args.index("--next-hop") + 1] = f"sip:localhost:{agent.port}"
+    gw.start()
+    try:
+        caller.send(request("INVITE", f"sip:1001@127.0.0.1:{gw.sip_port}", caller, call_id=uuid.uuid4().hex, cseq=1,
+                            body=sdp(40000)), ("127.0.0.1", gw.sip_port))
+        invite = agent.expect(lambda m: m.method == "INVITE", 2.0)
+        assert invite.first.startswith("INVITE sip:1001@localhost")
+    finally:
+        gw.stop()
+        agent.close()
+        caller.close()
