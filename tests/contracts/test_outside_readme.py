@@ -56,6 +56,16 @@ try:
     body = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
     out["metrics"] = "tonewall_calls_active" in body
     out["data_dir_mode"] = oct(stat.S_IMODE(os.stat(os.path.join(cwd, "tonewall-data")).st_mode))
+    core = [ln for ln in open(f"/proc/{proc.pid}/limits") if ln.startswith("Max core file size")]
+    out["core_limit"] = core[0].split()[4:6] if core else None
+    modes = {}
+    for folder, dirs, files in os.walk(os.path.join(cwd, "tonewall-data")):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") if name in files else open(os.devnull, "rb") as f:
+                private = b"PRIVATE KEY" in f.read(4096) or "key" in name
+            modes[os.path.relpath(path, cwd)] = [stat.S_IMODE(os.lstat(path).st_mode), name in dirs, private]
+    out["modes"] = modes
 finally:
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
@@ -89,6 +99,12 @@ def test_tonewall_run_with_no_flags_in_an_empty_directory(tmp_path):
     assert out["sip_udp"].startswith("SIP/2.0 200"), out
     assert out["sip_tcp_open"] and out["api"] == 200 and out["api_localhost"] == 200 and out["metrics"], out
     assert out["data_dir_mode"] == "0o700", out
+    assert out["core_limit"] == ["0", "0"], out["core_limit"]  # card data rules: no core dumps
+    assert out["modes"], out
+    for path, (mode, is_dir, private) in out["modes"].items():
+        assert not mode & 0o002, (path, oct(mode))  # nothing writable by others
+        if is_dir or private:
+            assert not mode & 0o077, (path, oct(mode))  # folders and key material owner-only
     assert out["exit"] == 0 and out["stop_s"] < 5, out
     assert out["files"] == ["tonewall-data"], out  # writes only under its data dir
 
