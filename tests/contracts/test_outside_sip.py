@@ -489,3 +489,29 @@ def test_a_next_hop_named_by_dns_name_over_udp(tmp_path):
         gw.stop()
         agent.close()
         caller.close()
+
+
+def test_in_dialog_requests_as_the_readme_says(rig):
+    """REFER answered 403 (a transfer would leave the inspected path), INFO and UPDATE relayed, OPTIONS local."""
+    call_id, inv = rig.offer(sdp(40000))
+    final = rig.answer(call_id, inv, sdp(41000))
+    target, to_tag, leg = re.search(r"<([^>]+)>", final.get("contact")).group(1), final.tag("to"), inv.get("call-id")
+    cases = [("REFER", "", ("Refer-To: <sip:2002@127.0.0.1>",), False, 403),
+             ("INFO", '{"note": "x"}', ("Info-Package: x-test",), True, 200),
+             ("UPDATE", sdp(40000), (), True, 200),
+             ("OPTIONS", "", (), False, 200)]
+    ctypes = {"INFO": "application/json"}
+    for cseq, (method, body, extra, relayed, status) in enumerate(cases, start=2):
+        rig.caller.send(request(method, target, rig.caller, call_id=call_id, cseq=cseq, to_tag=to_tag, body=body,
+                                ctype=ctypes.get(method, "application/sdp"), extra=extra), rig.addr)
+        if relayed:
+            got = rig.agent.expect(lambda m, method=method: m.method == method and m.get("call-id") == leg)
+            rig.agent.send(response(got, 200, "OK", body=sdp(41000) if method == "UPDATE" else ""),
+                           top_via_addr(got))
+        r = rig.caller.expect(lambda m, method=method: m.get("call-id") == call_id and (m.status or 0) >= 200
+                              and (m.get("cseq") or "").endswith(method))
+        assert r.status == status, (method, r.first)
+        if method == "UPDATE":
+            assert m_lines(r.body), r.raw  # RFC 3311 5.2: the 200 to an UPDATE offer carries the answer
+    assert not rig.agent.quiet(lambda m: m.method in ("REFER", "OPTIONS") and m.get("call-id") == leg, 0.2)
+    rig.bye(call_id, final, 9)
