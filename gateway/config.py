@@ -571,7 +571,33 @@ def load_config(path: str | os.PathLike[str] | None = None,
                     source=source, **built)
     _check_cross(config, text, source, env)
     _check_ipv4_sip(config, text, source, overrides or {})
+    _check_listeners(config, text, source, overrides or {})
     return config
+
+
+def _check_listeners(config: Config, text: str, source: str, overrides: dict[str, str]) -> None:
+    """Two TCP listeners on one address would fail at bind time: name both keys at start instead."""
+    flag_for = {v: k for k, v in FLAG_KEYS.items()}
+    listeners = [("sip.listen", config.sip.listen), ("sip.tls_listen", config.sip.tls_listen),
+                 ("api.listen", config.api.listen), ("metrics.listen", config.metrics.listen)]
+    seen: list[tuple[str, HostPort]] = []
+    for dotted, hp in listeners:
+        if hp is None:
+            continue
+        for other, ohp in seen:
+            wildcard = {"0.0.0.0", "::"} & {hp.host, ohp.host}
+            if hp.port == ohp.port and (hp.host == ohp.host or wildcard):
+                if other in overrides and dotted not in overrides:  # blame what the operator just typed
+                    dotted, other, hp, ohp = other, dotted, ohp, hp
+
+                def name(key: str) -> str:
+                    return flag_for[key] if key in overrides else key
+                reason = f"same address as {name(other)} ({ohp})"
+                if dotted in overrides:
+                    raise ConfigError("command line", None, flag_for.get(dotted, dotted), reason)
+                section, _, key = dotted.partition(".")
+                raise ConfigError(source, find_key_line(text, section, key), dotted, reason)
+        seen.append((dotted, hp))
 
 
 IPV6_REASON = "IPv6 is not supported for SIP and media yet (calls would fail): use an IPv4 address"

@@ -50,6 +50,7 @@ BAD_CONFIGS: dict[str, tuple[str, int, str]] = {
     "next-hop-not-sip": ('[sip]\nnext_hop = "http://pbx.example"\n', 2, "sip.next_hop"),
     "ipv6-sip-listen": ('[sip]\nlisten = "[::1]:5060"\n', 2, "sip.listen"),
     "ipv6-media": ('[media]\naddress = "::1"\n', 2, "media.address"),
+    "api-on-the-sip-port": ('[api]\nlisten = "0.0.0.0:5060"\n', 2, "api.listen"),
     "syntax": ('[sip]\nlisten = "127.0.0.1:5060"\n[sip\n', 3, "syntax"),
     "table-twice": ('[sip]\nlisten = "127.0.0.1:5060"\n[sip]\n', 3, "syntax"),
 }
@@ -63,6 +64,7 @@ BAD_FLAGS: dict[str, tuple[list[str], str]] = {
     "next-hop-space": (["--next-hop", "sip:a b"], "--next-hop"),
     "next-hop-password": (["--next-hop", "sip:u:secretpw@pbx.example"], "--next-hop"),
     "next-hop-v6": (["--next-hop", "sip:[2001:db8::1]:5060"], "--next-hop"),
+    "api-on-the-metrics-port": (["--api-listen", "127.0.0.1:9464"], "--api-listen"),
     "next-hop-sips-udp": (["--next-hop", "sips:pbx.example;transport=udp"], "--next-hop"),
 }
 
