@@ -10,6 +10,7 @@ xfail(strict=True) with what is expected and what happens.
 
 from __future__ import annotations
 
+import http.client
 import re
 import socket
 import struct
@@ -515,3 +516,19 @@ def test_in_dialog_requests_as_the_readme_says(rig):
             assert m_lines(r.body), r.raw  # RFC 3311 5.2: the 200 to an UPDATE offer carries the answer
     assert not rig.agent.quiet(lambda m: m.method in ("REFER", "OPTIONS") and m.get("call-id") == leg, 0.2)
     rig.bye(call_id, final, 9)
+
+
+def test_made_up_methods_do_not_make_new_metric_series(rig):
+    """A caller choosing method names must not choose Prometheus series: they are counted as `other`."""
+    for i in range(3):
+        call_id = uuid.uuid4().hex
+        rig.caller.send(request(f"XMETHOD{i}", rig.ruri, rig.caller, call_id=call_id, cseq=1), rig.addr)
+        rig.caller.expect(lambda m, call_id=call_id: m.get("call-id") == call_id)
+    conn = http.client.HTTPConnection("127.0.0.1", rig.gw.metrics_port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    assert "XMETHOD" not in text
+    assert re.search(r'(?m)^tonewall_sip_requests_total\{direction="in",method="other"\} [1-9]', text), text[-2000:]
