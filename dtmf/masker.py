@@ -71,6 +71,7 @@ from collections.abc import Callable
 from enum import Enum
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from dtmf.g711 import DECODE_TABLES, ENCODE_TABLES
 from dtmf.tones import DTMF_FREQS_HZ, FLAT_MASK_FREQ_HZ, HIGH_FREQS_HZ, LOW_FREQS_HZ, dbm0_to_amplitude
@@ -157,6 +158,7 @@ def _window_basis() -> np.ndarray:
 
 
 _BASIS = _analysis_basis()
+_BASIS_T = np.ascontiguousarray(_BASIS.T)
 _WINDOW_BASIS = _window_basis().astype(np.float32)  # samples are int16: float32 products are exact enough
 _WINDOW_OFFSETS = np.arange(WINDOW_BLOCKS)[None, :]
 _N_LINES = len(FREQ_OFFSETS) * 8
@@ -291,10 +293,6 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     return confirmed
 
 
-_SCALAR_GATE_ROWS = 12
-"""Up to this many rows `_may_confirm` checks the cheap window test on Python floats."""
-
-
 def _may_confirm(feats: np.ndarray) -> bool:
     """Whether any window of (k, m, 2) block features passes `_confirm`'s cheap test (same float64 arithmetic).
 
@@ -315,25 +313,6 @@ def _track(level: np.ndarray | float, power: np.ndarray | float, flag: np.ndarra
     rise = np.minimum(power, level * _NOISE_RISE + _NOISE_RISE_ABS)
     new = np.where((power < level) | (level < 0), power, rise)
     return np.where(flag, level, new)
-
-
-_SCALAR_TRACK_ROWS = 16
-"""Up to this many rows the tracker runs on Python floats: four numpy calls per block cost more
-(break-even near 20 rows)."""
-
-
-def _track_rows(level: list[float], power: list[list[float]], flag: list[list[bool]]) -> tuple[np.ndarray, np.ndarray]:
-    """`_track` over each row's blocks: levels before each block (k, 4) and after the last (k,)."""
-    levels = []
-    for r, lv in enumerate(level):
-        row = []
-        for p, f in zip(power[r], flag[r]):
-            row.append(lv)
-            if not f:
-                lv = p if (p < lv or lv < 0) else min(p, lv * _NOISE_RISE + _NOISE_RISE_ABS)
-        levels.append(row)
-        level[r] = lv
-    return np.array(levels, dtype=np.float64).reshape(len(level), BLOCKS_PER_PACKET), np.array(level, dtype=np.float64)
 
 
 def _fill(mode: MaskMode, index: np.ndarray, power: np.ndarray) -> np.ndarray:
@@ -553,6 +532,150 @@ class Masker:
         return out
 
 
+_BANK_UNTRACKED = np.inf
+"""A bank slot's background power before its first unflagged block. With +inf the tracker step
+is min(power, level * rise + abs) for every unflagged block (`_track` gives the same values);
+fills read it as `_UNTRACKED`."""
+
+# Per-slot state of `MaskerBank`: one float row and one bool row, so that `process` reads each
+# with one gather and writes it with one scatter.
+_F_HIST_E = 0
+"""Energies, then line energies (`_F_HIST_L`), of the held packet's last three blocks: windows
+reaching into the next packet start there."""
+_F_HIST_L = _F_HIST_E + WINDOW_BLOCKS
+_F_LEVELS = _F_HIST_L + WINDOW_BLOCKS
+"""Background power before each held block (4), then after the last one (`_F_LEVEL`)."""
+_F_LEVEL = _F_LEVELS + BLOCKS_PER_PACKET
+_F_FILLER = _F_LEVEL + 1
+_F_N_IN = _F_FILLER + 1
+"""Samples received (float64: exact far beyond any call's length)."""
+_N_F = _F_N_IN + 1
+# Bool columns in 8-byte words, read as uint64 to test a whole group at once: word 0 holds the
+# loose flags and `_B_UNSTEADY`, word 1 the tone state, word 2 the switches.
+_B_FLAGS = 0
+"""Loose flags of the two blocks before the held packet and of its four."""
+_B_UNSTEADY = _B_FLAGS + _HISTORY_BLOCKS + BLOCKS_PER_PACKET
+"""Not (capture and held_valid): the slot's row is filler, direct or unmasked."""
+_B_CONFIRMED = 8
+"""Windows known from the last call (starting 4 blocks before the held packet up to its first) ..."""
+_B_TONE = _B_CONFIRMED + _KNOWN_WINDOWS
+"""... and the tone state of the blocks -2..0."""
+_B_HELD_VALID = 16
+_B_CAPTURE = _B_HELD_VALID + 1
+_B_ALWAYS = _B_CAPTURE + 1
+_N_B = 24
+_W_TONE = 1
+"""The word of `_B_CONFIRMED` .. `_B_TONE` + 2; words 0 and 1 all zero: nothing flagged or in a
+tone, every row delayed."""
+if _B_TONE + HANGOVER_BLOCKS + 1 != 16 or _B_UNSTEADY >= _B_CONFIRMED:
+    raise ValueError("masker bank state layout does not fit its words")
+
+_WORK_BLOCKS = WINDOW_BLOCKS + BLOCKS_PER_PACKET
+"""Blocks whose features `process` reads: the held packet's last three, then the new packet's four."""
+_SCALAR_TRACK_ROWS = 6
+"""Up to this many rows the tracker runs on Python floats (same arithmetic as the numpy steps)."""
+_SCALAR_DECIDE_WINDOWS = 16
+"""Up to this many candidate windows the DFT decision runs on Python floats."""
+_SCALAR_TONE_ROWS = 8
+"""Up to this many rows near a tone the tone run runs on Python booleans."""
+_SCALAR_FILL_ROWS = 8
+"""Up to this many changed rows are filled block by block (table slices) instead of by gathers."""
+_SCALAR_ACTIVE_ROWS = 8
+"""Up to this many active rows a call runs row by row on Python scalars (`MaskerBank._process_few`)."""
+_PREFILTER_SHARE = _PREFILTER * MIXED_CONCENTRATION
+
+
+def _block_features_into(frames: np.ndarray, energy: np.ndarray, lines: np.ndarray) -> None:
+    """`_block_features` of (k, 160) packets into energy and lines (k, 4): same arithmetic, no flags.
+
+    The product runs as basis^T @ blocks^T (bit-identical to blocks @ basis here) so that the
+    frequencies are rows: every step after it is a contiguous row operation.
+    """
+    x = frames.reshape(-1, BLOCK_SAMPLES).astype(np.float64)
+    proj = _BASIS_T @ x.T  # (16, m): cos, then sin, of the eight frequencies
+    np.square(proj, out=proj)
+    p = (proj[:8] + proj[8:]).reshape(2, 4, -1)  # ~ (amplitude * 20)^2 per frequency: low group, high group
+    best = np.maximum(p[:, 0], p[:, 1])
+    np.maximum(best, p[:, 2], out=best)
+    np.maximum(best, p[:, 3], out=best)  # best low, best high
+    np.add(best[0].reshape(lines.shape), best[1].reshape(lines.shape), out=lines)
+    np.multiply(lines, 2.0 / BLOCK_SAMPLES, out=lines)
+    x3 = x.reshape(energy.shape + (BLOCK_SAMPLES,))
+    np.vecdot(x3, x3, out=energy)  # int16 squares: exact in float64 in any summation order
+
+
+def _window_decisions(p: np.ndarray, q: np.ndarray | list) -> list[bool] | np.ndarray:
+    """`_confirm`'s DFT test of candidate windows.
+
+    p (n, 8): line power at each DTMF frequency (best offset); q (n, 4): each window's
+    energy, line sum, lines min and max. Returns confirmed (n,).
+    """
+    if len(p) <= _SCALAR_DECIDE_WINDOWS:  # same float64 operations, without ~20 numpy calls
+        out = []
+        for f, (e, _, lines_min, lines_max) in zip(p.tolist(), q.tolist() if isinstance(q, np.ndarray) else q):
+            low, high = max(f[:4]), max(f[4:])
+            conc = (low + high) * _WINDOW_SCALE / e
+            tone_like = (high * _MIXED_TWIST_LOW >= low and high <= low * _MIXED_TWIST_HIGH
+                         and lines_min >= _MIXED_STEADY * lines_max)
+            out.append((conc >= CONFIRM_CONCENTRATION or (conc >= MIXED_CONCENTRATION and tone_like))
+                       and high * _TWIST_LIMIT >= low and low * _TWIST_LIMIT >= high)
+        return out
+    q = np.asarray(q, dtype=np.float64)
+    low, high = p[:, :4].max(axis=1), p[:, 4:].max(axis=1)
+    conc = (low + high) * _WINDOW_SCALE / q[:, 0]
+    steady = q[:, 2] >= _MIXED_STEADY * q[:, 3]
+    tone_like = (high * _MIXED_TWIST_LOW >= low) & (high <= low * _MIXED_TWIST_HIGH) & steady
+    return (((conc >= CONFIRM_CONCENTRATION) | ((conc >= MIXED_CONCENTRATION) & tone_like))
+            & (high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high))
+
+
+_S_HOLDS = _B_FLAGS + _HISTORY_BLOCKS + 1
+"""First column `_tone_rows` reads: the flags of held blocks 1..3, which hold a tone."""
+
+
+def _tone_rows(state: list[list[bool]], confirmed: list[list[bool]], hold_next: list[bool]
+               ) -> tuple[list[list[bool]], list[list[bool]]]:
+    """`_tone_run` and the look-ahead mask on Python booleans, for a few rows.
+
+    state: bool columns `_S_HOLDS` .. `_B_TONE` + 2 of each row; confirmed: windows
+    1..4; hold_next: the new packet's first block holds a tone. Returns the held
+    blocks' masks and the new tone state (windows 0..4, blocks 2..4).
+    """
+    masks, states = [], []
+    w0, t0 = _B_CONFIRMED - _S_HOLDS, _B_TONE - _S_HOLDS
+    for s, c, h in zip(state, confirmed, hold_next):
+        holds = (s[0], s[1], s[2], h)
+        windows = s[w0:t0] + c  # starting at blocks -4..4
+        tone = s[t0:t0 + HANGOVER_BLOCKS + 1]  # blocks -2..0, then 1..4
+        prev = tone[-1]
+        for b in range(1, BLOCKS_PER_PACKET + 1):
+            w = b + _CONFIRM_BEFORE  # window starting at block b
+            prev = windows[w - 2] or windows[w - 1] or windows[w] or (prev and holds[b - 1])
+            tone.append(prev)
+        masks.append([tone[b] or tone[b + 1] or tone[b + 2] or tone[b + 3] for b in range(BLOCKS_PER_PACKET)])
+        states.append(windows[BLOCKS_PER_PACKET:] + tone[BLOCKS_PER_PACKET:])
+    return masks, states
+
+
+def _fill_power(power):
+    """A bank's stored background power as `_fill` takes it (untracked: `_UNTRACKED`)."""
+    return np.where(power == _BANK_UNTRACKED, _UNTRACKED, power)
+
+
+def _fill_block(mode: MaskMode, start: int, level: float) -> np.ndarray:
+    """`_fill` of one block from stream sample `start` (a multiple of 40: table periods are too)."""
+    if mode is MaskMode.FLAT:
+        i = start % len(_FLAT_TABLE)
+        return _FLAT_TABLE[i:i + BLOCK_SAMPLES]
+    i = start % len(_CN_TABLE)
+    rms = np.sqrt(np.clip(_UNTRACKED if level == _BANK_UNTRACKED else level, 0.0, _CN_MAX_POWER))
+    return np.clip(np.rint(_CN_TABLE[i:i + BLOCK_SAMPLES] * rms), -32768, 32767).astype(np.int16)
+
+
+if len(_FLAT_TABLE) % BLOCK_SAMPLES or len(_CN_TABLE) % BLOCK_SAMPLES:
+    raise ValueError("fill tables must hold whole blocks")
+
+
 class MaskerBank:
     """Masks many streams' 20 ms packets in one vectorised pass; each slot equals one `Masker`.
 
@@ -560,13 +683,25 @@ class MaskerBank:
     turns masking and look-ahead on: that slot's next row is filler, and each
     row after it is the slot's previous packet, masked. A slot may appear at
     most once per `process` call.
+
+    The relay calls `process` once per loop iteration with the few rows that
+    arrived, so a call costs mostly numpy calls, not samples: a call whose rows
+    are all delayed, with no block loud enough to flag, no flag and no tone state
+    (silence, quiet noise) takes a short path; sparse work (candidate windows, rows
+    near a tone, masked rows) runs on Python scalars while there is little of it.
     """
 
     def __init__(self, mode: MaskMode = MaskMode.COMFORT_NOISE, capacity: int = 64) -> None:
-        self.mode = MaskMode(mode)
+        self._mode = MaskMode(mode)
         self._free: list[int] = []
         self._n_slots = 0
+        self._work_rows = 0
         self._alloc(max(1, capacity))
+
+    @property
+    def mode(self) -> MaskMode:
+        """The fill; fixed for the bank's life (only comfort noise tracks the background)."""
+        return self._mode
 
     def _alloc(self, cap: int) -> None:
         old = getattr(self, "_cap", 0)
@@ -578,22 +713,26 @@ class MaskerBank:
             setattr(self, name, new)
 
         grow("_held", (PACKET_SAMPLES,), np.int16)
-        # The held packet's last three blocks (for windows that reach into the next packet) ...
-        grow("_hist_feats", (WINDOW_BLOCKS, _N_FEATURES), np.float64)
-        # ... and the loose flags of the two blocks before it and of its four.
-        grow("_hist_flags", (_HISTORY_BLOCKS + BLOCKS_PER_PACKET,), bool)
-        # Windows known from the last call, then the tone state of the blocks -2..0: one array,
-        # so `process` reads and writes both with one gather and one scatter.
-        grow("_tone_state", (_KNOWN_WINDOWS + HANGOVER_BLOCKS + 1,), bool)
-        self._pre_confirmed = self._tone_state[:, :_KNOWN_WINDOWS]
-        self._pre_tone = self._tone_state[:, _KNOWN_WINDOWS:]
-        grow("_held_levels", (BLOCKS_PER_PACKET,), np.float64)
-        grow("_level", (), np.float64)
-        grow("_filler_level", (), np.float64)
-        grow("_n_in", (), np.int64)
-        grow("_switches", (3,), bool)  # held_valid, capture, always: one gather in `process`
-        self._held_valid, self._capture, self._always = (self._switches[:, i] for i in range(3))
+        grow("_fs", (_N_F,), np.float64)
+        grow("_bs", (_N_B,), bool)
+        self._held_valid, self._capture, self._always, self._unsteady = (
+            self._bs[:, i] for i in (_B_HELD_VALID, _B_CAPTURE, _B_ALWAYS, _B_UNSTEADY))
         self._cap = cap
+
+    def _grow_work(self, rows: int) -> None:
+        """Scratch arrays for `process`, reused across calls."""
+        n = max(rows, 2 * self._work_rows, 64)
+        self._wf = np.zeros((n, 2, _WORK_BLOCKS))  # energies, line energies of blocks 0..6
+        self._wq = np.zeros((n, 4, _WINDOWS_PER_CALL))  # per window: energy, line sum, lines min, max
+        self._wt = np.zeros((n, _WINDOWS_PER_CALL))
+        self._wg = np.zeros((n, 8), dtype=bool)  # blocks 0..6 loud enough to flag; column 7 stays False
+        self._wc = np.zeros((n, 2 * PACKET_SAMPLES), dtype=np.int16)  # held packet, then the new one
+        c = self._wc.strides
+        # Window s (120 samples) starts at the held packet's block s + 1: a view, no copy.
+        self._wc_windows = as_strided(self._wc[:, BLOCK_SAMPLES:],
+                                      (n, _WINDOWS_PER_CALL, WINDOW_BLOCKS * BLOCK_SAMPLES),
+                                      (c[0], BLOCK_SAMPLES * c[1], c[1]), writeable=False)
+        self._work_rows = n
 
     def add_stream(self, mask_always: bool = False) -> int:
         """A new slot, capture off; `mask_always` masks outside captures too (no look-ahead there)."""
@@ -604,11 +743,12 @@ class MaskerBank:
                 self._alloc(self._cap * 2)
             slot = self._n_slots
             self._n_slots += 1
-        for name in ("_held", "_hist_feats", "_hist_flags", "_tone_state", "_held_levels",
-                     "_filler_level", "_n_in", "_held_valid", "_capture"):
-            getattr(self, name)[slot] = 0
-        self._level[slot] = _UNTRACKED
+        self._held[slot] = 0
+        self._fs[slot] = 0.0
+        self._fs[slot, _F_LEVEL] = _BANK_UNTRACKED
+        self._bs[slot] = False
         self._always[slot] = mask_always
+        self._unsteady[slot] = True
         return slot
 
     def remove_stream(self, slot: int) -> None:
@@ -616,6 +756,7 @@ class MaskerBank:
         self._check(slot)
         self._capture[slot] = False
         self._held_valid[slot] = False
+        self._unsteady[slot] = True
         self._free.append(slot)
 
     def _check(self, slot: int) -> None:
@@ -633,7 +774,8 @@ class MaskerBank:
         if on and not self._capture[slot]:
             self._capture[slot] = True
             self._held_valid[slot] = False
-            self._filler_level[slot] = self._level[slot]
+            self._unsteady[slot] = True
+            self._fs[slot, _F_FILLER] = self._fs[slot, _F_LEVEL]
             return None
         if not on and self._capture[slot]:
             held = self.flush(slot)
@@ -644,33 +786,69 @@ class MaskerBank:
     def flush(self, slot: int) -> tuple[np.ndarray, bool] | None:
         """The held packet, masked with what is known (packets stopped); None when nothing is held."""
         self._check(slot)
-        if not self._held_valid[slot]:
+        b, f = self._bs[slot], self._fs[slot]
+        if not b[_B_HELD_VALID]:
             return None
-        if not (np.count_nonzero(self._hist_flags[slot]) or np.count_nonzero(self._tone_state[slot])
-                or _may_confirm(self._hist_feats[slot][None])):  # nothing flagged, no tone: nothing masked
-            self._held_valid[slot] = False
-            self._filler_level[slot] = self._level[slot]
-            return self._held[slot].copy(), False
-        confirmed = np.concatenate([
-            self._pre_confirmed[slot],
-            _confirm(self._hist_feats[slot], lambda rows: self._held[slot][None, :][rows], 1),
-            np.zeros(_WINDOWS_PER_CALL - 1, dtype=bool),  # windows reaching unseen blocks
-        ])
-        flags = np.concatenate([self._hist_flags[slot], np.zeros(PRE_GUARD_BLOCKS, dtype=bool)])
-        holds = np.concatenate([_holds(self._hist_feats[slot]), np.zeros(1, dtype=bool)])
-        tone = _tone_run(self._pre_tone[slot][None, :], confirmed[None, :], holds[None, :])[0]
-        mask = (_window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
-                | _window_or(flags, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS))
+        hist = np.stack([f[_F_HIST_E:_F_HIST_L], f[_F_HIST_L:_F_LEVELS]], axis=1)  # (3, 2) block features
         out = self._held[slot].copy()
-        if mask.any():
-            base = int(self._n_in[slot]) - PACKET_SAMPLES
-            idx = base + np.arange(PACKET_SAMPLES)
-            fill = _fill(self.mode, idx, np.repeat(self._held_levels[slot], BLOCK_SAMPLES))
-            m = np.repeat(mask, BLOCK_SAMPLES)
-            out[m] = fill[m]
-        self._held_valid[slot] = False
-        self._filler_level[slot] = self._level[slot]
-        return out, bool(mask.any())
+        masked = False
+        # Nothing flagged, no tone, no window that may confirm: nothing masked (the full rule's answer).
+        if (np.count_nonzero(b[_B_FLAGS:_B_UNSTEADY]) or np.count_nonzero(b[_B_CONFIRMED:_B_HELD_VALID])
+                or _may_confirm(hist[None])):
+            confirmed = np.concatenate([
+                b[_B_CONFIRMED:_B_TONE],
+                _confirm(hist, lambda rows: out[None, :][rows], 1),
+                np.zeros(_WINDOWS_PER_CALL - 1, dtype=bool),  # windows reaching unseen blocks
+            ])
+            flags = np.concatenate([b[_B_FLAGS:_B_UNSTEADY], np.zeros(PRE_GUARD_BLOCKS, dtype=bool)])
+            holds = np.concatenate([_holds(hist), np.zeros(1, dtype=bool)])
+            tone = _tone_run(b[None, _B_TONE:_B_TONE + HANGOVER_BLOCKS + 1], confirmed[None, :], holds[None, :])[0]
+            mask = (_window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
+                    | _window_or(flags, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS))
+            masked = bool(mask.any())
+            if masked:
+                idx = int(f[_F_N_IN]) - PACKET_SAMPLES + np.arange(PACKET_SAMPLES)
+                fill = _fill(self._mode, idx, np.repeat(_fill_power(f[_F_LEVELS:_F_LEVEL]), BLOCK_SAMPLES))
+                m = np.repeat(mask, BLOCK_SAMPLES)
+                out[m] = fill[m]
+        b[_B_HELD_VALID] = False
+        b[_B_UNSTEADY] = True
+        f[_F_FILLER] = f[_F_LEVEL]
+        return out, masked
+
+    def _levels(self, level: np.ndarray, energy: np.ndarray, flags: np.ndarray | None) -> np.ndarray:
+        """Background tracker over the new blocks: (k, 5), the level before each block, then after the last."""
+        k = len(level)
+        power = energy * (1.0 / BLOCK_SAMPLES)
+        if k <= _SCALAR_TRACK_ROWS:
+            rows = []
+            for lv, ps, fl in zip(level.tolist(), power.tolist(),
+                                  flags.tolist() if flags is not None else [[False] * BLOCKS_PER_PACKET] * k):
+                row = [lv]
+                for p, f in zip(ps, fl):
+                    if not f:
+                        lv = min(p, lv * _NOISE_RISE + _NOISE_RISE_ABS)
+                    row.append(lv)
+                rows.append(row)
+            return np.array(rows, dtype=np.float64)
+        out = np.empty((k, BLOCKS_PER_PACKET + 1))
+        out[:, 0] = level
+        if flags is not None and np.count_nonzero(flags):  # a flagged block leaves the level alone
+            rise = np.where(flags, 1.0, _NOISE_RISE)
+            step = np.where(flags, 0.0, _NOISE_RISE_ABS)
+            power = np.where(flags, np.inf, power)
+        else:
+            rise, step = None, None
+        t = np.empty(k)
+        for j in range(BLOCKS_PER_PACKET):
+            if rise is None:
+                np.multiply(out[:, j], _NOISE_RISE, out=t)
+                t += _NOISE_RISE_ABS
+            else:
+                np.multiply(out[:, j], rise[:, j], out=t)
+                t += step[:, j]
+            np.minimum(power[:, j], t, out=out[:, j + 1])
+        return out
 
     def process(self, slots: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masked rows (k, 160) int16 and a per-row `changed` flag for packets of the given slots."""
@@ -679,89 +857,265 @@ class MaskerBank:
         k = len(slots)
         if frames.shape != (k, PACKET_SAMPLES):
             raise ValueError("masker frames must be (k, 160)")
-        feats, flags = _block_features(frames.reshape(-1, BLOCK_SAMPLES))
-        feats = feats.reshape(k, BLOCKS_PER_PACKET, _N_FEATURES)
-        flags = flags.reshape(k, BLOCKS_PER_PACKET)
-        power = feats[:, :, _ENERGY] * (1.0 / BLOCK_SAMPLES)
-
-        if k <= _SCALAR_TRACK_ROWS:  # same float64 arithmetic as `_track`, without its per-call numpy cost
-            levels, level = _track_rows(self._level[slots].tolist(), power.tolist(), flags.tolist())
+        if k > self._work_rows:
+            self._grow_work(k)
+        held = self._held[slots]
+        fs = self._fs[slots]
+        bs = self._bs[slots]
+        # Blocks 0..6: the held packet's blocks 1..3 (kept from the last call), the new packet's 0..3.
+        wf = self._wf[:k]
+        wf[:, :, :WINDOW_BLOCKS] = fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, WINDOW_BLOCKS)
+        _block_features_into(frames, wf[:, 0, WINDOW_BLOCKS:], wf[:, 1, WINDOW_BLOCKS:])
+        # A row is active when it is not delayed, has a flag or tone state, or has a block loud
+        # enough to be flagged or to lift a window to the confirmation's energy floor. Nothing
+        # in an inactive row is masked, and its flags and tone state stay clear.
+        loud = self._wg[:k]
+        np.greater_equal(wf[:, 0], _MIN_BLOCK_ENERGY, out=loud[:, :_WORK_BLOCKS])
+        words = bs.view(np.uint64)
+        active = np.flatnonzero(loud.view(np.uint64)[:, 0] | words[:, 0] | words[:, _W_TONE])
+        if not len(active):
+            out, changed = held, np.zeros(k, dtype=bool)
+            levels = (self._levels(fs[:, _F_LEVEL], wf[:, 0, WINDOW_BLOCKS:], None)
+                      if self._mode is MaskMode.COMFORT_NOISE else None)
+        elif len(active) <= _SCALAR_ACTIVE_ROWS:
+            out, changed, levels = self._process_few(slots, frames, held, fs, bs, wf, active)
         else:
-            level = self._level[slots]
-            levels = np.empty((k, BLOCKS_PER_PACKET))
-            for j in range(BLOCKS_PER_PACKET):  # the tracker is a recursion in time
-                levels[:, j] = level
-                level = _track(level, power[:, j], flags[:, j])
-
-        switches = self._switches[slots]
-        held_valid, capture, always = switches[:, 0], switches[:, 1], switches[:, 2]
-        delayed = capture & held_valid
-        filler = capture & ~held_valid
-        direct_mask = always & ~capture
-
-        # Blocks numbered from the held packet's first = 0. A held block b is masked by
-        # the windows starting at b-4 .. b+1: those at -4..0 are known from the last
-        # call, those at 1..4 (held blocks 1-3 and this packet's 0-2) are new.
-        win_feats = np.concatenate([self._hist_feats[slots], feats[:, :WINDOW_BLOCKS]], axis=1)
-        tone_state = self._tone_state[slots]
-        near_tone = bool(np.count_nonzero(tone_state))  # count_nonzero: cheaper than .any() on small arrays
-        if k <= _SCALAR_GATE_ROWS and not _may_confirm(win_feats):
-            new_confirmed = np.zeros((k, _WINDOWS_PER_CALL), dtype=bool)
-        else:
-            new_confirmed = _confirm(win_feats, lambda rows: np.concatenate(
-                [self._held[slots[rows]], frames[rows]], axis=1), 1)  # the held packet, then this one
-            near_tone = near_tone or bool(np.count_nonzero(new_confirmed))
-        all_flags = np.concatenate([self._hist_flags[slots], flags], axis=1)
-        if near_tone:
-            confirmed = np.concatenate([tone_state[:, :_KNOWN_WINDOWS], new_confirmed], axis=1)
-            tone = _tone_run(tone_state[:, _KNOWN_WINDOWS:], confirmed, _holds(win_feats[:, :BLOCKS_PER_PACKET]))
-            la_mask = _window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
-            new_state = np.concatenate([confirmed[:, BLOCKS_PER_PACKET:], tone[:, BLOCKS_PER_PACKET:]], axis=1)
-        else:  # no tone anywhere near, nothing confirmed: the common case in speech
-            la_mask = np.zeros((k, BLOCKS_PER_PACKET), dtype=bool)
-            new_state = False
-        if np.count_nonzero(direct_mask):  # direct rows: this packet, loose flags with hang-over only (no look-ahead)
-            dm = _window_or(all_flags[:, BLOCKS_PER_PACKET:], HANGOVER_BLOCKS, 0) & direct_mask[:, None]
-            block_mask = np.where(delayed[:, None], la_mask, dm)
-            changed = block_mask.any(axis=1) | filler
-        elif near_tone:
-            block_mask = la_mask & delayed[:, None]
-            changed = block_mask.any(axis=1) | filler
-        else:  # only filler rows change
-            block_mask = la_mask
-            changed = filler
-
-        n_in = self._n_in[slots]
-        if np.count_nonzero(delayed) == k:  # every row in capture, past its filler
-            out = self._held[slots]
-        else:
-            out = np.where(delayed[:, None], self._held[slots], frames)
-        if np.count_nonzero(changed):
-            rows = np.flatnonzero(changed)
-            base = np.where(delayed, n_in - PACKET_SAMPLES, n_in)[rows]
-            idx = base[:, None] + np.arange(PACKET_SAMPLES)[None, :]
-            blk_levels = np.where(delayed[rows, None], self._held_levels[slots[rows]], levels[rows])
-            fill_power = np.repeat(blk_levels, BLOCK_SAMPLES, axis=1)
-            is_filler = filler[rows]
-            if is_filler.any():
-                fill_power[is_filler] = self._filler_level[slots[rows[is_filler]], None]
-            fill = _fill(self.mode, idx, fill_power)
-            if self.mode is not MaskMode.COMFORT_NOISE and is_filler.any():
-                fill[is_filler] = 0
-            m = np.repeat(block_mask[rows], BLOCK_SAMPLES, axis=1) | is_filler[:, None]
-            sub = out[rows]
-            sub[m] = fill[m]
-            out[rows] = sub
-
-        self._level[slots] = level
-        self._hist_feats[slots] = feats[:, BLOCKS_PER_PACKET - WINDOW_BLOCKS:]
-        self._hist_flags[slots] = all_flags[:, BLOCKS_PER_PACKET:]
-        self._tone_state[slots] = new_state
-        self._held_levels[slots] = levels
+            out, changed, levels = self._process_many(frames, held, fs, bs, wf)
+            self._bs[slots] = bs
+        if levels is not None:
+            fs[:, _F_LEVELS:_F_FILLER] = levels
+        fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, WINDOW_BLOCKS)[...] = wf[:, :, BLOCKS_PER_PACKET:]
+        fs[:, _F_N_IN] += PACKET_SAMPLES
+        self._fs[slots] = fs
         self._held[slots] = frames
-        self._n_in[slots] = n_in + PACKET_SAMPLES
-        self._held_valid[slots] = capture
         return out, changed
+
+    def _window_lines(self, rows: np.ndarray | list[int], starts: np.ndarray | list[int], held: np.ndarray,
+                      frames: np.ndarray) -> np.ndarray:
+        """Line power (n, 8) at each DTMF frequency, best offset, of the 120-sample windows
+        (rows, starts): `_confirm`'s DFT, one product for every candidate of the call."""
+        c = self._wc[:len(held)]
+        c[:, :PACKET_SAMPLES] = held
+        c[:, PACKET_SAMPLES:] = frames
+        proj = (self._wc_windows[rows, starts].astype(np.float32) @ _WINDOW_BASIS).astype(np.float64)
+        np.square(proj, out=proj)
+        p = proj[:, :_N_LINES] + proj[:, _N_LINES:]  # offset-major: (n, offsets * 8)
+        best = np.maximum(p[:, 0:8], p[:, 8:16])
+        for o in range(2, len(FREQ_OFFSETS)):
+            np.maximum(best, p[:, 8 * o:8 * o + 8], out=best)
+        return best
+
+    def _process_few(self, slots: np.ndarray, frames: np.ndarray, held: np.ndarray, fs: np.ndarray,
+                     bs: np.ndarray, wf: np.ndarray, active: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A call with few active rows: those rows on Python scalars, the same arithmetic as
+        `_process_many` (whose comments say what each step is); writes their bool state."""
+        k = len(slots)
+        rows = active.tolist()
+        feats = wf[active].tolist()  # per row: energies of blocks 0..6, then line energies
+        state = bs[active].tolist()
+        row_flags, row_windows, cand_rows, cand_starts, cand_q = [], [], [], [], []
+        for r, (en, li) in zip(rows, feats):
+            row_flags.append([en[b] >= _MIN_BLOCK_ENERGY and li[b] >= FLAG_CONCENTRATION * en[b]
+                              for b in range(WINDOW_BLOCKS, _WORK_BLOCKS)])
+            row_windows.append([False] * _WINDOWS_PER_CALL)
+            for s in range(_WINDOWS_PER_CALL):
+                e = en[s] + en[s + 1] + en[s + 2]
+                if e >= _MIN_WINDOW_ENERGY:
+                    l0, l1, l2 = li[s], li[s + 1], li[s + 2]
+                    el, lo, hi = l0 + l1 + l2, min(l0, l1, l2), max(l0, l1, l2)
+                    if el >= _PREFILTER_SHARE * e and lo >= _STEADY * hi:
+                        cand_rows.append(r)
+                        cand_starts.append(s)
+                        cand_q.append((e, el, lo, hi))
+        if cand_rows:  # in (row, start) order: the product `_process_many` would run
+            at = {r: i for i, r in enumerate(rows)}
+            decided = _window_decisions(self._window_lines(cand_rows, cand_starts, held, frames), cand_q)
+            for r, s, ok in zip(cand_rows, cand_starts, decided):
+                row_windows[at[r]][s] = bool(ok)
+        levels = None
+        if self._mode is MaskMode.COMFORT_NOISE:
+            flags = np.zeros((k, BLOCKS_PER_PACKET), dtype=bool)
+            flags[active] = row_flags
+            levels = self._levels(fs[:, _F_LEVEL], wf[:, 0, WINDOW_BLOCKS:], flags)
+        out = held
+        changed = np.zeros(k, dtype=bool)
+        new_state = []
+        pad = [False] * (_N_B - _B_ALWAYS - 1)
+        for r, b, fl, windows in zip(rows, state, row_flags, row_windows):
+            capture, always = b[_B_CAPTURE], b[_B_ALWAYS]
+            delayed = capture and b[_B_HELD_VALID]
+            flags6 = b[_B_FLAGS + BLOCKS_PER_PACKET:_B_UNSTEADY] + fl
+            if any(windows) or any(b[_B_CONFIRMED:_B_TONE + HANGOVER_BLOCKS + 1]):
+                masks, states = _tone_rows([b[_S_HOLDS:_B_TONE + HANGOVER_BLOCKS + 1]], [windows], [fl[0]])
+                la, tone_state = masks[0], states[0]
+            else:
+                la, tone_state = [False] * BLOCKS_PER_PACKET, [False] * (_KNOWN_WINDOWS + HANGOVER_BLOCKS + 1)
+            if delayed:
+                block_mask = la
+            else:
+                out[r] = frames[r]
+                block_mask = ([flags6[j] or flags6[j + 1] or flags6[j + 2] for j in range(BLOCKS_PER_PACKET)]
+                              if always and not capture else [False] * BLOCKS_PER_PACKET)
+            if capture and not delayed or any(block_mask):
+                changed[r] = True
+                self._fill_row(out[r], block_mask, capture and not delayed, delayed, fs[r].tolist(),
+                               levels[r, :BLOCKS_PER_PACKET].tolist() if levels is not None else None)
+            new_state.append(flags6 + [not capture, False] + tone_state + [capture, capture, always] + pad)
+        self._bs[slots[active]] = new_state
+        return out, changed, levels
+
+    def _process_many(self, frames: np.ndarray, held: np.ndarray, fs: np.ndarray, bs: np.ndarray,
+                      wf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A call with many active rows, vectorised over all rows; updates `bs` in place."""
+        k = len(frames)
+        energy, lines = wf[:, 0, WINDOW_BLOCKS:], wf[:, 1, WINDOW_BLOCKS:]
+        flags = energy >= _MIN_BLOCK_ENERGY
+        flags &= lines >= FLAG_CONCENTRATION * energy
+        levels = self._levels(fs[:, _F_LEVEL], energy, flags) if self._mode is MaskMode.COMFORT_NOISE else None
+        all_delayed = not np.count_nonzero(bs[:, _B_UNSTEADY])
+        if all_delayed:
+            delayed = filler = direct = None
+            n_filler = n_direct = 0
+        else:
+            capture = bs[:, _B_CAPTURE]
+            delayed = capture & bs[:, _B_HELD_VALID]
+            filler = capture & ~bs[:, _B_HELD_VALID]
+            direct = bs[:, _B_ALWAYS] & ~capture
+            n_filler, n_direct = np.count_nonzero(filler), np.count_nonzero(direct)
+
+        # Windows starting at the held packet's blocks 1..4 (`_confirm` with the same
+        # arithmetic): the cheap test on all, the 120-sample DFT on those that pass it.
+        q = self._wq[:k]
+        n = _WINDOWS_PER_CALL
+        np.add(wf[:, :, 0:n], wf[:, :, 1:n + 1], out=q[:, :2])
+        q[:, :2] += wf[:, :, 2:n + 2]  # energy, line sum: (a + b) + c
+        lin = wf[:, 1]
+        lines_min, lines_max = q[:, 2], q[:, 3]
+        np.minimum(lin[:, 0:n], lin[:, 1:n + 1], out=lines_min)
+        np.minimum(lines_min, lin[:, 2:n + 2], out=lines_min)
+        np.maximum(lin[:, 0:n], lin[:, 1:n + 1], out=lines_max)
+        np.maximum(lines_max, lin[:, 2:n + 2], out=lines_max)
+        e = q[:, 0]
+        t = self._wt[:k]
+        confirmed = e >= _MIN_WINDOW_ENERGY
+        confirmed &= q[:, 1] >= np.multiply(e, _PREFILTER_SHARE, out=t)
+        confirmed &= lines_min >= np.multiply(lines_max, _STEADY, out=t)
+        n_confirmed = np.count_nonzero(confirmed)
+        if n_confirmed:
+            rows, starts = np.nonzero(confirmed)
+            confirmed[rows, starts] = _window_decisions(self._window_lines(rows, starts, held, frames),
+                                                        q[rows, :, starts])
+            n_confirmed = np.count_nonzero(confirmed)
+
+        # Tone run (`_tone_run`) and look-ahead mask, only for rows near a tone.
+        words = bs.view(np.uint64)
+        block_mask = None
+        if n_confirmed or np.count_nonzero(words[:, _W_TONE]):
+            near = np.flatnonzero(words[:, _W_TONE] | confirmed.view(np.uint32)[:, 0])
+            if len(near) <= _SCALAR_TONE_ROWS:
+                masks, states = _tone_rows(bs[near, _S_HOLDS:_B_TONE + HANGOVER_BLOCKS + 1].tolist(),
+                                           confirmed[near].tolist(), flags[near, 0].tolist())
+                block_mask = np.zeros((k, BLOCKS_PER_PACKET), dtype=bool)
+                block_mask[near] = masks
+                bs[near, _B_CONFIRMED:_B_TONE + HANGOVER_BLOCKS + 1] = states
+            else:
+                known = np.concatenate([bs[:, _B_CONFIRMED:_B_TONE], confirmed], axis=1)
+                holds = np.concatenate([bs[:, _S_HOLDS:_B_UNSTEADY], flags[:, :1]], axis=1)
+                tone = _tone_run(bs[:, _B_TONE:_B_TONE + HANGOVER_BLOCKS + 1], known, holds)
+                block_mask = _window_or(tone, HANGOVER_BLOCKS, PRE_GUARD_BLOCKS)
+                bs[:, _B_CONFIRMED:_B_TONE] = known[:, BLOCKS_PER_PACKET:]
+                bs[:, _B_TONE:_B_TONE + HANGOVER_BLOCKS + 1] = tone[:, BLOCKS_PER_PACKET:]
+            if not all_delayed:
+                block_mask &= delayed[:, None]
+        # Loose flags: those of the held packet's last two blocks, then the new packet's.
+        bs[:, _B_FLAGS:_B_FLAGS + _HISTORY_BLOCKS] = bs[:, _B_FLAGS + BLOCKS_PER_PACKET:_B_UNSTEADY]
+        bs[:, _B_FLAGS + _HISTORY_BLOCKS:_B_UNSTEADY] = flags
+        if n_direct:  # this packet, loose flags with hang-over only (no look-ahead)
+            f = bs[:, _B_FLAGS:_B_UNSTEADY]
+            dm = (f[:, :-2] | f[:, 1:-1] | f[:, 2:]) & direct[:, None]
+            block_mask = dm if block_mask is None else block_mask | dm
+        if block_mask is not None:
+            changed = block_mask.view(np.uint32)[:, 0] != 0
+            if n_filler:
+                changed |= filler
+        else:
+            changed = filler if n_filler else np.zeros(k, dtype=bool)
+
+        out = held if all_delayed else np.where(delayed[:, None], held, frames)
+        n_changed = np.count_nonzero(changed)
+        if n_changed:
+            self._fill_rows(out, changed, n_changed, block_mask, delayed, filler if n_filler else None, fs, levels)
+        if not all_delayed:
+            bs[:, _B_HELD_VALID] = bs[:, _B_CAPTURE]
+            np.logical_not(bs[:, _B_CAPTURE], out=bs[:, _B_UNSTEADY])
+        return out, changed, levels
+
+    def _fill_row(self, out: np.ndarray, block_mask: list[bool], filler: bool, delayed: bool, f: list[float],
+                  levels: list[float] | None) -> None:
+        """One row's masked blocks (a filler row: all of it) replaced by the mode's fill, in place.
+
+        `f` is the slot's float state before this call; a delayed row is the held packet
+        (stream samples from n_in - 160, levels from the last call), others this packet.
+        """
+        mode = self._mode
+        n_in = int(f[_F_N_IN])
+        if filler:  # the look-ahead's first packet: background only (FLAT and SILENCE: silence)
+            if mode is MaskMode.COMFORT_NOISE:
+                for b in range(BLOCKS_PER_PACKET):
+                    out[b * BLOCK_SAMPLES:(b + 1) * BLOCK_SAMPLES] = _fill_block(
+                        mode, n_in + b * BLOCK_SAMPLES, f[_F_FILLER])
+            else:
+                out[:] = 0
+            return
+        start = n_in - PACKET_SAMPLES if delayed else n_in
+        lv = f[_F_LEVELS:_F_LEVEL] if delayed else levels
+        for b in range(BLOCKS_PER_PACKET):
+            if block_mask[b]:
+                blk = out[b * BLOCK_SAMPLES:(b + 1) * BLOCK_SAMPLES]
+                if mode is MaskMode.SILENCE:
+                    blk[:] = 0
+                else:
+                    blk[:] = _fill_block(mode, start + b * BLOCK_SAMPLES, lv[b] if lv is not None else 0.0)
+
+    def _fill_rows(self, out: np.ndarray, changed: np.ndarray, n_changed: int, block_mask: np.ndarray | None,
+                   delayed: np.ndarray | None, filler: np.ndarray | None, fs: np.ndarray,
+                   levels: np.ndarray | None) -> None:
+        """`_fill_row` for each changed row of `out` (few rows one by one, many by gathers)."""
+        mode = self._mode
+        rows = np.flatnonzero(changed)
+        if n_changed <= _SCALAR_FILL_ROWS:
+            for r in rows.tolist():
+                self._fill_row(out[r], block_mask[r].tolist() if block_mask is not None else [False] * BLOCKS_PER_PACKET,
+                               bool(filler[r]) if filler is not None else False,
+                               bool(delayed[r]) if delayed is not None else True, fs[r].tolist(),
+                               levels[r, :BLOCKS_PER_PACKET].tolist() if levels is not None else None)
+            return
+        m = (np.repeat(block_mask[rows], BLOCK_SAMPLES, axis=1) if block_mask is not None
+             else np.zeros((len(rows), PACKET_SAMPLES), dtype=bool))
+        is_filler = filler[rows] if filler is not None else None
+        if is_filler is not None:
+            m[is_filler] = True
+        if mode is MaskMode.SILENCE:
+            fill = _fill(mode, m, m)
+        else:
+            row_delayed = True if delayed is None else delayed[rows]
+            base = (fs[rows, _F_N_IN] - np.where(row_delayed, PACKET_SAMPLES, 0)).astype(np.int64)
+            idx = base[:, None] + np.arange(PACKET_SAMPLES)[None, :]
+            if mode is MaskMode.COMFORT_NOISE:
+                blk = (fs[rows, _F_LEVELS:_F_LEVEL] if delayed is None
+                       else np.where(delayed[rows, None], fs[rows, _F_LEVELS:_F_LEVEL], levels[rows, :BLOCKS_PER_PACKET]))
+                power = np.repeat(blk, BLOCK_SAMPLES, axis=1)
+                if is_filler is not None:
+                    power[is_filler] = fs[rows[is_filler], _F_FILLER, None]
+                fill = _fill(mode, idx, _fill_power(power))
+            else:
+                fill = _fill(mode, idx, idx)
+                if is_filler is not None:
+                    fill[is_filler] = 0
+        sub = out[rows]
+        sub[m] = fill[m]
+        out[rows] = sub
 
 
 def encode_masked(original_codes: np.ndarray, masked: np.ndarray, codec: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Small batches take scalar shortcuts (tracker, window pre-test, flush fast path): same output as big ones."""
+"""MaskerBank's paths give the same output: quiet calls, few active rows on Python scalars,
+many rows vectorised, and the scalar shortcuts inside them (tracker, DFT decision, tone run, fill)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from dtmf import masker
 from dtmf.masker import PACKET_SAMPLES, MaskerBank, MaskMode
 from dtmf.tones import DIGITS, dtmf_tone, to_int16, white_noise
 
-N_STREAMS = masker._SCALAR_TRACK_ROWS + 4  # one batch of all of them takes the numpy paths
+THRESHOLDS = ("_SCALAR_ACTIVE_ROWS", "_SCALAR_TONE_ROWS", "_SCALAR_FILL_ROWS", "_SCALAR_DECIDE_WINDOWS",
+              "_SCALAR_TRACK_ROWS")
+N_STREAMS = max(getattr(masker, name) for name in THRESHOLDS) + 4  # one batch of all takes the numpy paths
 N_PACKETS = 30
 
 
@@ -17,10 +20,11 @@ def _streams(rng: np.random.Generator) -> list[np.ndarray]:
     out = []
     t = np.arange(N_PACKETS * PACKET_SAMPLES) / 8000
     for s in range(N_STREAMS):
-        x = white_noise(len(t), float(rng.uniform(-65, -25)), rng)
+        quiet = s % 5 == 4  # under the flag floor between tones: quiet calls and inactive rows
+        x = white_noise(len(t), -75.0 if quiet else float(rng.uniform(-65, -25)), rng)
         if s % 4 == 1:  # a loud steady line: loose flags without tones
             x += 3000 * np.sin(2 * np.pi * float(rng.uniform(650, 1500)) * t)
-        for start in rng.integers(0, (N_PACKETS - 6) * PACKET_SAMPLES, 3):
+        for start in rng.integers(0, (N_PACKETS - 6) * PACKET_SAMPLES, 1 if quiet else 3):
             tone = dtmf_tone(DIGITS[int(rng.integers(16))], float(rng.integers(15, 90)), float(rng.uniform(-35, -5)))
             x[start:start + len(tone)] += tone
         out.append(to_int16(x).reshape(-1, PACKET_SAMPLES))
@@ -42,6 +46,8 @@ def _run(mode: MaskMode, streams: list[np.ndarray], ops: np.ndarray, batch: int)
         for lo in range(0, N_STREAMS, batch):
             members = range(lo, min(lo + batch, N_STREAMS))
             got.append(bank.process(np.array([slots[s] for s in members]), np.stack([streams[s][i] for s in members])))
+    for s in slots:
+        got.append(bank.flush(s))
     return got
 
 
@@ -55,12 +61,17 @@ def _flat(results: list) -> list:
     return out
 
 
-@pytest.mark.parametrize("mode", list(MaskMode))
-def test_row_by_row_equals_one_big_batch(mode):
-    rng = np.random.default_rng(25)
+def _scenario(seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
     streams = _streams(rng)
     ops = rng.choice(4, size=(N_PACKETS, N_STREAMS), p=[0.82, 0.08, 0.05, 0.05])
     ops[0] = 1
+    return streams, ops
+
+
+@pytest.mark.parametrize("mode", list(MaskMode))
+def test_row_by_row_equals_one_big_batch(mode):
+    streams, ops = _scenario(25)
     big = _run(mode, streams, ops, N_STREAMS)
     single = _run(mode, streams, ops, 1)
     # rows of a batch come out together: regroup the single-row results per packet
@@ -70,8 +81,38 @@ def test_row_by_row_equals_one_big_batch(mode):
         regrouped.extend(next(it) for _ in range(int(np.count_nonzero(ops[i]))))
         rows = [next(it) for _ in range(N_STREAMS)]
         regrouped.append((np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])))
+    regrouped.extend(it)
     assert sum(int(r[1].sum()) for r in big if isinstance(r, tuple) and isinstance(r[1], np.ndarray)) > 0  # something was masked
     assert _flat(regrouped) == _flat(big)
+
+
+@pytest.mark.parametrize("mode", list(MaskMode))
+def test_scalar_and_vectorised_paths_agree(mode, monkeypatch):
+    """The same calls with every shortcut forced on (Python scalars) and forced off (numpy)."""
+    streams, ops = _scenario(26)
+    taken = {"few": 0, "many": 0}
+
+    def counting(name):
+        inner = getattr(MaskerBank, f"_process_{name}")
+
+        def wrapper(self, *args):
+            taken[name] += 1
+            return inner(self, *args)
+        return wrapper
+
+    monkeypatch.setattr(MaskerBank, "_process_few", counting("few"))
+    monkeypatch.setattr(MaskerBank, "_process_many", counting("many"))
+    results = {}
+    for setting, value in (("scalar", 10**6), ("numpy", 0)):
+        for name in THRESHOLDS:
+            monkeypatch.setattr(masker, name, value)
+        before = dict(taken)
+        results[setting] = _flat(_run(mode, streams, ops, 7))
+        assert taken["few" if setting == "scalar" else "many"] > before["few" if setting == "scalar" else "many"]
+    monkeypatch.undo()
+    default = _flat(_run(mode, streams, ops, 7))
+    assert results["scalar"] == results["numpy"] == default
+    assert sum(r is not None and r[1] != bytes(len(r[1])) for r in default) > 0  # something was masked
 
 
 def test_scalar_window_pretest_never_misses_a_window():
@@ -93,3 +134,16 @@ def test_scalar_window_pretest_never_misses_a_window():
         misses += bool(confirmed.any()) and not may
     assert misses == 0
     assert hits > 0
+
+
+def test_bank_features_equal_the_single_stream_features():
+    """The bank's block features (its own product layout) are `_block_features`' bit for bit."""
+    rng = np.random.default_rng(3)
+    for k in (1, 5, 22, 50):
+        frames = to_int16(white_noise(k * PACKET_SAMPLES, float(rng.uniform(-60, 0)), rng)).reshape(k, -1)
+        frames[0, :80] += to_int16(dtmf_tone("7", 10, -10))
+        energy, lines = np.empty((k, 4)), np.empty((k, 4))
+        masker._block_features_into(frames, energy, lines)
+        feats, _ = masker._block_features(frames.reshape(-1, 40))
+        assert energy.tobytes() == feats[:, 0].reshape(k, 4).tobytes()
+        assert lines.tobytes() == feats[:, 1].reshape(k, 4).tobytes()
