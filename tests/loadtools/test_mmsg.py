@@ -206,3 +206,11 @@ def test_call_log_places_each_message_at_its_share_of_its_call():
     assert list(log.send_times(stamp, idx)) == [2_000, 2_300, 5_100, 5_200, -1, -1, -1]
     assert log.ns_per_message() == (400 + 200) / 6
     assert list(rtp_load._CallLog(4).send_times(np.array([1]), np.array([0]))) == [-1]
+
+
+def test_call_log_reports_the_messages_sent_in_slow_calls():
+    log = rtp_load._CallLog(capacity=8)
+    for i in range(5):
+        log.add(stamp_ns=i + 1, row=0, count=10, call_ns=100 * i, done_ns=100 * i + 50)  # 5 ns/message
+    log.add(stamp_ns=9, row=0, count=10, call_ns=1_000, done_ns=1_500)  # 50 ns/message: preempted
+    assert log.slow_share() == 10 / 60
