@@ -596,6 +596,9 @@ def run_point(relay: str, n: int, duration_s: float, capture: bool = False,
                       utime_s_per_mpkt=round(ut / mpkt, 2) if pid else float("nan"),
                       stime_s_per_mpkt=round(st / mpkt, 2) if pid else float("nan"),
                       cpu_pct=round(100 * cpu / duration_s, 1) if pid else float("nan"),
+                      # Per packet that came out: an overloaded relay leaves packets unread.
+                      cpu_s_per_m_received=(round(cpu / (result["received_total"] / 1e6), 2)
+                                            if pid and result.get("received_total") else float("nan")),
                       relay_rx_drops=udp_drops({t[1] for t in targets}) if pid else 0,
                       gen_rx_drops=udp_drops(gen_rx_ports))
         if proc is not None:

@@ -329,7 +329,7 @@ class MmsgLoadGenerator:
         max_lat = int((duration_s + 1) * 50 * n) + n
         lat_ns = np.empty(max_lat, dtype=np.int64)
         n_lat = 0
-        received = foreign = no_kernel_ts = 0
+        received = foreign = no_kernel_ts = received_total = 0
         last_stamp = 0
         max_behind_ns = 0
         ticks = behind_ticks = 0
@@ -377,7 +377,9 @@ class MmsgLoadGenerator:
                     # A packet a relay rewrote (e.g. DTMF silence: all 0xFF) matches no call.
                     sent_ns = log.send_times(stamp_rx, idx)
                     good = (lens >= IDX_AT + IDX_NIBBLES) & (sent_ns >= 0)
-                    foreign += int(k - np.count_nonzero(good))
+                    n_good = int(np.count_nonzero(good))
+                    foreign += k - n_good
+                    received_total += n_good
                     keep = good & (stamp_rx >= measure_from_ns)
                     m = int(np.count_nonzero(keep))
                     if m:
@@ -411,6 +413,7 @@ class MmsgLoadGenerator:
             "send_errors": sender.errors,
             "measured_sent": measured_sent,
             "measured_received": received,
+            "received_total": received_total,
             "latency_samples": int(len(lat)),
             "loss_pct": 100.0 * (1 - received / measured_sent) if measured_sent else float("nan"),
             "streams_with_loss": int(np.count_nonzero(recv_per_stream < sent_per_stream)),
