@@ -14,13 +14,28 @@ slowloris), an idle timeout, and a cap on bytes queued for a peer that does not 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
+import time
 import re
 import ssl
 from collections import Counter
 from typing import Any, Callable, NamedTuple, Protocol
 
 log = logging.getLogger("tonewall.sip")
+
+
+RESOLVE_TTL_S = 60.0
+"""How long a UDP next hop's resolved address is used before it is looked up again."""
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class Peer(NamedTuple):
@@ -269,6 +284,10 @@ class SipTransport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
+        self._resolved: dict[str, tuple[str, float]] = {}
+        """UDP next hops named by a DNS name: name -> (IPv4 address, monotonic expiry)."""
+        self._resolving: dict[tuple[str, int], list[bytes]] = {}
+        """Datagrams waiting for their destination name to resolve."""
         self.addresses: dict[str, tuple[str, int]] = {}
         """Bound addresses by transport, for logs and tests (port 0 resolved)."""
 
@@ -411,6 +430,12 @@ class SipTransport:
             if self._udp is None or self._udp.transport is None:
                 self.drops["send_no_udp"] += 1
                 return
+            if not _is_ip_literal(host):
+                address = self._resolved.get(host)
+                if address is None or address[1] < time.monotonic():
+                    self._send_udp_resolving(data, host, port)
+                    return
+                host = address[0]
             self._udp.transport.sendto(data, (host, port))
             return
         conn = self._connections.get(connection_id) if connection_id is not None else None
@@ -421,6 +446,34 @@ class SipTransport:
             if conn is None:
                 return
         conn.send(data)
+
+    def _send_udp_resolving(self, data: bytes, host: str, port: int) -> None:
+        """RFC 3263 4.2: a UDP destination named by a host name goes to its A record.
+
+        The datagram endpoint takes addresses only; names resolve off the loop and are
+        cached for RESOLVE_TTL_S. A name that does not resolve is a transport error (503).
+        """
+        waiting = self._resolving.get((host, port))
+        if waiting is not None:
+            waiting.append(data)
+            return
+        self._resolving[(host, port)] = [data]
+
+        async def resolve() -> None:
+            try:
+                infos = await self._loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+                address = infos[0][4][0]
+            except (OSError, IndexError, UnicodeError) as exc:
+                self.drops[f"resolve_failed:{_exception_reason(exc)}"] += 1
+                self._resolving.pop((host, port), None)
+                self._report_transport_failure("udp", host, port)
+                return
+            self._resolved[host] = (address, time.monotonic() + RESOLVE_TTL_S)
+            for datagram in self._resolving.pop((host, port), ()):
+                if self._udp is not None and self._udp.transport is not None:
+                    self._udp.transport.sendto(datagram, (address, port))
+
+        self._loop.create_task(resolve())
 
     def _connect(self, kind: str, host: str, port: int) -> _Stream | None:
         """RFC 3261 18.1.1: open a connection for a request when none is open to that peer."""

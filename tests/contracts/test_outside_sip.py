@@ -472,10 +472,6 @@ def test_a_full_rtp_range_refuses_the_next_call_with_503_and_frees_ports_on_hang
         small.close()
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/transport/sip.py: a next hop named by a DNS name over UDP "
-                   "(sip:localhost:PORT, like the README's sip:pbx.example.net) is never sent to: the UDP send "
-                   "raises ValueError (the datagram endpoint wants an IP) and the caller gets no final response; "
-                   "TCP/TLS next hops resolve names. Expected: resolve the name (RFC 3263 A/AAAA) and send")
 def test_a_next_hop_named_by_dns_name_over_udp(tmp_path):
     agent, caller = Wire(), Wire()
     gw = GatewayProcess(tmp_path, next_hop_port=agent.port, rtp_ports=8)
