@@ -460,14 +460,30 @@ class DetectorBank:
             rows = self._busy[slots].nonzero()[0]
             if rows.size == 0:
                 return []
+            if rows.size < self.vector_min_streams:
+                return self._advance_few(slots[rows], [[_NONE] * c for _ in range(rows.size)], c)
             return self._advance(slots[rows], np.full((rows.size, c), _NONE, dtype=np.int64), c)
         hit_windows, keys = found
+        if self._n_busy + hit_windows.size < self.vector_min_streams:
+            # Few streams: their windows' keys as Python lists, in stream order.
+            by_stream: dict[int, list[int]] = {}
+            for window, key in zip(hit_windows.tolist(), keys.tolist()):
+                stream, t = divmod(window, c)
+                row = by_stream.get(stream)
+                if row is None:
+                    row = by_stream[stream] = [_NONE] * c
+                row[t] = key
+            if self._n_busy:
+                for stream in self._busy[slots].nonzero()[0].tolist():
+                    if stream not in by_stream:
+                        by_stream[stream] = [_NONE] * c
+            streams = sorted(by_stream)
+            return self._advance_few(slots[streams], [by_stream[i] for i in streams], c)
         if self._n_busy == 0:
             on = np.zeros(k, dtype=np.bool_)
         else:
             on = self._busy[slots]
-        hit_streams = hit_windows // c
-        on[hit_streams] = True
+        on[hit_windows // c] = True
         rows = on.nonzero()[0]
         hits = np.full((k, c), _NONE, dtype=np.int64)
         hits.reshape(-1)[hit_windows] = keys
@@ -598,17 +614,23 @@ class DetectorBank:
             cand, bins = cand[hit], bins[:, hit]
         return cand, bins[0] * 4 + bins[1]
 
+    def _advance_few(self, slots: np.ndarray, hits: list[list[int]], c: int) -> list[DetectorEvent]:
+        """`_advance` for a few streams, their keys per window given as lists."""
+        state = self._sm[slots]
+        chunk0 = (self._chunks[slots] - c).tolist()
+        events, busy, n_busy_change = self._advance_each(slots, hits, state, chunk0)
+        self._sm[slots] = state
+        self._busy[slots] = busy
+        self._n_busy += n_busy_change
+        return events
+
     def _advance(self, slots: np.ndarray, hits: np.ndarray, c: int) -> list[DetectorEvent]:
         """Run the hit/miss state machine of these streams (all busy or hit) over their `c` new windows."""
+        if slots.size < self.vector_min_streams:
+            return self._advance_few(slots, hits.tolist(), c)
         sm = self._sm
         state = sm[slots]
         chunk0 = self._chunks[slots] - c
-        if slots.size < self.vector_min_streams:
-            events, busy, n_busy_change = self._advance_each(slots, hits, state, chunk0)
-            sm[slots] = state
-            self._busy[slots] = busy
-            self._n_busy += n_busy_change
-            return events
         # Most of many streams see one value in every new window (the tone holds,
         # the run grows, or nothing): updated in bulk; the rest window by window.
         events = []
@@ -623,7 +645,7 @@ class DetectorBank:
             part = state[mixed]
             few = np.count_nonzero(mixed) < self.vector_min_streams
             if few:
-                events += self._advance_each(slots[mixed], hits[mixed], part, chunk0[mixed])[0]
+                events += self._advance_each(slots[mixed], hits[mixed].tolist(), part, chunk0[mixed].tolist())[0]
             else:
                 events += self._advance_vector(slots[mixed], hits[mixed], part, chunk0[mixed])
             state[mixed] = part
@@ -676,8 +698,8 @@ class DetectorBank:
                                             int(chunk0[i] + t + 1) * CHUNK_SAMPLES))
 
     @staticmethod
-    def _advance_each(slots: np.ndarray, hits: np.ndarray, state: np.ndarray,
-                      chunk0: np.ndarray) -> tuple[list[DetectorEvent], list[bool], int]:
+    def _advance_each(slots: np.ndarray, hits: list[list[int]], state: np.ndarray,
+                      chunk0: list[int]) -> tuple[list[DetectorEvent], list[bool], int]:
         """The state machine stream by stream in Python (cheaper for a few streams); updates `state`.
 
         Returns the events, each stream's busy flag after the windows, and the change
@@ -687,7 +709,7 @@ class DetectorBank:
         rows = state.tolist()
         busy: list[bool] = []
         n_busy_change = 0
-        for slot, row, hit_row, chunk in zip(slots.tolist(), rows, hits.tolist(), chunk0.tolist()):
+        for slot, row, hit_row, chunk in zip(slots.tolist(), rows, hits, chunk0):
             run_code, run_len, run_first, active, active_start, last_hit, misses = row
             n_busy_change -= run_code >= 0 or active >= 0
             h = hit_row[0]
