@@ -8,6 +8,12 @@ and false digits per hour on the speech and music that Debian's Asterisk sound
 packages ship (when installed).
 
     python3 loadtests/detector_bench.py [--quick]
+    python3 loadtests/detector_bench.py --ab REV [--ab-streams 100] [--ab-rounds 15]
+
+--ab compares the working tree's dtmf/detector.py with the one at git revision REV
+in the same process: both banks are fed the same frames call by call (interleaved,
+so the machine's load hits both alike), each call's CPU time is the minimum over
+the rounds, and the events must be identical.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import glob  # noqa: E402
+import importlib.util  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import wave  # noqa: E402
@@ -152,6 +161,58 @@ def stream_accuracy(pool: list[tuple[np.ndarray, str]]) -> tuple[int, int, int, 
     return ours, sp, ours_digits, sp_digits
 
 
+def detector_at(rev: str) -> object:
+    """dtmf/detector.py as it was at git revision `rev`, loaded as a separate module."""
+    source = subprocess.check_output(["git", "-C", str(ROOT), "show", f"{rev}:dtmf/detector.py"], text=True)
+    path = Path(tempfile.mkdtemp()) / "detector_at_rev.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("detector_at_rev", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def ab_per_call(banks: list, audio: np.ndarray, rounds: int) -> tuple[list[float], bool]:
+    """Mean over calls of each call's minimum CPU time (s) per bank class, interleaved; same events?"""
+    n_streams, length = audio.shape
+    n_frames = length // FRAME
+    packets = np.ascontiguousarray(
+        audio[:, :n_frames * FRAME].reshape(n_streams, n_frames, FRAME).transpose(1, 0, 2))
+    best = np.full((len(banks), n_frames), np.inf)
+    same = True
+    cpu = time.process_time_ns
+    for _ in range(rounds):
+        live = [make(n_streams) for make in banks]
+        slots = [np.array([b.add_stream() for _ in range(n_streams)]) for b in live]
+        events: list[list] = [[] for _ in live]
+        for f in range(n_frames):
+            for i, bank in enumerate(live):
+                t0 = cpu()
+                got = bank.process(slots[i], packets[f])
+                dt = cpu() - t0
+                events[i] += got
+                best[i, f] = min(best[i, f], dt)
+        keys = [[(type(e).__name__, e.slot, e.digit, e.start_sample, vars(e).get("decided_sample"),
+                  vars(e).get("end_sample")) for e in ev] for ev in events]
+        same &= all(k == keys[0] for k in keys)
+    return [float(v) for v in best.mean(axis=1) / 1e9], same
+
+
+def run_ab(rev: str, n_streams: int, rounds: int, seconds: float, pools: list[tuple[str, list]]) -> None:
+    old = detector_at(rev)
+    print(f"A/B at N={n_streams}: dtmf/detector.py at {rev} against the working tree, {FRAME}-sample frames, "
+          f"interleaved call by call, each call's CPU time the min of {rounds} rounds "
+          f"(load average {open('/proc/loadavg').read().split()[0]})")
+    for title, streams in pools:
+        audio = np.stack([streams[i % len(streams)][0] for i in range(n_streams)])
+        (t_old, t_new), same = ab_per_call([old.DetectorBank, DetectorBank], audio, rounds)
+        samples = n_streams * FRAME
+        print(f"  {title}: {rev} {t_old * 1e6:6.1f} us/call ({samples / t_old / 1e6:5.1f}M/s), "
+              f"working tree {t_new * 1e6:6.1f} us/call ({samples / t_new / 1e6:5.1f}M/s): "
+              f"{t_old / t_new:4.2f}x, {'identical events' if same else 'EVENTS DIFFER'}")
+
+
 # ---------------------------------------------------------------- accuracy battery
 
 def battery() -> list[tuple[str, bool | None, dict]]:
@@ -243,6 +304,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter audio")
     parser.add_argument("--streams", default="1,10,100,1000")
+    parser.add_argument("--ab", metavar="REV", help="A/B the bank against dtmf/detector.py at a git revision")
+    parser.add_argument("--ab-streams", type=int, default=100)
+    parser.add_argument("--ab-rounds", type=int, default=15)
     args = parser.parse_args()
     have_spandsp = load_spandsp() is not None
     seconds = 2.0 if args.quick else 4.0
@@ -255,6 +319,12 @@ def main() -> None:
     print(f"audio: {len(pool)} distinct {seconds:.0f} s streams, "
           f"{'Asterisk speech+music' if background.size else 'white noise'} background with keyed digits, G.711 mu-law")
     speech_only = stream_pool(32, seconds, rng, background, keyed=False)
+    if args.ab:
+        noise = [(g711(rng.standard_normal(int(seconds * RATE)) * 300.0), "")]
+        run_ab(args.ab, args.ab_streams, args.ab_rounds, seconds,
+               [("speech/music only", speech_only), ("digit keyed every 0.5-3 s", pool),
+                ("white noise (gate fails)", noise)])
+        return
     for title, streams in (("speech/music only (no digits)", speech_only),
                            ("speech/music with a digit keyed every 0.5-3 s on every stream", pool)):
         print(f"\nthroughput on {title}: samples per CPU-second, 160-sample frames, one BLAS thread")
