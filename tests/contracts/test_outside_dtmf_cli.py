@@ -87,8 +87,7 @@ def test_hostile_and_broken_headers_get_one_line_and_status_1(tmp_path, keyed):
         "rate-4ghz": (riff(chunk(b"fmt ", fmt(rate=0xFFFFFFFF)), chunk(b"data", pcm)), "Hz"),
         "rate-0": (riff(chunk(b"fmt ", fmt(rate=0)), chunk(b"data", pcm)), "rate"),
         "channels-0": (riff(chunk(b"fmt ", fmt(channels=0, align=2)), chunk(b"data", pcm)), "mono"),
-        "stereo": (riff(chunk(b"fmt ", fmt(channels=2)), chunk(b"data", pcm + pcm)), "mono"),
-        "8-bit": (riff(chunk(b"fmt ", fmt(bits=8)), chunk(b"data", pcm[::2])), "16-bit"),
+        "stereo-claiming-4-byte-frames": (riff(chunk(b"fmt ", fmt(channels=2)), chunk(b"data", pcm + pcm)), "mono"),
         "align-contradicts-width": (riff(chunk(b"fmt ", fmt(align=4)), chunk(b"data", pcm)), "align"),
     }
     jobs = {}
