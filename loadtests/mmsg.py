@@ -158,6 +158,8 @@ class MmsgReceiver:
     """
 
     def __init__(self, sock: socket.socket, batch: int = 256, max_bytes: int = 256) -> None:
+        if _CMSG_HDR != 16:
+            raise OSError("recvmmsg receiver needs the 64-bit Linux cmsghdr layout")
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock = sock
         self.batch = batch
@@ -174,12 +176,10 @@ class MmsgReceiver:
             h.msg_control = self._control.ctypes.data + i * _CMSG_TS_SPACE
         self._hdr = _hdr_view(self._msgs, batch)
         self._msgs0 = ctypes.addressof(self._msgs)
-        cm = self._control
-        self._cmsg_level = cm[:, 8:12].view(np.intc)[:, 0] if _CMSG_HDR == 16 else None
-        self._cmsg_type = cm[:, 12:16].view(np.intc)[:, 0] if _CMSG_HDR == 16 else None
-        self._ts = cm[:, _CMSG_HDR:_CMSG_HDR + 16].view(np.int64)
-        if _CMSG_HDR != 16:
-            raise OSError("unsupported cmsghdr layout")
+        cm = self._control  # per row: cmsg_len (8 bytes), cmsg_level, cmsg_type, struct timespec
+        self._cmsg_level = cm[:, 8:12].view(np.intc)[:, 0]
+        self._cmsg_type = cm[:, 12:16].view(np.intc)[:, 0]
+        self._ts = cm[:, 16:32].view(np.int64)
 
     def receive(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One non-blocking recvmmsg: (data rows, lengths, kernel receive time in ns; 0 if missing)."""
