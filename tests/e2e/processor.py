@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -69,6 +70,10 @@ class StoredCard:
     token: str
     last4: str
     fingerprint: str
+    expiry: str | None
+    """MMYY, when the card came with one."""
+    fields: tuple[str, ...]
+    """The card fields the request held (names only)."""
 
 
 @dataclass
@@ -217,36 +222,27 @@ class ScriptedProcessor:
             index = len(state.attempts)
         script = state.script
         raw = await request.read()
-        try:
-            if script.delay_s:
-                await asyncio.sleep(script.delay_s)
-            if index <= script.errors_500:
-                return self._answer(attempt, web.json_response({"error": "internal"}, status=500), "500")
-            try:
-                body = json.loads(raw)
-                card = body["card"]
-                number = card["number"]
-                valid = (isinstance(number, str) and number.isdigit() and 12 <= len(number) <= 19
-                         and body.get("idempotency_key") == attempt.key and attempt.key != "")
-            except (ValueError, KeyError, TypeError):
-                valid = False
-            if not valid:
-                return self._answer(attempt, web.json_response({"error": "invalid_request"}, status=400), "400")
-            stored, created = self._keep(attempt.key, number)
-            number = card = body = None
-            if stored is None:
-                return self._answer(attempt, web.json_response({"error": "idempotency_conflict"}, status=409), "409")
-            if index <= script.errors_500 + script.drop_after_store:
-                # The card is stored; the answer is lost with the connection.
-                attempt.outcome = "dropped"
-                self._write_log(f"POST key={attempt.key} client={attempt.client} -> dropped after store")
-                if request.transport is not None:
-                    request.transport.abort()
-                raise asyncio.CancelledError
-            answer = web.json_response({"token": stored.token, "last4": stored.last4}, status=201 if created else 200)
-            return self._answer(attempt, answer, "201" if created else "200")
-        finally:
-            raw = b""
+        if script.delay_s:
+            await asyncio.sleep(script.delay_s)
+        if index <= script.errors_500:
+            return self._answer(attempt, web.json_response({"error": "internal"}, status=500), "500")
+        card = _card(raw, attempt.key)
+        raw = b""
+        if card is None:
+            return self._answer(attempt, web.json_response({"error": "invalid_request"}, status=400), "400")
+        stored, created = self._keep(attempt.key, card)
+        card = None
+        if stored is None:
+            return self._answer(attempt, web.json_response({"error": "idempotency_conflict"}, status=409), "409")
+        if index <= script.errors_500 + script.drop_after_store:
+            # The card is stored; the answer is lost with the connection.
+            attempt.outcome = "dropped"
+            self._write_log(f"POST key={attempt.key} client={attempt.client} -> dropped after store")
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError
+        answer = web.json_response({"token": stored.token, "last4": stored.last4}, status=201 if created else 200)
+        return self._answer(attempt, answer, "201" if created else "200")
 
     def _answer(self, attempt: Attempt, response: web.Response, outcome: str) -> web.Response:
         attempt.outcome = outcome
@@ -254,16 +250,18 @@ class ScriptedProcessor:
         response.force_close()  # a new connection (and TLS handshake) for every attempt
         return response
 
-    def _keep(self, key: str, number: str) -> tuple[StoredCard | None, bool]:
+    def _keep(self, key: str, card: dict[str, Any]) -> tuple[StoredCard | None, bool]:
         """(the card stored under `key`, whether it is new); None when the key holds another card."""
+        number = card["number"]
         fingerprint = self.fingerprint(number)
         with self._lock:
             existing = self.cards.get(key)
             if existing is not None:
                 return (existing if existing.fingerprint == fingerprint else None), False
             letters = "".join(secrets.choice(string.ascii_lowercase) for _ in range(20))
+            expiry = f"{card['exp_month']:02d}{card['exp_year'] % 100:02d}" if "exp_month" in card else None
             stored = StoredCard(key=key, token=f"tok_{letters}_{number[-4:]}", last4=number[-4:],
-                                fingerprint=fingerprint)
+                                fingerprint=fingerprint, expiry=expiry, fields=tuple(sorted(card)))
             self.cards[key] = stored
             self._store.write(json.dumps(asdict(stored)) + "\n")
             self._store.flush()
@@ -273,6 +271,28 @@ class ScriptedProcessor:
         with self._lock:
             self._log.write(f"{time.time():.3f} {line}\n")
             self._log.flush()
+
+
+def _card(raw: bytes, key: str) -> dict[str, Any] | None:
+    """The request's card when it is well formed for the https-json wire format (and names `key`), else None."""
+    try:
+        body = json.loads(raw)
+        card = body["card"]
+        number = card["number"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(number, str) and number.isdigit() and 12 <= len(number) <= 19):
+        return None
+    if not key or body.get("idempotency_key") != key or set(card) - {"number", "exp_month", "exp_year", "cvc"}:
+        return None
+    if ("exp_month" in card) != ("exp_year" in card):
+        return None
+    if "exp_month" in card and not (card["exp_month"] in range(1, 13) and card["exp_year"] in range(2000, 2100)):
+        return None
+    cvc = card.get("cvc", "000")
+    if not (isinstance(cvc, str) and cvc.isdigit() and len(cvc) in (3, 4)):
+        return None
+    return card
 
 
 def _client(request: web.BaseRequest) -> str:

@@ -69,6 +69,8 @@ TIMEOUT_S = 1.0
 RETRIES = 2
 """The gateway's [processor] timeout_s and retries: three attempts of 1 s at most (loopback answers in ms)."""
 GATEWAY_CLIENT = "tonewall-gateway:gateway"
+WHOLE_CARD = ("cvc", "exp_month", "exp_year", "number")
+"""The https-json card fields the processor received for a PAN, expiry and CVV capture."""
 
 
 def _is(kind: str, name: str) -> Callable[[dict[str, Any]], bool]:
@@ -172,6 +174,7 @@ def test_slow_processor_times_out(processor, processor_gateway, artifacts):
     # The processor answers in the end (one card under the capture's key); the failed capture stays failed.
     wait_until(lambda: all(a.outcome != "pending" for a in processor.attempts), 10, "the late answers")
     assert sorted(a.outcome for a in processor.attempts) == ["200"] * RETRIES + ["201"]
+    assert processor.cards[cap.capture_id].fingerprint == processor.fingerprint(SLOW_PAN)
     status, view = cap.api.request("GET", f"/v1/captures/{cap.capture_id}")
     assert status == 200 and (view["state"], view["reason"], view["token"]) == ("failed", "processor_timeout", None)
     assert cap.what_the_caller_keyed() == keys + "#"
@@ -221,6 +224,7 @@ def test_500s_then_success_or_fail_closed(processor, processor_gateway, artifact
         assert outcomes == [(cap.capture_id, "500")] * errors_500 + [(cap.capture_id, "201")]
         stored = processor.cards[cap.capture_id]
         assert stored.fingerprint == processor.fingerprint(RETRY_PAN)
+        assert (stored.expiry, stored.fields) == (future_expiry(), WHOLE_CARD)
         assert (end["token"], end["last4"], end["brand"]) == (stored.token, RETRY_PAN[-4:], "mastercard")
     else:
         assert (end["state"], end["reason"], end["token"]) == ("failed", "processor_unavailable", None)
@@ -242,6 +246,7 @@ def test_lost_response_gives_the_first_token(processor, processor_gateway, artif
     assert [(a.key, a.outcome) for a in processor.attempts] == [(cap.capture_id, "dropped"), (cap.capture_id, "200")]
     stored = processor.cards[cap.capture_id]
     assert [c for c in processor.cards.values() if c.fingerprint == processor.fingerprint(LOST_PAN)] == [stored]
+    assert (stored.expiry, stored.fields) == (future_expiry(), WHOLE_CARD)
     assert (end["state"], end["token"], end["last4"]) == ("tokenized", stored.token, LOST_PAN[-4:])
     assert status == 200 and (view["state"], view["token"]) == ("tokenized", stored.token)
     assert cap.what_the_caller_keyed() == keys + "#"
