@@ -377,3 +377,33 @@ def test_a_capture_on_a_call_not_yet_answered_is_refused_as_such(api):
     finally:
         final = rig.answer(sip_call_id, inv, sdp(41000))
         rig.bye(sip_call_id, final, 2)
+
+
+def _token(api: Api, *args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "token", "issue", *args, "--data-dir",
+                        str(api.rig.gw.data_dir)], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_who_sees_and_who_may_capture_on_a_call(api):
+    call_id = api.call_id()
+    api.tokens.update(other=_token(api, "--role", "agent", "--agent", "2002"),
+                      team=_token(api, "--role", "supervisor", "--agents", f"{AGENT},3003"),
+                      other_team=_token(api, "--role", "supervisor", "--agents", "2002"))
+    seen = {name: len(api.json("GET", "/v1/calls", token=name)[1]["calls"])
+            for name in ("agent", "other", "team", "other_team", "ops")}
+    assert seen == {"agent": 1, "other": 0, "team": 1, "other_team": 0, "ops": 1}, seen
+    for name in ("other", "ops", "other_team"):
+        status, body = api.json("POST", f"/v1/calls/{call_id}/captures", body=b"{}", headers=JSON, token=name)
+        assert status in (403, 404), (name, status)  # never 201: only the call's agent starts a capture
+        _is_error(status, body, status)
+    status, view = api.json("POST", f"/v1/calls/{call_id}/captures", body=b"{}", headers=JSON)
+    assert status == 201
+    for name, expect in (("other", 403), ("other_team", 403), ("team", 200)):
+        status, body = api.json("GET", f"/v1/captures/{view['capture_id']}", token=name)
+        assert status == expect, (name, status, body)
+    status, body = api.json("DELETE", f"/v1/captures/{view['capture_id']}", token="other")
+    assert status == 403
+    status, body = api.json("DELETE", f"/v1/captures/{view['capture_id']}")
+    assert (status, body["state"]) == (200, "cancelled")
