@@ -549,7 +549,9 @@ _F_LEVEL = _F_LEVELS + BLOCKS_PER_PACKET
 _F_FILLER = _F_LEVEL + 1
 _F_N_IN = _F_FILLER + 1
 """Samples received (float64: exact far beyond any call's length)."""
-_N_F = _F_N_IN + 1
+_F_BITS = _F_N_IN + 1
+"""The slot's bool state, 24 bytes in the last three float64 columns (read through a bool view, never
+as numbers), so one gather and one scatter move all of a slot's state but its held packet."""
 # Bool columns in 8-byte words, read as uint64 to test a whole group at once: word 0 holds the
 # loose flags and `_B_UNSTEADY`, word 1 the tone state, word 2 the switches.
 _B_FLAGS = 0
@@ -564,6 +566,7 @@ _B_HELD_VALID = 16
 _B_CAPTURE = _B_HELD_VALID + 1
 _B_ALWAYS = _B_CAPTURE + 1
 _N_B = 24
+_N_F = _F_BITS + _N_B // 8
 _W_TONE = 1
 """The word of `_B_CONFIRMED` .. `_B_TONE` + 2; words 0 and 1 all zero: nothing flagged or in a
 tone, every row delayed."""
@@ -714,7 +717,7 @@ class MaskerBank:
 
         grow("_held", (PACKET_SAMPLES,), np.int16)
         grow("_fs", (_N_F,), np.float64)
-        grow("_bs", (_N_B,), bool)
+        self._bs = self._fs[:, _F_BITS:].view(np.bool_)
         self._held_valid, self._capture, self._always, self._unsteady = (
             self._bs[:, i] for i in (_B_HELD_VALID, _B_CAPTURE, _B_ALWAYS, _B_UNSTEADY))
         self._cap = cap
@@ -744,9 +747,8 @@ class MaskerBank:
             slot = self._n_slots
             self._n_slots += 1
         self._held[slot] = 0
-        self._fs[slot] = 0.0
+        self._fs[slot] = 0.0  # and every bool column False
         self._fs[slot, _F_LEVEL] = _BANK_UNTRACKED
-        self._bs[slot] = False
         self._always[slot] = mask_always
         self._unsteady[slot] = True
         return slot
@@ -861,7 +863,7 @@ class MaskerBank:
             self._grow_work(k)
         held = self._held[slots]
         fs = self._fs[slots]
-        bs = self._bs[slots]
+        bs = fs[:, _F_BITS:].view(np.bool_)
         # Blocks 0..6: the held packet's blocks 1..3 (kept from the last call), the new packet's 0..3.
         wf = self._wf[:k]
         wf[:, :, :WINDOW_BLOCKS] = fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, WINDOW_BLOCKS)
@@ -881,7 +883,6 @@ class MaskerBank:
             out, changed, levels = self._process_few(slots, frames, held, fs, bs, wf, active)
         else:
             out, changed, levels = self._process_many(frames, held, fs, bs, wf)
-            self._bs[slots] = bs
         if levels is not None:
             fs[:, _F_LEVELS:_F_FILLER] = levels
         fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, WINDOW_BLOCKS)[...] = wf[:, :, BLOCKS_PER_PACKET:]
@@ -897,8 +898,7 @@ class MaskerBank:
         c = self._wc[:len(held)]
         c[:, :PACKET_SAMPLES] = held
         c[:, PACKET_SAMPLES:] = frames
-        proj = (self._wc_windows[rows, starts].astype(np.float32) @ _WINDOW_BASIS).astype(np.float64)
-        np.square(proj, out=proj)
+        proj = np.square(self._wc_windows[rows, starts].astype(np.float32) @ _WINDOW_BASIS, dtype=np.float64)
         p = proj[:, :_N_LINES] + proj[:, _N_LINES:]  # offset-major: (n, offsets * 8)
         best = np.maximum(p[:, 0:8], p[:, 8:16])
         for o in range(2, len(FREQ_OFFSETS)):
@@ -909,7 +909,7 @@ class MaskerBank:
                      bs: np.ndarray, wf: np.ndarray, active: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """A call with few active rows: those rows on Python scalars, the same arithmetic as
-        `_process_many` (whose comments say what each step is); writes their bool state."""
+        `_process_many` (whose comments say what each step is); updates their rows of `bs`."""
         k = len(slots)
         rows = active.tolist()
         feats = wf[active].tolist()  # per row: energies of blocks 0..6, then line energies
@@ -962,7 +962,7 @@ class MaskerBank:
                 self._fill_row(out[r], block_mask, capture and not delayed, delayed, fs[r].tolist(),
                                levels[r, :BLOCKS_PER_PACKET].tolist() if levels is not None else None)
             new_state.append(flags6 + [not capture, False] + tone_state + [capture, capture, always] + pad)
-        self._bs[slots[active]] = new_state
+        bs[active] = new_state
         return out, changed, levels
 
     def _process_many(self, frames: np.ndarray, held: np.ndarray, fs: np.ndarray, bs: np.ndarray,
