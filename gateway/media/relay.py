@@ -157,6 +157,9 @@ _TS_SSRC = struct.Struct("!II")
 _NO_PT = 255
 _BOTH_DECODE = np.concatenate([ULAW_DECODE, ALAW_DECODE])
 """mu-law codes at 0-255, A-law at 256-511: one lookup decodes a batch of mixed codecs."""
+_ULAW_PAIRS = np.stack([np.tile(ULAW_DECODE, 256), np.repeat(ULAW_DECODE, 256)], axis=1).view(np.int32).ravel()
+"""Two mu-law codes read as one little-endian uint16 -> both samples (int16, int16) as one int32:
+one lookup per two samples, about half the cost of one per sample."""
 
 
 class CaptureUnavailable(ValueError):
@@ -491,7 +494,8 @@ class Relay:
         """Set when the edge should run `process_pending` this iteration (and re-check the timer)."""
         self.timer_changed = False
         """Set when `get_timer()` may have moved; the edge clears it."""
-        # Detection FIFO: slot and payload of every inspected caller packet, in arrival order.
+        # Detection FIFO: slot and payload (or the whole 172-byte packet, payload at 12) of every
+        # inspected caller packet, in arrival order.
         self._det_slots: list[int] = []
         self._det_payloads: list[bytes] = []
         self._det_alaw = False
@@ -733,19 +737,21 @@ class Relay:
             self._jitter_pair(leg, data, seq, now)
         if leg.inspect:
             if pt == leg.audio_pt:
-                payload = data[start:end]
                 if end - start == 160 and leg.slot >= 0:
                     det = self._det_slots
                     if not det:
                         self._det_since = now
                         self.timer_changed = self.wake = True
                     det.append(leg.slot)
-                    self._det_payloads.append(payload)
+                    # The packet itself when it is a bare 12-byte header and 160 bytes of payload
+                    # (the common case: no copy per packet); `_run_detector` tells them apart by size.
+                    self._det_payloads.append(data if n == 172 else data[start:end])
                     if leg.is_alaw:
                         self._det_alaw = True
                     if len(det) >= self.detect_batch_rows:
                         self.wake = True
                 if leg.masking:
+                    payload = data[start:end]
                     if data[0] & 0x20 or leg.seq_offset:
                         # The payload leaves without its padding; renumbered now, so event packets
                         # withheld later in this iteration cannot shift it.
@@ -767,7 +773,7 @@ class Relay:
                     self.stats.relayed_bytes[d] += n
                     return None
                 if leg.xlate is not None:
-                    data = data[:start] + payload.translate(leg.xlate) + data[end:]
+                    data = data[:start] + data[start:end].translate(leg.xlate) + data[end:]
             else:
                 if not self._telephone_event(leg, data, start, end, now):
                     self.stats.drops[d]["telephone_event"] += 1
@@ -797,8 +803,9 @@ class Relay:
             except SrtpError as exc:
                 self.stats.drops[d][exc.reason] += 1
                 return None
-        self.stats.relayed[d] += 1
-        self.stats.relayed_bytes[d] += n
+        stats = self.stats
+        stats.relayed[d] += 1
+        stats.relayed_bytes[d] += n
         return data, dest
 
     def receive_rtcp(self, leg: Leg, data: bytes, addr: tuple[str, int], now: float
@@ -932,12 +939,20 @@ class Relay:
         if not slots or self.detector is None:
             return
         k = len(slots)
-        codes = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(k, 160)
+        # Rows are whole 172-byte packets (payload at 12) or 160-byte payloads (receive_rtp): the
+        # joined length says whether they are all one or the other.
+        joined = b"".join(payloads)
+        if len(joined) == 172 * k:
+            codes = np.frombuffer(joined, dtype=np.uint8).reshape(k, 172)[:, 12:]
+        else:
+            if len(joined) != 160 * k:
+                joined = b"".join([p if len(p) == 160 else p[12:] for p in payloads])
+            codes = np.frombuffer(joined, dtype=np.uint8).reshape(k, 160)
         if alaw:
             offset = np.fromiter((256 * self._slot_legs[s].is_alaw for s in slots), dtype=np.intp, count=k)
-            frames = _BOTH_DECODE[codes + offset[:, None]]
+            frames = np.take(_BOTH_DECODE, codes + offset[:, None])
         else:
-            frames = ULAW_DECODE[codes]
+            frames = _ulaw_decode(codes)
         slot_arr = np.array(slots, dtype=np.intp)
         self.stats.detector_rows += k
         for rows in _rounds(slots):
@@ -975,9 +990,9 @@ class Relay:
             codes = np.frombuffer(b"".join(picked), dtype=np.uint8).reshape(n, 160)
             if alaw:
                 offset = np.fromiter((256 * leg.is_alaw for leg in mlegs), dtype=np.intp, count=n)
-                frames = _BOTH_DECODE[codes + offset[:, None]]
+                frames = np.take(_BOTH_DECODE, codes + offset[:, None])
             else:
-                frames = ULAW_DECODE[codes]
+                frames = _ulaw_decode(codes)
             mslots = [leg.mask_slot for leg in mlegs]
             slot_arr = np.array(mslots, dtype=np.intp)
             changed = np.zeros(n, dtype=bool)
@@ -1364,6 +1379,12 @@ def _rounds(slots: list[int]) -> list[list[int] | None]:
             rounds.append([])
         rounds[r].append(j)  # type: ignore[union-attr]
     return rounds
+
+
+def _ulaw_decode(codes: np.ndarray) -> np.ndarray:
+    """(k, 160) uint8 mu-law codes (rows may be a strided view) -> (k, 160) int16 samples."""
+    pairs = np.ascontiguousarray(codes).view("<u2")
+    return np.take(_ULAW_PAIRS, pairs).view(np.int16)
 
 
 def _renumber(data: bytes, offset: int) -> bytes:
