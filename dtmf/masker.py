@@ -588,23 +588,26 @@ _SCALAR_ACTIVE_ROWS = 8
 _PREFILTER_SHARE = _PREFILTER * MIXED_CONCENTRATION
 
 
-def _block_features_into(frames: np.ndarray, energy: np.ndarray, lines: np.ndarray) -> None:
-    """`_block_features` of (k, 160) packets into energy and lines (k, 4): same arithmetic, no flags.
+class _Scratch:
+    """`MaskerBank.process`'s views of its scratch arrays for one batch size (set by `_scratch_for`)."""
 
-    The product runs as basis^T @ blocks^T (bit-identical to blocks @ basis here) so that the
-    frequencies are rows: every step after it is a contiguous row operation.
+
+def _block_features_into(frames: np.ndarray, w: _Scratch) -> None:
+    """`_block_features` of (k, 160) packets into `w.energy` and `w.lines` (k, 4): same arithmetic, no flags.
+
+    The product runs as basis^T @ blocks^T (bit-identical to blocks @ basis) so that the
+    frequencies are rows: every step after it is a contiguous row operation, into scratch.
     """
-    x = frames.reshape(-1, BLOCK_SAMPLES).astype(np.float64)
-    proj = _BASIS_T @ x.T  # (16, m): cos, then sin, of the eight frequencies
-    np.square(proj, out=proj)
-    p = (proj[:8] + proj[8:]).reshape(2, 4, -1)  # ~ (amplitude * 20)^2 per frequency: low group, high group
-    best = np.maximum(p[:, 0], p[:, 1])
-    np.maximum(best, p[:, 2], out=best)
-    np.maximum(best, p[:, 3], out=best)  # best low, best high
-    np.add(best[0].reshape(lines.shape), best[1].reshape(lines.shape), out=lines)
-    np.multiply(lines, 2.0 / BLOCK_SAMPLES, out=lines)
-    x3 = x.reshape(energy.shape + (BLOCK_SAMPLES,))
-    np.vecdot(x3, x3, out=energy)  # int16 squares: exact in float64 in any summation order
+    np.copyto(w.x3, frames.reshape(w.x3.shape))
+    np.matmul(_BASIS_T, w.x.T, out=w.proj)
+    np.square(w.proj, out=w.proj)
+    np.add(w.proj_cos, w.proj_sin, out=w.p)
+    np.maximum(w.p_f[0], w.p_f[1], out=w.best)
+    np.maximum(w.best, w.p_f[2], out=w.best)
+    np.maximum(w.best, w.p_f[3], out=w.best)  # best low, best high
+    np.add(w.best_low, w.best_high, out=w.lines)
+    np.multiply(w.lines, 2.0 / BLOCK_SAMPLES, out=w.lines)
+    np.vecdot(w.x3, w.x3, out=w.energy)  # int16 squares: exact in float64 in any summation order
 
 
 def _window_decisions(p: np.ndarray, q: np.ndarray | list) -> list[bool] | np.ndarray:
@@ -699,6 +702,7 @@ class MaskerBank:
         self._free: list[int] = []
         self._n_slots = 0
         self._work_rows = 0
+        self._scratch: dict[int, _Scratch] = {}
         self._alloc(max(1, capacity))
 
     @property
@@ -725,6 +729,12 @@ class MaskerBank:
     def _grow_work(self, rows: int) -> None:
         """Scratch arrays for `process`, reused across calls."""
         n = max(rows, 2 * self._work_rows, 64)
+        self._scratch: dict[int, _Scratch] = {}
+        self._wx = np.empty(n * BLOCKS_PER_PACKET * BLOCK_SAMPLES)
+        self._wproj = np.empty(16 * n * BLOCKS_PER_PACKET)
+        self._wp = np.empty(8 * n * BLOCKS_PER_PACKET)
+        self._wbest = np.empty(2 * n * BLOCKS_PER_PACKET)
+        self._wfs = np.zeros((n, _N_F))
         self._wf = np.zeros((n, 2, _WORK_BLOCKS))  # energies, line energies of blocks 0..6
         self._wq = np.zeros((n, 4, _WINDOWS_PER_CALL))  # per window: energy, line sum, lines min, max
         self._wt = np.zeros((n, _WINDOWS_PER_CALL))
@@ -861,35 +871,63 @@ class MaskerBank:
             raise ValueError("masker frames must be (k, 160)")
         if k > self._work_rows:
             self._grow_work(k)
+        w = self._scratch.get(k) or self._scratch_for(k)
         held = self._held[slots]
-        fs = self._fs[slots]
-        bs = fs[:, _F_BITS:].view(np.bool_)
+        fs = w.fs
+        np.take(self._fs, slots, axis=0, out=fs)
         # Blocks 0..6: the held packet's blocks 1..3 (kept from the last call), the new packet's 0..3.
-        wf = self._wf[:k]
-        wf[:, :, :WINDOW_BLOCKS] = fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, WINDOW_BLOCKS)
-        _block_features_into(frames, wf[:, 0, WINDOW_BLOCKS:], wf[:, 1, WINDOW_BLOCKS:])
+        np.copyto(w.hist, w.fs_hist)
+        _block_features_into(frames, w)
         # A row is active when it is not delayed, has a flag or tone state, or has a block loud
         # enough to be flagged or to lift a window to the confirmation's energy floor. Nothing
         # in an inactive row is masked, and its flags and tone state stay clear.
-        loud = self._wg[:k]
-        np.greater_equal(wf[:, 0], _MIN_BLOCK_ENERGY, out=loud[:, :_WORK_BLOCKS])
-        words = bs.view(np.uint64)
-        active = np.flatnonzero(loud.view(np.uint64)[:, 0] | words[:, 0] | words[:, _W_TONE])
+        np.greater_equal(w.energies, _MIN_BLOCK_ENERGY, out=w.loud)
+        active = np.flatnonzero(w.loud_word | w.words[:, 0] | w.words[:, _W_TONE])
         if not len(active):
             out, changed = held, np.zeros(k, dtype=bool)
-            levels = (self._levels(fs[:, _F_LEVEL], wf[:, 0, WINDOW_BLOCKS:], None)
-                      if self._mode is MaskMode.COMFORT_NOISE else None)
+            levels = self._levels(w.level, w.energy, None) if self._mode is MaskMode.COMFORT_NOISE else None
         elif len(active) <= _SCALAR_ACTIVE_ROWS:
-            out, changed, levels = self._process_few(slots, frames, held, fs, bs, wf, active)
+            out, changed, levels = self._process_few(slots, frames, held, fs, w.bs, w.wf, active)
         else:
-            out, changed, levels = self._process_many(frames, held, fs, bs, wf)
+            out, changed, levels = self._process_many(frames, held, fs, w.bs, w.wf)
         if levels is not None:
             fs[:, _F_LEVELS:_F_FILLER] = levels
-        fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, WINDOW_BLOCKS)[...] = wf[:, :, BLOCKS_PER_PACKET:]
-        fs[:, _F_N_IN] += PACKET_SAMPLES
+        np.copyto(w.fs_hist, w.next_hist)
+        w.n_in += PACKET_SAMPLES
         self._fs[slots] = fs
         self._held[slots] = frames
         return out, changed
+
+    def _scratch_for(self, k: int) -> _Scratch:
+        """Views of the scratch arrays for a batch of k rows, made once per batch size."""
+        w = _Scratch()
+        m = k * BLOCKS_PER_PACKET
+        w.fs = self._wfs[:k]
+        w.fs_hist = w.fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, WINDOW_BLOCKS)
+        w.bs = w.fs[:, _F_BITS:].view(np.bool_)
+        w.words = w.fs[:, _F_BITS:].view(np.uint64)
+        w.level = w.fs[:, _F_LEVEL]
+        w.n_in = w.fs[:, _F_N_IN]
+        w.wf = self._wf[:k]
+        w.hist = w.wf[:, :, :WINDOW_BLOCKS]
+        w.next_hist = w.wf[:, :, BLOCKS_PER_PACKET:]
+        w.energies = w.wf[:, 0]
+        w.energy = w.wf[:, 0, WINDOW_BLOCKS:]
+        w.lines = w.wf[:, 1, WINDOW_BLOCKS:]
+        w.x = self._wx[:m * BLOCK_SAMPLES].reshape(m, BLOCK_SAMPLES)
+        w.x3 = w.x.reshape(k, BLOCKS_PER_PACKET, BLOCK_SAMPLES)
+        w.proj = self._wproj[:16 * m].reshape(16, m)  # cos, then sin, of the eight frequencies
+        w.proj_cos, w.proj_sin = w.proj[:8], w.proj[8:]
+        w.p = self._wp[:8 * m].reshape(8, m)  # ~ (amplitude * 20)^2 per frequency
+        p_f = w.p.reshape(2, 4, m)  # low group, high group
+        w.p_f = [p_f[:, j] for j in range(4)]
+        w.best = self._wbest[:2 * m].reshape(2, m)
+        w.best_low, w.best_high = w.best[0].reshape(k, BLOCKS_PER_PACKET), w.best[1].reshape(k, BLOCKS_PER_PACKET)
+        loud = self._wg[:k]
+        w.loud = loud[:, :_WORK_BLOCKS]
+        w.loud_word = loud.view(np.uint64)[:, 0]
+        self._scratch[k] = w
+        return w
 
     def _window_lines(self, rows: np.ndarray | list[int], starts: np.ndarray | list[int], held: np.ndarray,
                       frames: np.ndarray) -> np.ndarray:
