@@ -185,10 +185,13 @@ class _Analysis:
         self.min_tone_power = _dbm0_power(MIN_TONE_LEVEL_DBM0)
         # The gate's twist bounds as one column: hi >= lo * each, then one comparison.
         self.gate_twist = np.array([[self.gate_normal_twist], [self.gate_reverse_twist]], dtype=np.float32)
-        # Columns for the exact checks on a (2, n) row pair, in the checks' own dtypes:
-        # float32 for the twist, float64 for the energy ratios (numpy float64 scalars).
-        self.twist_bounds = np.array([[self.normal_twist], [self.reverse_twist]], dtype=np.float32)
-        self.energy_ratios = np.array([[self.purity_per_energy], [self.coverage_per_energy]])
+        # Columns for the exact checks (see DetectorBank._check), each in the dtype its
+        # check was written in: float32 for the twist and the level floors (Python
+        # floats against float32), float64 for the energy ratios (numpy float64).
+        self.twist_signs = np.array([[1.0], [-1.0]], dtype=np.float32)
+        self.twist_bounds = np.array([[self.normal_twist], [-self.reverse_twist]], dtype=np.float32)
+        self.pair_bounds = np.array([[self.purity_per_energy], [self.coverage_per_energy],
+                                     [float(np.float32(self.min_pair_power))]])
 
 
 _ANALYSIS: dict[int, _Analysis] = {}
@@ -207,6 +210,20 @@ _CARRY_WIDTH = 49
 _RUN_CODE, _RUN_LEN, _RUN_FIRST, _ACTIVE, _ACTIVE_START, _LAST_HIT, _MISSES = range(7)
 _SM_WIDTH = 7
 _SM_FRESH = np.array([_NONE, 0, 0, _NONE, 0, _NONE, 0], dtype=np.int64)
+
+
+_FEW_CANDIDATES = 16
+"""Below this many candidate windows the frequency check runs first, alone."""
+
+
+def _check_operands(an: _Analysis, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """In-place operands of the exact checks for n windows: lhs, rhs, energies, passed."""
+    lhs = np.empty((4, n), dtype=np.float32)
+    rhs = np.empty((4, n), dtype=np.float32)
+    rhs[0:2] = np.float32(an.min_tone_power)
+    energies = np.empty((3, n), dtype=np.float32)
+    energies[2] = 1.0
+    return lhs, rhs, energies, np.empty((9, n), dtype=np.bool_)
 
 
 class _Plan:
@@ -281,7 +298,7 @@ class DetectorBank:
         self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._window_history: dict[tuple[int, int], np.ndarray] = {}
         self._plans: dict[tuple[int, int], _Plan] = {}
-        self._passed: dict[int, np.ndarray] = {}
+        self._check_buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._grow(capacity)
 
     @property
@@ -550,6 +567,14 @@ class DetectorBank:
             return cand[twisted], strongest[:, twisted]
         return cand, strongest
 
+    def _check_operands(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        operands = self._check_buffers.get(n)
+        if operands is None:
+            if len(self._check_buffers) > 256:
+                self._check_buffers.clear()
+            operands = self._check_buffers[n] = _check_operands(self._an, n)
+        return operands
+
     def _check(self, cand: np.ndarray, strongest: np.ndarray, c: int, mag: np.ndarray, z_and_carry: np.ndarray,
                energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Full Q.24 checks on the windows that passed the gate: the hit windows and their keys."""
@@ -575,38 +600,38 @@ class DetectorBank:
         cross_im = cross[0] - cross[1]
         phase = np.arctan2(cross_im, cross_re) - an.hop_phase.take(freq_idx)
         phase = np.remainder(phase + np.pi, 2 * np.pi) - np.pi
-        # Q.24: accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %. Most speech windows that
-        # reach this point fail here: the rest of the checks runs on the ones left.
-        in_band = (np.abs(phase) <= an.freq_tol_rad.take(freq_idx)).all(axis=0)
-        n_left = np.count_nonzero(in_band)
-        if n_left == 0:
-            return None
-        if n_left < n:
-            cand, strongest, phase, bins = cand[in_band], strongest[:, in_band], phase[:, in_band], bins[:, in_band]
-            n = n_left
+        # Every check is one row of `passed`, written in place and reduced once:
+        #   rows 0-1: each tone's level;
+        #   rows 2-3: Q.24 twist, high tone up to 8 dB below (high >= low * normal) or
+        #             4 dB above the low one (-high >= -low * reverse);
+        #   rows 4-6: the pair against the purity and coverage bounds and its level;
+        #   rows 7-8: Q.24 frequency, accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
+        lhs, rhs, e, passed = self._check_operands(n)
+        in_band = np.less_equal(np.abs(phase), an.freq_tol_rad.take(freq_idx), out=passed[7:9])
+        if n < _FEW_CANDIDATES:
+            # Most speech windows that reach this point fail here: the other checks run
+            # on the ones left.
+            in_band = in_band.all(axis=0)
+            n_left = np.count_nonzero(in_band)
+            if n_left == 0:
+                return None
+            if n_left < n:
+                cand, strongest, phase, bins = cand[in_band], strongest[:, in_band], phase[:, in_band], bins[:, in_band]
+                n = n_left
+                lhs, rhs, e, passed = self._check_operands(n)
+                passed[7:9] = True
         # Tone powers, corrected for the window's roll-off at the estimated offset.
         step = ((phase + np.pi) * an.power_steps_per_rad + 0.5).astype(np.intp)
-        p = strongest * an.power_per_mag.take(step, mode="clip")
+        p = np.multiply(strongest, an.power_per_mag.take(step, mode="clip"), out=lhs[0:2])
+        np.multiply(p[1], an.twist_signs, out=lhs[2:4])
+        np.multiply(p[0], an.twist_bounds, out=rhs[2:4])
+        np.greater_equal(lhs, rhs, out=passed[0:4])
         pair = p[0] + p[1]
-        # Every check left is one row of `passed`, written in place and reduced once:
-        #   rows 0-1: each tone's level; row 2: the pair's level;
-        #   rows 3-4: Q.24 twist, high tone up to 8 dB below or 4 dB above the low one;
-        #   rows 5-6: the pair against the purity and coverage bounds.
-        passed = self._passed.get(n)
-        if passed is None:
-            if len(self._passed) > 256:
-                self._passed.clear()
-            passed = self._passed[n] = np.empty((7, n), dtype=np.bool_)
-        np.greater_equal(p, an.min_tone_power, out=passed[0:2])
-        np.greater_equal(pair, an.min_pair_power, out=passed[2])
-        twist = p[0] * an.twist_bounds
-        np.greater_equal(p[1], twist[0], out=passed[3])
-        np.less_equal(p[1], twist[1], out=passed[4])
         # Energies are stored over the purity bound (see _Analysis.scaled_ones): the
-        # window's (purity) and the louder of its two chunks' (coverage).
-        e = energies.take(cand, axis=1)
+        # window's (purity) and the louder of its two chunks' (coverage); row 2 is 1.
+        energies.take(cand, axis=1, out=e[0:2])
         np.maximum(e[0] - e[1], e[1], out=e[1])
-        np.greater_equal(pair, e * an.energy_ratios, out=passed[5:7])
+        np.greater_equal(pair, e * an.pair_bounds, out=passed[4:7])
         hit = passed.all(axis=0).nonzero()[0]
         if hit.size == 0:
             return None
