@@ -1,10 +1,12 @@
-"""Masker figures: CPU per packet, speech and music masked during a capture, and the leak measures.
+"""Masker figures: CPU per call and per packet, speech and music masked during a capture, the leak measures.
 
-    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python3 loadtests/masker_bench.py [--against REV]
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python3 loadtests/masker_bench.py [--against REV] [--calls-only]
 
 `--against REV` also runs dtmf/masker.py as it was at git revision REV (loaded
 from `git show`, nothing checked out) through the same cost, speech/music and
-speech-mix measures, side by side. Recorded audio: Debian
+speech-mix measures, side by side, and checks that both give byte-identical
+output on randomised calls (capture toggles, flushes, mask = "always", batches of
+every size, all modes). `--calls-only` stops after the per-call costs. Recorded audio: Debian
 asterisk-core-sounds-en-wav (speech) and asterisk-moh-opsound-wav (music on
 hold); those sections are skipped when absent.
 
@@ -74,6 +76,160 @@ def bench_bank(m: ModuleType, k: int, mode_name: str, tone_share: float = 0.1, m
         bank.process(slots, frames[:, done % n_packets])
         done += 1
     return (time.process_time() - t0) / (done * k) * 1e6
+
+
+def call_rows(kind: str, k: int, n_packets: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_packets, k, 160) int16 rows for a bank in capture.
+
+    quiet: relay_bench's payload (mu-law bytes 0xF0..0xFF, under the flag floor);
+    capture: that, with 10 % of the callers keying digits (0..-25 dBm0, 40-120 ms);
+    speech: recorded prompts on every row at their own level (None without the corpus).
+    """
+    if kind == "speech":
+        speech = _speech()
+        if speech is None:
+            return None
+        starts = rng.integers(0, len(speech) - n_packets * PACKET, k)
+        x = np.stack([speech[a:a + n_packets * PACKET] for a in starts])
+    else:
+        x = ulaw_decode(rng.integers(0xF0, 0x100, k * n_packets * PACKET, dtype=np.uint8)).reshape(k, -1)
+        if kind == "capture":
+            x = x.astype(np.float64)
+            for r in range(max(1, k // 10)):
+                pos = int(rng.integers(0, 800))
+                while pos < x.shape[1] - 1000:
+                    tone = dtmf_tone(DIGITS[int(rng.integers(16))], float(rng.integers(40, 121)), float(rng.uniform(-25, 0)))
+                    x[r, pos:pos + len(tone)] += tone
+                    pos += len(tone) + int(rng.integers(400, 1600))
+            x = ulaw_decode(ulaw_encode(to_int16(x)))
+    return np.ascontiguousarray(x.reshape(k, n_packets, PACKET).transpose(1, 0, 2))
+
+
+_SPEECH: list[np.ndarray | None] = []
+
+
+def _speech() -> np.ndarray | None:
+    if not _SPEECH:
+        corpus = read_corpus(SPEECH_GLOB)
+        _SPEECH.append(np.concatenate(corpus) if corpus else None)
+    return _SPEECH[0]
+
+
+def call_cost(m: ModuleType, rows: np.ndarray, mode_name: str) -> float:
+    """CPU microseconds per `MaskerBank.process` call over `rows`, every slot in capture."""
+    k = rows.shape[1]
+    bank = m.MaskerBank(m.MaskMode(mode_name), capacity=k)
+    slots = np.array([bank.add_stream() for _ in range(k)])
+    for s in slots:
+        bank.set_capture(int(s), True)
+    for i in range(3):  # filler rows and the first held packets
+        bank.process(slots, rows[i])
+    t0 = time.process_time_ns()
+    for i in range(3, len(rows)):
+        bank.process(slots, rows[i])
+    return (time.process_time_ns() - t0) / (len(rows) - 3) / 1e3
+
+
+def bench_calls(maskers: list[tuple[str, ModuleType]], rounds: int = 5) -> None:
+    """Per-call cost A/B: interleaved rounds (the order alternates), min of the rounds."""
+    print(f"MaskerBank.process per call (CPU us, min of {rounds} interleaved rounds), capture on every row; "
+          f"/proc/loadavg {_loadavg()}")
+    names = [name for name, _ in maskers]
+    print(f"{'workload':>8} {'mode':>13} {'k':>4} " + " ".join(f"{n:>12}" for n in names)
+          + ("   ratio" if len(maskers) == 2 else "") + "   us/row")
+    for kind in ("quiet", "capture", "speech"):
+        for mode_name in ("flat", "comfort-noise"):
+            for k in (1, 5, 22, 50, 256):
+                rows = call_rows(kind, k, 120 if k <= 50 else 30, np.random.default_rng(k))
+                if rows is None:
+                    continue
+                best = {n: float("inf") for n in names}
+                for r in range(rounds):
+                    for name, m in (maskers if r % 2 == 0 else maskers[::-1]):
+                        best[name] = min(best[name], call_cost(m, rows, mode_name))
+                ratio = f" {best[names[1]] / best[names[0]]:7.2f}" if len(maskers) == 2 else ""
+                print(f"{kind:>8} {mode_name:>13} {k:>4} " + " ".join(f"{best[n]:12.1f}" for n in names)
+                      + ratio + f" {best[names[0]] / k:8.2f}", flush=True)
+    print(f"/proc/loadavg after: {_loadavg()}")
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def identical_outputs(a: ModuleType, b: ModuleType, seeds: int = 12) -> tuple[int, int, int]:
+    """Randomised calls through two maskers' banks: (scenarios identical, scenarios, rows compared).
+
+    Streams of quiet noise, noise, speech-like talk and tones (onsets in a packet's last 10
+    samples, -40..0 dBm0, twist +-12 dB, 15-120 ms); capture on/off, flushes, mask = "always"
+    toggles, slots removed and re-added, lost packets; batches of random size and order.
+    """
+    def run(m: ModuleType, mode: str, seed: int, n_streams: int, n_packets: int = 50) -> list:
+        rng = np.random.default_rng(seed)
+        audio = []
+        for s in range(n_streams):
+            x = white_noise(n_packets * PACKET, float(rng.uniform(-75, -30)), rng)
+            if s % 3 == 1:
+                x += speech_like(len(x), rng, float(rng.uniform(-40, -15)))
+            pos = int(rng.integers(0, 400))
+            while pos < len(x) - 1200:
+                if rng.random() < 0.4:
+                    pos = pos // PACKET * PACKET + int(rng.integers(150, 160))
+                tone = dtmf_tone(DIGITS[int(rng.integers(16))], float(rng.integers(15, 121)), float(rng.uniform(-40, 0)),
+                                 float(rng.uniform(-12, 12)), phase_rad=tuple(rng.uniform(0, 2 * np.pi, 2)))
+                x[pos:pos + len(tone)] += tone
+                pos += len(tone) + int(rng.integers(0, 1600))
+            audio.append(ulaw_decode(ulaw_encode(to_int16(x))).reshape(n_packets, PACKET))
+        bank = m.MaskerBank(m.MaskMode(mode), capacity=int(rng.integers(1, 8)))
+        slots, pos, got = {}, {}, []
+        for s in range(n_streams):
+            slots[s], pos[s] = bank.add_stream(mask_always=bool(rng.random() < 0.2)), 0
+            if rng.random() < 0.85:
+                bank.set_capture(slots[s], True)
+        for _ in range(2 * n_packets):
+            for s in slots:
+                if rng.random() < 0.05:
+                    op = int(rng.integers(6))
+                    if op == 0:
+                        got.append(bank.set_capture(slots[s], True))
+                    elif op == 1:
+                        got.append(bank.set_capture(slots[s], False))
+                    elif op == 2:
+                        got.append(bank.flush(slots[s]))
+                    elif op == 3:
+                        bank.set_mask_always(slots[s], bool(rng.random() < 0.5))
+                    elif op == 4:
+                        got.append(bank.flush(slots[s]))
+                        bank.remove_stream(slots[s])
+                        slots[s] = bank.add_stream(mask_always=bool(rng.random() < 0.3))
+                        bank.set_capture(slots[s], bool(rng.random() < 0.7))
+                    else:
+                        pos[s] += 1  # a lost packet
+            pick = [s for s in slots if pos[s] < n_packets and rng.random() < 0.8]
+            rng.shuffle(pick)
+            while pick:
+                n = int(rng.integers(1, len(pick) + 1)) if rng.random() < 0.5 else len(pick)
+                batch, pick = pick[:n], pick[n:]
+                frames = np.stack([audio[s][pos[s]] for s in batch])
+                for s in batch:
+                    pos[s] += 1
+                out, changed = bank.process(np.array([slots[s] for s in batch]), frames)
+                got.append((out.copy(), changed.copy()))
+        got.extend(bank.flush(slots[s]) for s in slots)
+        return [None if g is None else (np.asarray(g[0]).tobytes(), np.asarray(g[1]).tobytes()) for g in got]
+
+    same = total = rows = 0
+    for seed in range(seeds):
+        for mode in ("silence", "comfort-noise", "flat"):
+            n_streams = (1, 3, 7, 12, 25, 60)[seed % 6]
+            ra, rb = run(a, mode, seed, n_streams), run(b, mode, seed, n_streams)
+            total += 1
+            same += ra == rb
+            rows += sum(len(g[1]) for g in ra if g is not None)
+    return same, total, rows
 
 
 def mask_rows(m: ModuleType, rows: np.ndarray, mode_name: str = "silence") -> np.ndarray:
@@ -146,13 +302,23 @@ def leak_header() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", metavar="REV", help="also measure dtmf/masker.py at this git revision")
+    parser.add_argument("--calls-only", action="store_true", help="stop after the per-call costs")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the per-call costs (min taken)")
     args = parser.parse_args()
     maskers = [("current", current)]
     if args.against:
         maskers.append((args.against, load_revision(args.against)))
     modes = [mode.value for mode in current.MaskMode]
 
-    print("MaskerBank, capture on, 10 % of streams keying a digit; CPU us per packet (row)")
+    if len(maskers) == 2:
+        same, total, rows = identical_outputs(maskers[0][1], maskers[1][1])
+        print(f"Identical output, current vs {args.against}: {same} of {total} randomised scenarios "
+              f"({rows} rows and flushes compared byte for byte)\n")
+    bench_calls(maskers, args.rounds)
+    if args.calls_only:
+        return
+
+    print("\nMaskerBank, capture on, 10 % of streams keying a digit; CPU us per packet (row)")
     print(f"{'masker':>10} {'k':>5} " + " ".join(f"{m:>14}" for m in modes))
     for k in (1, 10, 100, 500):
         for name, m in maskers:
