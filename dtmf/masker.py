@@ -301,11 +301,16 @@ def _may_confirm(feats: np.ndarray) -> bool:
     for row in feats.tolist():
         for s in range(len(row) - WINDOW_BLOCKS + 1):
             (e0, l0), (e1, l1), (e2, l2) = row[s], row[s + 1], row[s + 2]
-            e = e0 + e1 + e2
-            if (e >= _MIN_WINDOW_ENERGY and l0 + l1 + l2 >= _PREFILTER * MIXED_CONCENTRATION * e
-                    and min(l0, l1, l2) >= _STEADY * max(l0, l1, l2)):
+            if _window_may_confirm(e0, e1, e2, l0, l1, l2):
                 return True
     return False
+
+
+def _window_may_confirm(e0: float, e1: float, e2: float, l0: float, l1: float, l2: float) -> bool:
+    """`_confirm`'s cheap test of one window from its blocks' energies and line energies."""
+    e = e0 + e1 + e2
+    return (e >= _MIN_WINDOW_ENERGY and l0 + l1 + l2 >= _PREFILTER * MIXED_CONCENTRATION * e
+            and min(l0, l1, l2) >= _STEADY * max(l0, l1, l2))
 
 
 def _track(level: np.ndarray | float, power: np.ndarray | float, flag: np.ndarray | bool):
@@ -799,14 +804,17 @@ class MaskerBank:
         """The held packet, masked with what is known (packets stopped); None when nothing is held."""
         self._check(slot)
         b, f = self._bs[slot], self._fs[slot]
-        if not b[_B_HELD_VALID]:
+        bits = b.tobytes()
+        if not bits[_B_HELD_VALID]:
             return None
-        hist = np.stack([f[_F_HIST_E:_F_HIST_L], f[_F_HIST_L:_F_LEVELS]], axis=1)  # (3, 2) block features
         out = self._held[slot].copy()
         masked = False
         # Nothing flagged, no tone, no window that may confirm: nothing masked (the full rule's answer).
-        if (np.count_nonzero(b[_B_FLAGS:_B_UNSTEADY]) or np.count_nonzero(b[_B_CONFIRMED:_B_HELD_VALID])
-                or _may_confirm(hist[None])):
+        e0, e1, e2, l0, l1, l2 = f[_F_HIST_E:_F_LEVELS].tolist()
+        if (bits[_B_FLAGS:_B_UNSTEADY].count(0) < _B_UNSTEADY - _B_FLAGS
+                or bits[_B_CONFIRMED:_B_HELD_VALID].count(0) < _B_HELD_VALID - _B_CONFIRMED
+                or _window_may_confirm(e0, e1, e2, l0, l1, l2)):
+            hist = np.array([[e0, l0], [e1, l1], [e2, l2]])  # (3, 2) block features
             confirmed = np.concatenate([
                 b[_B_CONFIRMED:_B_TONE],
                 _confirm(hist, lambda rows: out[None, :][rows], 1),
