@@ -22,7 +22,9 @@ from gateway.b2bua import CallEnded, InfoDtmfReceived
 from gateway.capture.machine import CardEntryConfig, parse_fields
 from gateway.capture.service import CaptureService
 from gateway.config import Config
-from gateway.media.relay import InBandDigitDetected, InBandDigitEnded, TelephoneEventDetected, TelephoneEventEnded
+from gateway.media.relay import (
+    DIRECTION_NAMES, InBandDigitDetected, InBandDigitEnded, TelephoneEventDetected, TelephoneEventEnded,
+)
 from gateway.metrics import LoopLagMonitor, MetricSpec, build_registry, start_metrics_server
 from gateway.stats import SLOW_BOUNDS_S, Histogram
 from gateway.tokenize.tokenizer import Tokenizer
@@ -119,12 +121,19 @@ class CallDirectory:
 
     def __init__(self, gateway: Any) -> None:
         self._gateway = gateway
+        self._wall_minus_loop_s: float | None = None
+        """Unix time minus loop time, taken once: a call's `started_at` must not move between requests."""
+
+    def _wall_time(self, loop_time: float) -> float:
+        """Calls carry loop time; the API reports Unix time."""
+        if self._wall_minus_loop_s is None:
+            self._wall_minus_loop_s = time.time() - asyncio.get_running_loop().time()
+        return loop_time + self._wall_minus_loop_s
 
     def _info(self, call: Any) -> CallInfo:
         relay_call = self._gateway.media.relay.calls.get(call.call_id) if self._gateway.media else None
         media = relay_call.caller.media if relay_call is not None else None
-        # Calls carry loop time; the API reports Unix time.
-        started = time.time() - (asyncio.get_running_loop().time() - call.started_at)
+        started = self._wall_time(call.started_at)
         return CallInfo(call.call_id, call.agent, call.caller, call.state.value, started,
                         media.codec if media is not None else None)
 
@@ -308,6 +317,24 @@ SIP_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE")
 SIP_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
 CAPTURE_OUTCOMES = ("tokenized", "failed", "cancelled", "refused")
 TOKENIZATION_ERROR_KINDS = ("timeout", "rejected", "unavailable", "internal")
+CALL_END_REASONS = ("caller hangup", "agent hangup", "cancelled", "ring timeout", "agent timeout", "no ACK",
+                    "no common codec", "incompatible address", "session expired", "media timeout",
+                    "session timeout")
+"""Fixed reasons of `CallEnded` (b2bua.py, app.py's watchdog); `rejected NNN` appears on its first call."""
+RTP_DROP_REASONS = ("short", "version", "payload_type", "unexpected_source", "no_destination",
+                    "telephone_event", "send", "srtp_auth")
+SIP_REJECT_REASONS = ("SDP offer has no acceptable codec", "SDP answer has no acceptable codec",
+                      "SDP address family is incompatible", "SIP Max-Forwards is zero",
+                      "SIP in-dialog request from a foreign host", "no media ports free")
+SIP_DROP_REASONS = ("udp_malformed", "udp_oversized", "udp_socket_error", "tcp_malformed", "tcp_idle_timeout",
+                    "tcp_connection_limit")
+AUTH_FAILURE_REASONS = ("missing bearer token", "malformed token", "bad signature", "token expired",
+                        "token not yet valid", "token lifetime not allowed", "algorithm not allowed",
+                        "unknown signing key", "unknown role", "missing claim", "wrong audience", "wrong issuer")
+"""AuthFailed's fixed messages (api/auth.py)."""
+HTTP_MALFORMED_KINDS = ("BadHttpMessage", "BadHttpMethod", "BadStatusLine", "LineTooLong", "InvalidHeader",
+                        "InvalidURLError")
+"""aiohttp's parser errors by type name (api/server.py ProtocolLog)."""
 
 
 def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtension | None,
@@ -342,6 +369,11 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
             rows.update({(str(k),): v for k, v in counter.items()})
         return rows
 
+    def drops_by_direction() -> dict[tuple[str, ...], int]:
+        rows: dict[tuple[str, ...], int] = {(d, r): 0 for d in DIRECTION_NAMES for r in RTP_DROP_REASONS}
+        rows.update(rs.drops_total())
+        return rows
+
     def captures_active() -> int:
         svc = capture.service if capture is not None else None
         return svc.collecting_count if svc is not None else 0
@@ -353,7 +385,7 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
         MetricSpec("packets_total", "counter", "RTP packets by direction and outcome",
                    ("direction", "outcome"), read=rs.packets_total),
         MetricSpec("packets_dropped_total", "counter", "RTP packets dropped, by direction and reason",
-                   ("direction", "reason"), read=rs.drops_total),
+                   ("direction", "reason"), read=drops_by_direction),
         MetricSpec("rtp_packets_lost_total", "counter",
                    "RTP packets lost on the way to the gateway (RFC 3550 A.3 expected - received), by direction",
                    ("direction",), read=rs.packets_lost_total),
@@ -375,7 +407,7 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
         MetricSpec("calls_active", "gauge", "Calls in progress",
                    read=lambda: len(gateway.b2bua.calls) if gateway.b2bua else 0),
         MetricSpec("calls_total", "counter", "Calls ended, by reason", ("reason",),
-                   read=lambda: by_label(gateway.stats.calls_ended)),
+                   read=lambda: by_label(gateway.stats.calls_ended, CALL_END_REASONS)),
         MetricSpec("calls_transcoded_total", "counter",
                    "Calls whose legs use different G.711 laws (audio converted, not bit-exact)",
                    read=lambda: gateway.stats.calls_transcoded),
@@ -383,9 +415,10 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
                    "SDP answers in a G.711 law that was not offered (accepted), by leg", ("leg",),
                    read=lambda: by_label(gateway.stats.unoffered_codecs, ("caller", "agent"))),
         MetricSpec("sip_messages_rejected_total", "counter", "SIP messages refused by the B2BUA, by reason",
-                   ("reason",), read=lambda: by_label(gateway.stats.sip_rejected)),
+                   ("reason",), read=lambda: by_label(gateway.stats.sip_rejected, SIP_REJECT_REASONS)),
         MetricSpec("sip_dropped_total", "counter", "SIP datagrams or streams dropped by the transport, by reason",
-                   ("reason",), read=lambda: by_label(gateway.sip.drops if gateway.sip else None)),
+                   ("reason",), read=lambda: by_label(gateway.sip.drops if gateway.sip else None,
+                                                SIP_DROP_REASONS)),
         MetricSpec("sip_requests_total", "counter", "SIP requests received (in) and sent (out), by method",
                    ("direction", "method"), read=lambda: sip_messages("request")),
         MetricSpec("sip_responses_total", "counter", "SIP responses received (in) and sent (out), by class",
@@ -413,10 +446,11 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
         from gateway.api.server import STATS
 
         specs.append(MetricSpec("auth_failures_total", "counter", "API requests refused authentication, by reason",
-                                ("reason",), read=lambda: by_label(api.app[STATS].auth_failures)))
+                                ("reason",), read=lambda: by_label(api.app[STATS].auth_failures,
+                                                                     AUTH_FAILURE_REASONS)))
         specs.append(MetricSpec("api_malformed_requests_total", "counter",
                                 "Malformed HTTP requests refused before any handler ran, by error type",
-                                ("kind",), read=lambda: by_label(api.app[STATS].malformed)))
+                                ("kind",), read=lambda: by_label(api.app[STATS].malformed, HTTP_MALFORMED_KINDS)))
         specs.append(MetricSpec("api_forbidden_total", "counter", "API requests refused for role or ownership",
                                 read=lambda: api.app[STATS].forbidden_total))
     return specs

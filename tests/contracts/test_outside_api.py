@@ -318,9 +318,6 @@ def test_call_listing_shape(api):
     assert all(isinstance(v, str) and v for v in call.values())
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/extensions.py CallDirectory._info recomputes started_at on every "
-                   "request as time.time() - (loop.time() - call.started_at), so it moves by microseconds between "
-                   "two GETs; fix: take the wall-minus-loop offset once")
 def test_a_calls_started_at_does_not_move_between_requests(api):
     seen = {api.json("GET", "/v1/calls")[1]["calls"][0]["started_at"] for _ in range(5)}
     assert len(seen) == 1, seen

@@ -38,11 +38,23 @@ def _total(samples: dict[str, float], name: str, **labels: str) -> float:
                if (k == name or k.startswith(name + "{")) and all(w in k for w in want))
 
 
-async def _scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+async def _scrape_text(session: aiohttp.ClientSession, port: int) -> str:
     async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
-        return _samples(await response.text())
+        return await response.text()
+
+
+async def _scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    return _samples(await _scrape_text(session, port))
+
+
+def _families_without_samples(text: str) -> set[str]:
+    """Families declared by # TYPE that have no sample line: invisible to rate() until their first event."""
+    declared = set(re.findall(r"^# TYPE (tonewall_[a-z_]+) ", text, re.M))
+    sampled = {name for name in declared
+               if re.search(rf"^{name}(_total|_bucket|_count|_sum)?(\{{[^}}]*\}})? ", text, re.M)}
+    return declared - sampled
 
 
 @pytest.mark.timeout(90)
@@ -64,6 +76,10 @@ async def test_metrics_move_during_a_live_call_with_a_capture(tmp_path):
     metrics = next(x for x in extensions if x.name == "metrics")
     metrics_port = metrics.runner.addresses[0][1]
     try:
+        async with aiohttp.ClientSession() as session:
+            fresh = await _scrape_text(session, metrics_port)
+        assert "tonewall_calls_total" in fresh and "tonewall_auth_failures_total" in fresh
+        assert _families_without_samples(fresh) == set()  # every family has samples before its first event
         sip_port = gateway.sip.addresses["udp"][1]
         caller.call(f"sip:alice@127.0.0.1:{sip_port}", f"sip:127.0.0.1:{sip_port}")
         for endpoint in (caller, agent):
