@@ -10,6 +10,7 @@ started after SIP and stopped before it. Stopping BYEs every active call first.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -79,8 +80,19 @@ def disable_core_dumps() -> None:
 def prepare_data_dir(path: str) -> Path:
     """The only place the gateway writes; private to the service user."""
     data_dir = Path(path)
+    if data_dir.exists() and not data_dir.is_dir():
+        # mkdir would say only "File exists": say which path and what is wrong with it.
+        raise NotADirectoryError(errno.ENOTDIR, "data dir exists and is not a directory", str(data_dir))
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return data_dir
+
+
+def startup_error(exc: OSError) -> str:
+    """One log line for a start-up failure, naming the path at fault when the OS gives one."""
+    what = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"tonewall cannot start: {exc.filename}: {what}"
+    return f"tonewall cannot start: {what}"
 
 
 @dataclass
@@ -366,6 +378,6 @@ def run(config: Config, extensions: list[Extension] | None = None) -> int:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(gateway.run())
     except OSError as exc:
-        log.error("tonewall cannot start: %s", exc.strerror or exc)
+        log.error("%s", startup_error(exc))
         return 1
     return 0

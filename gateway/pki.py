@@ -64,6 +64,17 @@ def tls_dir(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / "tls"
 
 
+def private_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """Create the data dir 0700 if missing, as `tonewall run` does, and return it.
+
+    Whoever creates it first (`vault serve`, `vault client-cert`, `run`) makes it private:
+    a bare mkdir(parents=True) of a folder inside it would leave it 0755 under the usual umask.
+    """
+    path = Path(data_dir)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -139,8 +150,8 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
 
 def ensure_ca(data_dir: str | os.PathLike[str]) -> CertFiles:
     """Create the development CA in DATA_DIR/tls, or reuse the one there while it is valid."""
-    folder = tls_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = tls_dir(private_dir(data_dir))
+    folder.mkdir(exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
     files = CertFiles(folder / "ca.pem", folder / "ca-key.pem")
     pair = _load_pair(files)
