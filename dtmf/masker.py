@@ -68,6 +68,7 @@ sample clock (FLAT). None of the fills depends on the key pressed.
 from __future__ import annotations
 
 from collections.abc import Callable
+import math
 from enum import Enum
 
 import numpy as np
@@ -673,18 +674,21 @@ def _fill_power(power):
     return np.where(power == _BANK_UNTRACKED, _UNTRACKED, power)
 
 
-def _fill_block(mode: MaskMode, start: int, level: float) -> np.ndarray:
-    """`_fill` of one block from stream sample `start` (a multiple of 40: table periods are too)."""
+def _fill_packet(mode: MaskMode, start: int, levels: list[float]) -> np.ndarray:
+    """`_fill` of one packet from stream sample `start` (a multiple of 160: no table wraps inside
+    it) at each block's background `levels` (a bank's stored values)."""
     if mode is MaskMode.FLAT:
         i = start % len(_FLAT_TABLE)
-        return _FLAT_TABLE[i:i + BLOCK_SAMPLES]
+        return _FLAT_TABLE[i:i + PACKET_SAMPLES] if i + PACKET_SAMPLES <= len(_FLAT_TABLE) else _fill(
+            mode, start + np.arange(PACKET_SAMPLES), None)
     i = start % len(_CN_TABLE)
-    rms = np.sqrt(np.clip(_UNTRACKED if level == _BANK_UNTRACKED else level, 0.0, _CN_MAX_POWER))
-    return np.clip(np.rint(_CN_TABLE[i:i + BLOCK_SAMPLES] * rms), -32768, 32767).astype(np.int16)
+    rms = [math.sqrt(min(max(_UNTRACKED if lv == _BANK_UNTRACKED else lv, 0.0), _CN_MAX_POWER)) for lv in levels]
+    noise = _CN_TABLE[i:i + PACKET_SAMPLES] * np.repeat(rms, BLOCK_SAMPLES)
+    return np.clip(np.rint(noise), -32768, 32767).astype(np.int16)
 
 
-if len(_FLAT_TABLE) % BLOCK_SAMPLES or len(_CN_TABLE) % BLOCK_SAMPLES:
-    raise ValueError("fill tables must hold whole blocks")
+if len(_CN_TABLE) % PACKET_SAMPLES:
+    raise ValueError("comfort-noise table must hold whole packets")
 
 
 class MaskerBank:
@@ -1107,22 +1111,20 @@ class MaskerBank:
         mode = self._mode
         n_in = int(f[_F_N_IN])
         if filler:  # the look-ahead's first packet: background only (FLAT and SILENCE: silence)
-            if mode is MaskMode.COMFORT_NOISE:
-                for b in range(BLOCKS_PER_PACKET):
-                    out[b * BLOCK_SAMPLES:(b + 1) * BLOCK_SAMPLES] = _fill_block(
-                        mode, n_in + b * BLOCK_SAMPLES, f[_F_FILLER])
-            else:
-                out[:] = 0
+            out[:] = (_fill_packet(mode, n_in, [f[_F_FILLER]] * BLOCKS_PER_PACKET)
+                      if mode is MaskMode.COMFORT_NOISE else 0)
             return
-        start = n_in - PACKET_SAMPLES if delayed else n_in
-        lv = f[_F_LEVELS:_F_LEVEL] if delayed else levels
+        fill = None
         for b in range(BLOCKS_PER_PACKET):
             if block_mask[b]:
                 blk = out[b * BLOCK_SAMPLES:(b + 1) * BLOCK_SAMPLES]
                 if mode is MaskMode.SILENCE:
                     blk[:] = 0
-                else:
-                    blk[:] = _fill_block(mode, start + b * BLOCK_SAMPLES, lv[b] if lv is not None else 0.0)
+                    continue
+                if fill is None:
+                    fill = _fill_packet(mode, n_in - PACKET_SAMPLES if delayed else n_in,
+                                        f[_F_LEVELS:_F_LEVEL] if delayed else levels or [0.0] * BLOCKS_PER_PACKET)
+                blk[:] = fill[b * BLOCK_SAMPLES:(b + 1) * BLOCK_SAMPLES]
 
     def _fill_rows(self, out: np.ndarray, changed: np.ndarray, n_changed: int, block_mask: np.ndarray | None,
                    delayed: np.ndarray | None, filler: np.ndarray | None, fs: np.ndarray,
