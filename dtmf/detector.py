@@ -568,6 +568,7 @@ class DetectorBank:
         return cand, strongest
 
     def _check_operands(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The exact checks' in-place operands for n windows, kept per n."""
         operands = self._check_buffers.get(n)
         if operands is None:
             if len(self._check_buffers) > 256:
@@ -587,6 +588,8 @@ class DetectorBank:
         # call's windows or the stream's carry, in one gather: (re/im, low/high, window, n).
         where = self._window_history.get((kc, c))
         if where is None:
+            if len(self._window_history) > 256:
+                self._window_history.clear()
             where = self._window_history[(kc, c)] = _window_history(kc, c)
         offset, stride = where[:, :, cand]
         parts = z_and_carry.take((freq_idx + _IM_ROWS)[:, :, None, :] * stride + offset, mode="clip")
