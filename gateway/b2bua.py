@@ -46,7 +46,9 @@ from gateway.sip.message import (
     parse_uri,
 )
 from gateway.sip.sdp import (
+    IncompatibleAddress,
     LocalOffer,
+    MediaSlot,
     NotAcceptable,
     RemoteAudio,
     SdpParseError,
@@ -54,6 +56,7 @@ from gateway.sip.sdp import (
     build_answer,
     build_offer,
     build_rejection,
+    check_address_family,
     leg_from_answer,
     parse_sdp,
     remote_audio,
@@ -293,6 +296,8 @@ class Call:
         self.srtp_suites: dict[_Leg, str | None] = {}
         self.te_pts: dict[_Leg, int | None] = {}
         self.sdp_versions: dict[_Leg, int] = {_Leg.CALLER: 0, _Leg.AGENT: 0}
+        self.layouts: dict[_Leg, tuple[tuple[MediaSlot, ...], int]] = {}
+        """Each leg's session m= lines and the index of the audio we relay: RFC 3264 8 keeps them in later offers."""
         self.session_id = 0
         self.invite: SipRequest | None = None
         self.invite_key: TxKey | None = None
@@ -559,14 +564,13 @@ class B2bua:
                 self._respond(key, req, 415, now, extra=[("Accept", "application/sdp")])
                 return
             try:
-                offer = remote_audio(parse_sdp(req.body))
+                offer = self._audio(req.body)
                 if not any(c.name in ("PCMU", "PCMA") for c in offer.codecs):
                     raise NotAcceptable("SDP offer has no acceptable codec")
                 if offer.secure and not self.config.srtp_allowed:
                     raise NotAcceptable("SRTP refused by policy")
             except NotAcceptable as exc:
-                self._respond(key, req, 488, now)
-                self._events.append(MessageRejected(str(exc), 488))
+                self._refuse(key, req, exc, now)
                 return
         rnd = self._random
         call_id = rnd.hex(24)
@@ -683,10 +687,9 @@ class B2bua:
                 if resp.body or call.caller_answer is None:  # RFC 3261 13.2.1: else the 18x held the answer
                     self._media_from_agent(call, p, resp)
             except (SdpParseError, NotAcceptable) as exc:
-                self._events.append(MessageRejected(str(exc), 488))
                 self._send_bye_on(call, _Leg.AGENT, now)
-                self._respond(p.server_key, call.invite, 488, now, to_tag=call.local_tags[_Leg.CALLER])
-                self._end(call, "no common codec", now)
+                self._refuse(p.server_key, call.invite, exc, now, to_tag=call.local_tags[_Leg.CALLER])
+                self._end(call, _end_reason(exc), now)
                 return
             self._accept_caller(call, resp, call.caller_answer or b"", now)
             return
@@ -765,17 +768,16 @@ class B2bua:
         try:
             if not resp.body or resp.content_type != "application/sdp":
                 raise NotAcceptable("SDP offer is missing from the 2xx")
-            their = remote_audio(parse_sdp(resp.body))
+            their = self._audio(resp.body)
             codecs = [c.name for c in their.codecs if c.name in _INSPECTABLE]
             if not codecs:
                 raise NotAcceptable("SDP offer has no acceptable codec")
         except (SdpParseError, NotAcceptable) as exc:
-            self._events.append(MessageRejected(str(exc), 488))
             p.ack = self._ack_2xx(call, _Leg.AGENT, call.dialogs[_Leg.AGENT], call.agent_invite.cseq[0],
                                   self._fallback_answer(call, resp))
             self._send_bye_on(call, _Leg.AGENT, now)
-            self._respond(call.invite_key, call.invite, 488, now, to_tag=call.local_tags[_Leg.CALLER])
-            self._end(call, "no common codec", now)
+            self._refuse(call.invite_key, call.invite, exc, now, to_tag=call.local_tags[_Leg.CALLER])
+            self._end(call, _end_reason(exc), now)
             return
         body, ours = self._offer(call, _Leg.CALLER, codecs, their.direction)
         call.late = _LateOffer(_Leg.AGENT, their, ours, call.agent_invite.cseq[0], call.invite.cseq[0], p)
@@ -802,7 +804,7 @@ class B2bua:
                                          session_id=call.session_id, version=self._next_version(call, offer_leg)))
             data = self._ack_2xx(call, offer_leg, dialog, late.ack_cseq, body)
             self._remember_ack(call, late, data)
-            self.hangup(call.call_id, "no common codec", now)
+            self.hangup(call.call_id, _end_reason(exc), now)
             return
         data = self._ack_2xx(call, offer_leg, dialog, late.ack_cseq, bytes(sd))
         self._remember_ack(call, late, data)
@@ -824,6 +826,7 @@ class B2bua:
             version=self._next_version(call, other),
             prefer=answered_media.codec,
         )
+        call.layouts[other] = (their_offer.slots, their_offer.index)
         return sd, answered_media, other_media
 
     def _remember_ack(self, call: Call, late: _LateOffer, data: bytes) -> None:
@@ -865,6 +868,7 @@ class B2bua:
             )
             call.caller_answer = bytes(sd)
             call.legs[_Leg.CALLER] = caller_leg
+            call.layouts[_Leg.CALLER] = (call.caller_offer.slots, call.caller_offer.index)
         # A 2xx whose law differs from the 18x's changes only the agent leg: the caller keeps
         # the answer it has, and the relay converts between the laws.
         if call.legs.get(_Leg.AGENT) != agent_leg:
@@ -1019,13 +1023,12 @@ class B2bua:
             call.reinvite_busy = True
             return
         try:
-            offer = remote_audio(parse_sdp(req.body))
+            offer = self._audio(req.body)
             codecs = [c.name for c in offer.codecs if c.name in _INSPECTABLE]
             if not codecs:
                 raise NotAcceptable("SDP offer has no acceptable codec")
         except NotAcceptable as exc:
-            self._respond(key, req, 488, now)
-            self._events.append(MessageRejected(str(exc), 488))
+            self._refuse(key, req, exc, now)
             return
         codecs = self._reoffer_codecs(call, other, codecs)
         body, local = self._offer(call, other, codecs, offer.direction)
@@ -1060,8 +1063,7 @@ class B2bua:
             assert p.offer is not None and p.remote_offer is not None
             sd, new_other, new_origin = self._bridge_answer(call, p.leg, p.offer, resp.body, p.remote_offer)
         except (SdpParseError, NotAcceptable) as exc:
-            self._events.append(MessageRejected(str(exc), 488))
-            self._respond(p.server_key, req, 488, now)
+            self._refuse(p.server_key, req, exc, now)
             return
         call.legs[p.leg] = new_other
         call.legs[origin] = new_origin
@@ -1091,19 +1093,20 @@ class B2bua:
                 raise NotAcceptable("SDP offer has nowhere to go")
             if not resp.body or resp.content_type != "application/sdp":
                 raise NotAcceptable("SDP offer is missing from the 2xx")
-            their = remote_audio(parse_sdp(resp.body))
+            their = self._audio(resp.body)
             codecs = [c.name for c in their.codecs if c.name in _INSPECTABLE]
             if not codecs:
                 raise NotAcceptable("SDP offer has no acceptable codec")
         except (SdpParseError, NotAcceptable) as exc:
             # Still ACK the 2xx with a valid answer (RFC 3261 13.2.2.4); the old media stays.
-            self._events.append(MessageRejected(str(exc), 488))
             body = self._fallback_answer(call, resp, p.leg)
             self._keep_ack(call, ckey, self._ack_2xx(call, p.leg, call.dialogs[p.leg], resp.cseq[0], body), p.leg)
             if req is not None:
-                self._respond(p.server_key, req, 488, now)
+                self._refuse(p.server_key, req, exc, now)
+            else:
+                self._events.append(MessageRejected(str(exc), 488))
             if body is not None:
-                self.hangup(call.call_id, "no common codec", now)  # we refused that leg's media
+                self.hangup(call.call_id, _end_reason(exc), now)  # we refused that leg's media
             return
         codecs = self._reoffer_codecs(call, origin, codecs)
         body, ours = self._offer(call, origin, codecs, their.direction)
@@ -1157,7 +1160,7 @@ class B2bua:
 
     def _leg_from_answer(self, call: Call, leg: _Leg, offer: LocalOffer, body: bytes) -> LegMedia:
         """A leg's media from its peer's answer to our offer; an unoffered G.711 law is reported."""
-        media = leg_from_answer(offer, remote_audio(parse_sdp(body)))
+        media = leg_from_answer(offer, self._audio(body, offer.index))
         if media.codec not in offer.codecs:
             self._report(call, UnofferedCodecAccepted(call.call_id, leg.value, media.codec))
         return media
@@ -1174,7 +1177,23 @@ class B2bua:
             call.reported.add(event)
             self._events.append(event)
 
+    def _audio(self, body: bytes, index: int | None = None) -> RemoteAudio:
+        """A peer's offer (or, with `index`, its answer to ours) on a media path the relay can reach."""
+        audio = remote_audio(parse_sdp(body), index)
+        check_address_family(audio, self.media.media_address)
+        return audio
+
+    def _refuse(self, key: TxKey | None, req: SipRequest | None, exc: SdpParseError, now: float, *,
+                to_tag: str | None = None) -> None:
+        """488 for SDP we cannot use (RFC 3264 6), with a Warning when one says why (RFC 3261 20.43)."""
+        self._events.append(MessageRejected(str(exc), 488))
+        warning = getattr(exc, "warning", None)
+        extra = [("Warning", f'{warning[0]} {self.config.local_host} "{warning[1]}"')] if warning else None
+        self._respond(key, req, 488, now, to_tag=to_tag, extra=extra)
+
     def _offer(self, call: Call, leg: _Leg, codecs: list[str], direction: Direction) -> tuple[bytes, LocalOffer]:
+        """Our offer on `leg`, keeping that leg's session layout: its other m= lines stay, port 0."""
+        layout, index = call.layouts.get(leg, ((), 0))
         sd, local = build_offer(
             address=self.media.media_address,
             port=self._port(call, leg),
@@ -1184,7 +1203,10 @@ class B2bua:
             srtp_suite=call.srtp_suites.get(leg),
             session_id=call.session_id,
             version=self._next_version(call, leg),
+            layout=layout,
+            index=index,
         )
+        call.layouts[leg] = (local.layout, local.index)
         return bytes(sd), local
 
     def _port(self, call: Call, leg: _Leg) -> int:
@@ -1314,6 +1336,11 @@ class B2bua:
         if resp is not None:
             self._events[-1] = MessageRejected(str(exc), exc.status)
             self._out.append((resp, source))
+
+
+def _end_reason(exc: Exception) -> str:
+    """CallEnded reason for SDP the gateway could not use."""
+    return "incompatible address" if isinstance(exc, IncompatibleAddress) else "no common codec"
 
 
 def _is_ip_literal(host: str) -> bool:

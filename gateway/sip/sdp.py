@@ -33,6 +33,14 @@ class NotAcceptable(SdpParseError):
     """No common codec or transport: answer 488 Not Acceptable Here (RFC 3264 6)."""
 
     status = 488
+    warning: tuple[int, str] | None = None
+    """RFC 3261 20.43: warn-code and warn-text for a Warning header on the 488, when one says more."""
+
+
+class IncompatibleAddress(NotAcceptable):
+    """Media on an address family the gateway's media path does not have (IPv6 on an IPv4 relay)."""
+
+    warning = (301, "Incompatible network address formats")  # RFC 3261 20.43
 
 
 @dataclass
@@ -95,10 +103,15 @@ class SessionDescription:
 
 
 def _connection_address(value: str) -> str:
+    return _connection(value)[1]
+
+
+def _connection(value: str) -> tuple[str, str]:
+    """(addrtype, address) of a c= line (RFC 4566 5.7)."""
     parts = value.split()
     if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
         raise SdpParseError("SDP c= line is invalid")
-    return parts[2].split("/")[0]
+    return parts[1], parts[2].split("/")[0]
 
 
 def parse_sdp(data: bytes) -> SessionDescription:
@@ -172,8 +185,30 @@ class Crypto:
 
 
 @dataclass(frozen=True)
+class MediaSlot:
+    """One m= line of a session as both sides keep it: RFC 3264 8 never removes or reorders a line."""
+
+    media: str
+    proto: str
+    fmt: str
+    """One of its formats: a rejected line still lists at least one (RFC 3264 6)."""
+
+    def rejected(self) -> MediaDescription:
+        """This line refused (RFC 3264 6) or kept disabled in a new offer (RFC 3264 8.2): port 0."""
+        return MediaDescription(self.media, 0, self.proto, [self.fmt])
+
+
+AUDIO_ONLY = (MediaSlot("audio", "RTP/AVP", "0"),)
+"""The layout of a session the gateway opened itself: one audio line."""
+
+
+@dataclass(frozen=True)
 class RemoteAudio:
-    """The first audio stream of a peer's offer or answer, reduced to what the gateway uses."""
+    """The audio stream of a peer's offer or answer the gateway relays, reduced to what it uses.
+
+    `slots` are every m= line of that SDP, in order, and `index` is this stream's: an
+    answer must have the same lines in the same order, the others rejected (RFC 3264 6).
+    """
 
     address: str | None
     port: int
@@ -184,6 +219,10 @@ class RemoteAudio:
     direction: Direction
     rtcp: tuple[str, int] | None
     crypto: tuple[Crypto, ...]
+    addrtype: str | None = None
+    """IP4 or IP6 from the c= line that applies (None without one)."""
+    slots: tuple[MediaSlot, ...] = AUDIO_ONLY
+    index: int = 0
 
     @property
     def secure(self) -> bool:
@@ -207,13 +246,26 @@ _DIRECTION_ORDER = tuple((d.value, d) for d in Direction)
 _PTIME = re.compile(r"^[0-9]{1,4}(\.[0-9]{1,4})?$")
 
 
-def remote_audio(sd: SessionDescription) -> RemoteAudio:
-    """Extract the first audio stream; raise NotAcceptable when there is none."""
-    audio = next((m for m in sd.media if m.media == "audio"), None)
-    if audio is None:
+def remote_audio(sd: SessionDescription, index: int | None = None) -> RemoteAudio:
+    """Extract the audio stream the gateway relays; raise NotAcceptable when there is none.
+
+    `index` is the m= line an answer must use (the one we offered audio on); without it
+    (an offer) the first audio line with a port wins, else the first audio line. An
+    answer whose line at `index` is not audio falls back to that choice too (lenient,
+    like `answer_codec`: some peers drop the lines we offered with port 0).
+    """
+    media = sd.media
+    if index is not None and 0 <= index < len(media) and media[index].media == "audio":
+        at = index
+    else:
+        at = next((i for i, m in enumerate(media) if m.media == "audio" and m.port), None)
+        if at is None:
+            at = next((i for i, m in enumerate(media) if m.media == "audio"), None)
+    if at is None:
         raise NotAcceptable("SDP has no audio stream")
+    audio = media[at]
     # One pass over the section's lines; the first of a kind wins where only one counts.
-    media_c: str | None = None
+    media_c: tuple[str, str] | None = None
     names: dict[int, tuple[str, int]] = {}
     flags: set[str] = set()
     ptime: str | None = None
@@ -235,9 +287,9 @@ def remote_audio(sd: SessionDescription) -> RemoteAudio:
             elif n == "crypto":
                 crypto_vals.append(val)
         elif t == "c" and media_c is None:
-            media_c = _connection_address(v)
-    session_c = next((_connection_address(v) for t, v in sd.lines if t == "c"), None)
-    address = media_c or session_c
+            media_c = _connection(v)
+    session_c = next((_connection(v) for t, v in sd.lines if t == "c"), None)
+    addrtype, address = media_c or session_c or (None, None)
     codecs: list[Codec] = []
     te: Codec | None = None
     for fmt in audio.formats:
@@ -282,7 +334,28 @@ def remote_audio(sd: SessionDescription) -> RemoteAudio:
         m = _CRYPTO.match(v)
         if m:
             crypto.append(Crypto(int(m.group(1)), m.group(2), m.group(3)))
-    return RemoteAudio(address, audio.port, audio.proto, tuple(codecs), te, ptime_ms, direction, rtcp, tuple(crypto))
+    slots = tuple(MediaSlot(m.media, m.proto, m.formats[0] if m.formats else "0") for m in media)
+    return RemoteAudio(address, audio.port, audio.proto, tuple(codecs), te, ptime_ms, direction, rtcp, tuple(crypto),
+                       addrtype, slots, at)
+
+
+def check_address_family(audio: RemoteAudio, local_address: str) -> None:
+    """Refuse media the relay cannot reach: an IPv6 stream on an IPv4 media address (or the reverse).
+
+    RFC 3261 20.43: 488 with Warning 301; a 200 would set up a call whose media never flows.
+    A rejected stream (port 0) or one without a c= line has nothing to reach.
+    """
+    if audio.port == 0 or audio.addrtype is None:
+        return
+    if audio.addrtype != ("IP6" if ":" in local_address else "IP4"):
+        raise IncompatibleAddress("SDP address family is incompatible")
+
+
+def _sections(layout: tuple[MediaSlot, ...], index: int, audio: MediaDescription) -> list[MediaDescription]:
+    """Every line of `layout` with port 0 except `audio` at `index` (RFC 3264 6 and 8.2)."""
+    if not layout:
+        return [audio]
+    return [audio if i == index else slot.rejected() for i, slot in enumerate(layout)]
 
 
 # ---------------------------------------------------------------- building our side
@@ -317,6 +390,10 @@ class LocalOffer:
     ptime_ms: int
     srtp_suite: str | None
     local_key_b64: str | None = field(default=None, repr=False)
+    layout: tuple[MediaSlot, ...] = AUDIO_ONLY
+    """Every m= line of the offer; the answer has the same ones (RFC 3264 6)."""
+    index: int = 0
+    """Which of them is our audio."""
 
 
 def _session_lines(address: str, session_id: int, version: int) -> list[tuple[str, str]]:
@@ -364,16 +441,29 @@ def build_offer(
     srtp_suite: str | None = None,
     session_id: int,
     version: int,
+    layout: tuple[MediaSlot, ...] = (),
+    index: int = 0,
 ) -> tuple[SessionDescription, LocalOffer]:
-    """Our offer on a leg: only PCMU/PCMA in the given order, telephone-event, optional SDES."""
+    """Our offer on a leg: only PCMU/PCMA in the given order, telephone-event, optional SDES.
+
+    `layout` is the leg's session so far (empty for a new session): RFC 3264 8 keeps
+    every earlier m= line in a later offer, in order, so the lines we do not relay stay
+    with port 0 and our audio stays at `index`. A new session gets the audio line alone:
+    RFC 3264 5.1 allows port-0 lines in an initial offer, but they would offer nothing.
+    """
     chosen = [c for c in codecs if c in SUPPORTED_CODECS] or list(SUPPORTED_CODECS)
     key = new_srtp_key() if srtp_suite else None
     crypto = Crypto(1, srtp_suite, key) if srtp_suite and key else None
     section = _audio_section(
         port, [(STATIC_PT[c], c) for c in chosen], telephone_event_pt, direction, ptime_ms, address, crypto
     )
-    sd = SessionDescription(_session_lines(address, session_id, version), [section])
-    return sd, LocalOffer(tuple(chosen), telephone_event_pt, ptime_ms, srtp_suite, key)
+    if not layout or not 0 <= index < len(layout):
+        layout, index = (), 0
+    sections = _sections(layout, index, section)
+    sd = SessionDescription(_session_lines(address, session_id, version), sections)
+    ours = MediaSlot("audio", section.proto, section.formats[0])
+    new_layout = tuple(ours if i == index else slot for i, slot in enumerate(layout)) if layout else (ours,)
+    return sd, LocalOffer(tuple(chosen), telephone_event_pt, ptime_ms, srtp_suite, key, new_layout, index)
 
 
 def build_answer(
@@ -417,7 +507,9 @@ def build_answer(
         section = _audio_section(
             port, [(codec.pt, codec.name)], te.pt if te else None, ours, ptime, address, crypto
         )
-    sd = SessionDescription(_session_lines(address, session_id, version), [section])
+    # RFC 3264 6: one line per offered line, in order; those we do not relay get port 0.
+    sd = SessionDescription(_session_lines(address, session_id, version),
+                            _sections(offer.slots, offer.index, section))
     leg = LegMedia(
         remote_rtp=offer.rtp,
         remote_rtcp=offer.rtcp if offer.rtp else None,
@@ -471,7 +563,8 @@ def leg_from_answer(offer: LocalOffer, answer: RemoteAudio) -> LegMedia:
 
 
 def build_rejection(offer: RemoteAudio, *, address: str, session_id: int, version: int) -> SessionDescription:
-    """An answer that refuses the offered audio stream: port 0 and one offered format (RFC 3264 6)."""
+    """An answer that refuses every offered stream: port 0 and one offered format each (RFC 3264 6)."""
     fmt = str(offer.codecs[0].pt) if offer.codecs else (str(offer.telephone_event.pt) if offer.telephone_event else "0")
     section = MediaDescription("audio", 0, offer.proto, [fmt])
-    return SessionDescription(_session_lines(address, session_id, version), [section])
+    return SessionDescription(_session_lines(address, session_id, version),
+                              _sections(offer.slots, offer.index, section))
