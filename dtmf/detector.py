@@ -481,8 +481,8 @@ class DetectorBank:
                 return self._advance_few(slots[rows], [[_NONE] * c for _ in range(rows.size)], c)
             return self._advance(slots[rows], np.full((rows.size, c), _NONE, dtype=np.int64), c)
         hit_windows, keys = found
-        if self._n_busy + hit_windows.size < self.vector_min_streams:
-            # Few streams: their windows' keys as Python lists, in stream order.
+        if self._n_busy < self.vector_min_streams and hit_windows.size < self.vector_min_streams * c:
+            # Likely few streams: their windows' keys as Python lists, in stream order.
             by_stream: dict[int, list[int]] = {}
             for window, key in zip(hit_windows.tolist(), keys.tolist()):
                 stream, t = divmod(window, c)
@@ -494,8 +494,9 @@ class DetectorBank:
                 for stream in self._busy[slots].nonzero()[0].tolist():
                     if stream not in by_stream:
                         by_stream[stream] = [_NONE] * c
-            streams = sorted(by_stream)
-            return self._advance_few(slots[streams], [by_stream[i] for i in streams], c)
+            if len(by_stream) < self.vector_min_streams:
+                streams = sorted(by_stream)
+                return self._advance_few(slots[streams], [by_stream[i] for i in streams], c)
         if self._n_busy == 0:
             on = np.zeros(k, dtype=np.bool_)
         else:
