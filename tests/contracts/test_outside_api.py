@@ -13,8 +13,10 @@ from __future__ import annotations
 import datetime
 import http.client
 import json
+import os
 import re
 import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -288,6 +290,7 @@ def test_metrics_scrape_has_every_readme_family_with_its_type_and_labels(api):
             assert buckets == sorted(buckets), name  # cumulative
     for family in families.values():
         assert family.name.startswith("tonewall_"), family.name
+        assert family.samples, family.name  # labelled counters start at 0 with their known labels
     bounds = sorted(float(s.labels["le"]) for s in families["tonewall_packet_processing_seconds"].samples
                     if s.name.endswith("_bucket") and s.labels["le"] != "+Inf")
     assert (bounds[0], bounds[-1]) == (1e-6, 0.05), bounds  # README: buckets 1 us to 50 ms
@@ -404,3 +407,23 @@ def test_who_sees_and_who_may_capture_on_a_call(api):
     assert status == 403
     status, body = api.json("DELETE", f"/v1/captures/{view['capture_id']}")
     assert (status, body["state"]) == (200, "cancelled")
+
+
+# ---- before the API exists: start-up errors name the path, and every data dir is private
+
+def test_run_on_a_data_dir_that_is_a_file_names_the_path(tmp_path):
+    (tmp_path / "data").write_text("not a directory")
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--data-dir", str(tmp_path / "data"),
+                        "--sip-listen", "127.0.0.1:1", "--api-listen", "127.0.0.1:2", "--metrics-listen",
+                        "127.0.0.1:3"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr[-800:]
+    [line] = [x for x in r.stderr.splitlines() if "cannot start" in x]
+    assert f"{tmp_path / 'data'}: data dir exists and is not a directory" in line, line
+
+
+def test_vault_client_cert_creates_the_default_data_dir_0700(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "vault", "client-cert", "gw", "gateway"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr[-800:]
+    assert stat.S_IMODE((tmp_path / "tonewall-data").stat().st_mode) == 0o700
