@@ -881,6 +881,8 @@ class MaskerBank:
         k = len(slots)
         if frames.shape != (k, PACKET_SAMPLES):
             raise ValueError("masker frames must be (k, 160)")
+        if not k:
+            return np.zeros((0, PACKET_SAMPLES), dtype=np.int16), np.zeros(0, dtype=bool)
         if k > self._work_rows:
             self._grow_work(k)
         w = self._scratch.get(k) or self._scratch_for(k)

@@ -149,3 +149,10 @@ def test_bank_features_equal_the_single_stream_features():
         feats, _ = masker._block_features(frames.reshape(-1, 40))
         assert w.energy.tobytes() == np.ascontiguousarray(feats[:, 0].reshape(k, 4)).tobytes()
         assert w.lines.tobytes() == np.ascontiguousarray(feats[:, 1].reshape(k, 4)).tobytes()
+
+
+def test_an_empty_call_returns_empty_rows():
+    bank = MaskerBank(MaskMode.FLAT)
+    out, changed = bank.process(np.zeros(0, dtype=np.intp), np.zeros((0, PACKET_SAMPLES), dtype=np.int16))
+    assert out.shape == (0, PACKET_SAMPLES) and out.dtype == np.int16
+    assert changed.shape == (0,) and changed.dtype == bool
