@@ -51,6 +51,23 @@ def _relay_priority() -> None:
             pass
     if RELAY_CPUS:
         os.sched_setaffinity(0, RELAY_CPUS)
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:  # --gen-rt is for the generator only
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def generator_realtime(priority: int) -> None:
+    """Run this process (the generator) SCHED_FIFO at `priority`; relays stay SCHED_OTHER.
+
+    Why: with a relay in the path each datagram wakes the relay, and a woken relay (or any
+    other job) on the generator's CPU preempts it inside sendmmsg; under load the generator
+    then fell seconds behind (lag_ms) with its own CPU at 20-40 %. A real-time generator keeps
+    the schedule; it sleeps every tick (at least `RT_MIN_SLEEP_S` even when behind), and the
+    kernel's RT throttling caps it at 95 % of a CPU in any case.
+    """
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+
+
+RT_MIN_SLEEP_S = 0.0001
 
 
 def pin_cpus(spec: str) -> tuple[set[int], set[int]]:
@@ -544,7 +561,7 @@ def verify_secure(secure: bool, digit: str = "5", tone_ms: int = 100, packets: i
 
 
 def run_point(relay: str, n: int, duration_s: float, capture: bool = False,
-              relay_kw: dict | None = None, generator: str = "mmsg") -> dict:
+              relay_kw: dict | None = None, generator: str = "mmsg", gen_kw: dict | None = None) -> dict:
     import uvloop
 
     from rtp_load import LoadGenerator, MmsgLoadGenerator
@@ -583,7 +600,7 @@ def run_point(relay: str, n: int, duration_s: float, capture: bool = False,
         warmup_s = 2.0
         u0, s0 = cpu_times(pid) if pid else (0.0, 0.0)
         t0 = time.monotonic()
-        result = gen.run(targets, duration_s, warmup_s=warmup_s)
+        result = gen.run(targets, duration_s, warmup_s=warmup_s, **(gen_kw if generator == "mmsg" and gen_kw else {}))
         if asyncio.iscoroutine(result):
             result = uvloop.run(result)
         # CPU over the whole run (warm-up included) against all packets sent.
@@ -672,6 +689,8 @@ def main() -> None:
     ap.add_argument("--mask-batch-rows", type=int, default=None, help="Relay mask_batch_rows")
     ap.add_argument("--pin", default="off",
                     help="'auto' or GEN:RELAY CPU lists (e.g. 0:1): generator and relay on separate CPUs")
+    ap.add_argument("--gen-rt", type=int, default=0,
+                    help="run the generator SCHED_FIFO at this priority (1-99; as root), relays stay normal")
     ap.add_argument("--generator", choices=("mmsg", "sockets"), default="mmsg",
                     help="mmsg: one sendmmsg socket and one recvmmsg socket (light); "
                          "sockets: the old socket pair per stream (heavy, for comparison)")
@@ -684,6 +703,10 @@ def main() -> None:
     RELAY_NICE = args.relay_nice
     if args.pin != "off":
         _, RELAY_CPUS = pin_cpus(args.pin)
+    gen_kw = {}
+    if args.gen_rt:
+        generator_realtime(args.gen_rt)
+        gen_kw["min_sleep_s"] = RT_MIN_SLEEP_S
     relays = args.relays.split(",")
     for name in ("rtpengine", "rtpengine-secure"):
         if name in relays and shutil.which("rtpengine") is None:
@@ -695,7 +718,9 @@ def main() -> None:
         for relay in relays:
             load_before = os.getloadavg()[0]
             capture = args.capture and relay.startswith("tonewall")
-            r = run_point(relay, n, args.duration, capture=capture, relay_kw=relay_kw, generator=args.generator)
+            r = run_point(relay, n, args.duration, capture=capture, relay_kw=relay_kw, generator=args.generator,
+                          gen_kw=gen_kw)
+            r["gen_rt"] = args.gen_rt
             r["loadavg_1m_before"] = round(load_before, 2)
             r["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
             r["capture"] = capture

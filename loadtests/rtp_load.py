@@ -297,8 +297,12 @@ class MmsgLoadGenerator:
         self.rx.close()
 
     def run(self, targets: list[tuple[str, int]], duration_s: float, warmup_s: float = 2.0,
-            drain_s: float = 0.3, send_chunk: int = SEND_CHUNK) -> dict:
-        """Send for `duration_s` (blocking); stats cover packets sent after `warmup_s`."""
+            drain_s: float = 0.3, send_chunk: int = SEND_CHUNK, min_sleep_s: float = 0.0) -> dict:
+        """Send for `duration_s` (blocking); stats cover packets sent after `warmup_s`.
+
+        `min_sleep_s` > 0: sleep at least that long every tick, even when behind (a
+        real-time generator must not spin).
+        """
         from mmsg import MmsgSender
 
         n = self.n
@@ -399,8 +403,10 @@ class MmsgLoadGenerator:
             next_tick += TICK_S
             pause = next_tick - time.perf_counter()
             if pause > 0:
-                time.sleep(pause)
+                time.sleep(max(pause, min_sleep_s))
             else:
+                if min_sleep_s:
+                    time.sleep(min_sleep_s)
                 next_tick = time.perf_counter()
         gen_cpu = time.process_time() - cpu0
         wall_s = (time.time_ns() - start_ns) / 1e9
