@@ -558,7 +558,7 @@ class DetectorBank:
             return None
         # Twist with slack for the roll-off correction, on the few windows left (the
         # 0.1 % in the slack also makes "<" as safe as "<=").
-        strongest = group_max[:, cand]
+        strongest = group_max.take(cand, axis=1)
         above = np.greater_equal(strongest[1], strongest[0] * self._an.gate_twist)
         twisted = np.greater(above[0], above[1])
         n_left = np.count_nonzero(twisted)
@@ -583,7 +583,7 @@ class DetectorBank:
         an = self._an
         kc = mag.shape[1]
         n = cand.size
-        bins = mag[:, cand].reshape(2, 4, n).argmax(axis=1)  # strongest low and high bin
+        bins = mag.take(cand, axis=1).reshape(2, 4, n).argmax(axis=1)  # strongest low and high bin
         freq_idx = bins + _GROUP_BASE
         # Re and im of the chosen bins in the window and the two before it, from this
         # call's windows or the stream's carry, in one gather: (re/im, low/high, window, n).
@@ -592,7 +592,7 @@ class DetectorBank:
             if len(self._window_history) > 256:
                 self._window_history.clear()
             where = self._window_history[(kc, c)] = _window_history(kc, c)
-        offset, stride = where[:, :, cand]
+        offset, stride = where.take(cand, axis=2)
         parts = z_and_carry.take((freq_idx + _IM_ROWS)[:, :, None, :] * stride + offset, mode="clip")
         # The phase advance of each bin over one hop, averaged over two hops
         # (angle of x0 x1* + x1 x2*), against the advance of a tone at the nominal
