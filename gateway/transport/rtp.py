@@ -1,8 +1,10 @@
 """The asyncio edge of the media relay: RTP/RTCP sockets from a port range.
 
 Each leg gets an even RTP port and the odd RTCP port above it (RFC 3550 11), bound
-on the media address. Sockets are non-blocking and watched with `loop.add_reader`;
-each wakeup reads one datagram (the poller is level-triggered), passes it through
+on the media address. Sockets are non-blocking and watched with `loop.add_reader`
+(each RTP reader is handed its leg and the bound `recvfrom`/`sendto` it uses, so a
+datagram costs no attribute walk); each wakeup reads one datagram (the poller is
+level-triggered), passes it through
 `Relay.receive_rtp`/`receive_rtcp`, and sends the answer at once from the other
 leg's socket (a caller feedback tone, when one plays, is spliced into the agent's
 packets by the core on the way). When the core raises `wake` (masked-leg rows, a full detector batch,
@@ -157,8 +159,10 @@ class RtpMediaController:
         call = self.relay.add_call(call_id)
         for leg, (rtp, rtcp) in ((call.caller, bound[0:2]), (call.agent, bound[2:4])):
             leg.endpoint = _Endpoint(rtp, rtcp)
-            self._loop.add_reader(rtp.fileno(), self._read_rtp, leg)
-            self._loop.add_reader(rtcp.fileno(), self._read_rtcp, leg)
+        for leg in (call.caller, call.agent):
+            rtp = leg.endpoint.rtp
+            self._loop.add_reader(rtp.fileno(), self._read_rtp, leg, rtp.recvfrom, leg.peer.endpoint.rtp.sendto)
+            self._loop.add_reader(leg.endpoint.rtcp.fileno(), self._read_rtcp, leg)
         media = RtpCallMedia(self, call)
         self._calls[call_id] = media
         return media
@@ -211,14 +215,14 @@ class RtpMediaController:
 
     # ---- the hot path ----------------------------------------------------------
 
-    def _read_rtp(self, leg: Leg) -> None:
+    def _read_rtp(self, leg: Leg, recv: Any, send: Any) -> None:
         # One datagram per wakeup: the poller is level-triggered, so a socket with more
         # queued is called again next iteration, and the usual single packet per socket
         # costs one recvfrom instead of a second one that fails with EAGAIN.
         relay = self.relay
         t0 = perf_counter()
         try:
-            data, addr = leg.endpoint.rtp.recvfrom(MAX_DATAGRAM_BYTES)
+            data, addr = recv(MAX_DATAGRAM_BYTES)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:  # e.g. ICMP port unreachable reported on this socket
@@ -227,7 +231,7 @@ class RtpMediaController:
         out = relay.receive_rtp(leg, data, addr, t0)
         if out is not None:
             try:
-                leg.peer.endpoint.rtp.sendto(out[0], out[1])
+                send(out[0], out[1])
             except OSError:
                 relay.stats.drops[leg.direction]["send"] += 1
         if self._untimed:
