@@ -543,13 +543,16 @@ _BANK_UNTRACKED = np.inf
 is min(power, level * rise + abs) for every unflagged block (`_track` gives the same values);
 fills read it as `_UNTRACKED`."""
 
-# Per-slot state of `MaskerBank`: one float row and one bool row, so that `process` reads each
-# with one gather and writes it with one scatter.
+# Per-slot state of `MaskerBank`: one float64 row (with the bool state in its last columns), so
+# that `process` reads it with one gather and writes it with one scatter.
+_WORK_BLOCKS = WINDOW_BLOCKS + BLOCKS_PER_PACKET
+"""Blocks whose features `process` reads: the held packet's last three, then the new packet's four."""
 _F_HIST_E = 0
-"""Energies, then line energies (`_F_HIST_L`), of the held packet's last three blocks: windows
-reaching into the next packet start there."""
-_F_HIST_L = _F_HIST_E + WINDOW_BLOCKS
-_F_LEVELS = _F_HIST_L + WINDOW_BLOCKS
+"""Energies of blocks 0..6 (`_WORK_BLOCKS`), then their line energies (`_F_HIST_L`). Blocks 0..2,
+the held packet's last three, are state (windows reaching into the next packet start there);
+3..6 are the new packet's, filled by `process` in its gathered copy (stale in the bank)."""
+_F_HIST_L = _F_HIST_E + _WORK_BLOCKS
+_F_LEVELS = _F_HIST_L + _WORK_BLOCKS
 """Background power before each held block (4), then after the last one (`_F_LEVEL`)."""
 _F_LEVEL = _F_LEVELS + BLOCKS_PER_PACKET
 _F_FILLER = _F_LEVEL + 1
@@ -579,8 +582,6 @@ tone, every row delayed."""
 if _B_TONE + HANGOVER_BLOCKS + 1 != 16 or _B_UNSTEADY >= _B_CONFIRMED:
     raise ValueError("masker bank state layout does not fit its words")
 
-_WORK_BLOCKS = WINDOW_BLOCKS + BLOCKS_PER_PACKET
-"""Blocks whose features `process` reads: the held packet's last three, then the new packet's four."""
 _SCALAR_TRACK_ROWS = 6
 """Up to this many rows the tracker runs on Python floats (same arithmetic as the numpy steps)."""
 _SCALAR_DECIDE_WINDOWS = 16
@@ -744,7 +745,6 @@ class MaskerBank:
         self._wp = np.empty(8 * n * BLOCKS_PER_PACKET)
         self._wbest = np.empty(2 * n * BLOCKS_PER_PACKET)
         self._wfs = np.zeros((n, _N_F))
-        self._wf = np.zeros((n, 2, _WORK_BLOCKS))  # energies, line energies of blocks 0..6
         self._wq = np.zeros((n, 4, _WINDOWS_PER_CALL))  # per window: energy, line sum, lines min, max
         self._wt = np.zeros((n, _WINDOWS_PER_CALL))
         self._wg = np.zeros((n, 8), dtype=bool)  # blocks 0..6 loud enough to flag; column 7 stays False
@@ -814,7 +814,8 @@ class MaskerBank:
         out = self._held[slot].copy()
         masked = False
         # Nothing flagged, no tone, no window that may confirm: nothing masked (the full rule's answer).
-        e0, e1, e2, l0, l1, l2 = f[_F_HIST_E:_F_LEVELS].tolist()
+        e0, e1, e2 = f[_F_HIST_E:_F_HIST_E + WINDOW_BLOCKS].tolist()
+        l0, l1, l2 = f[_F_HIST_L:_F_HIST_L + WINDOW_BLOCKS].tolist()
         if (bits[_B_FLAGS:_B_UNSTEADY].count(0) < _B_UNSTEADY - _B_FLAGS
                 or bits[_B_CONFIRMED:_B_HELD_VALID].count(0) < _B_HELD_VALID - _B_CONFIRMED
                 or _window_may_confirm(e0, e1, e2, l0, l1, l2)):
@@ -890,7 +891,6 @@ class MaskerBank:
         fs = w.fs
         np.take(self._fs, slots, axis=0, out=fs)
         # Blocks 0..6: the held packet's blocks 1..3 (kept from the last call), the new packet's 0..3.
-        np.copyto(w.hist, w.fs_hist)
         _block_features_into(frames, w)
         # A row is active when it is not delayed, has a flag or tone state, or has a block loud
         # enough to be flagged or to lift a window to the confirmation's energy floor. Nothing
@@ -917,13 +917,12 @@ class MaskerBank:
         w = _Scratch()
         m = k * BLOCKS_PER_PACKET
         w.fs = self._wfs[:k]
-        w.fs_hist = w.fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, WINDOW_BLOCKS)
         w.bs = w.fs[:, _F_BITS:].view(np.bool_)
         w.words = w.fs[:, _F_BITS:].view(np.uint64)
         w.level = w.fs[:, _F_LEVEL]
         w.n_in = w.fs[:, _F_N_IN]
-        w.wf = self._wf[:k]
-        w.hist = w.wf[:, :, :WINDOW_BLOCKS]
+        w.wf = w.fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, _WORK_BLOCKS)  # energies, line energies of blocks 0..6
+        w.fs_hist = w.wf[:, :, :WINDOW_BLOCKS]
         w.next_hist = w.wf[:, :, BLOCKS_PER_PACKET:]
         w.energies = w.wf[:, 0]
         w.energy = w.wf[:, 0, WINDOW_BLOCKS:]
