@@ -9,7 +9,11 @@ each leg gets the gateway's own SDP anchored on the media ports of `CallMedia`,
 with PCMU/PCMA only and the telephone-event payload type of that leg. A peer that
 answers the G.711 law it was not offered is accepted (RFC 3264 6.1 forbids it, common
 peers do it): each leg keeps its own law and the relay converts; an answer without
-G.711 is refused (fail closed). An offer
+G.711 is refused (fail closed). One audio stream is relayed: an answer has
+every offered m= line in order, the others rejected with port 0 (RFC 3264 6), and
+a later offer on a leg keeps that leg's lines (RFC 3264 8), so a video-first peer
+never maps audio onto its video; media on an address family the relay lacks is
+refused 488 with Warning 301. An offer
 travels the way it came: an INVITE without SDP goes out without SDP, the 2xx's
 offer is re-offered to the other side, and the ACKs carry the answers back
 (initial INVITE and re-INVITE alike). One agent per call: a 2xx from another

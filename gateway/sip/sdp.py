@@ -2,7 +2,9 @@
 
 The B2BUA never relays SDP: it builds its own per leg, anchoring media on its own
 address and port, offering only PCMU/PCMA (which it can inspect) plus
-telephone-event, and mapping the telephone-event payload type per leg. An answer in
+telephone-event, and mapping the telephone-event payload type per leg. It relays one
+audio stream: the other m= lines of an offer are answered with port 0, line for line
+(`MediaSlot`, RFC 3264 6). An answer in
 the G.711 law we did not offer is accepted (`answer_codec`). SRTP keys
 (RFC 4568 SDES) are generated per leg with `secrets` and never appear in a repr.
 """
