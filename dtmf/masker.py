@@ -1135,7 +1135,8 @@ class MaskerBank:
         rows = np.flatnonzero(changed)
         if n_changed <= _SCALAR_FILL_ROWS:
             for r in rows.tolist():
-                self._fill_row(out[r], block_mask[r].tolist() if block_mask is not None else [False] * BLOCKS_PER_PACKET,
+                self._fill_row(out[r],
+                               block_mask[r].tolist() if block_mask is not None else [False] * BLOCKS_PER_PACKET,
                                bool(filler[r]) if filler is not None else False,
                                bool(delayed[r]) if delayed is not None else True, fs[r].tolist(),
                                levels[r, :BLOCKS_PER_PACKET].tolist() if levels is not None else None)
@@ -1152,8 +1153,9 @@ class MaskerBank:
             base = (fs[rows, _F_N_IN] - np.where(row_delayed, PACKET_SAMPLES, 0)).astype(np.int64)
             idx = base[:, None] + np.arange(PACKET_SAMPLES)[None, :]
             if mode is MaskMode.COMFORT_NOISE:
-                blk = (fs[rows, _F_LEVELS:_F_LEVEL] if delayed is None
-                       else np.where(delayed[rows, None], fs[rows, _F_LEVELS:_F_LEVEL], levels[rows, :BLOCKS_PER_PACKET]))
+                held_levels = fs[rows, _F_LEVELS:_F_LEVEL]
+                blk = (held_levels if delayed is None
+                       else np.where(delayed[rows, None], held_levels, levels[rows, :BLOCKS_PER_PACKET]))
                 power = np.repeat(blk, BLOCK_SAMPLES, axis=1)
                 if is_filler is not None:
                     power[is_filler] = fs[rows[is_filler], _F_FILLER, None]

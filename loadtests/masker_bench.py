@@ -98,7 +98,8 @@ def call_rows(kind: str, k: int, n_packets: int, rng: np.random.Generator) -> np
             for r in range(max(1, k // 10)):
                 pos = int(rng.integers(0, 800))
                 while pos < x.shape[1] - 1000:
-                    tone = dtmf_tone(DIGITS[int(rng.integers(16))], float(rng.integers(40, 121)), float(rng.uniform(-25, 0)))
+                    tone = dtmf_tone(DIGITS[int(rng.integers(16))], float(rng.integers(40, 121)),
+                                     float(rng.uniform(-25, 0)))
                     x[r, pos:pos + len(tone)] += tone
                     pos += len(tone) + int(rng.integers(400, 1600))
             x = ulaw_decode(ulaw_encode(to_int16(x)))
@@ -178,7 +179,8 @@ def identical_outputs(a: ModuleType, b: ModuleType, seeds: int = 12) -> tuple[in
             while pos < len(x) - 1200:
                 if rng.random() < 0.4:
                     pos = pos // PACKET * PACKET + int(rng.integers(150, 160))
-                tone = dtmf_tone(DIGITS[int(rng.integers(16))], float(rng.integers(15, 121)), float(rng.uniform(-40, 0)),
+                tone = dtmf_tone(DIGITS[int(rng.integers(16))], float(rng.integers(15, 121)),
+                                 float(rng.uniform(-40, 0)),
                                  float(rng.uniform(-12, 12)), phase_rad=tuple(rng.uniform(0, 2 * np.pi, 2)))
                 x[pos:pos + len(tone)] += tone
                 pos += len(tone) + int(rng.integers(0, 1600))
