@@ -265,6 +265,7 @@ def vault_ssl_context(settings: VaultSettings):
 
 async def start_vault(settings: VaultSettings, *, middlewares: Sequence[Any] = ()) -> RunningVault:
     """Open the store and listen with mTLS; port 0 picks a free port."""
+    pki.private_dir(settings.data_dir)  # owner-only before anything is written under it
     keyring = Keyring.load(settings.kek_path())
     store = VaultStore(settings.database_path(), keyring)
     app = create_vault_app(store, middlewares=middlewares)

@@ -427,3 +427,27 @@ def test_vault_client_cert_creates_the_default_data_dir_0700(tmp_path):
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr[-800:]
     assert stat.S_IMODE((tmp_path / "tonewall-data").stat().st_mode) == 0o700
+
+
+@pytest.mark.timeout(60)
+def test_vault_serve_creates_the_default_data_dir_0700(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "vault", "--listen", "127.0.0.1:0", "serve"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # bounded: the process is killed on the timeout below
+            lines.append(line)
+            if "vault listening on" in line or len(lines) > 50:
+                break
+        assert any("vault listening on" in x for x in lines), "".join(lines)[-800:]
+        for folder in (tmp_path / "tonewall-data", tmp_path / "tonewall-data" / "vault"):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
