@@ -949,7 +949,7 @@ class MaskerBank:
         c = self._wc[:len(held)]
         c[:, :PACKET_SAMPLES] = held
         c[:, PACKET_SAMPLES:] = frames
-        proj = np.square(self._wc_windows[rows, starts].astype(np.float32) @ _WINDOW_BASIS, dtype=np.float64)
+        proj = np.square(np.matmul(self._wc_windows[rows, starts], _WINDOW_BASIS, dtype=np.float32), dtype=np.float64)
         p = proj[:, :_N_LINES] + proj[:, _N_LINES:]  # offset-major: (n, offsets * 8)
         best = np.maximum(p[:, 0:8], p[:, 8:16])
         for o in range(2, len(FREQ_OFFSETS)):
