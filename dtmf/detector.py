@@ -139,8 +139,6 @@ class _Analysis:
         # A window's DFT is (first half of the rows) . (older chunk) + (second half) .
         # (newer chunk): one product over the chunks, each chunk used once, gives
         # both halves (rows 0-15: opening half, rows 16-31: closing half).
-        self.half_rows = np.ascontiguousarray(
-            np.vstack([rows[:, :CHUNK_SAMPLES], rows[:, CHUNK_SAMPLES:]]), dtype=np.float32)
         sum_w = window.sum()
         self.tone_power_norm = float(2.0 / sum_w ** 2)
         # Phase a bin at f0 advances over one hop for a tone exactly at f0 (wrapped).
@@ -168,6 +166,11 @@ class _Analysis:
         # Chunk energies are kept divided by the purity bound, so that level and
         # purity are one comparison: pair >= max(scaled energy, level floor).
         self.scaled_ones = np.full(CHUNK_SAMPLES, 1.0 / self.gate_purity, dtype=np.float32)
+        # Row 32 of the product: each chunk's sum, scaled so that a window's DC energy on
+        # that scale is the square of its two chunks' added values, (s1 + s2)^2 / 80.
+        sum_row = np.full((1, CHUNK_SAMPLES), 1.0 / math.sqrt(WINDOW_SAMPLES * self.gate_purity))
+        self.half_rows = np.ascontiguousarray(
+            np.vstack([rows[:, :CHUNK_SAMPLES], rows[:, CHUNK_SAMPLES:], sum_row]), dtype=np.float32)
         self.purity_per_energy = PURITY_MIN * self.gate_purity / WINDOW_SAMPLES
         self.coverage_per_energy = COVERAGE_MIN * self.gate_purity / CHUNK_SAMPLES
         # The gate's twist sees raw magnitudes: at offsets the frequency check accepts,
@@ -202,9 +205,9 @@ _IM_ROWS = np.array([[[0]], [[8]]])  # row of the real, and of the imaginary par
 # Float carry of each stream between calls (one row per slot, gathered and
 # scattered once per call).
 _CARRY_OPEN = slice(0, 16)  # opening-half DFT of the last complete chunk (re 0-7, im 8-15)
-_CARRY_ENERGY = 16  # energy of the last complete chunk
-_CARRY_HIST = slice(17, 49)  # DFT of the last two windows, older first (2 x 16)
-_CARRY_WIDTH = 49
+_CARRY_STATS = slice(16, 18)  # sum (scaled, see _Analysis.sum_row) and energy of the last complete chunk
+_CARRY_HIST = slice(18, 50)  # DFT of the last two windows, older first (2 x 16)
+_CARRY_WIDTH = 50
 
 # Integer state of the hit/miss state machine, one row per slot.
 _RUN_CODE, _RUN_LEN, _RUN_FIRST, _ACTIVE, _ACTIVE_START, _LAST_HIT, _MISSES = range(7)
@@ -217,11 +220,15 @@ _FEW_CANDIDATES = 16
 
 
 def _check_operands(an: _Analysis, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """In-place operands of the exact checks for n windows: lhs, rhs, energies, passed."""
+    """In-place operands of the exact checks for n windows: lhs, rhs, energies, passed.
+
+    energies rows 0-2: the window's energy, its louder chunk's, 1 (the level bound);
+    rows 3-6: the gathered chunk sum, chunk energy, window sum, window energy.
+    """
     lhs = np.empty((4, n), dtype=np.float32)
     rhs = np.empty((4, n), dtype=np.float32)
     rhs[0:2] = np.float32(an.min_tone_power)
-    energies = np.empty((3, n), dtype=np.float32)
+    energies = np.empty((7, n), dtype=np.float32)
     energies[2] = 1.0
     return lhs, rhs, energies, np.empty((9, n), dtype=np.bool_)
 
@@ -244,20 +251,26 @@ class _Plan:
         self.z_and_carry = bank._scratch("z_and_carry", (16 * kc + k * _CARRY_WIDTH,))
         self.z = self.z_and_carry[:16 * kc].reshape(16, kc)
         self.carry = self.z_and_carry[16 * kc:].reshape(k, _CARRY_WIDTH)
-        self.halves = bank._scratch("halves", (32, kc))
-        opening, closing = self.halves[:16], self.halves[16:]
+        # Rows 0-32: the product (opening halves, closing halves, chunk sums); rows 32-33:
+        # each chunk's sum and energy; rows 34-35: each window's (its two chunks'); row 36:
+        # the windows' DC energy. Rows 32-35 are what the check gathers per window.
+        buf = bank._scratch("halves", (37, kc))
+        self.halves = buf[:33]
+        opening, closing = buf[:16], buf[16:32]
         self.opening_flat = opening.reshape(-1)[:-1]
         self.closing_flat = closing.reshape(-1)[1:]
         self.z_flat = self.z.reshape(-1)[1:]
         self.first_closing = closing[:, ::c]
         self.carry_opening = self.carry[:, _CARRY_OPEN].T
         self.z_first = self.z[:, ::c]
-        self.energies = bank._scratch("energies", (2, kc))
-        e_sum, energy = self.energies
-        self.e_sum, self.energy = e_sum, energy
-        self.energy_prev, self.energy_next, self.e_sum_next = energy[:-1], energy[1:], e_sum[1:]
-        self.energy_first, self.e_sum_first = energy[::c], e_sum[::c]
-        self.carry_energy = self.carry[:, _CARRY_ENERGY]
+        chunk_stats, window_stats = buf[32:34], buf[34:36]
+        self.stats = buf[32:36]
+        self.energy = buf[33]
+        self.window_sum, self.e_sum, self.window_dc = buf[34], buf[35], buf[36]
+        chunk_flat, window_flat = chunk_stats.reshape(-1), window_stats.reshape(-1)
+        self.chunk_prev, self.chunk_next, self.window_next = chunk_flat[:-1], chunk_flat[1:], window_flat[1:]
+        self.chunk_first, self.window_first = chunk_stats[:, ::c], window_stats[:, ::c]
+        self.carry_stats = self.carry[:, _CARRY_STATS].T
         self.zz = bank._scratch("zz", (16, kc))
         self.zz_re, self.zz_im = self.zz[:8], self.zz[8:]
         self.mag = bank._scratch("mag", (8, kc))
@@ -268,7 +281,7 @@ class _Plan:
         # Carry to the next call: the last chunk's opening half and energy, the last two windows.
         self.new = bank._scratch("carry_new", (k, _CARRY_WIDTH))
         self.new_opening, self.last_opening = self.new[:, _CARRY_OPEN], opening[:, c - 1::c].T
-        self.new_energy, self.last_energy = self.new[:, _CARRY_ENERGY], energy[c - 1::c]
+        self.new_stats, self.last_stats = self.new[:, _CARRY_STATS], chunk_stats[:, c - 1::c].T
         if c >= 2:
             self.new_hist = self.new[:, _CARRY_HIST].reshape(k, 2, 16)
             self.last_windows = self.z.reshape(16, k, c)[:, :, c - 2:].transpose(1, 2, 0)
@@ -513,7 +526,8 @@ class DetectorBank:
         """Hit windows (flat stream * c + window indices) and their keys; None when no window hits."""
         an = self._an
         self._carry.take(slots, axis=0, out=w.carry, mode="clip")
-        # One matrix product over all chunks of all streams (32 rows: both window halves).
+        # One matrix product over all chunks of all streams (32 rows: both window halves;
+        # row 32: the chunk's sum).
         np.matmul(an.half_rows, w.chunks_t, out=w.halves)
         # Window t of a stream = opening half of chunk t-1 + closing half of chunk t;
         # the first one opens on the previous call's last chunk (the carry). The add runs
@@ -522,11 +536,15 @@ class DetectorBank:
         np.add(w.opening_flat, w.closing_flat, out=w.z_flat)
         np.add(w.first_closing, w.carry_opening, out=w.z_first)
         np.multiply(w.x, w.x, out=w.sq)
-        # Window energies (row 0) and chunk energies (row 1), over the purity bound (see
-        # _Analysis.scaled_ones): one array, so that the check gathers both at once.
+        # Chunk energies over the purity bound (see _Analysis.scaled_ones); each window's
+        # sum and energy from its two chunks' in one flat add (as for the DFT halves).
         np.matmul(w.sq_chunks, an.scaled_ones, out=w.energy)
-        np.add(w.energy_prev, w.energy_next, out=w.e_sum_next)
-        np.add(w.energy_first, w.carry_energy, out=w.e_sum_first)
+        np.add(w.chunk_prev, w.chunk_next, out=w.window_next)
+        np.add(w.chunk_first, w.carry_stats, out=w.window_first)
+        # The window's mean (DC, e.g. a sound card's offset) is no tone and no noise the
+        # purity check should count: its energy, 80 * mean^2, comes off the window's.
+        np.multiply(w.window_sum, w.window_sum, out=w.window_dc)
+        np.subtract(w.e_sum, w.window_dc, out=w.e_sum)
 
         # Cheap gate over every window, implied by the exact checks: the pair cannot
         # beat the strongest bin of each group, so a window whose two strongest bins
@@ -537,15 +555,15 @@ class DetectorBank:
         np.add(w.group_max[0], w.group_max[1], out=w.pair_max)
         np.maximum(w.e_sum, an.gate_pair_mag, out=w.floor)
         gated = self._gate(w.pair_max, w.floor, w.group_max)
-        found = None if gated is None else self._check(*gated, c, w.mag, w.z_and_carry, w.energies)
+        found = None if gated is None else self._check(*gated, c, w.mag, w.z_and_carry, w.stats)
 
         # Carry to the next call: the last chunk's opening half and energy, the last two windows.
         np.copyto(w.new_opening, w.last_opening)
-        np.copyto(w.new_energy, w.last_energy)
+        np.copyto(w.new_stats, w.last_stats)
         if w.last_windows is not None:
             np.copyto(w.new_hist, w.last_windows)
         else:
-            w.new_hist[:, :16] = w.carry[:, 33:49]
+            w.new_hist[:, :16] = w.carry[:, _CARRY_HIST.start + 16:_CARRY_HIST.stop]
             w.new_hist[:, 16:] = w.z.T
         self._carry[slots] = w.new
         return found
@@ -632,10 +650,16 @@ class DetectorBank:
         np.greater_equal(lhs, rhs, out=passed[0:4])
         pair = p[0] + p[1]
         # Energies are stored over the purity bound (see _Analysis.scaled_ones): the
-        # window's (purity) and the louder of its two chunks' (coverage); row 2 is 1.
-        energies.take(cand, axis=1, out=e[0:2])
-        np.maximum(e[0] - e[1], e[1], out=e[1])
-        np.greater_equal(pair, e * an.pair_bounds, out=passed[4:7])
+        # window's without its mean (purity) and the louder of its two chunks' (coverage),
+        # each chunk taken about the window's mean; row 2 is 1.
+        g = energies.take(cand, axis=1, out=e[3:7])
+        chunk_sum, chunk_energy, window_sum = g[0], g[1], g[2]
+        # The closing chunk about the window's mean m: E2 - 2 m s2 + 40 m^2, on the scale
+        # of the sums: E2 + S (S / 2 - 2 s2); the opening chunk holds the rest.
+        closing = chunk_energy + window_sum * (0.5 * window_sum - 2.0 * chunk_sum)
+        e[0] = g[3]
+        np.maximum(g[3] - closing, closing, out=e[1])
+        np.greater_equal(pair, e[0:3] * an.pair_bounds, out=passed[4:7])
         hit = passed.all(axis=0).nonzero()[0]
         if hit.size == 0:
             return None

@@ -60,15 +60,10 @@ _COMBINED_REASON = ("twist at the limit (-8 or +4 dB) with 15 dB white noise: th
                     "scatters past the 0.7 dB margin and breaks the 6-window run; at 15 dB SNR every tone is "
                     "detected only up to 7.57 dB normal / 3.88 dB reverse twist; 42-80 % of combined worst-case "
                     "tones detected (SNR re pair power), 94-100 % (SNR re the weaker tone)")
-_DC_REASON = ("a DC offset counts as non-tone power in the purity check (no DC blocker): bisected with tones at "
-              "-25 dBm0, every tone detected up to +-540 counts, none past +-730 (at -10 dBm0: 3060 / 4140); "
-              "Q.24 says nothing of DC, spandsp fails the same way")
 KNOWN_FAILURES: dict[str, str] = {
     "twist +4.5 dB": _TWIST_REASON,
     "twist -8.5 dB": _TWIST_REASON,
     **{c.name: _COMBINED_REASON for c in combined_conditions(DIGITS) if c.snr_ref == "pair"},
-    "DC offset +1000, tones at -25 dBm0": _DC_REASON,
-    "DC offset -1000, tones at -25 dBm0": _DC_REASON,
 }
 """Rows the receiver fails today, by condition name, with what was measured."""
 

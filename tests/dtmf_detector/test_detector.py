@@ -174,6 +174,23 @@ def test_every_digit_at_15_db_snr(level_dbm0: float) -> None:
         assert single_digit(samples, digit), digit
 
 
+@pytest.mark.parametrize("dc", [-3000.0, -1000.0, 1000.0, 3000.0])
+def test_dc_offset_neither_hides_low_tones_nor_moves_their_edges(dc: float) -> None:
+    """A window's mean is no tone: a sound card's offset must not count against the tone's purity."""
+    rng = np.random.default_rng(int(dc) + 5000)
+    for digit in DIGITS:
+        samples, start, end = placed_tone(digit, rng, level_dbm0=-25.0, duration_ms=float(rng.integers(40, 80)))
+        events = detect(samples.astype(np.float64) + dc)
+        assert [(type(e), e.digit) for e in events] == [(DigitDetected, digit), (DigitEnded, digit)], digit
+        assert abs(events[0].start_sample - start) <= 4 * MS
+        assert abs(events[1].end_sample - end) <= 4 * MS
+
+
+def test_dc_offset_alone_is_no_digit() -> None:
+    steps = np.repeat(np.array([0.0, 5000.0, -5000.0, 200.0, 12000.0]), 400)
+    assert detect(steps) == []
+
+
 def test_40_ms_tones_accepted() -> None:
     rng = np.random.default_rng(13)
     for digit in DIGITS * 2:
