@@ -14,9 +14,18 @@ Relays: those of `relay_bench.py serve` (`bare`: uvloop `add_reader` per socket,
 recvfrom until EAGAIN; `tonewall`, `tonewall-nohook`, `bare-proto`), plus
 `bare1` (add_reader, one recvfrom per wakeup), `epoll` (all receive sockets in one
 `select.epoll` whose fd is the loop's only reader; a wakeup walks the ready fds in one
-Python loop) and `epoll-conn` (the same, sending with `send` on connected sockets).
-`rtpengine` (userspace, ng offer/answer, as in relay_bench.py). `NAME@LABEL` runs `NAME` from the tree given by `--tree LABEL=PATH` (e.g. the last
-commit exported with `git archive`), for a before/after of the edge in the same rounds.
+Python loop) and `epoll-conn` (the same, sending with `send` on connected sockets), and
+`rtpengine` (userspace, ng offer/answer, as in relay_bench.py). `NAME@LABEL` runs `NAME`
+from the tree given by `--tree LABEL=PATH` (e.g. a commit exported with `git archive`),
+for a before/after in the same rounds. The summary skips lossy rounds (a saturated relay
+does less work per packet sent).
+
+    python3 loadtests/edge_bench.py burst --streams 1000 --batch 1,4,16 --relays ...
+        one process, no generator: CPU per packet net of the driver (see `burst_child`);
+        its `burst-child ... br|bb` runs under valgrind give user instructions per packet.
+    valgrind --tool=cachegrind --cache-sim=no python3 loadtests/edge_bench.py core-ir hook|nohook PACKETS
+        `Relay.receive_rtp` alone (see `core_packets`); two packet counts, the difference.
+See loadtests/README-relay-edge.md for the figures.
 """
 
 from __future__ import annotations
@@ -287,6 +296,64 @@ def burst_child(mode: str, n: int, batch: int, packets: int, reps: int, passes: 
     return uvloop.run(main())
 
 
+def core_packets(hook: bool, packets: int, calls: int = 200) -> None:
+    """`Relay.receive_rtp` (+ the relay's side of the hook, detector stubbed) over synthetic packets.
+
+    No sockets, a simulated clock: run it under valgrind for two packet counts and divide the
+    difference of the instruction counts by the difference of the packet counts.
+    """
+    import random
+
+    from gateway.media.leg import LegMedia
+    from gateway.media.relay import Relay
+
+    det = None
+    if hook:
+        from dtmf.detector import DetectorBank
+
+        bank = DetectorBank(capacity=calls + 8)
+
+        class Stub:
+            """The bank's slots, none of its work: what is left is the relay's side."""
+
+            def add_stream(self) -> int:
+                return bank.add_stream()
+
+            def remove_stream(self, slot: int) -> None:
+                pass
+
+            def process(self, slots, frames) -> list:
+                return []
+
+        det = Stub()
+    relay = Relay(detector=det, detect_window_s=1e9)
+    legs = []
+    for i in range(calls):
+        call = relay.add_call(f"c{i}")
+        ca, aa = (HOST, 40000 + 4 * i), (HOST, 40002 + 4 * i)
+        relay.configure(call.call_id, LegMedia(ca, (HOST, ca[1] + 1), "PCMU", 0, 101),
+                        LegMedia(aa, (HOST, aa[1] + 1), "PCMU", 0, 101))
+        legs.append((call.caller, ca))
+    random.seed(1)
+    rows = [[bytes([0x80, 0]) + k.to_bytes(2, "big") + (160 * k).to_bytes(4, "big") + (i + 1).to_bytes(4, "big")
+             + bytes(random.getrandbits(8) for _ in range(160)) for i in range(calls)] for k in range(64)]
+    receive = relay.receive_rtp
+    now = 100.0
+    k = sent = 0
+    while sent < packets:
+        row = rows[k % 64]
+        for i in range(calls):
+            leg, a = legs[i]
+            receive(leg, row[i], (HOST, a[1]), now)
+            if relay.wake:
+                relay.wake = False
+                relay.process_pending(now)
+        sent += calls
+        k += 1
+        now += 0.02
+    relay.flush(now)
+
+
 def _udp() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -381,6 +448,9 @@ def main() -> None:
     if len(sys.argv) >= 3 and sys.argv[1] == "burst-child":
         print(json.dumps(burst_child(sys.argv[2], *(int(x) for x in sys.argv[3:7]), *sys.argv[7:8])))
         return
+    if len(sys.argv) >= 4 and sys.argv[1] == "core-ir":
+        core_packets(sys.argv[2] == "hook", int(sys.argv[3]))
+        return
     if len(sys.argv) >= 2 and sys.argv[1] == "burst":
         ap = argparse.ArgumentParser(prog="edge_bench.py burst", description=burst_child.__doc__)
         ap.add_argument("--streams", default="1000")
@@ -413,9 +483,11 @@ def main() -> None:
                       f"{r['load1']:5.2f}", flush=True)
                 print("  " + json.dumps(r), file=sys.stderr, flush=True)
                 key = (relay, n)
-                if key not in best or r["total_us"] < best[key]["total_us"]:
+                # A lossy round (relay saturated) did less work per packet sent: never the minimum.
+                rank = (r["loss_pct"] >= 0.1, r["total_us"])
+                if key not in best or rank < (best[key]["loss_pct"] >= 0.1, best[key]["total_us"]):
                     best[key] = r
-    print("\nmin over rounds (the round with the least user+sys per packet):")
+    print("\nmin over rounds (the lossless round with the least user+sys per packet):")
     for (relay, n), r in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"  {relay:22} {n:5d}  user {r['user_us']:5.2f} us  sys {r['sys_us']:5.2f} us  "
               f"total {r['total_us']:5.2f} us/pkt  loss {r['loss_pct']:.2f} %  p99 {r['lat_p99_us']:.0f} us  "
