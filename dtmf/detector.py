@@ -58,10 +58,22 @@ FREQ_TOL_PCT = 2.5
 FREQ_TOL_HZ = 1.0
 """Decision threshold on the frequency estimate: halfway between the Q.24 accept
 limit (1.5 % + 2 Hz) and the reject limit (3.5 %)."""
-NORMAL_TWIST_DB = 8.7
-"""Largest accepted high-below-low twist (Q.24 figures: accept 8 dB)."""
-REVERSE_TWIST_DB = 4.7
-"""Largest accepted high-above-low twist (Q.24 figures: accept 4 dB)."""
+NORMAL_TWIST_DB = 8.4
+"""Largest accepted high-below-low twist of a tone (Q.24 figures: accept 8 dB, reject beyond)."""
+REVERSE_TWIST_DB = 4.4
+"""Largest accepted high-above-low twist of a tone (Q.24 figures: accept 4 dB, reject beyond)."""
+WINDOW_TWIST_SLACK_DB = 2.0
+"""How far one window's own twist may pass the limits: noise scatters it, the tone's is decided over
+`HISTORY_WINDOWS` windows."""
+HISTORY_WINDOWS = ACCEPT_HITS - 1
+"""A tone's twist is measured over the window and the ones before it, back to 25 ms: at the hit that
+accepts a digit, every hit but the first (the tone's onset, where the stronger tone's transient leaks
+into the weaker one's bin)."""
+STEADY_RATIO = 0.5
+"""Of those windows, the ones whose pair power is at least this share of the strongest one's count
+(the tone fills them: at the tone's edges the stronger tone's onset leaks into the weaker one's bin)."""
+MIN_STEADY_WINDOWS = 4
+"""With fewer such windows (the tone's first hits) the window's own twist decides, with the slack."""
 MIN_PAIR_LEVEL_DBM0 = -29.0
 """Minimum power of the two tones together (two tones of -32 dBm0)."""
 MIN_TONE_LEVEL_DBM0 = -40.0
@@ -180,8 +192,10 @@ class _Analysis:
             <= self.freq_tol_rad.max() + 2.0 / self.power_steps_per_rad
         correction_ratio = float(self.power_per_mag[accepted_steps].max() / self.power_per_mag[accepted_steps].min())
         twist_slack = correction_ratio * 1.001
-        self.gate_normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10) / twist_slack
-        self.gate_reverse_twist = 10.0 ** (REVERSE_TWIST_DB / 10) * twist_slack
+        self.window_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + WINDOW_TWIST_SLACK_DB) / 10)
+        self.window_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + WINDOW_TWIST_SLACK_DB) / 10)
+        self.gate_normal_twist = self.window_normal_twist / twist_slack
+        self.gate_reverse_twist = self.window_reverse_twist * twist_slack
         self.normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10)
         self.reverse_twist = 10.0 ** (REVERSE_TWIST_DB / 10)
         self.min_pair_power = _dbm0_power(MIN_PAIR_LEVEL_DBM0)
@@ -192,7 +206,8 @@ class _Analysis:
         # check was written in: float32 for the twist and the level floors (Python
         # floats against float32), float64 for the energy ratios (numpy float64).
         self.twist_signs = np.array([[1.0], [-1.0]], dtype=np.float32)
-        self.twist_bounds = np.array([[self.normal_twist], [-self.reverse_twist]], dtype=np.float32)
+        self.twist_bounds = np.array([[self.window_normal_twist], [-self.window_reverse_twist],
+                                      [self.normal_twist], [-self.reverse_twist]], dtype=np.float32)
         self.pair_bounds = np.array([[self.purity_per_energy], [self.coverage_per_energy],
                                      [float(np.float32(self.min_pair_power))]])
 
@@ -206,8 +221,8 @@ _IM_ROWS = np.array([[[0]], [[8]]])  # row of the real, and of the imaginary par
 # scattered once per call).
 _CARRY_OPEN = slice(0, 16)  # opening-half DFT of the last complete chunk (re 0-7, im 8-15)
 _CARRY_STATS = slice(16, 18)  # sum (scaled, see _Analysis.sum_row) and energy of the last complete chunk
-_CARRY_HIST = slice(18, 50)  # DFT of the last two windows, older first (2 x 16)
-_CARRY_WIDTH = 50
+_CARRY_HIST = slice(18, 18 + 16 * (HISTORY_WINDOWS - 1))  # DFT of the last windows, older first
+_CARRY_WIDTH = _CARRY_HIST.stop
 
 # Integer state of the hit/miss state machine, one row per slot.
 _RUN_CODE, _RUN_LEN, _RUN_FIRST, _ACTIVE, _ACTIVE_START, _LAST_HIT, _MISSES = range(7)
@@ -225,12 +240,12 @@ def _check_operands(an: _Analysis, n: int) -> tuple[np.ndarray, np.ndarray, np.n
     energies rows 0-2: the window's energy, its louder chunk's, 1 (the level bound);
     rows 3-6: the gathered chunk sum, chunk energy, window sum, window energy.
     """
-    lhs = np.empty((4, n), dtype=np.float32)
-    rhs = np.empty((4, n), dtype=np.float32)
+    lhs = np.empty((6, n), dtype=np.float32)
+    rhs = np.empty((6, n), dtype=np.float32)
     rhs[0:2] = np.float32(an.min_tone_power)
     energies = np.empty((7, n), dtype=np.float32)
     energies[2] = 1.0
-    return lhs, rhs, energies, np.empty((9, n), dtype=np.bool_)
+    return lhs, rhs, energies, np.empty((11, n), dtype=np.bool_)
 
 
 class _Plan:
@@ -282,12 +297,16 @@ class _Plan:
         self.new = bank._scratch("carry_new", (k, _CARRY_WIDTH))
         self.new_opening, self.last_opening = self.new[:, _CARRY_OPEN], opening[:, c - 1::c].T
         self.new_stats, self.last_stats = self.new[:, _CARRY_STATS], chunk_stats[:, c - 1::c].T
-        if c >= 2:
-            self.new_hist = self.new[:, _CARRY_HIST].reshape(k, 2, 16)
-            self.last_windows = self.z.reshape(16, k, c)[:, :, c - 2:].transpose(1, 2, 0)
+        h = HISTORY_WINDOWS - 1
+        self.new_hist = self.new[:, _CARRY_HIST].reshape(k, h, 16)
+        windows = self.z.reshape(16, k, c).transpose(1, 2, 0)
+        if c >= h:
+            self.last_windows = windows[:, c - h:]
+            self.kept_hist = None
         else:
-            self.new_hist = self.new[:, _CARRY_HIST]
-            self.last_windows = None
+            # Fewer new windows than the history holds: the newest of the old ones stay.
+            self.last_windows = windows
+            self.kept_hist = self.carry[:, _CARRY_HIST].reshape(k, h, 16)[:, c:]
 
 
 class DetectorBank:
@@ -560,11 +579,12 @@ class DetectorBank:
         # Carry to the next call: the last chunk's opening half and energy, the last two windows.
         np.copyto(w.new_opening, w.last_opening)
         np.copyto(w.new_stats, w.last_stats)
-        if w.last_windows is not None:
+        if w.kept_hist is None:
             np.copyto(w.new_hist, w.last_windows)
         else:
-            w.new_hist[:, :16] = w.carry[:, _CARRY_HIST.start + 16:_CARRY_HIST.stop]
-            w.new_hist[:, 16:] = w.z.T
+            n_kept = w.kept_hist.shape[1]
+            np.copyto(w.new_hist[:, :n_kept], w.kept_hist)
+            np.copyto(w.new_hist[:, n_kept:], w.last_windows)
         self._carry[slots] = w.new
         return found
 
@@ -603,7 +623,7 @@ class DetectorBank:
         n = cand.size
         bins = mag.take(cand, axis=1).reshape(2, 4, n).argmax(axis=1)  # strongest low and high bin
         freq_idx = bins + _GROUP_BASE
-        # Re and im of the chosen bins in the window and the two before it, from this
+        # Re and im of the chosen bins in the window and the ones before it, from this
         # call's windows or the stream's carry, in one gather: (re/im, low/high, window, n).
         where = self._window_history.get((kc, c))
         if where is None:
@@ -624,12 +644,15 @@ class DetectorBank:
         phase = np.remainder(phase + np.pi, 2 * np.pi) - np.pi
         # Every check is one row of `passed`, written in place and reduced once:
         #   rows 0-1: each tone's level;
-        #   rows 2-3: Q.24 twist, high tone up to 8 dB below (high >= low * normal) or
-        #             4 dB above the low one (-high >= -low * reverse);
-        #   rows 4-6: the pair against the purity and coverage bounds and its level;
-        #   rows 7-8: Q.24 frequency, accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
+        #   rows 2-5: Q.24 twist, high tone up to 8 dB below (high >= low * normal) or
+        #             4 dB above the low one (-high >= -low * reverse): rows 4-5 on the
+        #             tone powers summed over the window and the HISTORY_WINDOWS - 1
+        #             before it once they all hold the tone, rows 2-3 on this window's
+        #             with WINDOW_TWIST_SLACK_DB more;
+        #   rows 6-8: the pair against the purity and coverage bounds and its level;
+        #   rows 9-10: Q.24 frequency, accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
         lhs, rhs, e, passed = self._check_operands(n)
-        in_band = np.less_equal(np.abs(phase), an.freq_tol_rad.take(freq_idx), out=passed[7:9])
+        in_band = np.less_equal(np.abs(phase), an.freq_tol_rad.take(freq_idx), out=passed[9:11])
         if n < _FEW_CANDIDATES:
             # Most speech windows that reach this point fail here: the other checks run
             # on the ones left.
@@ -639,15 +662,32 @@ class DetectorBank:
                 return None
             if n_left < n:
                 cand, strongest, phase, bins = cand[in_band], strongest[:, in_band], phase[:, in_band], bins[:, in_band]
+                parts = parts[..., in_band]
                 n = n_left
                 lhs, rhs, e, passed = self._check_operands(n)
-                passed[7:9] = True
+                passed[9:11] = True
         # Tone powers, corrected for the window's roll-off at the estimated offset.
         step = ((phase + np.pi) * an.power_steps_per_rad + 0.5).astype(np.intp)
-        p = np.multiply(strongest, an.power_per_mag.take(step, mode="clip"), out=lhs[0:2])
+        correction = an.power_per_mag.take(step, mode="clip")
+        p = np.multiply(strongest, correction, out=lhs[0:2])
+        # The tone's twist over up to 30 ms (the window and the ones before it that the
+        # tone fills, the same roll-off correction): a fifth of one window's noise and of
+        # the leakage between the two tones, whose beat turns between windows. It decides
+        # once MIN_STEADY_WINDOWS windows hold the tone (always so at the hit that accepts
+        # a digit); before, this window's own twist does, with the slack.
+        parts *= parts
+        powers = parts.sum(axis=0)  # (low/high, window, n)
+        pair_powers = powers[0] + powers[1]
+        steady = pair_powers >= STEADY_RATIO * pair_powers.max(axis=0)
+        full = np.count_nonzero(steady, axis=0) >= MIN_STEADY_WINDOWS
+        powers *= steady
+        p_tone = powers.sum(axis=1)
+        p_tone *= correction
         np.multiply(p[1], an.twist_signs, out=lhs[2:4])
-        np.multiply(p[0], an.twist_bounds, out=rhs[2:4])
-        np.greater_equal(lhs, rhs, out=passed[0:4])
+        np.multiply(p_tone[1], an.twist_signs, out=lhs[4:6])
+        np.multiply(np.stack([p[0], p[0], p_tone[0], p_tone[0]]), an.twist_bounds, out=rhs[2:6])
+        np.greater_equal(lhs, rhs, out=passed[0:6])
+        passed[4:6] |= ~full
         pair = p[0] + p[1]
         # Energies are stored over the purity bound (see _Analysis.scaled_ones): the
         # window's without its mean (purity) and the louder of its two chunks' (coverage),
@@ -659,7 +699,7 @@ class DetectorBank:
         closing = chunk_energy + window_sum * (0.5 * window_sum - 2.0 * chunk_sum)
         e[0] = g[3]
         np.maximum(g[3] - closing, closing, out=e[1])
-        np.greater_equal(pair, e[0:3] * an.pair_bounds, out=passed[4:7])
+        np.greater_equal(pair, e[0:3] * an.pair_bounds, out=passed[6:9])
         hit = passed.all(axis=0).nonzero()[0]
         if hit.size == 0:
             return None
@@ -880,7 +920,7 @@ class DetectorBank:
 
 
 def _window_history(kc: int, c: int) -> np.ndarray:
-    """Where window t - w (w = 0, 1, 2) of each of the kc windows is in the flat z-and-carry array.
+    """Where window t - w (w < HISTORY_WINDOWS) of each of the kc windows is in the flat z-and-carry array.
 
     (offset, stride) for each w and window: the value of DFT row r is at offset + r * stride,
     in the windows' rows (stride kc) or, before the stream's first new window, in its
@@ -888,9 +928,9 @@ def _window_history(kc: int, c: int) -> np.ndarray:
     """
     q = np.arange(kc)
     s, t = np.divmod(q, c)
-    w = np.arange(3)[:, None]
+    w = np.arange(HISTORY_WINDOWS)[:, None]
     inside = t >= w
-    in_carry = 16 * kc + s * _CARRY_WIDTH + _CARRY_HIST.start + 16 * (t - w + 2)
+    in_carry = 16 * kc + s * _CARRY_WIDTH + _CARRY_HIST.start + 16 * (t - w + HISTORY_WINDOWS - 1)
     return np.stack([np.where(inside, q - w, in_carry), np.where(inside, kc, 1)])
 
 

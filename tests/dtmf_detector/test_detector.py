@@ -17,7 +17,7 @@ from dtmf.detector import (
     DigitEnded,
     DtmfDetector,
 )
-from dtmf.tones import DIGITS, DTMF_FREQS_HZ, white_noise
+from dtmf.tones import DIGITS, DTMF_FREQS_HZ, dbm0_to_amplitude, dtmf_tone, white_noise
 
 from .synth import detect, digits_of, g711_round_trip, placed_tone, tone_train
 
@@ -143,12 +143,39 @@ def test_twist_accepted(twist_db: float) -> None:
         assert single_digit(samples, digit), digit
 
 
-@pytest.mark.parametrize("twist_db", [-10.0, 6.0])
-def test_twist_rejected(twist_db: float) -> None:
+@pytest.mark.parametrize("law", ["PCMU", "PCMA"])
+@pytest.mark.parametrize("twist_db", [-8.0, 4.0])
+def test_twist_at_the_limit_accepted_at_any_level_and_length(law: str, twist_db: float) -> None:
+    rng = np.random.default_rng(18)
+    for digit in DIGITS * 2:
+        level = float(rng.uniform(-25.0, 0.0)) - max(twist_db, 0.0)
+        samples, _, _ = placed_tone(digit, rng, twist_db=twist_db, level_dbm0=level, law=law,
+                                    duration_ms=float(rng.integers(40, 200)))
+        assert single_digit(samples, digit), digit
+
+
+@pytest.mark.parametrize("law", ["PCMU", "PCMA"])
+@pytest.mark.parametrize("twist_db", [-10.0, -8.5, 4.5, 6.0])
+def test_twist_rejected(law: str, twist_db: float) -> None:
+    """Q.24 as commonly implemented: 8 dB normal / 4 dB reverse accepted, beyond rejected, however long the tone."""
     rng = np.random.default_rng(9)
     for digit in DIGITS:
-        samples, _, _ = placed_tone(digit, rng, twist_db=twist_db)
+        samples, _, _ = placed_tone(digit, rng, twist_db=twist_db, law=law, duration_ms=float(rng.integers(40, 300)))
         assert detect(samples) == [], digit
+
+
+@pytest.mark.parametrize("twist_db", [-7.5, 3.5])
+def test_twist_near_the_limit_in_noise_against_the_weaker_tone(twist_db: float) -> None:
+    """15 dB SNR measured against the weaker tone (receiver data sheets' convention), 40 ms tones: every digit."""
+    rng = np.random.default_rng(19)
+    low_dbm0 = -10.0 - max(twist_db, 0.0)
+    weaker_power = dbm0_to_amplitude(low_dbm0 + min(twist_db, 0.0)) ** 2 / 2
+    for digit in DIGITS * 2:
+        tone = dtmf_tone(digit, 40.0, low_dbm0, twist_db, phase_rad=tuple(rng.uniform(0, 2 * np.pi, 2)))
+        sig = np.zeros(int(rng.integers(200, 400)) + len(tone) + 600)
+        sig[-600 - len(tone):-600] = tone
+        sig += rng.standard_normal(len(sig)) * np.sqrt(weaker_power / 10 ** 1.5)
+        assert single_digit(g711_round_trip(sig, "PCMU"), digit), digit
 
 
 @pytest.mark.parametrize("level_dbm0", [0.0, -10.0, -25.0])
