@@ -20,7 +20,11 @@ eight DTMF frequencies (one matrix product for every row of a batch). Two tests:
     (twist within +-12 dB, generous next to Q.24's +4/-8 dB) and every block
     carrying them (steady within 10 dB); or 40 % of it when the lines also pass
     a receiver's own tests (twist +6/-10 dB, steady within 4 dB), which catches
-    a tone as loud as the speech over it. Speech and music rarely put that much
+    a tone as loud as the speech over it. A block after the first may instead be
+    a gap (its whole energy 5 dB under the strongest block's lines): a tone keyed
+    in 10 ms pieces, or a lone 10 ms burst, then still confirms (the last block
+    only when the block before the window is not flagged, so that the end of a
+    tone keeps its 2-block hang-over). Speech and music rarely put that much
     energy into two such narrow lines; that is what lets them pass. The DFT runs
     only for windows whose blocks' own line energies allow a confirmation, so
     its cost follows the tones, not the streams.
@@ -114,7 +118,10 @@ TWIST_LIMIT_DB = 14.0
 """High group within this many dB of the low group, either way: any tone twisted up to 12 dB
 (Q.24 asks for +4/-8 dB), with 2 dB for the window's leakage and off-nominal frequencies."""
 STEADY_DB = 10.0
-"""Each block of a confirmed window carries DTMF-line energy within this many dB of its strongest block."""
+"""Each block of a confirmed window carries DTMF-line energy within this many dB of its strongest block ..."""
+GAP_DB = 5.0
+"""... or is a gap: its whole energy this many dB under that block's line energy (a tone keyed in
+10 ms pieces leaves blocks holding a few samples of it: -9 dB for 5 of 40)."""
 HOLD_CONCENTRATION = 0.5
 """A block right after a tone block stays in the tone when its best low + high hold this share of its energy."""
 FREQ_OFFSETS = (-0.03, -0.01, 0.01, 0.03)
@@ -167,6 +174,7 @@ _MIN_BLOCK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(FLAG_MIN_LEVEL_DBM0) ** 2 
 _MIN_WINDOW_ENERGY = WINDOW_BLOCKS * _MIN_BLOCK_ENERGY
 _TWIST_LIMIT = 10.0 ** (TWIST_LIMIT_DB / 10.0)
 _STEADY = 10.0 ** (-STEADY_DB / 10.0)
+_GAP = 10.0 ** (-GAP_DB / 10.0)
 _PREFILTER = 0.7
 _MIXED_TWIST_HIGH = 10.0 ** (MIXED_TWIST_DB[0] / 10.0)
 _MIXED_TWIST_LOW = 10.0 ** (-MIXED_TWIST_DB[1] / 10.0)
@@ -244,12 +252,16 @@ def analyse_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def confirm_windows(blocks: np.ndarray) -> np.ndarray:
     """Confirmed windows of consecutive blocks: (..., m, 40) samples -> bool (..., m - 2)."""
     x = np.asarray(blocks)
-    feats, _ = _block_features(x.reshape(-1, BLOCK_SAMPLES))
+    feats, flags = _block_features(x.reshape(-1, BLOCK_SAMPLES))
     flat = x.reshape(-1, x.shape[-2] * BLOCK_SAMPLES)
-    return _confirm(feats.reshape(x.shape[:-1] + (_N_FEATURES,)), lambda rows: flat[rows], 0)
+    flags = flags.reshape(x.shape[:-1])
+    before = np.zeros(flags.shape[:-1] + (max(flags.shape[-1] - WINDOW_BLOCKS + 1, 0),), dtype=bool)
+    before[..., 1:] = flags[..., :before.shape[-1] - 1]
+    return _confirm(feats.reshape(x.shape[:-1] + (_N_FEATURES,)), lambda rows: flat[rows], 0, before)
 
 
-def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], first_block: int) -> np.ndarray:
+def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], first_block: int,
+             flagged_before: np.ndarray | None = None) -> np.ndarray:
     """Confirmed windows from block features (..., m, 2) -> bool (..., m - 2).
 
     Window s covers blocks s, s+1, s+2: two narrow lines, one per DTMF group,
@@ -258,6 +270,7 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     block where the tone is, and its pre-guard stays within a block of the onset).
     `samples_of(rows)` gives the samples of those rows (leading dimensions flattened),
     block j of `feats` from sample 40 * (j + first_block): built only when needed.
+    `flagged_before` (..., m - 2): the block before each window is loosely flagged (None: none is).
     """
     m = feats.shape[-2]
     n = m - WINDOW_BLOCKS + 1
@@ -271,8 +284,13 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     l0, l1, l2 = feats[..., 0:n, _LINES], feats[..., 1:n + 1, _LINES], feats[..., 2:n + 2, _LINES]
     lines_min = np.minimum(np.minimum(l0, l1), l2)
     lines_max = np.maximum(np.maximum(l0, l1), l2)
+    t, g = _STEADY * lines_max, _GAP * lines_max
+    e1, e2 = feats[..., 1:n + 1, _ENERGY], feats[..., 2:n + 2, _ENERGY]
+    end_gap = e2 <= g
+    if flagged_before is not None:
+        end_gap &= ~flagged_before
     confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., _LINES] >= _PREFILTER * MIXED_CONCENTRATION * e)
-                 & (lines_min >= _STEADY * lines_max))
+                 & (l0 >= t) & ((l1 >= t) | (e1 <= g)) & ((l2 >= t) | end_gap))
     if not np.count_nonzero(confirmed):  # the common case outside tones
         return confirmed
     flat = confirmed.reshape(-1, n)
@@ -311,7 +329,18 @@ def _window_may_confirm(e0: float, e1: float, e2: float, l0: float, l1: float, l
     """`_confirm`'s cheap test of one window from its blocks' energies and line energies."""
     e = e0 + e1 + e2
     return (e >= _MIN_WINDOW_ENERGY and l0 + l1 + l2 >= _PREFILTER * MIXED_CONCENTRATION * e
-            and min(l0, l1, l2) >= _STEADY * max(l0, l1, l2))
+            and _steady_or_gap(e1, e2, l0, l1, l2, False))
+
+
+def _steady_or_gap(e1: float, e2: float, l0: float, l1: float, l2: float, flagged_before: bool) -> bool:
+    """Every block of a window carries DTMF-line energy within `STEADY_DB` of the strongest, or is a
+    gap (`GAP_DB`): a tone keyed in 10 ms pieces, a 10 ms burst. Never the first block: a window
+    still confirms only from a block where the tone is (the pre-guard stays one block). The last
+    block only when the block before the window is not loosely flagged: at the end of a tone a
+    window ending on the silence after it would stretch the hang-over by a block."""
+    hi = max(l0, l1, l2)
+    t, g = _STEADY * hi, _GAP * hi
+    return l0 >= t and (l1 >= t or e1 <= g) and (l2 >= t or (e2 <= g and not flagged_before))
 
 
 def _track(level: np.ndarray | float, power: np.ndarray | float, flag: np.ndarray | bool):
@@ -466,7 +495,9 @@ class Masker:
             self._window_samples = np.concatenate([self._window_samples, data[: n_blocks * BLOCK_SAMPLES]])
             if len(self._feats) - first >= WINDOW_BLOCKS:
                 recent = self._window_samples[None, :]
-                self._confirmed.extend(_confirm(np.array(self._feats[first:]), lambda rows: recent[rows], 0).tolist())
+                before = [i > 0 and self._flags[i - 1] for i in range(first, len(self._feats) - WINDOW_BLOCKS + 1)]
+                self._confirmed.extend(_confirm(np.array(self._feats[first:]), lambda rows: recent[rows], 0,
+                                                np.array(before, dtype=bool)).tolist())
                 keep = len(self._feats) - len(self._confirmed)  # blocks of the next window already seen
                 self._window_samples = self._window_samples[len(self._window_samples) - keep * BLOCK_SAMPLES:]
             self._tone.extend(self._tone_run(len(self._tone), len(self._confirmed)))
@@ -822,7 +853,7 @@ class MaskerBank:
             hist = np.array([[e0, l0], [e1, l1], [e2, l2]])  # (3, 2) block features
             confirmed = np.concatenate([
                 b[_B_CONFIRMED:_B_TONE],
-                _confirm(hist, lambda rows: out[None, :][rows], 1),
+                _confirm(hist, lambda rows: out[None, :][rows], 1, b[_B_FLAGS + _HISTORY_BLOCKS:][:1]),
                 np.zeros(_WINDOWS_PER_CALL - 1, dtype=bool),  # windows reaching unseen blocks
             ])
             flags = np.concatenate([b[_B_FLAGS:_B_UNSTEADY], np.zeros(PRE_GUARD_BLOCKS, dtype=bool)])
@@ -966,7 +997,7 @@ class MaskerBank:
         feats = wf[active].tolist()  # per row: energies of blocks 0..6, then line energies
         state = bs[active].tolist()
         row_flags, row_windows, cand_rows, cand_starts, cand_q = [], [], [], [], []
-        for r, (en, li) in zip(rows, feats):
+        for r, (en, li), st in zip(rows, feats, state):
             row_flags.append([en[b] >= _MIN_BLOCK_ENERGY and li[b] >= FLAG_CONCENTRATION * en[b]
                               for b in range(WINDOW_BLOCKS, _WORK_BLOCKS)])
             row_windows.append([False] * _WINDOWS_PER_CALL)
@@ -975,7 +1006,8 @@ class MaskerBank:
                 if e >= _MIN_WINDOW_ENERGY:
                     l0, l1, l2 = li[s], li[s + 1], li[s + 2]
                     el, lo, hi = l0 + l1 + l2, min(l0, l1, l2), max(l0, l1, l2)
-                    if el >= _PREFILTER_SHARE * e and lo >= _STEADY * hi:
+                    if el >= _PREFILTER_SHARE * e and (lo >= _STEADY * hi or _steady_or_gap(
+                            en[s + 1], en[s + 2], l0, l1, l2, st[_B_FLAGS + _HISTORY_BLOCKS + s])):
                         cand_rows.append(r)
                         cand_starts.append(s)
                         cand_q.append((e, el, lo, hi))
@@ -1051,7 +1083,18 @@ class MaskerBank:
         t = self._wt[:k]
         confirmed = e >= _MIN_WINDOW_ENERGY
         confirmed &= q[:, 1] >= np.multiply(e, _PREFILTER_SHARE, out=t)
-        confirmed &= lines_min >= np.multiply(lines_max, _STEADY, out=t)
+        n_cand = np.count_nonzero(confirmed)
+        if n_cand:
+            steady = lines_min >= np.multiply(lines_max, _STEADY, out=t)
+            unsteady = confirmed & ~steady
+            confirmed &= steady
+            if n_cand != np.count_nonzero(confirmed):  # windows with a gap block (`_steady_or_gap`)
+                rows, starts = np.nonzero(unsteady)
+                en, li = wf[rows, 0], wf[rows, 1]
+                before = bs[rows, _B_FLAGS + _HISTORY_BLOCKS + starts]
+                confirmed[rows, starts] = [_steady_or_gap(a[s + 1], a[s + 2], *c[s:s + WINDOW_BLOCKS], f)
+                                           for a, c, s, f in zip(en.tolist(), li.tolist(), starts.tolist(),
+                                                                 before.tolist())]
         n_confirmed = np.count_nonzero(confirmed)
         if n_confirmed:
             rows, starts = np.nonzero(confirmed)
