@@ -65,15 +65,13 @@ REVERSE_TWIST_DB = 4.4
 WINDOW_TWIST_SLACK_DB = 2.0
 """How far one window's own twist may pass the limits: noise scatters it, the tone's is decided over
 `HISTORY_WINDOWS` windows."""
-HISTORY_WINDOWS = ACCEPT_HITS - 1
-"""A tone's twist is measured over the window and the ones before it, back to 25 ms: at the hit that
-accepts a digit, every hit but the first (the tone's onset, where the stronger tone's transient leaks
-into the weaker one's bin)."""
-STEADY_RATIO = 0.5
-"""Of those windows, the ones whose pair power is at least this share of the strongest one's count
-(the tone fills them: at the tone's edges the stronger tone's onset leaks into the weaker one's bin)."""
-MIN_STEADY_WINDOWS = 4
-"""With fewer such windows (the tone's first hits) the window's own twist decides, with the slack."""
+HISTORY_WINDOWS = 4
+"""A tone's twist is measured over the window and the three before it (25 ms of signal): at the hit
+that accepts a digit (the sixth), hits 3-6, which the tone fills (at its onset the stronger tone's
+transient leaks into the weaker one's bin)."""
+HELD_RATIO = 0.5
+"""The measure decides once the oldest of those windows holds the pair at this share of the newest's
+power (from the tone's fourth hit on); before, the window's own twist does, with the slack."""
 MIN_PAIR_LEVEL_DBM0 = -29.0
 """Minimum power of the two tones together (two tones of -32 dBm0)."""
 MIN_TONE_LEVEL_DBM0 = -40.0
@@ -245,7 +243,7 @@ def _check_operands(an: _Analysis, n: int) -> tuple[np.ndarray, np.ndarray, np.n
     rhs[0:2] = np.float32(an.min_tone_power)
     energies = np.empty((7, n), dtype=np.float32)
     energies[2] = 1.0
-    return lhs, rhs, energies, np.empty((11, n), dtype=np.bool_)
+    return lhs, rhs, energies, np.empty((12, n), dtype=np.bool_)
 
 
 class _Plan:
@@ -647,8 +645,7 @@ class DetectorBank:
         #   rows 2-5: Q.24 twist, high tone up to 8 dB below (high >= low * normal) or
         #             4 dB above the low one (-high >= -low * reverse): rows 4-5 on the
         #             tone powers summed over the window and the HISTORY_WINDOWS - 1
-        #             before it once they all hold the tone, rows 2-3 on this window's
-        #             with WINDOW_TWIST_SLACK_DB more;
+        #             before it, rows 2-3 on this window's with WINDOW_TWIST_SLACK_DB more;
         #   rows 6-8: the pair against the purity and coverage bounds and its level;
         #   rows 9-10: Q.24 frequency, accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
         lhs, rhs, e, passed = self._check_operands(n)
@@ -670,24 +667,22 @@ class DetectorBank:
         step = ((phase + np.pi) * an.power_steps_per_rad + 0.5).astype(np.intp)
         correction = an.power_per_mag.take(step, mode="clip")
         p = np.multiply(strongest, correction, out=lhs[0:2])
-        # The tone's twist over up to 30 ms (the window and the ones before it that the
-        # tone fills, the same roll-off correction): a fifth of one window's noise and of
-        # the leakage between the two tones, whose beat turns between windows. It decides
-        # once MIN_STEADY_WINDOWS windows hold the tone (always so at the hit that accepts
-        # a digit); before, this window's own twist does, with the slack.
+        # The tone's twist over 25 ms (the window and the three before it, the same
+        # roll-off correction): a quarter of one window's noise and of the leakage between
+        # the two tones, whose beat turns between windows. Row 11: the tone is too new for
+        # it (see HELD_RATIO).
         parts *= parts
         powers = parts.sum(axis=0)  # (low/high, window, n)
         pair_powers = powers[0] + powers[1]
-        steady = pair_powers >= STEADY_RATIO * pair_powers.max(axis=0)
-        full = np.count_nonzero(steady, axis=0) >= MIN_STEADY_WINDOWS
-        powers *= steady
+        np.less(pair_powers[HISTORY_WINDOWS - 1], HELD_RATIO * pair_powers[0], out=passed[11])
         p_tone = powers.sum(axis=1)
         p_tone *= correction
         np.multiply(p[1], an.twist_signs, out=lhs[2:4])
         np.multiply(p_tone[1], an.twist_signs, out=lhs[4:6])
-        np.multiply(np.stack([p[0], p[0], p_tone[0], p_tone[0]]), an.twist_bounds, out=rhs[2:6])
+        np.multiply(p[0], an.twist_bounds[0:2], out=rhs[2:4])
+        np.multiply(p_tone[0], an.twist_bounds[2:4], out=rhs[4:6])
         np.greater_equal(lhs, rhs, out=passed[0:6])
-        passed[4:6] |= ~full
+        passed[4:6] |= passed[11]
         pair = p[0] + p[1]
         # Energies are stored over the purity bound (see _Analysis.scaled_ones): the
         # window's without its mean (purity) and the louder of its two chunks' (coverage),
@@ -700,7 +695,7 @@ class DetectorBank:
         e[0] = g[3]
         np.maximum(g[3] - closing, closing, out=e[1])
         np.greater_equal(pair, e[0:3] * an.pair_bounds, out=passed[6:9])
-        hit = passed.all(axis=0).nonzero()[0]
+        hit = passed[:11].all(axis=0).nonzero()[0]
         if hit.size == 0:
             return None
         if hit.size < n:
