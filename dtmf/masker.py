@@ -24,7 +24,9 @@ eight DTMF frequencies (one matrix product for every row of a batch). Two tests:
     a gap (its whole energy 5 dB under the strongest block's lines): a tone keyed
     in 10 ms pieces, or a lone 10 ms burst, then still confirms (the last block
     only when the block before the window is not flagged, so that the end of a
-    tone keeps its 2-block hang-over). Speech and music rarely put that much
+    tone keeps its 2-block hang-over). A window under the flag floor (-45 dBm0)
+    is tested too when its first block holds half its energy in its two lines,
+    down to -75 dBm0: a weak key on a quiet line (40 dB of gain gives it back). Speech and music rarely put that much
     energy into two such narrow lines; that is what lets them pass. The DFT runs
     only for windows whose blocks' own line energies allow a confirmation, so
     its cost follows the tones, not the streams.
@@ -105,6 +107,11 @@ FLAG_CONCENTRATION = 0.5
 """Loose flag when the best low + best high DTMF frequency hold this share of the block energy."""
 FLAG_MIN_LEVEL_DBM0 = -45.0
 """Flag only blocks at least as loud as one sine at this level (well under Q.24's -25 dBm0 floor)."""
+WEAK_MIN_LEVEL_DBM0 = -75.0
+"""A window under the flag floor still gets the confirmation tests when its first block is at least
+this loud and holds half its energy in its best low + high line: a key keyed far under any receiver's
+floor, on a quiet line, comes back with 40 dB of gain. In noise the concentration tests refuse it
+(and no gain brings it back there), so this floor is relative to the line's background in effect."""
 CONFIRM_CONCENTRATION = 0.5
 """Confirm a window when its two narrow DTMF lines hold this share of its energy ..."""
 MIXED_CONCENTRATION = 0.4
@@ -172,6 +179,7 @@ _WINDOW_OFFSETS = np.arange(WINDOW_BLOCKS)[None, :]
 _N_LINES = len(FREQ_OFFSETS) * 8
 _MIN_BLOCK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(FLAG_MIN_LEVEL_DBM0) ** 2 / 2.0
 _MIN_WINDOW_ENERGY = WINDOW_BLOCKS * _MIN_BLOCK_ENERGY
+_WEAK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(WEAK_MIN_LEVEL_DBM0) ** 2 / 2.0
 _TWIST_LIMIT = 10.0 ** (TWIST_LIMIT_DB / 10.0)
 _STEADY = 10.0 ** (-STEADY_DB / 10.0)
 _GAP = 10.0 ** (-GAP_DB / 10.0)
@@ -289,7 +297,8 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
     end_gap = e2 <= g
     if flagged_before is not None:
         end_gap &= ~flagged_before
-    confirmed = ((e >= _MIN_WINDOW_ENERGY) & (el[..., _LINES] >= _PREFILTER * MIXED_CONCENTRATION * e)
+    weak = 2.0 * l0 >= np.maximum(feats[..., 0:n, _ENERGY], _WEAK_ENERGY)  # see WEAK_MIN_LEVEL_DBM0
+    confirmed = (((e >= _MIN_WINDOW_ENERGY) | weak) & (el[..., _LINES] >= _PREFILTER * MIXED_CONCENTRATION * e)
                  & (l0 >= t) & ((l1 >= t) | (e1 <= g)) & ((l2 >= t) | end_gap))
     if not np.count_nonzero(confirmed):  # the common case outside tones
         return confirmed
@@ -328,7 +337,8 @@ def _may_confirm(feats: np.ndarray) -> bool:
 def _window_may_confirm(e0: float, e1: float, e2: float, l0: float, l1: float, l2: float) -> bool:
     """`_confirm`'s cheap test of one window from its blocks' energies and line energies."""
     e = e0 + e1 + e2
-    return (e >= _MIN_WINDOW_ENERGY and l0 + l1 + l2 >= _PREFILTER * MIXED_CONCENTRATION * e
+    return ((e >= _MIN_WINDOW_ENERGY or 2.0 * l0 >= max(e0, _WEAK_ENERGY))
+            and l0 + l1 + l2 >= _PREFILTER * MIXED_CONCENTRATION * e
             and _steady_or_gap(e1, e2, l0, l1, l2, False))
 
 
@@ -779,6 +789,8 @@ class MaskerBank:
         self._wq = np.zeros((n, 4, _WINDOWS_PER_CALL))  # per window: energy, line sum, lines min, max
         self._wt = np.zeros((n, _WINDOWS_PER_CALL))
         self._wg = np.zeros((n, 8), dtype=bool)  # blocks 0..6 loud enough to flag; column 7 stays False
+        self._wweak = np.zeros((n, 8), dtype=bool)  # blocks 0..6 weakly flagged (WEAK_MIN_LEVEL_DBM0)
+        self._wt7 = np.zeros((2, n, _WORK_BLOCKS))
         self._wc = np.zeros((n, 2 * PACKET_SAMPLES), dtype=np.int16)  # held packet, then the new one
         c = self._wc.strides
         # Window s (120 samples) starts at the held packet's block s + 1: a view, no copy.
@@ -927,7 +939,10 @@ class MaskerBank:
         # enough to be flagged or to lift a window to the confirmation's energy floor. Nothing
         # in an inactive row is masked, and its flags and tone state stay clear.
         np.greater_equal(w.energies, _MIN_BLOCK_ENERGY, out=w.loud)
-        active = np.flatnonzero(w.loud_word | w.words[:, 0] | w.words[:, _W_TONE])
+        np.maximum(w.energies, _WEAK_ENERGY, out=w.t7[0])  # a window under the floor may still confirm
+        np.multiply(w.all_lines, 2.0, out=w.t7[1])  # from a weakly flagged first block
+        np.greater_equal(w.t7[1], w.t7[0], out=w.weak)
+        active = np.flatnonzero(w.loud_word | w.weak_word | w.words[:, 0] | w.words[:, _W_TONE])
         if not len(active):
             out, changed = held, np.zeros(k, dtype=bool)
             levels = self._levels(w.level, w.energy, None) if self._mode is MaskMode.COMFORT_NOISE else None
@@ -970,6 +985,11 @@ class MaskerBank:
         loud = self._wg[:k]
         w.loud = loud[:, :_WORK_BLOCKS]
         w.loud_word = loud.view(np.uint64)[:, 0]
+        weak = self._wweak[:k]
+        w.weak = weak[:, :_WORK_BLOCKS]
+        w.weak_word = weak.view(np.uint64)[:, 0]
+        w.t7 = self._wt7[:, :k]
+        w.all_lines = w.wf[:, 1]
         self._scratch[k] = w
         return w
 
@@ -1003,7 +1023,7 @@ class MaskerBank:
             row_windows.append([False] * _WINDOWS_PER_CALL)
             for s in range(_WINDOWS_PER_CALL):
                 e = en[s] + en[s + 1] + en[s + 2]
-                if e >= _MIN_WINDOW_ENERGY:
+                if e >= _MIN_WINDOW_ENERGY or 2.0 * li[s] >= max(en[s], _WEAK_ENERGY):
                     l0, l1, l2 = li[s], li[s + 1], li[s + 2]
                     el, lo, hi = l0 + l1 + l2, min(l0, l1, l2), max(l0, l1, l2)
                     if el >= _PREFILTER_SHARE * e and (lo >= _STEADY * hi or _steady_or_gap(
@@ -1082,6 +1102,7 @@ class MaskerBank:
         e = q[:, 0]
         t = self._wt[:k]
         confirmed = e >= _MIN_WINDOW_ENERGY
+        confirmed |= np.multiply(lin[:, 0:n], 2.0, out=t) >= np.maximum(wf[:, 0, 0:n], _WEAK_ENERGY)
         confirmed &= q[:, 1] >= np.multiply(e, _PREFILTER_SHARE, out=t)
         n_cand = np.count_nonzero(confirmed)
         if n_cand:
