@@ -19,11 +19,15 @@ only streams with a hit or a digit on reach the state machine. Per window:
   lags: this is what separates 1.5 % + 2 Hz (accept) from 3.5 % (reject),
   which bin magnitudes of ~100-sample blocks cannot;
 * the tone powers, corrected for the window's roll-off at the estimated
-  offset, give the twist, the level and two energy ratios: against the mean
-  power of the window's 80 samples (purity: rejects speech and noise) and
-  against the louder of its two 40-sample chunks (coverage: a window counts only
-  when the tone fills more than about half of it, so hits measure duration
-  whatever the level).
+  offset, give the level and two energy ratios: against the mean power of the
+  window's 80 samples about their mean (purity: rejects speech and noise; a DC
+  offset is neither) and against the louder of its two 40-sample chunks
+  (coverage: a window counts only when the tone fills more than about half of
+  it, so hits measure duration whatever the level);
+* the twist is decided on the two tones' powers summed over the window and the
+  three before it (noise and the leakage between the tones averaged: one
+  window's estimate scatters by +-0.6 dB at 15 dB SNR), each window's own twist
+  only within a looser bound.
 
 A window that passes every check is a hit for that key. A digit is accepted
 after `ACCEPT_HITS` consecutive hits of the same key (tones of 40 ms always,
@@ -58,6 +62,12 @@ FREQ_TOL_PCT = 2.5
 FREQ_TOL_HZ = 1.0
 """Decision threshold on the frequency estimate: halfway between the Q.24 accept
 limit (1.5 % + 2 Hz) and the reject limit (3.5 %)."""
+# ITU-T Q.24 (Table A-1 and the administrations' columns, as commonly implemented, e.g. Bellcore
+# GR-506): twist up to 8 dB normal (high group weaker) and 4 dB reverse accepted, beyond rejected.
+# spandsp-style receivers compare one block's two Goertzel powers against 8 / 4 dB (power ratios
+# 6.3 / 2.5), so noise on the weaker tone decides each block; here the tone's powers over 25 ms
+# decide, and the 0.4 dB above 8 / 4 is its spread on clean tones (leakage, G.711), which keeps
+# 8.5 / 4.5 dB rejected.
 NORMAL_TWIST_DB = 8.4
 """Largest accepted high-below-low twist of a tone (Q.24 figures: accept 8 dB, reject beyond)."""
 REVERSE_TWIST_DB = 4.4

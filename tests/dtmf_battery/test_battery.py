@@ -56,8 +56,8 @@ CONDITIONS = _tape_conditions()
 _COMBINED_REASON = ("twist at the limit (-8 or +4 dB) with 15 dB white noise against the pair: the weaker tone is "
                     "then ~6 dB above the noise in the band, and no estimate from a 40 ms tone is better than "
                     "+-0.23 dB (1 sigma, Cramer-Rao), while 8.5 / 4.5 dB clean must be rejected: the twist is "
-                    "decided over 25 ms (dtmf/detector.py HISTORY_WINDOWS) at 8.4 / 4.4 dB; 78-89 % of the -8 dB "
-                    "and 81-97 % of the +4 dB tones detected (4 x 16 keys; was 42-53 / 62-80 %), spandsp 0-14 %")
+                    "decided over 25 ms (dtmf/detector.py HISTORY_WINDOWS) at 8.4 / 4.4 dB; 73-86 % of the -8 dB "
+                    "and 78-98 % of the +4 dB tones detected (4 x 16 keys; was 42-53 / 62-80 %), spandsp 0-14 %")
 KNOWN_FAILURES: dict[str, str] = {
     **{c.name: _COMBINED_REASON for c in combined_conditions(DIGITS) if c.snr_ref == "pair"},
 }
