@@ -62,8 +62,9 @@ FREQ_TOL_PCT = 2.5
 FREQ_TOL_HZ = 1.0
 """Decision threshold on the frequency estimate: halfway between the Q.24 accept
 limit (1.5 % + 2 Hz) and the reject limit (3.5 %)."""
-# ITU-T Q.24 (Table A-1 and the administrations' columns, as commonly implemented, e.g. Bellcore
-# GR-506): twist up to 8 dB normal (high group weaker) and 4 dB reverse accepted, beyond rejected.
+# ITU-T Q.24 (the administrations' receiver values, as commonly implemented, e.g. the North
+# American figures of Bellcore GR-506): twist up to 8 dB normal (high group weaker) and 4 dB
+# reverse accepted, beyond rejected.
 # spandsp-style receivers compare one block's two Goertzel powers against 8 / 4 dB (power ratios
 # 6.3 / 2.5), so noise on the weaker tone decides each block; here the tone's powers over 25 ms
 # decide, and the 0.4 dB above 8 / 4 is its spread on clean tones (leakage, G.711), which keeps
