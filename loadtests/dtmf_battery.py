@@ -276,11 +276,11 @@ def boundaries(folder: Path, seed: int, receiver: str, reps: int = 2) -> list[tu
         ("DC offset, tones at -25 dBm0", "cnt",
          lambda v: share_of([Condition("b", "b", Expect.DETECT, tuple(Tone(k, level_dbm0=-25.0) for k in keys),
                                              dc_offset=v)]),
-         0.0, 3000.0, 5.0, "not in Q.24"),
+         0.0, 32767.0, 5.0, "not in Q.24"),
         ("DC offset, tones at -10 dBm0", "cnt",
          lambda v: share_of([Condition("b", "b", Expect.DETECT, tuple(Tone(k) for k in keys),
                                              dc_offset=v)]),
-         0.0, 12000.0, 5.0, "not in Q.24"),
+         0.0, 32767.0, 5.0, "not in Q.24"),
     ]
 
     def pause_share(v: float) -> float:
