@@ -54,6 +54,8 @@ HOST = "127.0.0.1"
 PACKET_S = 0.020
 STATS_ATTRS = {"stats", "_untimed"}
 """`_untimed`: the edge's countdown to the next timed datagram (1 in 16 is timed)."""
+STATS_NAMES = {"stats"}
+"""A local alias of `self.stats` in the hot methods."""
 RFC3550_ATTRS = {"rx_next", "_jitter_mask", "_jitter_pair", "_sequence_changed"}
 RFC3550_NAMES = {"seq"}
 HOT_RELAY = ("receive_rtp", "_run_detector", "process_pending", "handle_timer")
@@ -120,7 +122,7 @@ def variant_classes(level: str) -> tuple[type, type, list[str]]:
     # as-is goes through the same recompile as the others (nothing removed), so the variants
     # differ only in the removed statements, not in how their code was built.
     attrs = set() if level == "as-is" else set(STATS_ATTRS) | (RFC3550_ATTRS if level == "no-metrics" else set())
-    names = RFC3550_NAMES if level == "no-metrics" else set()
+    names = set() if level == "as-is" else set(STATS_NAMES) | (RFC3550_NAMES if level == "no-metrics" else set())
     removed: list[str] = []
     relay_methods, edge_methods = {}, {}
     for name in HOT_RELAY:
@@ -264,11 +266,13 @@ def run_round(edge: Any, loop: FakeLoop, legs: list[tuple[Any, FakeSocket]], pkt
     for (leg, sock), mine in zip(legs, pkts):
         sock.inbox = list(reversed(mine[:ticks]))
     read = edge._read_rtp
+    # The edge registers each reader with the leg's bound recvfrom and the peer's bound sendto.
+    readers = [(leg, leg.endpoint.rtp.recvfrom, leg.peer.endpoint.rtp.sendto) for leg, _sock in legs]
     loop.sync()
     t0 = time.process_time()
     for _ in range(ticks):
-        for leg, _sock in legs:
-            read(leg)
+        for leg, recv, send in readers:
+            read(leg, recv, send)
         loop.run_ready()
         loop.fire_timers()
     cpu = time.process_time() - t0
