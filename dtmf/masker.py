@@ -949,7 +949,7 @@ class MaskerBank:
         elif len(active) <= _SCALAR_ACTIVE_ROWS:
             out, changed, levels = self._process_few(slots, frames, held, fs, w.bs, w.wf, active)
         else:
-            out, changed, levels = self._process_many(frames, held, fs, w.bs, w.wf)
+            out, changed, levels = self._process_many(frames, held, fs, w.bs, w.wf, w.weak)
         if levels is not None:
             fs[:, _F_LEVELS:_F_FILLER] = levels
         np.copyto(w.fs_hist, w.next_hist)
@@ -1069,8 +1069,10 @@ class MaskerBank:
         return out, changed, levels
 
     def _process_many(self, frames: np.ndarray, held: np.ndarray, fs: np.ndarray, bs: np.ndarray,
-                      wf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """A call with many active rows, vectorised over all rows; updates `bs` in place."""
+                      wf: np.ndarray, weak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A call with many active rows, vectorised over all rows; updates `bs` in place.
+
+        `weak` (k, 7): blocks 0..6 weakly flagged (`WEAK_MIN_LEVEL_DBM0`), from the row gate."""
         k = len(frames)
         energy, lines = wf[:, 0, WINDOW_BLOCKS:], wf[:, 1, WINDOW_BLOCKS:]
         flags = energy >= _MIN_BLOCK_ENERGY
@@ -1102,20 +1104,20 @@ class MaskerBank:
         e = q[:, 0]
         t = self._wt[:k]
         confirmed = e >= _MIN_WINDOW_ENERGY
-        confirmed |= np.multiply(lin[:, 0:n], 2.0, out=t) >= np.maximum(wf[:, 0, 0:n], _WEAK_ENERGY)
+        confirmed |= weak[:, 0:n]  # a weakly flagged first block (2 * lines >= max(energy, weak floor))
         confirmed &= q[:, 1] >= np.multiply(e, _PREFILTER_SHARE, out=t)
-        n_cand = np.count_nonzero(confirmed)
-        if n_cand:
-            steady = lines_min >= np.multiply(lines_max, _STEADY, out=t)
-            unsteady = confirmed & ~steady
-            confirmed &= steady
-            if n_cand != np.count_nonzero(confirmed):  # windows with a gap block (`_steady_or_gap`)
-                rows, starts = np.nonzero(unsteady)
-                en, li = wf[rows, 0], wf[rows, 1]
-                before = bs[rows, _B_FLAGS + _HISTORY_BLOCKS + starts]
-                confirmed[rows, starts] = [_steady_or_gap(a[s + 1], a[s + 2], *c[s:s + WINDOW_BLOCKS], f)
-                                           for a, c, s, f in zip(en.tolist(), li.tolist(), starts.tolist(),
-                                                                 before.tolist())]
+        steady = lines_min >= np.multiply(lines_max, _STEADY, out=t)
+        unsteady = np.greater(confirmed, steady)  # passing but for the steadiness: a gap block?
+        confirmed &= steady
+        en = wf[:, 0]  # a gap is a block 1 or 2 under `_GAP` times the lines (never in noise)
+        unsteady &= np.minimum(en[:, 1:n + 1], en[:, 2:n + 2]) <= np.multiply(lines_max, _GAP, out=t)
+        if np.count_nonzero(unsteady):  # `_steady_or_gap` on these
+            rows, starts = np.nonzero(unsteady)
+            en, li = wf[rows, 0], wf[rows, 1]
+            before = bs[rows, _B_FLAGS + _HISTORY_BLOCKS + starts]
+            confirmed[rows, starts] = [_steady_or_gap(a[s + 1], a[s + 2], *c[s:s + WINDOW_BLOCKS], f)
+                                       for a, c, s, f in zip(en.tolist(), li.tolist(), starts.tolist(),
+                                                             before.tolist())]
         n_confirmed = np.count_nonzero(confirmed)
         if n_confirmed:
             rows, starts = np.nonzero(confirmed)
