@@ -26,7 +26,8 @@ eight DTMF frequencies (one matrix product for every row of a batch). Two tests:
     only when the block before the window is not flagged, so that the end of a
     tone keeps its 2-block hang-over). A window under the flag floor (-45 dBm0)
     is tested too when its first block holds half its energy in its two lines,
-    down to -75 dBm0: a weak key on a quiet line (40 dB of gain gives it back). Speech and music rarely put that much
+    down to -75 dBm0: a weak key on a quiet line (40 dB of gain gives it back).
+    Twist up to 20 dB confirms when the lines hold >= 80 % of the window. Speech and music rarely put that much
     energy into two such narrow lines; that is what lets them pass. The DFT runs
     only for windows whose blocks' own line energies allow a confirmation, so
     its cost follows the tones, not the streams.
@@ -124,6 +125,10 @@ MIXED_STEADY_DB = 4.0
 TWIST_LIMIT_DB = 14.0
 """High group within this many dB of the low group, either way: any tone twisted up to 12 dB
 (Q.24 asks for +4/-8 dB), with 2 dB for the window's leakage and off-nominal frequencies."""
+PURE_TWIST_LIMIT_DB = 20.0
+PURE_CONCENTRATION = 0.8
+"""Twisted beyond `TWIST_LIMIT_DB` but within this many dB, a window still confirms when its two lines
+hold this share of its energy: a pair no receiver takes, but whose frequencies name the key."""
 STEADY_DB = 10.0
 """Each block of a confirmed window carries DTMF-line energy within this many dB of its strongest block ..."""
 GAP_DB = 5.0
@@ -181,6 +186,7 @@ _MIN_BLOCK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(FLAG_MIN_LEVEL_DBM0) ** 2 
 _MIN_WINDOW_ENERGY = WINDOW_BLOCKS * _MIN_BLOCK_ENERGY
 _WEAK_ENERGY = BLOCK_SAMPLES * dbm0_to_amplitude(WEAK_MIN_LEVEL_DBM0) ** 2 / 2.0
 _TWIST_LIMIT = 10.0 ** (TWIST_LIMIT_DB / 10.0)
+_PURE_TWIST_LIMIT = 10.0 ** (PURE_TWIST_LIMIT_DB / 10.0)
 _STEADY = 10.0 ** (-STEADY_DB / 10.0)
 _GAP = 10.0 ** (-GAP_DB / 10.0)
 _PREFILTER = 0.7
@@ -317,7 +323,9 @@ def _confirm(feats: np.ndarray, samples_of: Callable[[np.ndarray], np.ndarray], 
         conc = (low + high) * _WINDOW_SCALE / e.reshape(-1, n)[rows, starts]
         tone_like = (high * _MIXED_TWIST_LOW >= low) & (high <= low * _MIXED_TWIST_HIGH) & steady
         flat[rows, starts] = (((conc >= CONFIRM_CONCENTRATION) | ((conc >= MIXED_CONCENTRATION) & tone_like))
-                              & (high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high))
+                              & (((high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high))
+                                 | ((conc >= PURE_CONCENTRATION) & (high * _PURE_TWIST_LIMIT >= low)
+                                    & (low * _PURE_TWIST_LIMIT >= high))))
     return confirmed
 
 
@@ -672,7 +680,9 @@ def _window_decisions(p: np.ndarray, q: np.ndarray | list) -> list[bool] | np.nd
             tone_like = (high * _MIXED_TWIST_LOW >= low and high <= low * _MIXED_TWIST_HIGH
                          and lines_min >= _MIXED_STEADY * lines_max)
             out.append((conc >= CONFIRM_CONCENTRATION or (conc >= MIXED_CONCENTRATION and tone_like))
-                       and high * _TWIST_LIMIT >= low and low * _TWIST_LIMIT >= high)
+                       and (high * _TWIST_LIMIT >= low and low * _TWIST_LIMIT >= high
+                            or conc >= PURE_CONCENTRATION and high * _PURE_TWIST_LIMIT >= low
+                            and low * _PURE_TWIST_LIMIT >= high))
         return out
     q = np.asarray(q, dtype=np.float64)
     low, high = p[:, :4].max(axis=1), p[:, 4:].max(axis=1)
@@ -680,7 +690,9 @@ def _window_decisions(p: np.ndarray, q: np.ndarray | list) -> list[bool] | np.nd
     steady = q[:, 2] >= _MIXED_STEADY * q[:, 3]
     tone_like = (high * _MIXED_TWIST_LOW >= low) & (high <= low * _MIXED_TWIST_HIGH) & steady
     return (((conc >= CONFIRM_CONCENTRATION) | ((conc >= MIXED_CONCENTRATION) & tone_like))
-            & (high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high))
+            & (((high * _TWIST_LIMIT >= low) & (low * _TWIST_LIMIT >= high))
+               | ((conc >= PURE_CONCENTRATION) & (high * _PURE_TWIST_LIMIT >= low)
+                  & (low * _PURE_TWIST_LIMIT >= high))))
 
 
 _S_HOLDS = _B_FLAGS + _HISTORY_BLOCKS + 1

@@ -79,8 +79,6 @@ def test_extreme_twist_within_12_db_is_removed(twist_db):
     assert guess_accuracy(out, spans) == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="leak: twist beyond the masker's 14 dB limit passes unmasked; "
-                                       "two Goertzel filters name every key")
 @pytest.mark.parametrize("twist_db", [-18.0, 18.0])
 def test_twist_beyond_14_db_is_removed(twist_db):
     rng = np.random.default_rng(4)
