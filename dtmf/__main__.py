@@ -153,6 +153,10 @@ class WavWriter:
             raise InputError(f"{self._path}: cannot write ({e.strerror or e})") from None
 
 
+INTERP_LOBES = 4
+"""Lanczos lobes of the fractional-position interpolator (8 taps): flat to 0.01 dB over the DTMF band."""
+
+
 def _lowpass_taps(rate: int) -> np.ndarray:
     """Anti-alias low-pass at 3.8 kHz (Blackman-windowed sinc, ~4 ms each side), unit DC gain."""
     half = int(np.ceil(4 * rate / 1000))
@@ -163,10 +167,12 @@ def _lowpass_taps(rate: int) -> np.ndarray:
 
 
 def resample_to_8k(x: np.ndarray, rate: int) -> Iterator[np.ndarray]:
-    """8 kHz float samples of `x` at `rate` (>= 8000), in chunks: low-pass, then linear interpolation.
+    """8 kHz float samples of `x` at `rate` (>= 8000), in chunks: low-pass, then Lanczos interpolation.
 
     Output sample k is the filtered input at position k * rate / 8000, so a time
-    in the output is the same time in the input.
+    in the output is the same time in the input. Linear interpolation there drooped
+    0.6 dB at 1,633 Hz from 11,025 Hz: enough to push a tone at the -8 dB twist
+    limit out of bounds; an 8-tap Lanczos kernel keeps the DTMF band flat.
     """
     n_in = len(x)
     if rate == RATE_HZ:
@@ -177,19 +183,22 @@ def resample_to_8k(x: np.ndarray, rate: int) -> Iterator[np.ndarray]:
     if rate < RATE_HZ:
         raise InputError(f"sample rate {rate} Hz is below 8000 Hz; record at 8000 Hz or more")
     taps = _lowpass_taps(rate)
-    half = len(taps) // 2
+    offsets = np.arange(1 - INTERP_LOBES, INTERP_LOBES + 1)  # filtered index minus floor(position)
     ratio = rate / RATE_HZ
     n_out = n_in * RATE_HZ // rate
     step = int(CHUNK_S * RATE_HZ)
     for k0 in range(0, n_out, step):
         pos = np.arange(k0, min(k0 + step, n_out)) * ratio
-        i_lo = int(pos[0])
-        i_hi = min(int(pos[-1]) + 1, n_in - 1)  # filtered samples needed: i_lo..i_hi
-        lo, hi = i_lo - half, i_hi + half + 1  # input needed, zero outside the file
+        base = np.floor(pos).astype(np.int64)
+        f_lo, f_hi = int(base[0]) - INTERP_LOBES + 1, int(base[-1]) + INTERP_LOBES + 1  # filtered samples needed
+        lo, hi = f_lo - len(taps) // 2, f_hi + len(taps) // 2  # input needed, zero outside the file
         seg = np.zeros(hi - lo)
         seg[max(0, -lo):len(seg) - max(0, hi - n_in)] = x[max(lo, 0):min(hi, n_in)]
-        y = np.convolve(seg, taps, mode="valid")
-        yield np.interp(pos, np.arange(i_lo, i_hi + 1), y)
+        y = np.convolve(seg, taps, mode="valid")  # filtered samples f_lo .. f_hi - 1
+        t = offsets[None, :] - (pos - base)[:, None]
+        weights = np.sinc(t) * np.sinc(t / INTERP_LOBES)
+        weights /= weights.sum(axis=1, keepdims=True)
+        yield np.einsum("ij,ij->i", weights, y[(base - f_lo)[:, None] + offsets[None, :]])
 
 
 def decode_events(path: str) -> list[DetectorEvent]:
