@@ -42,4 +42,7 @@ def test_audio_and_rfc4733_both_ways(tmp_path, caller_srtp):
     assert "".join(e["digit"] for e in agent.of("dtmf")) == "19"
     assert "".join(e["digit"] for e in caller.of("dtmf")) == "47"
     assert read_wav(tmp_path / "agent.wav").size > 8000
-    assert "2580" in decode_dtmf(tmp_path / "agent.wav")
+    # Repeats collapsed: under load the agent's recorder can drop a 20 ms frame inside a tone,
+    # which multimon-ng then reads as the same key twice ("25580"); "2580" has no repeated key.
+    heard = decode_dtmf(tmp_path / "agent.wav")
+    assert "2580" in "".join(k for i, k in enumerate(heard) if i == 0 or heard[i - 1] != k)
