@@ -29,8 +29,10 @@ confirming blocks still unseen) leaves as silence unless it is too quiet to carr
 late successor is then simply the next held packet (packets stay 1:1, no sample lost or
 repeated). Under `mask =
 "always"` outside a capture each packet leaves masked in the iteration it arrived
-(no look-ahead). The caller's RFC 4733 packets are not forwarded on a masked leg and
-the agent leg's sequence numbers are renumbered so the dropped packets leave no gap.
+(no look-ahead). The caller's RFC 4733 packets are not forwarded on a masked leg, nor,
+once masking ends, the rest of an event that began while it was on (a key held past the
+capture: its updates, end packets and later segments), and the agent leg's sequence numbers
+are renumbered so the dropped packets leave no gap.
 Agent->caller packets are relayed untouched, except while a caller feedback tone plays
 (`play_feedback`): then each agent audio packet's payload is replaced by the tone's next
 samples, G.711-encoded for the leg's codec, under the agent's own RTP header (SSRC,
@@ -150,6 +152,8 @@ UNUSABLE_HOSTS = frozenset({"", "0.0.0.0", "::"})
 """SDP connection addresses that name no peer (RFC 3264 8.4 hold, or no address yet)."""
 MAX_QUEUED_EVENTS = 100_000
 """Undrained events beyond this are discarded oldest-first (memory bound)."""
+WITHHELD_EVENT_IDS = 32
+"""Withheld telephone-event identities remembered per leg: the receiver's recent keys (16), twice."""
 MAX_FEEDBACK_SAMPLES = 16_000
 """Feedback tone samples queued per call at most (2 s at 8 kHz); a request beyond it is dropped."""
 _SEQ = struct.Struct("!H")
@@ -353,7 +357,7 @@ class Leg:
         "call", "name", "media", "strict", "te_pt", "capturing", "always",
         "rtcp_dest", "rtcp_src", "sdp_rtp", "sdp_rtcp", "held", "mask_slot",
         "te_receiver", "feedback_pos", "rx_lost", "rx_bad_seq", "rx_lost_reported", "rx_sampled_s",
-        "candidate", "rtcp_may_move",
+        "candidate", "rtcp_may_move", "te_withheld_ids", "te_withheld_ssrcs",
     )
 
     def __init__(self, call: RelayCall, name: str, direction: int, strict: bool) -> None:
@@ -404,6 +408,12 @@ class Leg:
         """Translate table from this leg's G.711 law to the peer leg's; None when the laws are equal."""
         self.te_receiver: TelephoneEventReceiver | None = None
         """RFC 4733 de-duplication for the caller's events (created on the first one)."""
+        self.te_withheld_ids: deque[tuple[int, int]] = deque(maxlen=WITHHELD_EVENT_IDS)
+        """(SSRC, timestamp) of telephone-events withheld while masking: the rest of each is
+        withheld too, whenever it comes (RFC 4733 2.5.1.1: SSRC + timestamp name an event)."""
+        self.te_withheld_ssrcs: set[int] = set()
+        """SSRCs whose latest event began while masking: its new segments (RFC 4733 2.5.1.3) and
+        moved-timestamp end packets, which start no event, are withheld until another event starts."""
         self.endpoint: Any = None
         """Opaque handle for the edge (its socket pair); the core never touches it."""
         self.feedback: bytes | None = None
@@ -775,11 +785,14 @@ class Relay:
                 if leg.xlate is not None:
                     data = data[:start] + data[start:end].translate(leg.xlate) + data[end:]
             else:
-                if not self._telephone_event(leg, data, start, end, now):
+                started = self._telephone_event(leg, data, start, end, now)
+                if started is None:
                     self.stats.drops[d]["telephone_event"] += 1
                     return None
-                if leg.masking:
-                    # Issue 4 item 1: the caller's RFC 4733 events never reach the agent.
+                if leg.masking or leg.te_withheld_ids and self._withheld_event(leg, data, started):
+                    # Issue 4 item 1: the caller's RFC 4733 events never reach the agent, nor
+                    # does the rest of one that began while masking (a key held past the capture).
+                    self._withhold_event(leg, data, started)
                     leg.seq_offset += 1
                     self.stats.captured += 1
                     return None
@@ -1291,8 +1304,9 @@ class Relay:
             self._next_sample_s = now + JITTER_SAMPLE_INTERVAL_S
             self.timer_changed = True
 
-    def _telephone_event(self, leg: Leg, data: bytes, start: int, end: int, now: float) -> bool:
-        """Feed the receiver; False when the payload is malformed (RFC 4733 2.3: 4 octets)."""
+    def _telephone_event(self, leg: Leg, data: bytes, start: int, end: int, now: float) -> bool | None:
+        """Feed the receiver: whether the packet started a new DTMF event; None when the payload
+        is malformed (RFC 4733 2.3: 4 octets)."""
         receiver = leg.te_receiver
         if receiver is None:
             receiver = leg.te_receiver = TelephoneEventReceiver()
@@ -1302,9 +1316,36 @@ class Relay:
         try:
             events = receiver.receive(ssrc, ts, bool(b1 & 0x80), data[start:end], now)
         except ValueError:
-            return False
+            return None
         self._telephone_events(leg, events)
-        return True
+        started = any(isinstance(ev, TelephoneEventStarted) for ev in events)
+        if started:
+            # RFC 4733 2.5.1.1: a new event (new timestamp) ends what the SSRC sent before.
+            leg.te_withheld_ssrcs.discard(ssrc)
+        return started
+
+    @staticmethod
+    def _withheld_event(leg: Leg, data: bytes, started: bool) -> bool:
+        """Whether an event packet outside masking belongs to an event withheld while masking.
+
+        RFC 4733 2.5.1.1: its identity (SSRC + timestamp) was withheld: updates, end packets and
+        their retransmissions (2.5.1.4) of a key still held when the capture ended. A packet that
+        starts no event under a new timestamp continues the SSRC's latest event (a 2.5.1.3
+        segment, or end packets whose timestamp moved): withheld when that event was.
+        """
+        ts, ssrc = _TS_SSRC.unpack_from(data, 4)
+        if (ssrc, ts) in leg.te_withheld_ids:
+            return True
+        return not started and ssrc in leg.te_withheld_ssrcs
+
+    @staticmethod
+    def _withhold_event(leg: Leg, data: bytes, started: bool) -> None:
+        """Remember a withheld event packet's identity, so the rest of its event is withheld too."""
+        ts, ssrc = _TS_SSRC.unpack_from(data, 4)
+        if (ssrc, ts) not in leg.te_withheld_ids:
+            leg.te_withheld_ids.append((ssrc, ts))
+        if started or ssrc in leg.te_withheld_ssrcs or leg.masking:
+            leg.te_withheld_ssrcs.add(ssrc)
 
     def _telephone_events(self, leg: Leg, events: list[Any]) -> None:
         call_id = leg.call.call_id
