@@ -83,7 +83,7 @@ import struct
 from bisect import bisect_left
 from collections import deque
 from heapq import heappop, heappush
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -194,7 +194,7 @@ class InBandDigitDetected:
     """The detector decided an in-band DTMF digit in the caller's audio."""
 
     call_id: str
-    digit: str
+    digit: str = field(repr=False)  # a key may be card data: never in a repr or traceback
     start_sample: int
     """Stream sample index (8 kHz) where the tone began."""
     decided_sample: int
@@ -206,7 +206,7 @@ class InBandDigitEnded:
     """An in-band digit in the caller's audio ended."""
 
     call_id: str
-    digit: str
+    digit: str = field(repr=False)  # a key may be card data: never in a repr or traceback
     end_sample: int
 
 
@@ -215,7 +215,7 @@ class TelephoneEventDetected:
     """The caller began an RFC 4733 DTMF event (reported once, however often it is sent)."""
 
     call_id: str
-    digit: str
+    digit: str = field(repr=False)  # a key may be card data: never in a repr or traceback
     rtp_timestamp: int
     """RTP timestamp identifying the event (RFC 4733 2.5.1.1)."""
     volume: int
@@ -227,7 +227,7 @@ class TelephoneEventEnded:
     """The caller's RFC 4733 event ended: end packet seen, superseded, or timed out."""
 
     call_id: str
-    digit: str
+    digit: str = field(repr=False)  # a key may be card data: never in a repr or traceback
     rtp_timestamp: int
     duration_samples: int
     end_seen: bool
