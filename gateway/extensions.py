@@ -175,6 +175,14 @@ class MaskingBridge:
         """RFC 6086 INFO DTMF during a capture (or on an always-masked call) is answered 200, not relayed."""
         return content_type in DTMF_INFO_TYPES and (capturing or self._always(call_id))
 
+    def seconds_since_masked(self, call_id: str) -> float | None:
+        """How long ago the relay's masker last changed the caller's audio (None: never, or no media)."""
+        media = self._gateway.media
+        since = getattr(media, "seconds_since_masked", None)
+        if since is None or call_id not in getattr(media, "calls", {}):
+            return None
+        return since(call_id)
+
     def play_feedback(self, call_id: str, kind: str) -> None:
         """The caller hears the tone over the agent's audio; nothing once the call's media is gone."""
         media = self._gateway.media

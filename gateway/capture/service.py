@@ -87,6 +87,10 @@ class MaskingControl(Protocol):
 
     def play_feedback(self, call_id: str, kind: str) -> None: ...
 
+    def seconds_since_masked(self, call_id: str) -> float | None:
+        """How long ago the masker last changed this call's caller audio (None: never)."""
+        ...
+
 
 class AuditSink(Protocol):
     def record(self, event: str, **fields: Any) -> Any: ...
@@ -304,6 +308,9 @@ class CaptureService:
         """A caller key from any path; a key seen in-band and as RFC 4733 close together counts once."""
         if method not in DIGIT_METHODS:
             raise ValueError("unknown DTMF method")
+        if (call_id not in self._mask_holders and call_id not in self._collecting
+                and self._calls.get_call(call_id) is None):
+            return  # reported after the call ended (same loop iteration as its BYE): keep no state for it
         if method != "info":  # INFO carries no key-up: its key is instantaneous
             self._keys_down.setdefault(call_id, set()).add(method)
         if call_id in self._mask_holders:
@@ -385,7 +392,13 @@ class CaptureService:
                     self._handle(capture, entry.handle_timer(now), now)
             if capture.mask_held and self._mask_release_at(capture) is not None:
                 if now >= self._mask_release_at(capture):  # type: ignore[operator]
-                    self._release_mask(capture)
+                    # The masker still hearing a tone the detector no longer accepts (a held key
+                    # under talk-over, or attenuated) counts as a key: the quiet time restarts there.
+                    ago = self._masking.seconds_since_masked(capture.view.call_id)
+                    if ago is not None and ago < self._mask_quiet_s:
+                        capture.last_key_mono = max(capture.last_key_mono or 0.0, now - ago)
+                    else:
+                        self._release_mask(capture)
             if capture.ended_mono is not None and not capture.mask_held and self._expired(capture, now):
                 del self._captures[capture.view.capture_id]
         self._arm()

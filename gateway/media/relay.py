@@ -357,7 +357,7 @@ class Leg:
         "call", "name", "media", "strict", "te_pt", "capturing", "always",
         "rtcp_dest", "rtcp_src", "sdp_rtp", "sdp_rtcp", "held", "mask_slot",
         "te_receiver", "feedback_pos", "rx_lost", "rx_bad_seq", "rx_lost_reported", "rx_sampled_s",
-        "candidate", "rtcp_may_move", "te_withheld_ids", "te_withheld_ssrcs",
+        "candidate", "rtcp_may_move", "te_withheld_ids", "te_withheld_ssrcs", "last_masked_s",
     )
 
     def __init__(self, call: RelayCall, name: str, direction: int, strict: bool) -> None:
@@ -412,6 +412,8 @@ class Leg:
         """(SSRC, timestamp) of telephone-events withheld while masking: the rest of each is
         withheld too, whenever it comes (RFC 4733 2.5.1.1: SSRC + timestamp name an event)."""
         self.te_withheld_ssrcs: set[int] = set()
+        self.last_masked_s: float | None = None
+        """Arrival time (the relay's clock) of the last packet the masker changed: see Relay.seconds_since_masked."""
         """SSRCs whose latest event began while masking: its new segments (RFC 4733 2.5.1.3) and
         moved-timestamp end packets, which start no event, are withheld until another event starts."""
         self.endpoint: Any = None
@@ -585,6 +587,18 @@ class Relay:
                 # Issue 3 item 2: the caller may use 101 and the agent 96 for telephone-event.
                 table[leg.te_pt] = leg.peer.te_pt
             leg.pt_map = bytes(table)
+
+    def seconds_since_masked(self, call_id: str, now: float) -> float | None:
+        """How long ago the masker last changed the caller's audio on this call (None: never, or no media).
+
+        The capture service keeps masking on until this too is older than its quiet time:
+        the masker hears tones the strict detector does not accept (weak, twisted, broken),
+        so a key the detector saw come up may still be sounding.
+        """
+        call = self.calls.get(call_id)
+        if call is None or call.caller.last_masked_s is None:
+            return None
+        return now - call.caller.last_masked_s
 
     def set_capture(self, call_id: str, on: bool, now: float | None = None
                     ) -> list[tuple[Leg, bytes, tuple[str, int]]]:
@@ -1046,6 +1060,8 @@ class Relay:
                 pkt = held[0]
                 if st is None or st >= 0:
                     pkt = self._masked_packet(leg, pkt, held[1], None if st is None else out[st])  # type: ignore[index]
+                    if st is not None:
+                        leg.last_masked_s = held[2]
                 elif leg.xlate is not None:
                     pkt = pkt[:held[1]] + pkt[held[1]:].translate(leg.xlate)
                 held_since.append(held[2])
@@ -1084,6 +1100,8 @@ class Relay:
         if len(payload) == 160 and self.masker is not None and leg.mask_slot >= 0:
             last = self.masker.flush(leg.mask_slot)
         body = self._masked_body(leg, payload, last)
+        if last is not None and last[1]:
+            leg.last_masked_s = held[2]  # type: ignore[index]
         if last is not None and len(body) >= TAIL_SAMPLES:
             codec = leg.media.codec if leg.media is not None else "PCMU"
             tail = DECODE_TABLES[codec][np.frombuffer(payload, dtype=np.uint8, offset=len(payload) - TAIL_SAMPLES)]

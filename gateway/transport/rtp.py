@@ -193,6 +193,10 @@ class RtpMediaController:
         self._send_all(self.relay.set_capture(call_id, on, perf_counter()))
         self._after_core()
 
+    def seconds_since_masked(self, call_id: str) -> float | None:
+        """How long ago the masker last changed the call's caller audio (None: never, or no media)."""
+        return self.relay.seconds_since_masked(call_id, perf_counter())
+
     def set_mask_always(self, call_id: str, on: bool) -> None:
         """Apply policy mask = "always" to a call's caller leg."""
         self._send_all(self.relay.set_mask_always(call_id, on, perf_counter()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 from gateway.capture.service import TERMINAL_STATES, CaptureService
 from gateway.tokenize import TokenResult
@@ -26,6 +27,9 @@ class Masking:
     on: dict[str, bool] = field(default_factory=dict)
     switches: list[tuple[str, bool]] = field(default_factory=list)
     feedback: list[tuple[str, str]] = field(default_factory=list)
+    masked_at: dict[str, float] = field(default_factory=dict)
+    """When the (fake) masker last changed a call's audio, on `clock`."""
+    clock: Any = None
 
     def set_capture(self, call_id: str, on: bool) -> None:
         self.on[call_id] = on
@@ -33,6 +37,10 @@ class Masking:
 
     def play_feedback(self, call_id: str, kind: str) -> None:
         self.feedback.append((call_id, kind))
+
+    def seconds_since_masked(self, call_id: str) -> float | None:
+        at = self.masked_at.get(call_id)
+        return None if at is None or self.clock is None else self.clock() - at
 
 
 class Clock:

@@ -232,3 +232,33 @@ async def test_view_kept_an_hour_then_pruned(world):
     service.tick(clock.now + 3601)
     with pytest.raises(CaptureNotFound):
         service.get(view.capture_id)
+
+
+async def test_mask_held_while_the_masker_still_hears_a_tone(world):
+    """The detector saw the key come up (talk-over, attenuation) but the masker still masks: quiet restarts there."""
+    service, calls, masking, clock, *_ = world
+    masking.clock = clock
+    view = await service.start("call-1", [], actor="alice")
+    key_all(service, "call-1", CARD_KEYS, clock)
+    await until_ended(service, view.capture_id)
+    keys_up = clock.now
+    for _ in range(6):  # the masker keeps changing audio for 3 s after the last key-up
+        clock.now += 0.5
+        masking.masked_at["call-1"] = clock.now
+        service.tick(clock.now)
+        assert service.capture_active("call-1")
+    assert clock.now - keys_up == pytest.approx(3.0)
+    clock.now += 1.9
+    service.tick(clock.now)
+    assert service.capture_active("call-1")
+    clock.now += 0.1
+    service.tick(clock.now)
+    assert not service.capture_active("call-1") and masking.on["call-1"] is False
+
+
+async def test_digits_of_an_ended_call_leave_no_state(world):
+    service, calls, masking, clock, *_ = world
+    service.on_call_ended("call-1")
+    del calls.calls["call-1"]
+    service.on_digit("call-1", "5", "rfc4733", clock.now)  # delivered in the BYE's loop iteration
+    assert "call-1" not in service._keys_down and "call-1" not in service._last_digit

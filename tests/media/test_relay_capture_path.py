@@ -248,3 +248,17 @@ async def test_edge_releases_a_windowed_row_from_its_timer() -> None:
         ctl.close()
         caller.close()
         agent.close()
+
+
+def test_seconds_since_masked_counts_from_the_last_changed_packets_arrival() -> None:
+    relay, _, (toned, quiet) = setup(["PCMU", "PCMU"])
+    assert relay.seconds_since_masked("c0", 5.0) is None and relay.seconds_since_masked("nope", 5.0) is None
+    feed(relay, toned, packet(1, tone()))
+    feed(relay, quiet, packet(1, speech(1)))
+    relay.process_pending(1.0)
+    assert relay.seconds_since_masked("c0", 1.0) is None  # held, not yet masked
+    feed(relay, toned, packet(2, speech(2)))
+    feed(relay, quiet, packet(2, speech(2)))
+    relay.process_pending(1.02)
+    assert relay.seconds_since_masked("c0", 1.5) == 0.5  # the toned packet arrived at 1.0 (feed's clock)
+    assert relay.seconds_since_masked("c1", 1.5) is None  # nothing of c1's was changed
