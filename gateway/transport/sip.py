@@ -17,7 +17,6 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import time
 import re
 import ssl
 from collections import Counter
@@ -28,6 +27,8 @@ log = logging.getLogger("tonewall.sip")
 
 RESOLVE_TTL_S = 60.0
 """How long a UDP next hop's resolved address is used before it is looked up again."""
+RESOLVE_QUEUE = 32
+"""Datagrams kept for a name not yet resolved (a stuck resolver must not grow memory)."""
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -285,9 +286,10 @@ class SipTransport:
         self._timer_at: float | None = None
         self._closed = False
         self._resolved: dict[str, tuple[str, float]] = {}
-        """UDP next hops named by a DNS name: name -> (IPv4 address, monotonic expiry)."""
+        """UDP next hops named by a DNS name: name -> (IPv4 address, expiry on the loop clock)."""
         self._resolving: dict[tuple[str, int], list[bytes]] = {}
         """Datagrams waiting for their destination name to resolve."""
+        self._resolve_tasks: set[asyncio.Task[None]] = set()
         self.addresses: dict[str, tuple[str, int]] = {}
         """Bound addresses by transport, for logs and tests (port 0 resolved)."""
 
@@ -321,6 +323,10 @@ class SipTransport:
     async def close(self) -> None:
         """Stop listening and close every connection."""
         self._closed = True
+        resolving = list(self._resolve_tasks)
+        for task in resolving:
+            task.cancel()
+        await asyncio.gather(*resolving, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
         if self._sweeper is not None:
@@ -432,9 +438,11 @@ class SipTransport:
                 return
             if not _is_ip_literal(host):
                 address = self._resolved.get(host)
-                if address is None or address[1] < time.monotonic():
-                    self._send_udp_resolving(data, host, port)
-                    return
+                if address is None or address[1] < self._loop.time():
+                    # Expired: refresh in the background, keep sending to the last address meanwhile.
+                    self._send_udp_resolving(None if address is not None else data, host, port)
+                    if address is None:
+                        return
                 host = address[0]
             self._udp.transport.sendto(data, (host, port))
             return
@@ -447,17 +455,23 @@ class SipTransport:
                 return
         conn.send(data)
 
-    def _send_udp_resolving(self, data: bytes, host: str, port: int) -> None:
-        """RFC 3263 4.2: a UDP destination named by a host name goes to its A record.
+    def _send_udp_resolving(self, data: bytes | None, host: str, port: int) -> None:
+        """RFC 3263 4.2: a UDP destination named by a host name goes to its address record.
 
         The datagram endpoint takes addresses only; names resolve off the loop and are
-        cached for RESOLVE_TTL_S. A name that does not resolve is a transport error (503).
+        cached for RESOLVE_TTL_S (an expired address is used while it is refreshed). Until a
+        first answer, at most RESOLVE_QUEUE datagrams wait (retransmissions repeat them
+        anyway). A name that does not resolve, with no address known, is a transport error (503).
         """
         waiting = self._resolving.get((host, port))
         if waiting is not None:
-            waiting.append(data)
+            if data is not None:
+                if len(waiting) < RESOLVE_QUEUE:
+                    waiting.append(data)
+                else:
+                    self.drops["resolve_queue_full"] += 1
             return
-        self._resolving[(host, port)] = [data]
+        self._resolving[(host, port)] = [] if data is None else [data]
 
         async def resolve() -> None:
             try:
@@ -465,15 +479,18 @@ class SipTransport:
                 address = infos[0][4][0]
             except (OSError, IndexError, UnicodeError) as exc:
                 self.drops[f"resolve_failed:{_exception_reason(exc)}"] += 1
-                self._resolving.pop((host, port), None)
-                self._report_transport_failure("udp", host, port)
+                queued = self._resolving.pop((host, port), [])
+                if host not in self._resolved or queued:
+                    self._report_transport_failure("udp", host, port)
                 return
-            self._resolved[host] = (address, time.monotonic() + RESOLVE_TTL_S)
+            self._resolved[host] = (address, self._loop.time() + RESOLVE_TTL_S)
             for datagram in self._resolving.pop((host, port), ()):
                 if self._udp is not None and self._udp.transport is not None:
                     self._udp.transport.sendto(datagram, (address, port))
 
-        self._loop.create_task(resolve())
+        task = self._loop.create_task(resolve())
+        self._resolve_tasks.add(task)
+        task.add_done_callback(self._resolve_tasks.discard)
 
     def _connect(self, kind: str, host: str, port: int) -> _Stream | None:
         """RFC 3261 18.1.1: open a connection for a request when none is open to that peer."""

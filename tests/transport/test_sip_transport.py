@@ -236,3 +236,65 @@ def test_error_response_copies_dialog_headers():
     answer = error_response(options().replace(b"Call-ID", b"i"), 420)
     assert answer.startswith(b"SIP/2.0 420 Bad Extension\r\n")
     assert b"i: z9hG4bK1@test" in answer and answer.endswith(b"Content-Length: 0\r\n\r\n")
+
+
+async def test_udp_next_hop_by_name_resolved_cached_stale_and_bounded():
+    """RFC 3263 4.2 A-record lookup off the loop: cached, an expired address used while refreshed, queue bounded."""
+    transport, core, _ = await make()
+    await transport.start(udp=("127.0.0.1", 0))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def received() -> bytes:
+        return await asyncio.wait_for(loop.sock_recv(peer, 65535), 5)
+    port = peer.getsockname()[1]
+    lookups: list[str] = []
+    stuck = asyncio.Event()
+    state = {"up": True}
+
+    async def getaddrinfo(host, port_, **_kw):
+        lookups.append(host)
+        if host == "stuck.test":
+            await stuck.wait()
+        if host == "pbx.test" and state["up"]:
+            return [(socket.AF_INET, socket.SOCK_DGRAM, 0, "", ("127.0.0.1", port_))]
+        raise socket.gaierror("name does not resolve")
+
+    transport._loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+    sock, _client = await udp_client(transport.addresses["udp"])
+    try:
+        sock.sendto(forward_request("udp", "pbx.test", port))
+        assert (await received()).startswith(b"OPTIONS")
+        sock.sendto(forward_request("udp", "pbx.test", port))
+        assert (await received()).startswith(b"OPTIONS")
+        assert lookups == ["pbx.test"]  # cached
+        address, _expiry = transport._resolved["pbx.test"]
+        transport._resolved["pbx.test"] = (address, 0.0)  # expired, and DNS now down
+        state["up"] = False
+        sock.sendto(forward_request("udp", "pbx.test", port))
+        assert (await received()).startswith(b"OPTIONS")  # sent to the last address meanwhile
+        for _ in range(50):
+            if transport.drops["resolve_failed:gaierror"]:
+                break
+            await asyncio.sleep(0.01)
+        assert transport.drops["resolve_failed:gaierror"] == 1 and transport._resolved["pbx.test"][0] == address
+        sock.sendto(forward_request("udp", "down.test", port))
+        for _ in range(50):
+            if transport.drops["resolve_failed:gaierror"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert transport.drops["resolve_failed:gaierror"] == 2 and "down.test" not in transport._resolved
+        for _ in range(40):
+            sock.sendto(forward_request("udp", "stuck.test", port))
+        for _ in range(100):
+            if transport.drops["resolve_queue_full"] == 40 - 32:
+                break
+            await asyncio.sleep(0.01)
+        assert transport.drops["resolve_queue_full"] == 40 - 32 and lookups.count("stuck.test") == 1
+    finally:
+        sock.close()
+        peer.close()
+        await transport.close()
+    assert not transport._resolve_tasks  # the stuck lookup was cancelled on close
