@@ -61,9 +61,34 @@ def _flat(results: list) -> list:
     return out
 
 
-def _scenario(seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+def _hostile_streams(rng: np.random.Generator) -> list[np.ndarray]:
+    """The attacker's keys the newer confirmation paths exist for: weak, twisted, gated, short bursts."""
+    out = []
+    n = N_PACKETS * PACKET_SAMPLES
+    for s in range(N_STREAMS):
+        kind = s % 4
+        x = white_noise(n, float(rng.uniform(-90, -60)), rng) if kind != 3 else np.zeros(n)
+        for start in rng.integers(0, (N_PACKETS - 6) * PACKET_SAMPLES, 3):
+            digit = DIGITS[int(rng.integers(16))]
+            if kind == 0:  # under the -45 dBm0 flag floor
+                tone = dtmf_tone(digit, float(rng.integers(15, 60)), float(rng.uniform(-72, -48)))
+            elif kind == 1:  # twist 12-22 dB either way
+                twist = float(rng.uniform(12, 22)) * (1 if rng.random() < 0.5 else -1)
+                tone = dtmf_tone(digit, float(rng.integers(20, 60)), float(rng.uniform(-30, -5)) - max(twist, 0), twist)
+            elif kind == 2:  # gated 5/5 or 10/10 ms
+                on = int(rng.choice([40, 80]))
+                tone = dtmf_tone(digit, 60, float(rng.uniform(-40, -10)))
+                tone = tone * ((np.arange(len(tone)) // on) % 2 == 0)
+            else:  # 5-15 ms bursts on digital silence
+                tone = dtmf_tone(digit, float(rng.integers(5, 16)), float(rng.uniform(-60, -10)))
+            x[start:start + len(tone)] += tone
+        out.append(to_int16(x).reshape(-1, PACKET_SAMPLES))
+    return out
+
+
+def _scenario(seed: int, hostile: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
     rng = np.random.default_rng(seed)
-    streams = _streams(rng)
+    streams = _hostile_streams(rng) if hostile else _streams(rng)
     ops = rng.choice(4, size=(N_PACKETS, N_STREAMS), p=[0.82, 0.08, 0.05, 0.05])
     ops[0] = 1
     return streams, ops
@@ -87,10 +112,11 @@ def test_row_by_row_equals_one_big_batch(mode):
     assert _flat(regrouped) == _flat(big)
 
 
+@pytest.mark.parametrize("hostile", [False, True], ids=["keys", "hostile-keys"])
 @pytest.mark.parametrize("mode", list(MaskMode))
-def test_scalar_and_vectorised_paths_agree(mode, monkeypatch):
+def test_scalar_and_vectorised_paths_agree(mode, hostile, monkeypatch):
     """The same calls with every shortcut forced on (Python scalars) and forced off (numpy)."""
-    streams, ops = _scenario(26)
+    streams, ops = _scenario(26, hostile)
     taken = {"few": 0, "many": 0}
 
     def counting(name):
