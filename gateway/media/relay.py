@@ -412,10 +412,10 @@ class Leg:
         """(SSRC, timestamp) of telephone-events withheld while masking: the rest of each is
         withheld too, whenever it comes (RFC 4733 2.5.1.1: SSRC + timestamp name an event)."""
         self.te_withheld_ssrcs: set[int] = set()
-        self.last_masked_s: float | None = None
-        """Arrival time (the relay's clock) of the last packet the masker changed: see Relay.seconds_since_masked."""
         """SSRCs whose latest event began while masking: its new segments (RFC 4733 2.5.1.3) and
         moved-timestamp end packets, which start no event, are withheld until another event starts."""
+        self.last_masked_s: float | None = None
+        """Arrival time (the relay's clock) of the last packet the masker changed: see Relay.seconds_since_masked."""
         self.endpoint: Any = None
         """Opaque handle for the edge (its socket pair); the core never touches it."""
         self.feedback: bytes | None = None
@@ -975,11 +975,7 @@ class Relay:
             if len(joined) != 160 * k:
                 joined = b"".join([p if len(p) == 160 else p[12:] for p in payloads])
             codes = np.frombuffer(joined, dtype=np.uint8).reshape(k, 160)
-        if alaw:
-            offset = np.fromiter((256 * self._slot_legs[s].is_alaw for s in slots), dtype=np.intp, count=k)
-            frames = np.take(_BOTH_DECODE, codes + offset[:, None])
-        else:
-            frames = _ulaw_decode(codes)
+        frames = _decode_rows(codes, [self._slot_legs[s].is_alaw for s in slots] if alaw else None)
         slot_arr = np.array(slots, dtype=np.intp)
         self.stats.detector_rows += k
         for rows in _rounds(slots):
@@ -1015,11 +1011,7 @@ class Relay:
             mlegs = legs if rows is None else [legs[i] for i in rows]
             n = len(picked)
             codes = np.frombuffer(b"".join(picked), dtype=np.uint8).reshape(n, 160)
-            if alaw:
-                offset = np.fromiter((256 * leg.is_alaw for leg in mlegs), dtype=np.intp, count=n)
-                frames = np.take(_BOTH_DECODE, codes + offset[:, None])
-            else:
-                frames = _ulaw_decode(codes)
+            frames = _decode_rows(codes, [leg.is_alaw for leg in mlegs] if alaw else None)
             mslots = [leg.mask_slot for leg in mlegs]
             slot_arr = np.array(mslots, dtype=np.intp)
             changed = np.zeros(n, dtype=bool)
@@ -1362,7 +1354,7 @@ class Relay:
         ts, ssrc = _TS_SSRC.unpack_from(data, 4)
         if (ssrc, ts) not in leg.te_withheld_ids:
             leg.te_withheld_ids.append((ssrc, ts))
-        if started or ssrc in leg.te_withheld_ssrcs or leg.masking:
+        if started or leg.masking:
             leg.te_withheld_ssrcs.add(ssrc)
 
     def _telephone_events(self, leg: Leg, events: list[Any]) -> None:
@@ -1438,6 +1430,14 @@ def _rounds(slots: list[int]) -> list[list[int] | None]:
             rounds.append([])
         rounds[r].append(j)  # type: ignore[union-attr]
     return rounds
+
+
+def _decode_rows(codes: np.ndarray, alaw_rows: list[bool] | None) -> np.ndarray:
+    """(k, 160) G.711 codes -> int16 samples; `alaw_rows` flags the A-law rows of a mixed batch (None: all mu-law)."""
+    if alaw_rows is None:
+        return _ulaw_decode(codes)
+    offset = np.fromiter((256 * a for a in alaw_rows), dtype=np.intp, count=len(alaw_rows))
+    return np.take(_BOTH_DECODE, codes + offset[:, None])
 
 
 def _ulaw_decode(codes: np.ndarray) -> np.ndarray:
