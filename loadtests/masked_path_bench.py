@@ -49,7 +49,6 @@ import numpy as np  # noqa: E402
 
 import dtmf.masker as masker_now  # noqa: E402
 import gateway.media.relay as relay_now  # noqa: E402
-from dtmf.detector import DetectorBank  # noqa: E402
 from dtmf.g711 import alaw_encode, ulaw_encode  # noqa: E402
 from dtmf.tones import DIGITS, dtmf_tone, to_int16, white_noise  # noqa: E402
 from gateway.media.leg import LegMedia, SrtpParams  # noqa: E402
@@ -93,13 +92,19 @@ class _Timed:
 # ---- cost ---------------------------------------------------------------------------
 
 
+def committed_detector(rev: str = "HEAD") -> Any:
+    """`DetectorBank` as committed at `rev`: the same detector for both trees, whatever the
+    working tree's detector is in the middle of (another engineer's files)."""
+    return load_revision(rev, "dtmf/detector.py", "detector").DetectorBank
+
+
 def core_cost(relay_mod: ModuleType, masker_mod: ModuleType, n: int, seconds: float, iteration_ms: float,
-              timed: bool) -> dict:
+              timed: bool, detector_bank: Any) -> dict:
     """CPU per packet of the relay core with a capture on every call (see the module docstring)."""
     masker = masker_mod.MaskerBank(masker_mod.MaskMode.FLAT, capacity=n + 8)
     if timed:
         masker = _Timed(masker)
-    relay = relay_mod.Relay(detector=DetectorBank(capacity=n + 8), masker=masker)
+    relay = relay_mod.Relay(detector=detector_bank(capacity=n + 8), masker=masker)
     legs = []
     for i in range(n):
         call = relay.add_call(f"c{i}")
@@ -109,11 +114,11 @@ def core_cost(relay_mod: ModuleType, masker_mod: ModuleType, n: int, seconds: fl
         legs.append((call.caller, caller))
     rng = np.random.default_rng(7)
     body = bytes(rng.integers(0xF0, 0x100, 160, dtype=np.uint8))  # quiet noise: relay_bench's payload
-    packets = []
-    for seq in range(50):
-        hdr = bytes([0x80, 0]) + seq.to_bytes(2, "big") + (160 * seq).to_bytes(4, "big")
-        packets.append([hdr + (i + 1).to_bytes(4, "big") + body for i in range(n)])
     total = int(seconds * 50 * n)
+    packets = []  # every round's own sequence number and timestamp: no stream looks restarted
+    for seq in range(-(-total // n)):
+        hdr = bytes([0x80, 0]) + (seq & 0xFFFF).to_bytes(2, "big") + (160 * seq).to_bytes(4, "big")
+        packets.append([hdr + (i + 1).to_bytes(4, "big") + body for i in range(n)])
     period_s, it_s = 0.020, iteration_ms / 1e3
     sent = timer_fires = 0
     timer = None
@@ -142,7 +147,7 @@ def core_cost(relay_mod: ModuleType, masker_mod: ModuleType, n: int, seconds: fl
                 timer = relay.get_timer()
             next_iter = now + it_s
         leg, src = legs[i]
-        receive(leg, packets[seq_round % 50][i], src, now)
+        receive(leg, packets[seq_round][i], src, now)
     cpu = time.process_time() - t_cpu
     out = {"streams": n, "iteration_ms": iteration_ms, "packets": total, "sent": sent,
            "cpu_s_per_mpkt": cpu / (total / 1e6), "timer_fires": timer_fires}
@@ -158,6 +163,7 @@ def _loadavg() -> str:
 
 def cmd_cost(args: argparse.Namespace) -> None:
     trees = [("now", relay_now, masker_now)]
+    bank = committed_detector(args.against or "HEAD")
     if args.against:
         trees.append((args.against, load_revision(args.against, "gateway/media/relay.py", "relay"),
                       load_revision(args.against, "dtmf/masker.py", "masker")))
@@ -170,8 +176,8 @@ def cmd_cost(args: argparse.Namespace) -> None:
             for r in range(args.rounds):
                 order = trees if r % 2 == 0 else trees[::-1]
                 for name, rm, mm in order:
-                    total = core_cost(rm, mm, n, args.seconds, it, timed=False)
-                    split = core_cost(rm, mm, n, args.seconds, it, timed=True) if r == 0 else None
+                    total = core_cost(rm, mm, n, args.seconds, it, False, bank)
+                    split = core_cost(rm, mm, n, args.seconds, it, True, bank) if r == 0 else None
                     b = best.setdefault(name, {"cpu": float("inf")})
                     b["cpu"] = min(b["cpu"], total["cpu_s_per_mpkt"])
                     if split is not None:
@@ -268,10 +274,10 @@ def scenario(seed: int) -> dict:
             "mode": str(rng.choice(["flat", "silence", "comfort-noise"]))}
 
 
-def run_scenario(relay_mod: ModuleType, masker_mod: ModuleType, sc: dict) -> list:
+def run_scenario(relay_mod: ModuleType, masker_mod: ModuleType, sc: dict, detector_bank: Any) -> list:
     """Everything the core hands the edge, in order, with the clock reading it was handed at."""
     masker = masker_mod.MaskerBank(masker_mod.MaskMode(sc["mode"]), capacity=4)
-    relay = relay_mod.Relay(detector=DetectorBank(capacity=4), masker=masker, mask_window_s=sc["mask_window_s"])
+    relay = relay_mod.Relay(detector=detector_bank(capacity=4), masker=masker, mask_window_s=sc["mask_window_s"])
     log: list = []
     legs = {}
     removed = set()
@@ -352,11 +358,12 @@ def _sends(sends) -> list:
 def cmd_ab(args: argparse.Namespace) -> int:
     relay_old = load_revision(args.against, "gateway/media/relay.py", "relay")
     masker_old = load_revision(args.against, "dtmf/masker.py", "masker")
+    bank = committed_detector(args.against)
     same = packets = 0
     for seed in range(args.seeds):
         sc = scenario(seed)
-        a = run_scenario(relay_now, masker_now, sc)
-        b = run_scenario(relay_old, masker_old, sc)
+        a = run_scenario(relay_now, masker_now, sc, bank)
+        b = run_scenario(relay_old, masker_old, sc, bank)
         n = sum(len(x[2]) for x in a if x[0] in ("pending", "timer", "capture")) + sum(x[0] == "rx" for x in a)
         packets += n
         if a == b:

@@ -83,6 +83,7 @@ import struct
 from bisect import bisect_left
 from collections import deque
 from heapq import heappop, heappush
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -513,23 +514,23 @@ class Relay:
         self._det_alaw = False
         self._det_since: float | None = None
         """Receive time of the oldest row in the FIFO."""
-        # Masker rows of this iteration: leg, packet (renumbered, no padding), payload offset,
-        # payload, receive time; `_mask_odd` when some payload is not 160 bytes.
-        self._mask_legs: list[Leg] = []
-        self._mask_packets: list[bytes] = []
-        self._mask_starts: list[int] = []
-        self._mask_payloads: list[bytes] = []
-        self._mask_rx: list[float] = []
-        self._mask_odd = False
-        self._mask_alaw = False
+        # Masker rows of this iteration, one tuple each: (leg, packet (renumbered, no padding),
+        # payload offset, receive time); the payload is the packet from its offset on.
+        self._mask_rows: list[tuple[Leg, bytes, int, float]] = []
+        self._mask_plain = True
+        """Every waiting row is a 172-byte mu-law packet with its 160-byte payload at 12: the
+        masker's codes are one reshape of the joined packets (no slice per row)."""
         self._mask_since: float | None = None
         """Receive time of the oldest masked row waiting for the masker."""
         self._next_sample_s: float | None = None
         self._holding: dict[Leg, None] = {}
         """Capturing legs with a held packet (each has a release deadline)."""
+        self._deadline_fifo: deque[tuple[float, int, Leg]] = deque()
+        """(release deadline, tie-break, leg) per held packet, in arrival order. A 20 ms packet's
+        deadline follows its arrival, so this stays sorted with an append and a popleft per packet;
+        an entry whose leg holds no packet or another deadline is stale and dropped when met."""
         self._deadlines: list[tuple[float, int, Leg]] = []
-        """Heap of (release deadline, tie-break, leg) per held packet; an entry whose leg holds
-        no packet or another deadline is stale and popped when met (no scan of all calls)."""
+        """Heap of the entries that would unsort the FIFO (a shorter packet after a longer one)."""
         self._deadline_n = 0
 
     # ---- calls -----------------------------------------------------------------
@@ -701,11 +702,11 @@ class Relay:
     @property
     def pending(self) -> bool:
         """True while rows wait for the detector or the masker."""
-        return bool(self._det_slots or self._mask_legs)
+        return bool(self._det_slots or self._mask_rows)
 
     @property
     def mask_rows_pending(self) -> int:
-        return len(self._mask_legs)
+        return len(self._mask_rows)
 
     @property
     def detect_rows_pending(self) -> int:
@@ -775,24 +776,18 @@ class Relay:
                     if len(det) >= self.detect_batch_rows:
                         self.wake = True
                 if leg.masking:
-                    payload = data[start:end]
                     if data[0] & 0x20 or leg.seq_offset:
                         # The payload leaves without its padding; renumbered now, so event packets
                         # withheld later in this iteration cannot shift it.
-                        data = bytes([data[0] & ~0x20]) + _renumber(data[:start], leg.seq_offset)[1:] + payload
-                    if not self._mask_legs:
+                        data = bytes([data[0] & ~0x20]) + _renumber(data[:start], leg.seq_offset)[1:] + data[start:end]
+                    rows = self._mask_rows
+                    if not rows:
                         self._mask_since = now
                         if self.mask_window_s:
                             self.timer_changed = True
-                    self._mask_legs.append(leg)
-                    self._mask_packets.append(data)
-                    self._mask_starts.append(start)
-                    self._mask_payloads.append(payload)
-                    self._mask_rx.append(now)
-                    if end - start != 160:
-                        self._mask_odd = True
-                    if leg.is_alaw:
-                        self._mask_alaw = True
+                    rows.append((leg, data, start, now))
+                    if start != 12 or end - start != 160 or leg.is_alaw:
+                        self._mask_plain = False
                     self.wake = True
                     self.stats.relayed_bytes[d] += n
                     return None
@@ -880,8 +875,8 @@ class Relay:
 
         Returns the masked packets to send: (leg to send from, bytes, destination).
         """
-        legs = self._mask_legs
-        if legs and (not self.mask_window_s or len(legs) >= self.mask_batch_rows
+        rows = self._mask_rows
+        if rows and (not self.mask_window_s or len(rows) >= self.mask_batch_rows
                      or now >= self._mask_since + self.mask_window_s):  # type: ignore[operator]
             sends = self._run_masker(now)
         else:
@@ -918,13 +913,11 @@ class Relay:
         deadline = self._next_deadline()
         if deadline is not None and deadline <= now:
             due = []
-            heap = self._deadlines
-            while heap and heap[0][0] <= now:
-                _, _, leg = heappop(heap)
+            for leg in self._pop_deadlines(now):
                 if leg.held is not None and leg.held[3] <= now and leg not in due:
                     due.append(leg)
             if due:
-                if self._mask_legs:
+                if self._mask_rows:
                     # A successor already here (in a masker window) releases its packet with look-ahead.
                     sends = self._run_masker(now)
                 for leg in due:
@@ -948,15 +941,37 @@ class Relay:
     # ---- internals -------------------------------------------------------------
 
     def _next_deadline(self) -> float | None:
-        """Earliest release deadline of a held packet; stale heap entries are dropped on the way."""
+        """Earliest release deadline of a held packet; stale entries are dropped on the way."""
+        holding = self._holding
+        fifo = self._deadline_fifo
+        while fifo:
+            deadline, _, leg = fifo[0]
+            held = leg.held
+            if held is not None and held[3] == deadline and leg in holding:
+                break
+            fifo.popleft()
         heap = self._deadlines
         while heap:
             deadline, _, leg = heap[0]
             held = leg.held
-            if held is not None and held[3] == deadline and leg in self._holding:
-                return deadline
+            if held is not None and held[3] == deadline and leg in holding:
+                break
             heappop(heap)
-        return None
+        if fifo:
+            return min(fifo[0][0], heap[0][0]) if heap else fifo[0][0]
+        return heap[0][0] if heap else None
+
+    def _pop_deadlines(self, now: float) -> list[Leg]:
+        """Legs of the entries due by `now`, in (deadline, arrival) order, taken off the FIFO and heap."""
+        fifo, heap = self._deadline_fifo, self._deadlines
+        legs = []
+        while True:
+            if fifo and fifo[0][0] <= now and not (heap and heap[0][:2] < fifo[0][:2]):
+                legs.append(fifo.popleft()[2])
+            elif heap and heap[0][0] <= now:
+                legs.append(heappop(heap)[2])
+            else:
+                return legs
 
     def _run_detector(self) -> None:
         """One detector call over the FIFO (more only when a stream has several rows in it)."""
@@ -991,66 +1006,86 @@ class Relay:
         """This iteration's masked-leg rows through the masker; returns what leaves now.
 
         Per row only a few Python steps: unchanged rows (all but DTMF) leave as the very
-        bytes that arrived, and only changed rows are re-encoded.
+        bytes that arrived, and only changed rows are re-encoded. The masker gets the same
+        rows, in the same order, in the same calls as it always did (its products' last bits
+        depend on the batch), whatever shortcut the relay takes around it.
         """
-        legs = self._mask_legs
-        if not legs:
+        rows = self._mask_rows
+        if not rows:
             return []
-        pkts, starts, payloads, rxs = self._mask_packets, self._mask_starts, self._mask_payloads, self._mask_rx
-        odd, alaw = self._mask_odd, self._mask_alaw
-        self._mask_legs, self._mask_packets, self._mask_starts, self._mask_payloads, self._mask_rx = [], [], [], [], []
-        self._mask_odd = self._mask_alaw = False
-        self._mask_since = None
-        k = len(legs)
+        plain = self._mask_plain
+        self._mask_rows, self._mask_plain, self._mask_since = [], True, None
+        k = len(rows)
         # Per row: index of its masked samples in `out` when changed, -1 unchanged, None unknown.
-        state: list[int | None] = [None] * k
+        state: Any = repeat(-1)
         out: np.ndarray | None = None
-        rows = [i for i, p in enumerate(payloads) if len(p) == 160] if odd else None
-        if self.masker is not None and (rows is None or rows):
-            picked = payloads if rows is None else [payloads[i] for i in rows]
-            mlegs = legs if rows is None else [legs[i] for i in rows]
-            n = len(picked)
-            codes = np.frombuffer(b"".join(picked), dtype=np.uint8).reshape(n, 160)
-            frames = _decode_rows(codes, [leg.is_alaw for leg in mlegs] if alaw else None)
-            mslots = [leg.mask_slot for leg in mlegs]
-            slot_arr = np.array(mslots, dtype=np.intp)
-            changed = np.zeros(n, dtype=bool)
-            for sub in _rounds(mslots):
-                self.stats.masker_batches += 1
-                if sub is None:
-                    out, changed = self.masker.process(slot_arr, frames)
-                else:
-                    if out is None:
-                        out = np.empty((n, 160), dtype=np.int16)
-                    out[sub], changed[sub] = self.masker.process(slot_arr[sub], frames[sub])
-            marks = np.where(changed, np.arange(n), -1).tolist()
-            if rows is None:
-                state = marks
+        masker = self.masker
+        if masker is not None:
+            if plain:
+                # 172-byte mu-law packets: the payloads are columns 12.. of the joined packets,
+                # decoded two codes at a time straight from it (no copy of the payloads first).
+                picked = rows
+                pairs = np.frombuffer(b"".join([r[1] for r in rows]), dtype="<u2").reshape(k, 86)
+                frames = np.take(_ULAW_PAIRS, pairs).view(np.int16)[:, 12:]
             else:
-                for j, i in enumerate(rows):
-                    state[i] = marks[j]
+                picked = [r for r in rows if len(r[1]) - r[2] == 160]
+                if picked:
+                    alaw = [r[0].is_alaw for r in picked]
+                    codes = np.frombuffer(b"".join([r[1][r[2]:] for r in picked]),
+                                          dtype=np.uint8).reshape(len(picked), 160)
+                    frames = _decode_rows(codes, alaw if any(alaw) else None)
+            if picked:
+                n = len(picked)
+                mslots = [r[0].mask_slot for r in picked]
+                slot_arr = np.array(mslots, dtype=np.intp)
+                changed = np.zeros(n, dtype=bool)
+                for sub in _rounds(mslots):
+                    self.stats.masker_batches += 1
+                    if sub is None:
+                        out, changed = masker.process(slot_arr, frames)
+                    else:
+                        if out is None:
+                            out = np.empty((n, 160), dtype=np.int16)
+                        out[sub], changed[sub] = masker.process(slot_arr[sub], frames[sub])
+                if plain and not np.count_nonzero(changed):
+                    pass  # every row unchanged: the common case, no per-row marks
+                else:
+                    marks = np.where(changed, np.arange(n), -1).tolist()
+                    if plain:
+                        state = marks
+                    else:
+                        it = iter(marks)
+                        state = [next(it) if len(r[1]) - r[2] == 160 else None for r in rows]
+            elif not plain:
+                state = [None] * k
+        else:
+            state = [None] * k
         sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
         held_since: list[float] = []
-        forward = self._forward_built
-        captured = 0
-        for i, leg in enumerate(legs):
-            st = state[i]
+        fifo = self._deadline_fifo
+        last = fifo[-1][0] if fifo else float("-inf")
+        tie = self._deadline_n
+        captured = relayed = 0
+        for (leg, pkt, start, rx), st in zip(rows, state):
             if leg.capturing:
                 # The row's masker output is the held packet's, masked with this one as look-ahead.
                 held = leg.held
                 # One packet time (G.711: a byte per sample) after arrival, then it leaves regardless.
-                rx = rxs[i]
-                deadline = rx + len(payloads[i]) / leg.clock_hz + HOLD_SLACK_S
-                leg.held = (pkts[i], starts[i], rx, deadline)
-                self._deadline_n += 1
-                heappush(self._deadlines, (deadline, self._deadline_n, leg))
+                deadline = rx + (len(pkt) - start) / leg.clock_hz + HOLD_SLACK_S
+                leg.held = (pkt, start, rx, deadline)
+                tie += 1
+                if deadline >= last:
+                    fifo.append((deadline, tie, leg))
+                    last = deadline
+                else:
+                    heappush(self._deadlines, (deadline, tie, leg))
                 if held is None:
                     # A new deadline, earlier than none the edge's timer knows of.
                     self._holding[leg] = None
                     self.timer_changed = True
                     continue
                 pkt = held[0]
-                if st is None or st >= 0:
+                if st != -1:
                     pkt = self._masked_packet(leg, pkt, held[1], None if st is None else out[st])  # type: ignore[index]
                     if st is not None:
                         leg.last_masked_s = held[2]
@@ -1059,20 +1094,30 @@ class Relay:
                 held_since.append(held[2])
             elif leg.always:
                 # mask = "always" outside a capture: this packet itself, masked without look-ahead.
-                pkt = pkts[i]
-                if st is None or st >= 0:
-                    pkt = self._masked_packet(leg, pkt, starts[i], None if st is None else out[st])  # type: ignore[index]
+                if st != -1:
+                    pkt = self._masked_packet(leg, pkt, start, None if st is None else out[st])  # type: ignore[index]
                 elif leg.xlate is not None:
-                    pkt = pkt[:starts[i]] + pkt[starts[i]:].translate(leg.xlate)
+                    pkt = pkt[:start] + pkt[start:].translate(leg.xlate)
             else:
                 continue
             captured += 1
-            sent = forward(leg, pkt)
-            if sent is not None:
-                sends.append(sent)
-        self.stats.captured += captured
+            # `_forward_built` inline for the common case: same PT, plain RTP, destination known.
+            peer = leg.peer
+            dest = peer.rtp_dest
+            pt = pkt[1] & 0x7F
+            if dest is not None and peer.srtp is None and leg.pt_map[pt] == pt:
+                relayed += 1
+                sends.append((peer, pkt, dest))
+            else:
+                sent = self._forward_built(leg, pkt)
+                if sent is not None:
+                    sends.append(sent)
+        self._deadline_n = tie
+        stats = self.stats
+        stats.captured += captured
+        stats.relayed[CALLER_TO_AGENT] += relayed
         if now is not None and held_since:
-            self.stats.lookahead.observe_since(now, held_since)
+            stats.lookahead.observe_since(now, held_since)
         return sends
 
     def _release_held(self, leg: Leg, now: float) -> tuple[Leg, bytes, tuple[str, int]] | None:
@@ -1167,14 +1212,9 @@ class Relay:
     def _drop_pending(self, leg: Leg) -> None:
         leg.held = None
         self._holding.pop(leg, None)
-        if leg in self._mask_legs:
-            keep = [i for i, x in enumerate(self._mask_legs) if x is not leg]
-            self._mask_legs = [self._mask_legs[i] for i in keep]
-            self._mask_packets = [self._mask_packets[i] for i in keep]
-            self._mask_starts = [self._mask_starts[i] for i in keep]
-            self._mask_payloads = [self._mask_payloads[i] for i in keep]
-            self._mask_rx = [self._mask_rx[i] for i in keep]
-            self._mask_since = min(self._mask_rx) if self._mask_rx else None
+        if any(r[0] is leg for r in self._mask_rows):
+            self._mask_rows = [r for r in self._mask_rows if r[0] is not leg]
+            self._mask_since = min(r[3] for r in self._mask_rows) if self._mask_rows else None
         if leg.slot >= 0 and leg.slot in self._det_slots:
             keep = [i for i, s in enumerate(self._det_slots) if s != leg.slot]
             self._det_slots = [self._det_slots[i] for i in keep]
