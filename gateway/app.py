@@ -36,7 +36,7 @@ from gateway.media.relay import Relay
 from gateway.sip.framing import StreamFramer
 from gateway.sip.message import Limits
 from gateway.sip.transaction import Peer
-from gateway.transport.rtp import RtpMediaController
+from gateway.transport.rtp import AcceleratorUnavailable, RtpMediaController
 from gateway.transport.sip import SipTransport
 
 log = logging.getLogger("tonewall")
@@ -142,8 +142,10 @@ class Gateway:
         # bank takes over a caller leg while a capture is on.
         relay = Relay(detector=DetectorBank(), masker=MaskerBank(MaskMode(config.capture.mask_mode)),
                       strict=config.media.strict_source)
+        fast = {"auto": None, "on": True, "off": False}[config.media.accelerator]
         self.media = RtpMediaController(config.media.address, low, high, relay=relay,
-                                        on_event=self._on_media_event, loop=loop)
+                                        on_event=self._on_media_event, loop=loop, fast_path=fast)
+        log.info("media relay: C accelerator %s", "on" if self.media.fast_path else "off")
         hop = config.sip.next_hop
         if hop is None:
             hop = parse_next_hop(DEFAULT_NEXT_HOP)
@@ -379,5 +381,8 @@ def run(config: Config, extensions: list[Extension] | None = None) -> int:
             runner.run(gateway.run())
     except OSError as exc:
         log.error("%s", startup_error(exc))
+        return 1
+    except AcceleratorUnavailable as exc:
+        log.error("media.accelerator = \"on\": %s", exc)
         return 1
     return 0

@@ -88,6 +88,8 @@ class MediaConfig:
     address: str = "127.0.0.1"
     strict_source: bool = False
     srtp: str = "optional"
+    accelerator: str = "auto"
+    """The relay's C path: "auto" uses it when it was built, "on" refuses to start without it, "off" never."""
 
 
 @dataclass(frozen=True)
@@ -369,6 +371,7 @@ _SCHEMA: dict[str, _Schema] = {
         "address": ("address", _ip),
         "strict_source": ("strict_source", _bool),
         "srtp": ("srtp", _choice("optional", "off")),
+        "accelerator": ("accelerator", _choice("auto", "on", "off")),
     },
     "api": {
         "listen": ("listen", parse_host_port),

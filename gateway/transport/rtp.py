@@ -14,6 +14,14 @@ while something is due (a detector batch's deadline, a masker window's end, the 
 sample, an RFC 4733 event's lost end, a held capture packet's release deadline), drives
 `Relay.handle_timer`, whose released packets it sends.
 
+With the C accelerator (`gateway.media._fastrelay`, built at install when a compiler is
+there; IPv4 media), the RTP sockets are not watched one by one: one epoll descriptor over all
+of them is, and each wakeup runs `FastRelay.drain` once. It reads one datagram from each
+ready socket and forwards, in C, those `Relay.receive_rtp` would forward with nothing but
+the PT byte remapped (judged on the legs' live attributes: it keeps no state of its own);
+every other datagram comes back with its address and goes through `Relay.receive_rtp` as
+before, in arrival order. Either way the core sees the same packets in the same order.
+
 `now` for the core is `perf_counter()`: on Linux it is CLOCK_MONOTONIC, the clock
 behind `loop.time()`, but with microsecond resolution where uvloop's `loop.time()`
 has milliseconds (RFC 3550 jitter and look-ahead times need better than 1 ms).
@@ -31,12 +39,21 @@ from typing import Any
 from gateway.media.leg import LegMedia
 from gateway.media.relay import Leg, Relay, RelayCall
 
+try:
+    from gateway.media._fastrelay import FastRelay
+except ImportError:  # no compiler at install, or not Linux: the pure-Python path
+    FastRelay = None  # type: ignore[assignment,misc]
+
 MAX_DATAGRAM_BYTES = 2048
 READS_PER_WAKEUP = 64
 """Bound on RTCP datagrams drained from one socket per wakeup."""
 PROCESSING_SAMPLE_EVERY = 16
 """One RTP datagram in this many is timed (receipt to send) and counts for this many in
 tonewall_packet_processing_seconds: the histogram's shape and count, at a sixteenth of the cost."""
+
+
+class AcceleratorUnavailable(RuntimeError):
+    """The C relay accelerator was required but is not built here (or the media address is IPv6)."""
 
 
 class PortRange:
@@ -129,7 +146,9 @@ class RtpMediaController:
 
     def __init__(self, media_address: str, port_low: int, port_high: int, relay: Relay | None = None,
                  on_event: Callable[[Any], None] | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, fast_path: bool | None = None) -> None:
+        """`fast_path`: None uses the C accelerator when it is built (IPv4 media), False never,
+        True requires it (AcceleratorUnavailable when it cannot be used)."""
         self.media_address = media_address
         self.relay = relay if relay is not None else Relay()
         self.ports = PortRange(media_address, port_low, port_high)
@@ -141,6 +160,19 @@ class RtpMediaController:
         self._timer_at: float | None = None
         self._untimed = 0
         """RTP datagrams left before the next one timed for the processing histogram."""
+        usable = FastRelay is not None and ":" not in media_address
+        if fast_path and not usable:
+            raise AcceleratorUnavailable(
+                "the C relay accelerator is not built (reinstall with a C compiler) or the media address is IPv6")
+        self._fast: Any = None
+        if usable and fast_path is not False:
+            self._fast = FastRelay(Leg, self.relay._jitter_mask, self.relay._jitter_warmup, self.relay._jitter_gain)
+            self._loop.add_reader(self._fast.fileno(), self._drain)
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether RTP goes through the C accelerator."""
+        return self._fast is not None
 
     def open_call(self, call_id: str) -> RtpCallMedia:
         """Bind both legs' port pairs and start relaying (to nothing until `configure`)."""
@@ -161,7 +193,10 @@ class RtpMediaController:
             leg.endpoint = _Endpoint(rtp, rtcp)
         for leg in (call.caller, call.agent):
             rtp = leg.endpoint.rtp
-            self._loop.add_reader(rtp.fileno(), self._read_rtp, leg, rtp.recvfrom, leg.peer.endpoint.rtp.sendto)
+            if self._fast is not None:
+                self._fast.add(rtp.fileno(), leg, leg.peer.endpoint.rtp.fileno())
+            else:
+                self._loop.add_reader(rtp.fileno(), self._read_rtp, leg, rtp.recvfrom, leg.peer.endpoint.rtp.sendto)
             self._loop.add_reader(leg.endpoint.rtcp.fileno(), self._read_rtcp, leg)
         media = RtpCallMedia(self, call)
         self._calls[call_id] = media
@@ -176,8 +211,12 @@ class RtpMediaController:
         self.relay.remove_call(call_id)
         for leg in (call.caller, call.agent):
             ep: _Endpoint = leg.endpoint
+            if self._fast is not None:
+                self._fast.remove(ep.rtp.fileno())
+            else:
+                self._loop.remove_reader(ep.rtp.fileno())
+            self._loop.remove_reader(ep.rtcp.fileno())
             for s in (ep.rtp, ep.rtcp):
-                self._loop.remove_reader(s.fileno())
                 s.close()
             self.ports.release(ep.port)
 
@@ -187,6 +226,10 @@ class RtpMediaController:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_at = None
+        if self._fast is not None:
+            self._loop.remove_reader(self._fast.fileno())
+            self._fast.close()
+            self._fast = None
 
     def set_capture(self, call_id: str, on: bool) -> None:
         """Switch a call's caller leg into or out of capture; sends the released packet."""
@@ -243,6 +286,50 @@ class RtpMediaController:
         else:
             self._untimed = PROCESSING_SAMPLE_EVERY - 1
             relay.stats.processing_hist.observe(perf_counter() - t0, PROCESSING_SAMPLE_EVERY)
+        if relay.wake and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _drain(self) -> None:
+        """The epoll descriptor is readable: one datagram from each ready RTP socket (C accelerator)."""
+        relay = self.relay
+        t0 = perf_counter()
+        before = len(relay._det_slots)
+        slow, c = self._fast.drain(t0, relay._det_slots, relay._det_payloads)
+        stats = relay.stats
+        handled = c[0] + c[4]
+        if handled:
+            stats.relayed[0] += c[0]
+            stats.relayed_bytes[0] += c[1]
+            stats.relayed[1] += c[4]
+            stats.relayed_bytes[1] += c[5]
+        if c[2] or c[3] or c[6] or c[7]:
+            for d, i in ((0, 2), (1, 6)):
+                if c[i]:
+                    stats.drops[d]["socket"] += c[i]
+                if c[i + 1]:
+                    stats.drops[d]["send"] += c[i + 1]
+        if c[8]:
+            # Rows the accelerator queued for the detector: what `Relay.receive_rtp` does
+            # when it queues one (the FIFO's oldest row starts the detection window).
+            if not before:
+                relay._det_since = t0
+                relay.timer_changed = relay.wake = True
+            if len(relay._det_slots) >= relay.detect_batch_rows:
+                relay.wake = True
+            if c[9]:
+                relay._det_alaw = True
+        if slow is not None:
+            for leg, data, addr in slow:
+                out = relay.receive_rtp(leg, data, addr, t0)
+                if out is not None:
+                    try:
+                        leg.peer.endpoint.rtp.sendto(out[0], out[1])
+                    except OSError:
+                        stats.drops[leg.direction]["send"] += 1
+            handled += len(slow)
+        if handled:
+            stats.record_processing(perf_counter() - t0, handled)
         if relay.wake and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)

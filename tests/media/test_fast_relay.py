@@ -1,0 +1,414 @@
+"""The C accelerator (`gateway.media._fastrelay`) changes nothing a peer or the core can see.
+
+One scripted session of packets (plain audio, jitter-pair packets, gaps, late and duplicate
+packets, a new SSRC, padding, header extensions, CSRCs, odd sizes, telephone-events with a
+PT remap, foreign sources, garbage, in-band DTMF, a law conversion, a feedback tone,
+mask = "always", SRTP on one leg) goes through two controllers on real loopback sockets,
+one on the pure-Python path and one on the accelerator: both peers must receive the same
+bytes in the same order, and the relay's counters, streams and events must agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import socket
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dtmf.detector import DetectorBank
+from dtmf.g711 import ulaw_encode
+from dtmf.masker import MaskerBank, MaskMode
+from dtmf.tones import dtmf_tone, white_noise
+from gateway.media.leg import LegMedia, SrtpParams
+from gateway.media.relay import Leg, Relay
+from gateway.media.rtp import RtpPacket
+from gateway.media.srtp import SrtpLeg
+from gateway.transport import rtp as edge
+from gateway.transport.rtp import RtpMediaController
+from tests.conftest import IN_CI
+
+HOST = "127.0.0.1"
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+
+
+def require_accelerator() -> None:
+    if edge.FastRelay is None:
+        message = "the C relay accelerator is not built (pip install -e . with a C compiler)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def udp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    s.setblocking(False)
+    return s
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096))
+        except BlockingIOError:
+            return out
+
+
+async def settle() -> None:
+    """Let the loop read what the kernel already holds (loopback sends are synchronous)."""
+    for _ in range(6):
+        await asyncio.sleep(0)
+
+
+def rtp(seq: int, payload: bytes, pt: int = 0, ssrc: int = 0xCAFE, ts: int | None = None, marker: bool = False,
+        csrcs: tuple[int, ...] = (), extension: bytes | None = None, padding: int = 0) -> bytes:
+    first = 0x80 | (0x20 if padding else 0) | (0x10 if extension is not None else 0) | len(csrcs)
+    head = struct.pack("!BBHII", first, (0x80 if marker else 0) | pt, seq & 0xFFFF,
+                       (160 * seq if ts is None else ts) & 0xFFFFFFFF, ssrc)
+    head += b"".join(struct.pack("!I", c) for c in csrcs)
+    if extension is not None:
+        head += struct.pack("!HH", 0xBEDE, len(extension) // 4) + extension
+    pad = (bytes(padding - 1) + bytes([padding])) if padding else b""
+    return head + payload + pad
+
+
+def script(seed: int, agent_pt: int = 0) -> list[tuple[str, bytes]]:
+    """(sender, datagram) in order; sender is 'caller', 'agent', 'stranger' or an 'srtp-*' form."""
+    rnd = random.Random(seed)
+    noise = white_noise(8000 * 3, -30.0, np.random.default_rng(seed))
+    keyed = noise.copy()
+    for start, key in ((4000, "5"), (12000, "#")):
+        keyed[start:start + 640] = dtmf_tone(key, 80.0, level_dbm0=-12.0)
+    audio = ulaw_encode(keyed).tobytes()
+    back = ulaw_encode(noise[::-1].copy()).tobytes()
+    steps: list[tuple[str, bytes]] = []
+    seq_c, seq_a = 1000, 60000  # the agent's numbers wrap during the session
+    for i in range(140):
+        frame = audio[160 * i:160 * i + 160]
+        steps.append(("caller", rtp(seq_c, frame)))
+        seq_c += 1
+        steps.append(("agent", rtp(seq_a, back[160 * i:160 * i + 160], pt=agent_pt, ssrc=0xBEEF)))
+        seq_a += 1
+        r = rnd.random()
+        if i == 20:
+            seq_c += 3  # a gap
+        elif i == 30:
+            steps.append(("caller", rtp(seq_c - 2, frame)))  # late
+            steps.append(("caller", rtp(seq_c - 1, frame)))  # duplicate
+        elif i == 40:
+            steps.append(("caller", rtp(seq_c, frame[:100])))  # odd size
+            seq_c += 1
+        elif i == 45:
+            steps.append(("caller", rtp(seq_c, frame, padding=4)))
+            steps.append(("agent", rtp(seq_a, frame, pt=agent_pt, ssrc=0xBEEF, extension=b"\x10\x01\x02\x03")))
+            steps.append(("caller", rtp(seq_c + 1, frame, csrcs=(7, 8))))
+            seq_c += 2
+            seq_a += 1
+        elif i == 50:
+            for k in range(3):
+                steps.append(("caller", rtp(seq_c + k, b"\x05\x0a\x00\xa0", pt=101, ts=160 * seq_c)))
+            steps.append(("caller", rtp(seq_c + 3, b"\x05\x8a\x01\x40", pt=101, ts=160 * seq_c)))
+            seq_c += 4
+        elif i == 60:
+            steps.append(("stranger", rtp(seq_c, frame)))
+            steps.append(("caller", b"\x80\x00"))  # short
+            steps.append(("caller", b"\x40" + bytes(171)))  # version 1
+            steps.append(("caller", rtp(seq_c, frame, pt=33)))  # not negotiated
+        elif i == 70:
+            seq_c = 5  # a new SSRC restarts the count
+            steps.append(("caller", rtp(seq_c, frame, ssrc=0xD00D)))
+            seq_c += 1
+        elif i == 80:
+            seq_c += 40000  # a jump: counted only when the next packet confirms it
+        elif r < 0.05:
+            steps.append(("caller", bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 300)))))
+        elif r < 0.08:
+            steps.append(("agent", bytes([0x80]) + bytes(rnd.getrandbits(8) for _ in range(171))))
+    # Every caller packet after a new SSRC switch carries the new one.
+    fixed: list[tuple[str, bytes]] = []
+    new_ssrc = False
+    for who, data in steps:
+        if who == "caller" and len(data) >= 12 and data[:2] == b"\x80\x00" and data[8:12] == struct.pack("!I", 0xD00D):
+            new_ssrc = True
+        if new_ssrc and who == "caller" and len(data) >= 12 and data[0] & 0xC0 == 0x80:
+            data = data[:8] + struct.pack("!I", 0xD00D) + data[12:]
+        fixed.append((who, data))
+    return fixed
+
+
+class Session:
+    """A controller, its one call, and the peers' sockets."""
+
+    def __init__(self, fast: bool, caller_codec: str = "PCMU", agent_codec: str = "PCMU",
+                 srtp_caller: bool = False, mask_always: bool = False, port: int = 33000) -> None:
+        relay = Relay(detector=DetectorBank(capacity=4), masker=MaskerBank(MaskMode.SILENCE))
+        self.ctl = RtpMediaController(HOST, port, port + 99, relay=relay, fast_path=fast)
+        assert self.ctl.fast_path is fast
+        self.events: list[Any] = []
+        self.ctl.on_event = self.events.append
+        self.caller, self.agent, self.stranger = udp(), udp(), udp()
+        self.call = self.ctl.open_call("c1")
+        self.gw_key = base64.b64encode(bytes(range(30))).decode()
+        self.peer_key = base64.b64encode(bytes(range(30, 60))).decode()
+        params = SrtpParams(SUITE, self.gw_key, self.peer_key) if srtp_caller else None
+        self.srtp_peer = SrtpLeg(SrtpParams(SUITE, self.peer_key, self.gw_key)) if srtp_caller else None
+
+        def leg_media(sock: socket.socket, codec: str, te: int, srtp: SrtpParams | None = None) -> LegMedia:
+            port = sock.getsockname()[1]
+            return LegMedia(remote_rtp=(HOST, port), remote_rtcp=(HOST, port + 1), codec=codec,
+                            audio_pt=0 if codec == "PCMU" else 8, telephone_event_pt=te, srtp=srtp)
+
+        self.call.configure(leg_media(self.caller, caller_codec, 101, params), leg_media(self.agent, agent_codec, 96))
+        if mask_always:
+            self.call.set_mask_always(True)
+
+    def send(self, who: str, data: bytes) -> None:
+        if who == "caller" and self.srtp_peer is not None and len(data) >= 12 and data[0] & 0xC0 == 0x80:
+            try:
+                data = self.srtp_peer.protect(data)
+            except Exception:  # noqa: BLE001 - garbage the library refuses to protect goes as is
+                pass
+        sock = {"caller": self.caller, "agent": self.agent, "stranger": self.stranger}[who]
+        port = self.call.agent_port if who == "agent" else self.call.caller_port
+        sock.sendto(data, (HOST, port))
+
+    def observed(self) -> dict[str, Any]:
+        relay = self.ctl.relay
+        call = relay.calls["c1"]
+        legs = {name: (leg.rx_next, leg.rx_ssrc, leg.rx_lost, leg.rx_pair_seq, leg.rtp_src is not None, leg.seq_offset,
+                       type(leg.last_rx_s).__name__)
+                for name, leg in (("caller", call.caller), ("agent", call.agent))}
+        # Per kind: when the detector runs (its 10 ms window) against the packets is wall-clock
+        # time, so in-band and RFC 4733 events may interleave differently on any two runs.
+        events = sorted((type(e).__name__, str(getattr(e, "digit", "")), getattr(e, "start_sample", None) or 0,
+                         getattr(e, "rtp_timestamp", None) or 0) for e in self.events)
+        return {
+            "relayed": list(relay.stats.relayed),
+            "relayed_bytes": list(relay.stats.relayed_bytes),
+            "drops": relay.stats.drops_total(),
+            "lost": relay.stats.packets_lost_total(),
+            "captured": relay.stats.captured,
+            "detector_rows": relay.stats.detector_rows,
+            "legs": legs,
+            "events": events,
+        }
+
+    def close(self) -> None:
+        self.ctl.close()
+        for s in (self.caller, self.agent, self.stranger):
+            s.close()
+
+
+async def run(session: Session, steps: list[tuple[str, bytes]]) -> tuple[list[bytes], list[bytes], dict[str, Any]]:
+    at_agent: list[bytes] = []
+    at_caller: list[bytes] = []
+    for who, data in steps:
+        session.send(who, data)
+        await settle()
+        at_agent += drain(session.agent)
+        at_caller += drain(session.caller)
+    await asyncio.sleep(0.05)  # the detector's window timer
+    await settle()
+    at_agent += drain(session.agent)
+    at_caller += drain(session.caller)
+    return at_agent, at_caller, session.observed()
+
+
+CASES = {
+    "plain": {},
+    "law-conversion": {"agent_codec": "PCMA"},
+    "srtp-caller": {"srtp_caller": True},
+    "mask-always": {"mask_always": True},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_accelerator_and_python_path_give_the_same_session(case: str) -> None:
+    require_accelerator()
+    steps = script(seed=len(case), agent_pt=8 if CASES[case].get("agent_codec") == "PCMA" else 0)
+    results = []
+    for fast, port in ((False, 33000), (True, 33200)):
+        session = Session(fast, port=port, **CASES[case])
+        try:
+            results.append(await run(session, steps))
+        finally:
+            session.close()
+    (agent_py, caller_py, seen_py), (agent_c, caller_c, seen_c) = results
+    assert len(agent_py) > 100 and len(caller_py) > 100
+    assert agent_c == agent_py
+    assert caller_c == caller_py
+    assert seen_c == seen_py
+    if case == "plain":
+        # The script exercises what it says: digits found, drops of every kind, loss counted.
+        assert sorted(e[1] for e in seen_py["events"] if e[0] == "InBandDigitDetected") == ["#", "5"]
+        reasons = {r for (_, r) in seen_py["drops"]}
+        assert {"short", "version", "payload_type", "unexpected_source"} <= reasons, reasons
+        assert seen_py["lost"][("caller_to_agent",)] > 0
+        assert any(p[1] == 96 for p in agent_py)  # telephone-event PT remapped 101 -> 96
+
+
+async def test_accelerator_forwards_the_common_case_itself() -> None:
+    """The plain packets do not come back to Python (the point of the accelerator)."""
+    require_accelerator()
+    session = Session(True, port=33400)
+    calls = []
+    original = session.ctl.relay.receive_rtp
+
+    def spy(*args: Any) -> Any:
+        calls.append(args[1])
+        return original(*args)
+
+    session.ctl.relay.receive_rtp = spy  # type: ignore[method-assign]
+    try:
+        frames = [rtp(100 + i, os.urandom(160)) for i in range(64)]
+        for pkt in frames:
+            session.send("caller", pkt)
+            await settle()
+        got = drain(session.agent)
+        assert got == frames
+        # Only the first packet (it latches the source and starts the stream) takes the long way.
+        assert len(calls) == 1
+        assert session.ctl.relay.stats.relayed[0] == 64
+        assert session.ctl.relay.detect_rows_pending + session.ctl.relay.stats.detector_rows == 64
+    finally:
+        session.close()
+
+
+async def test_capture_turns_the_accelerator_off_for_the_caller_leg_at_once() -> None:
+    """No packet of a masked leg leaves unmasked: the C path reads the leg's mode per packet."""
+    require_accelerator()
+    session = Session(True, port=33600)
+    tone = ulaw_encode(np.tile(dtmf_tone("7", 20.0, level_dbm0=-6.0), 1)).tobytes()
+    try:
+        for i in range(20):
+            session.send("caller", rtp(i, tone))
+            await settle()
+        before = drain(session.agent)
+        assert [p[12:] for p in before] == [tone] * 20
+        session.call.set_capture(True)
+        for i in range(20, 60):
+            session.send("caller", rtp(i, tone))
+            await settle()
+        await asyncio.sleep(0.05)
+        await settle()
+        during = drain(session.agent)
+        assert during and all(p[12:] != tone for p in during)
+    finally:
+        session.close()
+
+
+def test_accelerator_refuses_what_it_cannot_judge() -> None:
+    require_accelerator()
+    fr = edge.FastRelay(Leg, 15, 8, 0.125)
+    try:
+        with pytest.raises(TypeError):
+            fr.add(0, object(), 1)
+        with pytest.raises(TypeError):
+            edge.FastRelay(int, 15, 8, 0.125)
+        fr.remove(12345)  # unknown: ignored
+        assert fr.registered() == 0
+    finally:
+        fr.close()
+    with pytest.raises(ValueError):
+        fr.drain(0.0, [], [])
+
+
+async def test_controller_without_accelerator_when_asked() -> None:
+    ctl = RtpMediaController(HOST, 33800, 33899, relay=Relay(), fast_path=False)
+    try:
+        assert not ctl.fast_path
+    finally:
+        ctl.close()
+
+
+def test_accelerator_keeps_the_streams_numbers_exactly_as_the_core() -> None:
+    """RFC 3550 A.1 and A.8 state after each packet, same arrival times: equal to the last bit."""
+    require_accelerator()
+    rnd = random.Random(7)
+    relays = [Relay(), Relay()]
+    socks: list[socket.socket] = []
+    try:
+        peer_c, peer_a = udp(), udp()
+        socks += [peer_c, peer_a]
+        calls = []
+        for relay in relays:
+            call = relay.add_call("j")
+            gw_c, gw_a = udp(), udp()
+            socks += [gw_c, gw_a]
+            call.caller.endpoint, call.agent.endpoint = gw_c, gw_a
+            port_c, port_a = peer_c.getsockname()[1], peer_a.getsockname()[1]
+            relay.configure("j", LegMedia((HOST, port_c), (HOST, port_c + 1), "PCMU", 0, 101),
+                            LegMedia((HOST, port_a), (HOST, port_a + 1), "PCMU", 0, 101))
+            calls.append((call, gw_c, gw_a))
+        py_relay, c_relay = relays
+        py_call, c_call = calls[0][0], calls[1][0]
+        fr = edge.FastRelay(Leg, c_relay._jitter_mask, c_relay._jitter_warmup, c_relay._jitter_gain)
+        fr.add(calls[1][1].fileno(), c_call.caller, calls[1][2].fileno())
+        addr = peer_c.getsockname()
+        fast = 0
+        seq, ts = 65500, 4294960000  # both wrap
+        for i in range(400):
+            now = 1000.0 + 0.02 * i + rnd.uniform(0.0, 0.004) + (0.05 if i % 97 == 0 else 0.0)
+            if i % 50 == 49:
+                seq += 2  # a gap: the long way, then the fast path again
+            pkt = rtp(seq, os.urandom(160), ts=ts)
+            seq, ts = (seq + 1) & 0xFFFF, (ts + 160) & 0xFFFFFFFF
+            py_relay.receive_rtp(py_call.caller, pkt, addr, now)
+            peer_c.sendto(pkt, calls[1][1].getsockname())
+            slow, counts = fr.drain(now, c_relay._det_slots, c_relay._det_payloads)
+            fast += counts[0]
+            for leg, data, src in slow or ():
+                assert src == addr
+                c_relay.receive_rtp(leg, data, src, now)
+            a, b = py_call.caller, c_call.caller
+            assert (b.rx_next, b.rx_lost, b.rx_pair_seq, b.rx_pairs, b.last_rx_s) == \
+                (a.rx_next, a.rx_lost, a.rx_pair_seq, a.rx_pairs, a.last_rx_s), i
+            assert b.rx_transit == a.rx_transit and b.rx_jitter == a.rx_jitter, i
+        assert py_call.caller.rx_jitter > 0
+        assert fast >= 390  # all but the first packet and the packets after each gap
+        fr.close()
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_accelerator_setting_is_checked_at_load(tmp_path) -> None:
+    from gateway.config import ConfigError, load_config
+
+    path = tmp_path / "tonewall.toml"
+    path.write_text('[media]\naddress = "127.0.0.1"\naccelerator = "fast"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert ":3" in str(err.value) and "accelerator" in str(err.value)
+    path.write_text('[media]\naccelerator = "off"\n')
+    assert load_config(path).media.accelerator == "off"
+    assert load_config(None).media.accelerator == "auto"
+
+
+@pytest.mark.parametrize("setting", ["auto", "off", "on"])
+async def test_gateway_relays_through_the_accelerator_when_built(setting: str, tmp_path) -> None:
+    """`tonewall run`'s media controller: the C path by default, the Python path when turned off."""
+    import dataclasses
+
+    from gateway.app import Gateway
+    from gateway.config import ApiConfig, Config, HostPort, MediaConfig, MetricsConfig, SipConfig
+
+    if setting != "off":
+        require_accelerator()
+    anywhere = HostPort(HOST, 0)
+    config = dataclasses.replace(Config(), data_dir=str(tmp_path / "data"), sip=SipConfig(listen=anywhere),
+                                 api=ApiConfig(listen=anywhere), metrics=MetricsConfig(listen=anywhere),
+                                 media=MediaConfig(rtp_ports=(34000, 34099), accelerator=setting))
+    gw = Gateway(config)
+    try:
+        await gw.start()
+        assert gw.media.fast_path is (setting != "off")
+    finally:
+        await gw.stop()
