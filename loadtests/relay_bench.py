@@ -182,6 +182,8 @@ def serve(mode: str) -> None:
 
                 loop.add_reader(rx.fileno(), readable)
                 targets.append((HOST, rx.getsockname()[1]))
+        import gc
+        gc.freeze()  # as `tonewall run` does once started (gateway/app.py)
         print(json.dumps({"targets": targets}), flush=True)
         await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
         if mode.startswith("tonewall"):
