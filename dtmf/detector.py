@@ -211,20 +211,40 @@ class _Analysis:
         self.min_tone_power = _dbm0_power(MIN_TONE_LEVEL_DBM0)
         # The gate's twist bounds as one column: hi >= lo * each, then one comparison.
         self.gate_twist = np.array([[self.gate_normal_twist], [self.gate_reverse_twist]], dtype=np.float32)
-        # Columns for the exact checks (see DetectorBank._check), each in the dtype its
-        # check was written in: float32 for the twist and the level floors (Python
-        # floats against float32), float64 for the energy ratios (numpy float64).
+        # Operands of the exact checks (see DetectorBank._check), each in the dtype its check
+        # was written in: float32 for the phase, the twist and the level floors (Python floats
+        # against float32), float64 for the energy ratios (numpy float64).
+        self.hop_tol = np.concatenate([self.hop_phase, self.freq_tol_rad]).astype(np.float32)
+        self.pi32 = np.array(np.pi, dtype=np.float32)
+        self.two_pi32 = np.array(2 * np.pi, dtype=np.float32)
+        self.power_steps32 = np.array(self.power_steps_per_rad, dtype=np.float32)
+        self.half32 = np.array(0.5, dtype=np.float32)
+        self.held32 = np.array(HELD_RATIO, dtype=np.float32)
+        self.min_tone32 = np.array(self.min_tone_power, dtype=np.float32)
+        self.half_two32 = np.array([[0.5], [2.0]], dtype=np.float32)
         self.twist_signs = np.array([[1.0], [-1.0]], dtype=np.float32)
-        self.twist_bounds = np.array([[self.window_normal_twist], [-self.window_reverse_twist],
-                                      [self.normal_twist], [-self.reverse_twist]], dtype=np.float32)
+        self.twist_bounds = np.array([[[self.window_normal_twist], [-self.window_reverse_twist]],
+                                      [[self.normal_twist], [-self.reverse_twist]]], dtype=np.float32)
         self.pair_bounds = np.array([[self.purity_per_energy], [self.coverage_per_energy],
-                                     [float(np.float32(self.min_pair_power))]])
+                                     [self.coverage_per_energy], [float(np.float32(self.min_pair_power))]])
+        # A window that passes the twist and pair level checks has each tone above the level
+        # floor (the weaker at least the pair over 1 + the twist bound), with a margin far above
+        # float32 rounding: then that check is left out (see _check).
+        slack = 1.0 + 1e-6
+        weakest = float(self.pair_bounds[3, 0]) / slack / max(
+            1.0 + slack / float(np.float32(self.window_normal_twist)),
+            1.0 + slack * float(np.float32(self.window_reverse_twist)))
+        self.level_implied = weakest > float(self.min_tone32)
+        # _check takes phase + pi as the remainder it came from: exact (Sterbenz) for phases
+        # within pi / 2 of 0, hence on every window in band.
+        if not float(self.freq_tol_rad.max()) < np.pi / 2:
+            raise RuntimeError("DTMF frequency tolerance too wide for the roll-off lookup")
 
 
 _ANALYSIS: dict[int, _Analysis] = {}
 _POWER_STEPS = 4096
-_GROUP_BASE = np.array([[0], [4]])  # bin index of each group's first frequency
-_IM_ROWS = np.array([[[0]], [[8]]])  # row of the real, and of the imaginary part of a bin
+_GROUP_ROWS = np.array([[[0], [4]], [[8], [12]]])
+"""DFT row of each group's first bin: real parts (rows 0-7), imaginary parts (rows 8-15)."""
 
 # Float carry of each stream between calls (one row per slot, gathered and
 # scattered once per call).
@@ -243,18 +263,96 @@ _FEW_CANDIDATES = 16
 """Below this many candidate windows the frequency check runs first, alone."""
 
 
-def _check_operands(an: _Analysis, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """In-place operands of the exact checks for n windows: lhs, rhs, energies, passed.
+def _check_items() -> np.ndarray:
+    """Which gathered DFT value each row of the exact checks' values holds (see _check).
 
-    energies rows 0-2: the window's energy, its louder chunk's, 1 (the level bound);
-    rows 3-6: the gathered chunk sum, chunk energy, window sum, window energy.
+    The gather holds, for each window before the HISTORY_WINDOWS - 1 before it (w, newest first),
+    the real and imaginary part of the chosen low and high bin: row 4 w + 2 part + group. The
+    values: rows 0-15 the real, then the imaginary part of each window, low and high bin, whose
+    squares give the powers; rows 16-23 and 24-31: x0 and x2 (the window and the one two hops
+    before) as re, im, im, re; rows 32-39: x1 as re, im, re, im.
     """
-    lhs = np.empty((6, n), dtype=np.float32)
-    rhs = np.empty((6, n), dtype=np.float32)
-    rhs[0:2] = np.float32(an.min_tone_power)
-    energies = np.empty((7, n), dtype=np.float32)
-    energies[2] = 1.0
-    return lhs, rhs, energies, np.empty((12, n), dtype=np.bool_)
+    re, im = 0, 1
+    items = [(part, w, g) for part in (re, im) for w in range(HISTORY_WINDOWS) for g in (0, 1)]
+    for w, parts in ((0, (re, im, im, re)), (2, (re, im, im, re)), (1, (re, im, re, im))):
+        items += [(part, w, g) for part in parts for g in (0, 1)]
+    return np.array([4 * w + 2 * part + g for part, w, g in items])
+
+
+_ITEM_SOURCE = _check_items()
+_CHECK_MIN_COLUMNS = 8
+"""The exact checks' work arrays come in widths of 8, 16, 32, ... windows (padded with copies)."""
+
+
+class _CheckPlan:
+    """The work arrays of the exact checks for up to m windows and their views, made once (see _check).
+
+    Each dtype's arrays are rows of one buffer (few cache lines, one allocation); every view a
+    step of _check uses is made here, so that each step is one ufunc call on contiguous rows.
+    """
+
+    def __init__(self, an: _Analysis, m: int) -> None:
+        h = HISTORY_WINDOWS
+        f = np.empty((148, m), dtype=np.float32)
+        i = np.empty((3 + 4 + 6 * h + 1, m), dtype=np.intp)
+        self.cand = i[0]
+        self.bins = i[1:3]
+        self.dft_rows = i[3:7]  # low re, high re, low im, high im: DFT row of the chosen bins
+        self.where = i[7:7 + 2 * h].reshape(2, h, m)
+        self.offset, self.stride = self.where[0][:, None, :], self.where[1][:, None, :]
+        self.idx = i[7 + 2 * h:7 + 6 * h].reshape(h, 4, m)
+        self.keys = i[7 + 6 * h]
+        self.mag, f = f[:8], f[8:]
+        self.mag_groups = self.mag.reshape(2, 4, m)
+        self.dft_rows_by_part = self.dft_rows.reshape(2, 2, m)
+        self.dft, f = f[:4 * h], f[4 * h:]  # (window, part, group): the chosen bins' values
+        self.dft_by_window = self.dft.reshape(h, 4, m)
+        self.g, f = f[:40], f[40:]
+        self.re_im = self.g[:16]
+        self.x0_sum, self.x0_diff = self.g[16:20], self.g[20:24]
+        self.x2_sum, self.x2_diff = self.g[24:28], self.g[28:32]
+        self.x1 = self.g[32:40]
+        self.hop_tol, f = f[:4], f[4:]
+        self.hop, self.tol = self.hop_tol[:2], self.hop_tol[2:]
+        self.sd, f = f[:8], f[8:]
+        self.sd_sum, self.sd_diff = self.sd[:4], self.sd[4:]
+        self.cross, f = f[:8], f[8:]
+        self.cross_re_a, self.cross_re_b = self.cross[0:2], self.cross[2:4]
+        self.cross_im_a, self.cross_im_b = self.cross[4:6], self.cross[6:8]
+        self.cross_re, self.cross_im, self.turn, self.phase, f = f[0:2], f[2:4], f[4:6], f[6:8], f[8:]
+        self.abs_phase, self.step, self.correction, f = f[0:2], f[2:4], f[4:6], f[6:]
+        self.squares, f = f[:4 * h], f[4 * h:]
+        self.squares_re, self.squares_im = self.squares[:2 * h], self.squares[2 * h:]
+        self.powers, f = f[:2 * h], f[2 * h:]
+        self.powers_by_window = self.powers.reshape(h, 2, m)
+        self.pair_low = self.powers[0:2 * h:2 * (h - 1)]  # low bin's, this window and the oldest
+        self.pair_high = self.powers[1:2 * h:2 * (h - 1)]
+        self.pair_powers, self.held_bound, self.total, f = f[0:2], f[2], f[3:5], f[5:]
+        self.p, f = f[:4], f[4:]
+        self.p_window, self.p_total = self.p[:2], self.p[2:]
+        self.p_low, self.p_high = self.p[0::2], self.p[1::2]
+        self.bound, self.normal_bounds, self.reverse_bounds, f = f[0:2], f[2:4], f[4:6], f[6:]
+        self.normal_bounds[:] = an.twist_bounds[:, 0]
+        self.reverse_bounds[:] = -an.twist_bounds[:, 1]
+        self.e, f = f[:7], f[7:]
+        self.e[6] = 1.0
+        self.stats = self.e[:4]
+        self.sum_and_chunk_sum = self.e[2::-2]
+        self.energy_rows = self.e[3:7]
+        self.half_two, self.halves, f = f[0:2], f[2:4], f[4:]
+        self.half_two[:] = an.half_two32
+        assert f.shape[0] == 0
+        d = np.empty((12, m), dtype=np.float64)
+        self.pair_bounds, self.energy_bounds, self.pair64 = d[:4], d[4:8], d[8:]
+        self.pair_bounds[:] = an.pair_bounds
+        b = np.empty((13, m), dtype=np.bool_)
+        self.passed, self.flag = b[:12], b[12]
+        self.in_band, self.level = self.passed[0:2], self.passed[2:4]
+        self.normal, self.reverse = self.passed[4:6], self.passed[6:8]
+        self.summed_twist = self.passed[5:8:2]
+        self.energy_passed = self.passed[8:12]
+        if an.level_implied:
+            self.level[:] = True
 
 
 class _Plan:
@@ -339,7 +437,7 @@ class DetectorBank:
         self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._window_history: dict[tuple[int, int], np.ndarray] = {}
         self._plans: dict[tuple[int, int], _Plan] = {}
-        self._check_buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._check_plans: dict[int, _CheckPlan] = {}
         self._grow(capacity)
 
     @property
@@ -615,103 +713,141 @@ class DetectorBank:
             return cand[twisted], strongest[:, twisted]
         return cand, strongest
 
-    def _check_operands(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The exact checks' in-place operands for n windows, kept per n."""
-        operands = self._check_buffers.get(n)
-        if operands is None:
-            if len(self._check_buffers) > 256:
-                self._check_buffers.clear()
-            operands = self._check_buffers[n] = _check_operands(self._an, n)
-        return operands
+    def _check_plan(self, m: int) -> _CheckPlan:
+        """The exact checks' work arrays for m windows, kept per m (a few widths)."""
+        plan = self._check_plans.get(m)
+        if plan is None:
+            plan = self._check_plans[m] = _CheckPlan(self._an, m)
+        return plan
 
     def _check(self, cand: np.ndarray, strongest: np.ndarray, c: int, mag: np.ndarray, z_and_carry: np.ndarray,
                energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Full Q.24 checks on the windows that passed the gate: the hit windows and their keys."""
+        """Full Q.24 checks on the windows that passed the gate: the hit windows and their keys.
+
+        All candidate windows of all streams at once, as rows of (values, n) work arrays made once
+        per n (see _CheckPlan): the count of numpy calls, not their size, is the cost here, and a
+        call over contiguous rows with its output given is the cheapest kind. Every value is
+        computed in the same dtype and order as the checks were written in, so every decision is
+        the same.
+        """
         an = self._an
+        add, subtract, multiply = np.add, np.subtract, np.multiply
         kc = mag.shape[1]
         n = cand.size
-        bins = mag.take(cand, axis=1).reshape(2, 4, n).argmax(axis=1)  # strongest low and high bin
-        freq_idx = bins + _GROUP_BASE
+        m = max(_CHECK_MIN_COLUMNS, 1 << (n - 1).bit_length())
+        w = self._check_plan(m)
+        if n < m:
+            # Padded with copies of the first window: the same results, never counted.
+            w.cand[:n] = cand
+            w.cand[n:] = cand[0]
+            columns = w.cand
+        else:
+            columns = cand
+        # The strongest low and high bin, and the DFT rows of their real and imaginary parts.
+        mag.take(columns, axis=1, out=w.mag, mode="clip")
+        w.mag_groups.argmax(axis=1, out=w.bins)
+        add(w.bins, _GROUP_ROWS, w.dft_rows_by_part)
         # Re and im of the chosen bins in the window and the ones before it, from this
-        # call's windows or the stream's carry, in one gather: (re/im, low/high, window, n).
+        # call's windows or the stream's carry (where: offset and stride of each), in one
+        # gather: (window, re/im, low/high), then in the rows the steps below take them in.
         where = self._window_history.get((kc, c))
         if where is None:
             if len(self._window_history) > 256:
                 self._window_history.clear()
             where = self._window_history[(kc, c)] = _window_history(kc, c)
-        offset, stride = where.take(cand, axis=2)
-        parts = z_and_carry.take((freq_idx + _IM_ROWS)[:, :, None, :] * stride + offset, mode="clip")
+        where.take(columns, axis=2, out=w.where, mode="clip")
+        multiply(w.dft_rows, w.stride, w.idx)
+        add(w.idx, w.offset, w.idx)
+        z_and_carry.take(w.idx, out=w.dft_by_window, mode="clip")
+        w.dft.take(_ITEM_SOURCE, axis=0, out=w.g, mode="clip")
+        # Each chosen bin's nominal hop phase and frequency tolerance.
+        an.hop_tol.take(w.dft_rows, out=w.hop_tol, mode="clip")
         # The phase advance of each bin over one hop, averaged over two hops
         # (angle of x0 x1* + x1 x2*), against the advance of a tone at the nominal
-        # frequency, gives the tone's frequency offset.
-        middle = parts[:, :, 1]
-        cross = middle * (parts[:, :, 0] + parts[:, :, 2])
-        cross_re = cross[0] + cross[1]
-        cross = middle * (parts[::-1, :, 0] - parts[::-1, :, 2])
-        cross_im = cross[0] - cross[1]
-        phase = np.arctan2(cross_im, cross_re) - an.hop_phase.take(freq_idx)
-        phase = np.remainder(phase + np.pi, 2 * np.pi) - np.pi
-        # Every check is one row of `passed`, written in place and reduced once:
-        #   rows 0-1: each tone's level;
-        #   rows 2-5: Q.24 twist, high tone up to 8 dB below (high >= low * normal) or
-        #             4 dB above the low one (-high >= -low * reverse): rows 4-5 on the
-        #             tone powers summed over the window and the HISTORY_WINDOWS - 1
-        #             before it, rows 2-3 on this window's with WINDOW_TWIST_SLACK_DB more;
-        #   rows 6-8: the pair against the purity and coverage bounds and its level;
-        #   rows 9-10: Q.24 frequency, accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %.
-        lhs, rhs, e, passed = self._check_operands(n)
-        in_band = np.less_equal(np.abs(phase), an.freq_tol_rad.take(freq_idx), out=passed[9:11])
-        if n < _FEW_CANDIDATES:
-            # Most speech windows that reach this point fail here: the other checks run
-            # on the ones left.
-            in_band = in_band.all(axis=0)
-            n_left = np.count_nonzero(in_band)
-            if n_left == 0:
-                return None
-            if n_left < n:
-                cand, strongest, phase, bins = cand[in_band], strongest[:, in_band], phase[:, in_band], bins[:, in_band]
-                parts = parts[..., in_band]
-                n = n_left
-                lhs, rhs, e, passed = self._check_operands(n)
-                passed[9:11] = True
+        # frequency, gives the tone's frequency offset: re x1 (re x0 + re x2) + im x1 (im x0 +
+        # im x2) and re x1 (im x0 - im x2) - im x1 (re x0 - re x2), one product for the four terms.
+        add(w.x0_sum, w.x2_sum, w.sd_sum)
+        subtract(w.x0_diff, w.x2_diff, w.sd_diff)
+        multiply(w.sd, w.x1, w.cross)
+        add(w.cross_re_a, w.cross_re_b, w.cross_re)
+        subtract(w.cross_im_a, w.cross_im_b, w.cross_im)
+        turn = w.turn
+        np.arctan2(w.cross_im, w.cross_re, turn)
+        subtract(turn, w.hop, turn)
+        add(turn, an.pi32, turn)
+        np.remainder(turn, an.two_pi32, turn)
+        phase = subtract(turn, an.pi32, w.phase)
+        # Every check is one row of `passed`, reduced once:
+        #   rows 0-1: Q.24 frequency, accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %;
+        #   rows 2-3: each tone's level;
+        #   rows 4-7: Q.24 twist, high tone up to 8 dB below (high >= low * normal, rows 4-5)
+        #             or 4 dB above the low one (high <= low * reverse, rows 6-7): rows 4 and 6
+        #             on this window's with WINDOW_TWIST_SLACK_DB more, rows 5 and 7 on the tone
+        #             powers summed over the window and the HISTORY_WINDOWS - 1 before it;
+        #   rows 8-11: the pair against the purity bound, the coverage bound (each chunk
+        #             about the window's mean) and its level.
+        passed = w.passed
+        np.less_equal(np.abs(phase, w.abs_phase), w.tol, w.in_band)
+        if n < _FEW_CANDIDATES and not np.logical_and(w.in_band[0], w.in_band[1], w.flag).any():
+            # Most speech windows that reach this point fail here.
+            return None
         # Tone powers, corrected for the window's roll-off at the estimated offset.
-        step = ((phase + np.pi) * an.power_steps_per_rad + 0.5).astype(np.intp)
-        correction = an.power_per_mag.take(step, mode="clip")
-        p = np.multiply(strongest, correction, out=lhs[0:2])
-        # The tone's twist over 25 ms (the window and the three before it, the same
-        # roll-off correction): a quarter of one window's noise and of the leakage between
-        # the two tones, whose beat turns between windows. Row 11: the tone is too new for
-        # it (see HELD_RATIO).
-        parts *= parts
-        powers = parts.sum(axis=0)  # (low/high, window, n)
-        pair_powers = powers[0] + powers[1]
-        np.less(pair_powers[HISTORY_WINDOWS - 1], HELD_RATIO * pair_powers[0], out=passed[11])
-        p_tone = powers.sum(axis=1)
-        p_tone *= correction
-        np.multiply(p[1], an.twist_signs, out=lhs[2:4])
-        np.multiply(p_tone[1], an.twist_signs, out=lhs[4:6])
-        np.multiply(p[0], an.twist_bounds[0:2], out=rhs[2:4])
-        np.multiply(p_tone[0], an.twist_bounds[2:4], out=rhs[4:6])
-        np.greater_equal(lhs, rhs, out=passed[0:6])
-        passed[4:6] |= passed[11]
-        pair = p[0] + p[1]
+        # (phase + pi is `turn` again on every window in band: turn - pi is exact there, see
+        # _Analysis; the others never hit.)
+        step = multiply(turn, an.power_steps32, w.step)
+        add(step, an.half32, step)
+        an.power_per_mag.take(step.astype(np.intp), out=w.correction, mode="clip")
+        # Each window's power per bin, and their sum over the window and the three before it,
+        # in that order: the tone's twist over 25 ms (a quarter of one window's noise and of
+        # the leakage between the two tones, whose beat turns between windows), with the same
+        # roll-off correction.
+        multiply(w.re_im, w.re_im, w.squares)
+        add(w.squares_re, w.squares_im, w.powers)
+        total, powers = w.total, w.powers_by_window
+        add(powers[0], powers[1], total)
+        for i in range(2, HISTORY_WINDOWS):
+            add(total, powers[i], total)
+        # p: low and high this window, low and high summed.
+        p = w.p
+        multiply(powers[0], w.correction, w.p_window)
+        multiply(total, w.correction, w.p_total)
+        if not an.level_implied:
+            np.greater_equal(w.p_window, an.min_tone32, w.level)
+        multiply(w.p_low, w.normal_bounds, w.bound)
+        np.greater_equal(w.p_high, w.bound, w.normal)
+        multiply(w.p_low, w.reverse_bounds, w.bound)
+        np.less_equal(w.p_high, w.bound, w.reverse)
+        # The summed twist decides once the tone is old enough (see HELD_RATIO); before,
+        # rows 5 and 7 pass.
+        add(w.pair_low, w.pair_high, w.pair_powers)
+        multiply(w.pair_powers[0], an.held32, w.held_bound)
+        np.less(w.pair_powers[1], w.held_bound, w.flag)
+        np.logical_or(w.summed_twist, w.flag, w.summed_twist)
         # Energies are stored over the purity bound (see _Analysis.scaled_ones): the
-        # window's without its mean (purity) and the louder of its two chunks' (coverage),
-        # each chunk taken about the window's mean; row 2 is 1.
-        g = energies.take(cand, axis=1, out=e[3:7])
-        chunk_sum, chunk_energy, window_sum = g[0], g[1], g[2]
-        # The closing chunk about the window's mean m: E2 - 2 m s2 + 40 m^2, on the scale
-        # of the sums: E2 + S (S / 2 - 2 s2); the opening chunk holds the rest.
-        closing = chunk_energy + window_sum * (0.5 * window_sum - 2.0 * chunk_sum)
-        e[0] = g[3]
-        np.maximum(g[3] - closing, closing, out=e[1])
-        np.greater_equal(pair, e[0:3] * an.pair_bounds, out=passed[6:9])
-        hit = passed[:11].all(axis=0).nonzero()[0]
+        # window's without its mean (purity) and each of its two chunks' about the window's
+        # mean (coverage); row 6 is 1. The closing chunk about the window's mean m:
+        # E2 - 2 m s2 + 40 m^2, on the scale of the sums: E2 + S (S / 2 - 2 s2); the
+        # opening chunk holds the rest.
+        e = w.e
+        energies.take(columns, axis=1, out=w.stats, mode="clip")
+        multiply(w.sum_and_chunk_sum, w.half_two, w.halves)  # S / 2, 2 s2
+        subtract(w.halves[0], w.halves[1], e[5])
+        multiply(e[2], e[5], e[5])
+        add(e[1], e[5], e[5])
+        subtract(e[3], e[5], e[4])
+        add(p[0], p[1], w.pair64)
+        multiply(w.energy_rows, w.pair_bounds, w.energy_bounds)
+        np.greater_equal(w.pair64, w.energy_bounds, w.energy_passed)
+        hits = np.minimum.reduce(passed, axis=0, out=w.flag)
+        if n < m:
+            hits[n:] = False
+        hit = hits.nonzero()[0]
         if hit.size == 0:
             return None
+        keys = add(multiply(w.bins[0], 4, w.keys), w.bins[1], w.keys)
         if hit.size < n:
-            cand, bins = cand[hit], bins[:, hit]
-        return cand, bins[0] * 4 + bins[1]
+            return cand.take(hit), keys.take(hit)
+        return cand, keys[:n].copy()
 
     def _advance_few(self, slots: np.ndarray, hits: list[list[int]], c: int) -> list[DetectorEvent]:
         """`_advance` for a few streams, their keys per window given as lists."""
