@@ -11,7 +11,8 @@
  * current attributes, read through the slot offsets of `gateway.media.relay.Leg`: a leg
  * that masks, holds, converts, plays a feedback tone, uses SRTP, renumbers, or whose
  * packet is not the next of its stream, from its latched source, of its audio payload type,
- * with a plain 12-byte header, goes the Python way. So no change of mode (a capture
+ * with a plain 12-byte header, goes the Python way (a leg that withheld RFC 4733 packets in a
+ * capture is renumbered here as there: sequence number minus `seq_offset`). So no change of mode (a capture
  * starting) can find a stale copy here: the fast path forwards exactly the packets that
  * `Relay.receive_rtp` would forward bit-exact with nothing but the PT byte remapped, and
  * updates the same two fields it would (`rx_next`, `last_rx_s`).
@@ -284,7 +285,7 @@ static PyObject *FastRelay_close(FastRelay *self, PyObject *Py_UNUSED(ignored)) 
 /* Whether `Relay.receive_rtp` would forward this datagram with only its PT byte remapped
  * (and, on an inspected leg, queue it for the detector). Fills *out_pt and *queue. */
 static int is_plain(FastRelay *self, Entry *e, PyObject *leg, const unsigned char *buf, ssize_t n,
-                    const struct sockaddr_in *from, unsigned *out_pt, int *queue, PyObject **peer_out) {
+                    const struct sockaddr_in *from, unsigned *out_pt, int *queue, long *seq_offset) {
     const Py_ssize_t *off = self->off;
     if (n < 12 || buf[0] != 0x80)
         return 0;
@@ -307,7 +308,8 @@ static int is_plain(FastRelay *self, Entry *e, PyObject *leg, const unsigned cha
     unsigned seq = ((unsigned)buf[2] << 8) | buf[3];
     if (!long_is(slot_get(leg, off[F_RX_NEXT]), (long)seq))
         return 0; /* a gap, a late packet, a new stream: RFC 3550 A.1 the long way */
-    if (!long_is(slot_get(leg, off[F_SEQ_OFFSET]), 0))
+    *seq_offset = long_or(slot_get(leg, off[F_SEQ_OFFSET]), -1);
+    if (*seq_offset < 0 || *seq_offset > 0xFFFF)
         return 0;
     if (slot_get(leg, off[F_XLATE]) != Py_None)
         return 0;
@@ -337,7 +339,6 @@ static int is_plain(FastRelay *self, Entry *e, PyObject *leg, const unsigned cha
         return 0;
     if (!cached_addr(slot_get(peer, off[F_RTP_DEST]), &e->dest_key, &e->dest, &e->dest_ok))
         return 0;
-    *peer_out = peer;
     return 1;
 }
 
@@ -474,8 +475,8 @@ static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
         PyObject *leg = e->leg;
         unsigned out_pt = NO_PT;
         int queue = 0;
-        PyObject *peer = NULL;
-        if (!is_plain(self, e, leg, buf, n, from, &out_pt, &queue, &peer)) {
+        long seq_offset = 0;
+        if (!is_plain(self, e, leg, buf, n, from, &out_pt, &queue, &seq_offset)) {
             if (PyErr_Occurred() || hand_back(&slow, leg, buf, n, from) < 0)
                 goto error;
             continue;
@@ -518,11 +519,15 @@ static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
         slot_set(leg, off[F_LAST_RX_S], now);
         if (out_pt != (buf[1] & 0x7Fu))
             buf[1] = (unsigned char)((buf[1] & 0x80) | out_pt);
+        if (seq_offset) {
+            unsigned out_seq = (seq - (unsigned)seq_offset) & 0xFFFF;
+            buf[2] = (unsigned char)(out_seq >> 8);
+            buf[3] = (unsigned char)(out_seq & 0xFF);
+        }
         relayed[e->direction]++;
         relayed_bytes[e->direction] += n;
         if (sendto(e->peer_fd, buf, (size_t)n, 0, (struct sockaddr *)&e->dest, sizeof(e->dest)) < 0)
             send_err[e->direction]++;
-        (void)peer;
     }
     PyObject *result = Py_BuildValue("(O(llllllllll))", slow ? slow : Py_None,
                                      relayed[0], relayed_bytes[0], recv_err[0], send_err[0],
