@@ -83,7 +83,7 @@ import struct
 from bisect import bisect_left
 from collections import deque
 from heapq import heappop, heappush
-from itertools import repeat
+from itertools import chain, repeat
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,6 +110,8 @@ LOOKAHEAD_BOUNDS_S: tuple[float, ...] = (
     1e-3, 5e-3, 10e-3, 15e-3, 19e-3, 20e-3, 20.5e-3, 21e-3, 22e-3, 25e-3, 30e-3, 40e-3, 60e-3, 100e-3,
 )
 """Hold-time buckets of released capture packets: one packet time (20 ms) plus what the relay adds."""
+LATER_VALUES = 4096
+"""Hold times a lazily binned histogram keeps before it bins them (bounded memory)."""
 DETECT_WINDOW_S = 0.010
 """Oldest pass-through row's wait before the detector runs: the bound on extra decision delay."""
 DETECT_BATCH_ROWS = 256
@@ -248,12 +250,14 @@ class SourceLatched:
 class CountHistogram:
     """Fixed buckets as plain ints: a numpy element update costs more than a hot-path observation."""
 
-    __slots__ = ("bounds_s", "counts", "sum_s")
+    __slots__ = ("bounds_s", "counts", "sum_s", "_later", "_later_n")
 
     def __init__(self, bounds_s: tuple[float, ...]) -> None:
         self.bounds_s = bounds_s
         self.counts = [0] * (len(bounds_s) + 1)
         self.sum_s = 0.0
+        self._later: list[tuple[float, list[float]]] = []
+        self._later_n = 0
 
     def observe(self, value_s: float, n: int = 1) -> None:
         self.counts[bisect_left(self.bounds_s, value_s)] += n
@@ -271,8 +275,28 @@ class CountHistogram:
             self.counts[i] += c
         self.sum_s += float(values.sum())
 
+    def observe_since_later(self, now: float, since: list[float]) -> None:
+        """`observe_since`, binned at the next `histogram()` or once `LATER_VALUES` wait: one
+        numpy pass for many batches (the capture path's few rows per loop iteration)."""
+        self._later.append((now, since))
+        self._later_n += len(since)
+        if self._later_n >= LATER_VALUES:
+            self._fold_later()
+
+    def _fold_later(self) -> None:
+        later, self._later, self._later_n = self._later, [], 0
+        if not later:
+            return
+        nows = np.repeat(np.array([t for t, _ in later]), [len(s) for _, s in later])
+        values = nows - np.fromiter(chain.from_iterable(s for _, s in later), dtype=np.float64, count=len(nows))
+        counts = np.bincount(np.searchsorted(self.bounds_s, values, side="left"), minlength=len(self.counts))
+        for i, c in enumerate(counts.tolist()):
+            self.counts[i] += c
+        self.sum_s += float(values.sum())
+
     def histogram(self) -> Histogram:
         """The exporter's view, built at scrape time."""
+        self._fold_later()
         hist = Histogram(self.bounds_s)
         hist.counts[:] = self.counts
         hist.sum_s = self.sum_s
@@ -399,9 +423,9 @@ class Leg:
         self.last_rx_s: float | None = None
         self.seq_offset = 0
         """Packets withheld from the peer so far; subtracted from outgoing sequence numbers."""
-        self.held: tuple[bytes, int, float, float] | None = None
-        """Capture look-ahead: (packet as it would leave unmasked, payload offset, receive time,
-        release deadline) of the packet the masker holds."""
+        self.held: tuple[Leg, bytes, int, float] | None = None
+        """Capture look-ahead: the masker row of the packet the masker holds, (this leg, packet as
+        it would leave unmasked, payload offset, receive time); its deadline is `_hold_deadline`."""
         self.slot = -1
         self.mask_slot = -1
         self.is_alaw = False
@@ -518,20 +542,27 @@ class Relay:
         # payload offset, receive time); the payload is the packet from its offset on.
         self._mask_rows: list[tuple[Leg, bytes, int, float]] = []
         self._mask_plain = True
-        """Every waiting row is a 172-byte mu-law packet with its 160-byte payload at 12: the
-        masker's codes are one reshape of the joined packets (no slice per row)."""
+        """Every waiting row is a 172-byte mu-law packet with its 160-byte payload at 12, received
+        no earlier than the masked row before it: the masker's codes are one reshape of the joined
+        packets, and the rows' release deadlines follow their order (see `_deadline_fifo`)."""
+        self._mask_last_rx = float("-inf")
+        """Receive time of the last masked row."""
         self._mask_since: float | None = None
         """Receive time of the oldest masked row waiting for the masker."""
         self._next_sample_s: float | None = None
         self._holding: dict[Leg, None] = {}
         """Capturing legs with a held packet (each has a release deadline)."""
-        self._deadline_fifo: deque[tuple[float, int, Leg]] = deque()
-        """(release deadline, tie-break, leg) per held packet, in arrival order. A 20 ms packet's
-        deadline follows its arrival, so this stays sorted with an append and a popleft per packet;
-        an entry whose leg holds no packet or another deadline is stale and dropped when met."""
+        self._deadline_fifo: deque[tuple[int, list[tuple[Leg, bytes, int, float]]]] = deque()
+        """Release deadlines of held packets from plain masker batches: (tie-break of the first,
+        the batch's captured rows), one entry per batch. Their deadlines (arrival + 20 ms) follow
+        arrival, so the FIFO is sorted; `_fifo_pos` is the next row of the front batch. An entry
+        whose leg holds no packet or one with another deadline is stale and dropped when met."""
+        self._fifo_pos = 0
         self._deadlines: list[tuple[float, int, Leg]] = []
-        """Heap of the entries that would unsort the FIFO (a shorter packet after a longer one)."""
+        """Heap of (release deadline, tie-break, leg) of the other held packets (odd sizes, A-law,
+        padding, out-of-order clock readings), stale entries likewise."""
         self._deadline_n = 0
+        """Tie-break: held packets in arrival order, across the FIFO and the heap."""
 
     # ---- calls -----------------------------------------------------------------
 
@@ -632,12 +663,12 @@ class Relay:
         held, leg.held = leg.held, None
         self._holding.pop(leg, None)
         if held is not None:
-            pkt, start = held[0], held[1]
+            _, pkt, start, rx = held
             sent = self._forward_built(leg, pkt[:start] + self._masked_body(leg, pkt[start:], last))
             if sent is not None:
                 sends.append(sent)
                 if now is not None:
-                    self.stats.lookahead.observe(now - held[2])
+                    self.stats.lookahead.observe(now - rx)
             self.stats.captured += 1
         return sends
 
@@ -786,8 +817,9 @@ class Relay:
                         if self.mask_window_s:
                             self.timer_changed = True
                     rows.append((leg, data, start, now))
-                    if start != 12 or end - start != 160 or leg.is_alaw:
+                    if start != 12 or end - start != 160 or leg.is_alaw or now < self._mask_last_rx:
                         self._mask_plain = False
+                    self._mask_last_rx = now
                     self.wake = True
                     self.stats.relayed_bytes[d] += n
                     return None
@@ -914,7 +946,7 @@ class Relay:
         if deadline is not None and deadline <= now:
             due = []
             for leg in self._pop_deadlines(now):
-                if leg.held is not None and leg.held[3] <= now and leg not in due:
+                if leg.held is not None and _hold_deadline(leg.held) <= now and leg not in due:
                     due.append(leg)
             if due:
                 if self._mask_rows:
@@ -922,7 +954,7 @@ class Relay:
                     sends = self._run_masker(now)
                 for leg in due:
                     held = leg.held
-                    if held is not None and held[3] <= now:
+                    if held is not None and _hold_deadline(held) <= now:
                         sent = self._release_held(leg, now)
                         if sent is not None:
                             sends.append(sent)
@@ -941,33 +973,51 @@ class Relay:
     # ---- internals -------------------------------------------------------------
 
     def _next_deadline(self) -> float | None:
-        """Earliest release deadline of a held packet; stale entries are dropped on the way."""
-        holding = self._holding
+        """Earliest release deadline of a held packet; stale entries are dropped on the way.
+
+        The FIFO and the heap are read as one queue in (deadline, tie-break) order, the order
+        a single heap of every entry would give.
+        """
+        holding, heap = self._holding, self._deadlines
+        while True:
+            entry = self._fifo_peek()
+            if entry is None or (heap and heap[0][:2] < entry[:2]):
+                if not heap:
+                    return None
+                entry, from_fifo = heap[0], False
+            else:
+                from_fifo = True
+            deadline, _, leg = entry
+            held = leg.held
+            if held is not None and _hold_deadline(held) == deadline and leg in holding:
+                return deadline
+            if from_fifo:
+                self._fifo_pos += 1
+            else:
+                heappop(heap)
+
+    def _fifo_peek(self) -> tuple[float, int, Leg] | None:
+        """(deadline, tie-break, leg) of the FIFO's first entry, live or stale, left in place."""
         fifo = self._deadline_fifo
         while fifo:
-            deadline, _, leg = fifo[0]
-            held = leg.held
-            if held is not None and held[3] == deadline and leg in holding:
-                break
+            tie, rows = fifo[0]
+            i = self._fifo_pos
+            if i < len(rows):
+                row = rows[i]
+                return _hold_deadline(row), tie + i, row[0]
             fifo.popleft()
-        heap = self._deadlines
-        while heap:
-            deadline, _, leg = heap[0]
-            held = leg.held
-            if held is not None and held[3] == deadline and leg in holding:
-                break
-            heappop(heap)
-        if fifo:
-            return min(fifo[0][0], heap[0][0]) if heap else fifo[0][0]
-        return heap[0][0] if heap else None
+            self._fifo_pos = 0
+        return None
 
     def _pop_deadlines(self, now: float) -> list[Leg]:
         """Legs of the entries due by `now`, in (deadline, arrival) order, taken off the FIFO and heap."""
-        fifo, heap = self._deadline_fifo, self._deadlines
+        heap = self._deadlines
         legs = []
         while True:
-            if fifo and fifo[0][0] <= now and not (heap and heap[0][:2] < fifo[0][:2]):
-                legs.append(fifo.popleft()[2])
+            f = self._fifo_peek()
+            if f is not None and f[0] <= now and not (heap and heap[0][:2] < f[:2]):
+                legs.append(f[2])
+                self._fifo_pos += 1
             elif heap and heap[0][0] <= now:
                 legs.append(heappop(heap)[2])
             else:
@@ -1062,38 +1112,35 @@ class Relay:
             state = [None] * k
         sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
         held_since: list[float] = []
-        fifo = self._deadline_fifo
-        last = fifo[-1][0] if fifo else float("-inf")
         tie = self._deadline_n
-        captured = relayed = 0
-        for (leg, pkt, start, rx), st in zip(rows, state):
+        captured = relayed = n_held = 0
+        for row, st in zip(rows, state):
+            leg = row[0]
             if leg.capturing:
                 # The row's masker output is the held packet's, masked with this one as look-ahead.
                 held = leg.held
-                # One packet time (G.711: a byte per sample) after arrival, then it leaves regardless.
-                deadline = rx + (len(pkt) - start) / leg.clock_hz + HOLD_SLACK_S
-                leg.held = (pkt, start, rx, deadline)
-                tie += 1
-                if deadline >= last:
-                    fifo.append((deadline, tie, leg))
-                    last = deadline
-                else:
-                    heappush(self._deadlines, (deadline, tie, leg))
+                leg.held = row
+                n_held += 1
+                if not plain:
+                    # Its own deadline entry (a plain batch gets one FIFO entry below).
+                    tie += 1
+                    heappush(self._deadlines, (_hold_deadline(row), tie, leg))
                 if held is None:
                     # A new deadline, earlier than none the edge's timer knows of.
                     self._holding[leg] = None
                     self.timer_changed = True
                     continue
-                pkt = held[0]
+                _, pkt, start, rx = held
                 if st != -1:
-                    pkt = self._masked_packet(leg, pkt, held[1], None if st is None else out[st])  # type: ignore[index]
+                    pkt = self._masked_packet(leg, pkt, start, None if st is None else out[st])  # type: ignore[index]
                     if st is not None:
-                        leg.last_masked_s = held[2]
+                        leg.last_masked_s = rx
                 elif leg.xlate is not None:
-                    pkt = pkt[:held[1]] + pkt[held[1]:].translate(leg.xlate)
-                held_since.append(held[2])
+                    pkt = pkt[:start] + pkt[start:].translate(leg.xlate)
+                held_since.append(rx)
             elif leg.always:
                 # mask = "always" outside a capture: this packet itself, masked without look-ahead.
+                _, pkt, start, _ = row
                 if st != -1:
                     pkt = self._masked_packet(leg, pkt, start, None if st is None else out[st])  # type: ignore[index]
                 elif leg.xlate is not None:
@@ -1112,12 +1159,16 @@ class Relay:
                 sent = self._forward_built(leg, pkt)
                 if sent is not None:
                     sends.append(sent)
+        if plain and n_held:
+            held_rows = rows if n_held == k else [r for r in rows if r[0].capturing]
+            self._deadline_fifo.append((tie + 1, held_rows))
+            tie += n_held
         self._deadline_n = tie
         stats = self.stats
         stats.captured += captured
         stats.relayed[CALLER_TO_AGENT] += relayed
         if now is not None and held_since:
-            stats.lookahead.observe_since(now, held_since)
+            stats.lookahead.observe_since_later(now, held_since)
         return sends
 
     def _release_held(self, leg: Leg, now: float) -> tuple[Leg, bytes, tuple[str, int]] | None:
@@ -1131,14 +1182,14 @@ class Relay:
         """
         held, leg.held = leg.held, None
         self._holding.pop(leg, None)
-        pkt, start = held[0], held[1]  # type: ignore[index]
+        _, pkt, start, rx = held  # type: ignore[misc]
         payload = pkt[start:]
         last = None
         if len(payload) == 160 and self.masker is not None and leg.mask_slot >= 0:
             last = self.masker.flush(leg.mask_slot)
         body = self._masked_body(leg, payload, last)
         if last is not None and last[1]:
-            leg.last_masked_s = held[2]  # type: ignore[index]
+            leg.last_masked_s = rx
         if last is not None and len(body) >= TAIL_SAMPLES:
             codec = leg.media.codec if leg.media is not None else "PCMU"
             tail = DECODE_TABLES[codec][np.frombuffer(payload, dtype=np.uint8, offset=len(payload) - TAIL_SAMPLES)]
@@ -1146,7 +1197,7 @@ class Relay:
                 out_codec = leg.peer.media.codec if leg.peer.media is not None else codec
                 body = body[:-TAIL_SAMPLES] + bytes([SILENCE_CODES[out_codec]]) * TAIL_SAMPLES
         self.stats.captured += 1
-        self.stats.lookahead.observe(now - held[2])  # type: ignore[index]
+        self.stats.lookahead.observe(now - rx)
         return self._forward_built(leg, pkt[:start] + body)
 
     def _masked_packet(self, leg: Leg, pkt: bytes, start: int, row: np.ndarray | None) -> bytes:
@@ -1415,6 +1466,13 @@ class Relay:
             self._events.append(InBandDigitDetected(leg.call.call_id, ev.digit, ev.start_sample, decided))
         else:
             self._events.append(InBandDigitEnded(leg.call.call_id, ev.digit, ev.end_sample))
+
+
+def _hold_deadline(held: tuple[Leg, bytes, int, float]) -> float:
+    """A held row's release deadline: one packet time (G.711: a byte per sample) after it arrived,
+    plus `HOLD_SLACK_S`; then it leaves whether its successor came or not."""
+    leg, pkt, start, rx = held
+    return rx + (len(pkt) - start) / leg.clock_hz + HOLD_SLACK_S
 
 
 def _apply_media(leg: Leg, media: LegMedia) -> None:
