@@ -243,9 +243,6 @@ class _Analysis:
 
 _ANALYSIS: dict[int, _Analysis] = {}
 _POWER_STEPS = 4096
-_GROUP_ROWS = np.array([[[0], [4]], [[8], [12]]])
-"""DFT row of each group's first bin: real parts (rows 0-7), imaginary parts (rows 8-15)."""
-
 # Float carry of each stream between calls (one row per slot, gathered and
 # scattered once per call).
 _CARRY_OPEN = slice(0, 16)  # opening-half DFT of the last complete chunk (re 0-7, im 8-15)
@@ -280,6 +277,10 @@ def _check_items() -> np.ndarray:
 
 
 _ITEM_SOURCE = _check_items()
+_GATHER_GROUP = np.tile([0, 1], 2 * HISTORY_WINDOWS)
+_GATHER_ROW = np.tile([0, 4, 8, 12], HISTORY_WINDOWS)
+"""Row 4 w + 2 part + group of the gather: that group's bin + this base is its DFT row (rows 0-7: the
+real parts of the 8 bins, low group first; rows 8-15: the imaginary parts)."""
 _CHECK_MIN_COLUMNS = 8
 """The exact checks' work arrays come in widths of 8, 16, 32, ... windows (padded with copies)."""
 
@@ -294,19 +295,18 @@ class _CheckPlan:
     def __init__(self, an: _Analysis, m: int) -> None:
         h = HISTORY_WINDOWS
         f = np.empty((148, m), dtype=np.float32)
-        i = np.empty((3 + 4 + 6 * h + 1, m), dtype=np.intp)
-        self.cand = i[0]
-        self.bins = i[1:3]
-        self.dft_rows = i[3:7]  # low re, high re, low im, high im: DFT row of the chosen bins
-        self.where = i[7:7 + 2 * h].reshape(2, h, m)
-        self.offset, self.stride = self.where[0][:, None, :], self.where[1][:, None, :]
-        self.idx = i[7 + 2 * h:7 + 6 * h].reshape(h, 4, m)
-        self.keys = i[7 + 6 * h]
+        i = np.empty((4 + 20 * h, m), dtype=np.intp)
+        self.cand, self.keys, self.bins = i[0], i[1], i[2:4]
+        i = i[4:]
+        # Per window (newest first): DFT row of the low and high bin's re, then im.
+        self.dft_rows, self.dft_row_base = i[:4 * h], i[4 * h:8 * h]
+        self.dft_row_base[:] = _GATHER_ROW[:, None]
+        self.where = i[8 * h:16 * h].reshape(2, 4 * h, m)
+        self.offset, self.stride = self.where
+        self.idx = i[16 * h:]
         self.mag, f = f[:8], f[8:]
         self.mag_groups = self.mag.reshape(2, 4, m)
-        self.dft_rows_by_part = self.dft_rows.reshape(2, 2, m)
         self.dft, f = f[:4 * h], f[4 * h:]  # (window, part, group): the chosen bins' values
-        self.dft_by_window = self.dft.reshape(h, 4, m)
         self.g, f = f[:40], f[40:]
         self.re_im = self.g[:16]
         self.x0_sum, self.x0_diff = self.g[16:20], self.g[20:24]
@@ -743,10 +743,12 @@ class DetectorBank:
             columns = w.cand
         else:
             columns = cand
-        # The strongest low and high bin, and the DFT rows of their real and imaginary parts.
+        # The strongest low and high bin, and for each window the DFT rows of their real and
+        # imaginary parts.
         mag.take(columns, axis=1, out=w.mag, mode="clip")
         w.mag_groups.argmax(axis=1, out=w.bins)
-        add(w.bins, _GROUP_ROWS, w.dft_rows_by_part)
+        w.bins.take(_GATHER_GROUP, axis=0, out=w.dft_rows, mode="clip")
+        add(w.dft_rows, w.dft_row_base, w.dft_rows)
         # Re and im of the chosen bins in the window and the ones before it, from this
         # call's windows or the stream's carry (where: offset and stride of each), in one
         # gather: (window, re/im, low/high), then in the rows the steps below take them in.
@@ -758,10 +760,10 @@ class DetectorBank:
         where.take(columns, axis=2, out=w.where, mode="clip")
         multiply(w.dft_rows, w.stride, w.idx)
         add(w.idx, w.offset, w.idx)
-        z_and_carry.take(w.idx, out=w.dft_by_window, mode="clip")
+        z_and_carry.take(w.idx, out=w.dft, mode="clip")
         w.dft.take(_ITEM_SOURCE, axis=0, out=w.g, mode="clip")
         # Each chosen bin's nominal hop phase and frequency tolerance.
-        an.hop_tol.take(w.dft_rows, out=w.hop_tol, mode="clip")
+        an.hop_tol.take(w.dft_rows[:4], out=w.hop_tol, mode="clip")
         # The phase advance of each bin over one hop, averaged over two hops
         # (angle of x0 x1* + x1 x2*), against the advance of a tone at the nominal
         # frequency, gives the tone's frequency offset: re x1 (re x0 + re x2) + im x1 (im x0 +
@@ -1064,13 +1066,14 @@ class DetectorBank:
 def _window_history(kc: int, c: int) -> np.ndarray:
     """Where window t - w (w < HISTORY_WINDOWS) of each of the kc windows is in the flat z-and-carry array.
 
-    (offset, stride) for each w and window: the value of DFT row r is at offset + r * stride,
-    in the windows' rows (stride kc) or, before the stream's first new window, in its
-    carry (stride 1).
+    (offset, stride) for each w and window, 4 times (once per row of the exact checks' gather:
+    re and im of the low and the high bin, see _check): the value of DFT row r is at offset +
+    r * stride, in the windows' rows (stride kc) or, before the stream's first new window, in
+    its carry (stride 1).
     """
     q = np.arange(kc)
     s, t = np.divmod(q, c)
-    w = np.arange(HISTORY_WINDOWS)[:, None]
+    w = np.repeat(np.arange(HISTORY_WINDOWS), 4)[:, None]
     inside = t >= w
     in_carry = 16 * kc + s * _CARRY_WIDTH + _CARRY_HIST.start + 16 * (t - w + HISTORY_WINDOWS - 1)
     return np.stack([np.where(inside, q - w, in_carry), np.where(inside, kc, 1)])
