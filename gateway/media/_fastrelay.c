@@ -285,7 +285,8 @@ static PyObject *FastRelay_close(FastRelay *self, PyObject *Py_UNUSED(ignored)) 
 /* Whether `Relay.receive_rtp` would forward this datagram with only its PT byte remapped
  * (and, on an inspected leg, queue it for the detector). Fills *out_pt and *queue. */
 static int is_plain(FastRelay *self, Entry *e, PyObject *leg, const unsigned char *buf, ssize_t n,
-                    const struct sockaddr_in *from, unsigned *out_pt, int *queue, long *seq_offset) {
+                    const struct sockaddr_in *from, unsigned *out_pt, int *queue, long *seq_offset,
+                    int masked_ok, int *masked) {
     const Py_ssize_t *off = self->off;
     if (n < 12 || buf[0] != 0x80)
         return 0;
@@ -315,9 +316,18 @@ static int is_plain(FastRelay *self, Entry *e, PyObject *leg, const unsigned cha
         return 0;
     PyObject *inspect = slot_get(leg, off[F_INSPECT]);
     *queue = 0;
+    *masked = 0;
     if (inspect == Py_True) {
-        if (slot_get(leg, off[F_MASKING]) != Py_False)
+        PyObject *masking = slot_get(leg, off[F_MASKING]);
+        if (masking == Py_True) {
+            /* A masked caller packet: a row for the masker (the core's masking branch), for a
+             * plain 20 ms mu-law frame only; the peer is not involved until the masker is. */
+            if (!masked_ok || n != DET_PACKET_BYTES || slot_get(leg, off[F_IS_ALAW]) != Py_False)
+                return 0;
+            *masked = 1;
+        } else if (masking != Py_False) {
             return 0;
+        }
         long slot = long_or(slot_get(leg, off[F_SLOT]), -2);
         if (slot == -2)
             return 0;
@@ -332,6 +342,8 @@ static int is_plain(FastRelay *self, Entry *e, PyObject *leg, const unsigned cha
     } else {
         return 0;
     }
+    if (*masked)
+        return 1;
     PyObject *peer = slot_get(leg, off[F_PEER]);
     if (peer == NULL || Py_TYPE(peer) != self->leg_type)
         return 0;
@@ -423,19 +435,30 @@ static int hand_back(PyObject **slow, PyObject *leg, const unsigned char *buf, s
     return rc;
 }
 
-/* drain(now, det_slots, det_payloads) -> (slow, counts)
+/* drain(now, det_slots, det_payloads, mask_rows=None) -> (slow, counts)
  *
  * Reads one datagram from each ready socket (the poll is level-triggered: a socket with
  * more queued is ready again next time). Plain datagrams are sent from the peer leg's
  * socket at once and, on an inspected leg with a detector slot, their slot and bytes are
  * appended to the detector FIFO lists. `slow` is None or a list of (leg, datagram,
- * address) for `Relay.receive_rtp`, in arrival order. `counts` is (relayed, bytes relayed,
- * receive errors, send errors) per direction, then (rows queued, any A-law row).
+ * address) for `Relay.receive_rtp`, in arrival order. With a `mask_rows` list, a masked
+ * caller leg's plain 20 ms mu-law packet is appended to it as (leg, packet, 12, now), as the
+ * core's masking branch does (renumbered when the leg withheld packets), instead of going
+ * the Python way. `counts` is (relayed, bytes received, receive errors, send errors) per
+ * direction, then (detector rows queued, any A-law row, masker rows queued).
  */
 static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
-    PyObject *now, *det_slots, *det_payloads;
-    if (!PyArg_ParseTuple(args, "O!O!O!", &PyFloat_Type, &now, &PyList_Type, &det_slots,
-                          &PyList_Type, &det_payloads))
+    PyObject *now, *det_slots, *det_payloads, *mask_rows = Py_None;
+    if (!PyArg_ParseTuple(args, "O!O!O!|O", &PyFloat_Type, &now, &PyList_Type, &det_slots,
+                          &PyList_Type, &det_payloads, &mask_rows))
+        return NULL;
+    if (mask_rows != Py_None && !PyList_CheckExact(mask_rows)) {
+        PyErr_SetString(PyExc_TypeError, "mask_rows must be a list or None");
+        return NULL;
+    }
+    int masked_ok = mask_rows != Py_None;
+    PyObject *start12 = NULL;
+    if (masked_ok && (start12 = PyLong_FromLong(12)) == NULL)
         return NULL;
     if (self->epfd < 0) {
         PyErr_SetString(PyExc_ValueError, "FastRelay is closed");
@@ -450,7 +473,7 @@ static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
             return PyErr_SetFromErrno(PyExc_OSError);
     }
     long relayed[2] = {0, 0}, relayed_bytes[2] = {0, 0}, recv_err[2] = {0, 0}, send_err[2] = {0, 0};
-    long queued = 0, alaw = 0;
+    long queued = 0, alaw = 0, mask_queued = 0;
     PyObject *slow = NULL;
     unsigned char buf[MAX_DATAGRAM];
     const Py_ssize_t *off = self->off;
@@ -476,7 +499,8 @@ static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
         unsigned out_pt = NO_PT;
         int queue = 0;
         long seq_offset = 0;
-        if (!is_plain(self, e, leg, buf, n, from, &out_pt, &queue, &seq_offset)) {
+        int masked = 0;
+        if (!is_plain(self, e, leg, buf, n, from, &out_pt, &queue, &seq_offset, masked_ok, &masked)) {
             if (PyErr_Occurred() || hand_back(&slow, leg, buf, n, from) < 0)
                 goto error;
             continue;
@@ -517,6 +541,23 @@ static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
         slot_set(leg, off[F_RX_NEXT], next);
         Py_DECREF(next);
         slot_set(leg, off[F_LAST_RX_S], now);
+        if (masked) {
+            if (seq_offset) {
+                unsigned out_seq = (seq - (unsigned)seq_offset) & 0xFFFF;
+                buf[2] = (unsigned char)(out_seq >> 8);
+                buf[3] = (unsigned char)(out_seq & 0xFF);
+            }
+            PyObject *row = Py_BuildValue("(Oy#OO)", leg, (const char *)buf, (Py_ssize_t)n, start12, now);
+            if (row == NULL)
+                goto error;
+            int rc = PyList_Append(mask_rows, row);
+            Py_DECREF(row);
+            if (rc < 0)
+                goto error;
+            mask_queued++;
+            relayed_bytes[e->direction] += n;
+            continue;
+        }
         if (out_pt != (buf[1] & 0x7Fu))
             buf[1] = (unsigned char)((buf[1] & 0x80) | out_pt);
         if (seq_offset) {
@@ -529,13 +570,16 @@ static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
         if (sendto(e->peer_fd, buf, (size_t)n, 0, (struct sockaddr *)&e->dest, sizeof(e->dest)) < 0)
             send_err[e->direction]++;
     }
-    PyObject *result = Py_BuildValue("(O(llllllllll))", slow ? slow : Py_None,
+    PyObject *result = Py_BuildValue("(O(lllllllllll))", slow ? slow : Py_None,
                                      relayed[0], relayed_bytes[0], recv_err[0], send_err[0],
-                                     relayed[1], relayed_bytes[1], recv_err[1], send_err[1], queued, alaw);
+                                     relayed[1], relayed_bytes[1], recv_err[1], send_err[1], queued, alaw,
+                                     mask_queued);
     Py_XDECREF(slow);
+    Py_XDECREF(start12);
     return result;
 error:
     Py_XDECREF(slow);
+    Py_XDECREF(start12);
     return NULL;
 }
 

@@ -295,9 +295,10 @@ class RtpMediaController:
         relay = self.relay
         t0 = perf_counter()
         before = len(relay._det_slots)
-        slow, c = self._fast.drain(t0, relay._det_slots, relay._det_payloads)
+        mask_before = len(relay._mask_rows)
+        slow, c = self._fast.drain(t0, relay._det_slots, relay._det_payloads, relay._mask_rows)
         stats = relay.stats
-        handled = c[0] + c[4]
+        handled = c[0] + c[4] + c[10]
         if handled:
             stats.relayed[0] += c[0]
             stats.relayed_bytes[0] += c[1]
@@ -319,6 +320,16 @@ class RtpMediaController:
                 relay.wake = True
             if c[9]:
                 relay._det_alaw = True
+        if c[10]:
+            # Masker rows it queued (masked caller legs): the core's masking-branch bookkeeping.
+            if not mask_before:
+                relay._mask_since = t0
+                if relay.mask_window_s:
+                    relay.timer_changed = True
+            if t0 < relay._mask_last_rx:
+                relay._mask_plain = False
+            relay._mask_last_rx = t0
+            relay.wake = True
         if slow is not None:
             for leg, data, addr in slow:
                 out = relay.receive_rtp(leg, data, addr, t0)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dtmf.detector import DetectorBank
-from dtmf.g711 import ulaw_encode
+from dtmf.detector import DetectorBank, DtmfDetector
+from dtmf.g711 import ulaw_decode, ulaw_encode
 from dtmf.masker import MaskerBank, MaskMode
 from dtmf.tones import dtmf_tone, white_noise
 from gateway.media.leg import LegMedia, SrtpParams
@@ -420,3 +420,138 @@ async def test_gateway_relays_through_the_accelerator_when_built(setting: str, t
         assert gw.media.fast_path is (setting != "off")
     finally:
         await gw.stop()
+
+
+class SimLoop:
+    """Just enough of an event loop to drive the edge by hand on a simulated clock."""
+
+    class Handle:
+        def __init__(self, loop: "SimLoop", when: float, callback: Any) -> None:
+            self.when, self.callback, self.cancelled = when, callback, False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.soon: list[Any] = []
+        self.timers: list["SimLoop.Handle"] = []
+
+    def add_reader(self, *args: Any) -> None:
+        pass
+
+    def remove_reader(self, *args: Any) -> None:
+        pass
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        self.soon.append((callback, args))
+
+    def call_at(self, when: float, callback: Any) -> "SimLoop.Handle":
+        handle = SimLoop.Handle(self, when, callback)
+        self.timers.append(handle)
+        return handle
+
+    def run_soon(self) -> None:
+        while self.soon:
+            callback, args = self.soon.pop(0)
+            callback(*args)
+
+    def advance(self, to: float) -> None:
+        """Fire every timer due before `to`, at its own time, then move the clock to `to`."""
+        while True:
+            due = [h for h in self.timers if not h.cancelled and h.when <= to]
+            if not due:
+                break
+            handle = min(due, key=lambda h: h.when)
+            self.timers.remove(handle)
+            self.now = max(self.now, handle.when)
+            handle.callback()
+            self.run_soon()
+        self.timers = [h for h in self.timers if not h.cancelled]
+        self.now = to
+
+
+@pytest.mark.parametrize("mask_mode", [MaskMode.SILENCE, MaskMode.FLAT])
+def test_capture_through_the_accelerator_leaves_the_same_bytes_at_the_same_times(monkeypatch, mask_mode) -> None:
+    """A capture with look-ahead (held packets, deadline releases, RFC 4733 withheld and renumbered),
+    driven on a simulated clock through both edges: the agent gets the same bytes at the same moments."""
+    require_accelerator()
+    rnd = random.Random(3)
+    tones = np.concatenate([np.zeros(800), dtmf_tone("3", 90.0, level_dbm0=-8.0), np.zeros(1200),
+                            dtmf_tone("9", 120.0, level_dbm0=-20.0), np.zeros(800)])
+    noise = white_noise(8000 * 4, -35.0, np.random.default_rng(1))
+    voice = noise.copy()
+    voice[8000:8000 + len(tones)] += tones
+    voice[20000:20000 + len(tones)] += tones
+    codes = ulaw_encode(voice).tobytes()
+    arrivals = []
+    t = 1000.0
+    for i in range(190):
+        t += 0.020 + rnd.uniform(-0.002, 0.002) + (0.012 if i % 13 == 5 else 0.0)  # some arrive past the hold deadline
+        arrivals.append(t)
+    outputs = []
+    for fast in (False, True):
+        loop = SimLoop()
+        monkeypatch.setattr(edge, "perf_counter", lambda loop=loop: loop.now)
+        relay = Relay(detector=DetectorBank(capacity=4), masker=MaskerBank(mask_mode))
+        ctl = RtpMediaController(HOST, 35000 + 200 * fast, 35199 + 200 * fast, relay=relay,
+                                 loop=loop, fast_path=fast)  # type: ignore[arg-type]
+        caller, agent = udp(), udp()
+        got: list[tuple[float, bytes]] = []
+        try:
+            call = ctl.open_call("cap")
+            pc, pa = caller.getsockname()[1], agent.getsockname()[1]
+            call.configure(LegMedia((HOST, pc), (HOST, pc + 1), "PCMU", 0, 101),
+                           LegMedia((HOST, pa), (HOST, pa + 1), "PCMU", 0, 101))
+            leg = relay.calls["cap"].caller
+            long_way: list[bytes] = []
+            core_receive = relay.receive_rtp
+
+            def counted(leg: Leg, data: bytes, *rest: Any) -> Any:
+                long_way.append(data)
+                return core_receive(leg, data, *rest)
+
+            relay.receive_rtp = counted  # type: ignore[method-assign]
+            seq = 0
+            for i, when in enumerate(arrivals):
+                loop.advance(when)
+                got += [(loop.now, p) for p in drain(agent)]
+                if i == 10:
+                    ctl.set_capture("cap", True)
+                elif i == 170:
+                    ctl.set_capture("cap", False)
+                if i in (60, 61, 62):  # an RFC 4733 key in the capture: withheld, the rest renumbered
+                    caller.sendto(rtp(seq, b"\x07\x0a\x00\xa0" if i < 62 else b"\x07\x8a\x01\xe0", pt=101,
+                                      ts=160 * 60), (HOST, call.caller_port))
+                else:
+                    caller.sendto(rtp(seq, codes[160 * i:160 * i + 160], ts=160 * i), (HOST, call.caller_port))
+                seq += 1
+                if fast:
+                    ctl._drain()
+                else:
+                    ctl._read_rtp(leg, leg.endpoint.rtp.recvfrom, leg.peer.endpoint.rtp.sendto)
+                loop.run_soon()
+                got += [(loop.now, p) for p in drain(agent)]
+            loop.advance(arrivals[-1] + 0.1)
+            got += [(loop.now, p) for p in drain(agent)]
+            outputs.append((got, relay.stats.captured, relay.stats.relayed[0], leg.seq_offset,
+                            relay.stats.lookahead.counts[:]))
+            if fast:  # masked packets too stay in C: only the latching packet and the events do not
+                assert len(long_way) == 4, len(long_way)
+        finally:
+            ctl.close()
+            caller.close()
+            agent.close()
+    (py, *py_counts), (c, *c_counts) = outputs
+    assert len(py) >= 185
+    assert c == py
+    assert c_counts == py_counts
+    assert py_counts[2] == 3  # the three event packets were withheld
+    # The run proves something: both keys were in the caller's audio, none is in the agent's.
+    heard = DtmfDetector()
+    keys = [e for e in heard.process(ulaw_decode(b"".join(p[12:] for _, p in py))) + heard.flush()
+            if type(e).__name__ == "DigitDetected"]
+    assert keys == []
+    said = DtmfDetector()
+    keys = [e.digit for e in said.process(ulaw_decode(codes)) + said.flush() if type(e).__name__ == "DigitDetected"]
+    assert keys == ["3", "9", "3", "9"]
