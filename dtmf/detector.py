@@ -680,8 +680,8 @@ class DetectorBank:
         np.maximum.reduce(w.mag_groups, axis=1, out=w.group_max)
         np.add(w.group_max[0], w.group_max[1], out=w.pair_max)
         np.maximum(w.e_sum, an.gate_pair_mag, out=w.floor)
-        gated = self._gate(w.pair_max, w.floor, w.group_max)
-        found = None if gated is None else self._check(*gated, c, w.mag, w.z_and_carry, w.stats)
+        cand = self._gate(w.pair_max, w.floor, w.group_max)
+        found = None if cand is None else self._check(cand, c, w.mag, w.z_and_carry, w.stats)
 
         # Carry to the next call: the last chunk's opening half and energy, the last two windows.
         np.copyto(w.new_opening, w.last_opening)
@@ -695,12 +695,14 @@ class DetectorBank:
         self._carry[slots] = w.new
         return found
 
-    def _gate(self, pair_max: np.ndarray, floor: np.ndarray,
-              group_max: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Windows that may pass the exact checks, and their strongest bin per group (None: none)."""
+    def _gate(self, pair_max: np.ndarray, floor: np.ndarray, group_max: np.ndarray) -> np.ndarray | None:
+        """Windows that may pass the exact checks (None: none)."""
         cand = np.greater_equal(pair_max, floor).nonzero()[0]
         if cand.size == 0:
             return None
+        if cand.size >= _FEW_CANDIDATES:
+            # Many windows (tones on many streams): the exact checks cost the same for more.
+            return cand
         # Twist with slack for the roll-off correction, on the few windows left (the
         # 0.1 % in the slack also makes "<" as safe as "<=").
         strongest = group_max.take(cand, axis=1)
@@ -710,8 +712,8 @@ class DetectorBank:
         if n_left == 0:
             return None
         if n_left < cand.size:
-            return cand[twisted], strongest[:, twisted]
-        return cand, strongest
+            return cand[twisted]
+        return cand
 
     def _check_plan(self, m: int) -> _CheckPlan:
         """The exact checks' work arrays for m windows, kept per m (a few widths)."""
@@ -720,7 +722,7 @@ class DetectorBank:
             plan = self._check_plans[m] = _CheckPlan(self._an, m)
         return plan
 
-    def _check(self, cand: np.ndarray, strongest: np.ndarray, c: int, mag: np.ndarray, z_and_carry: np.ndarray,
+    def _check(self, cand: np.ndarray, c: int, mag: np.ndarray, z_and_carry: np.ndarray,
                energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Full Q.24 checks on the windows that passed the gate: the hit windows and their keys.
 
