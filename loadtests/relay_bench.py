@@ -139,8 +139,9 @@ def serve(mode: str) -> None:
             masker = _Timed(MaskerBank(MaskMode.FLAT, capacity=len(callers) + 8)) if spec.get("capture") else None
             relay_kw = {k: spec[k] for k in ("detect_window_s", "detect_batch_rows", "mask_window_s",
                                              "mask_batch_rows") if spec.get(k) is not None}
+            fast = {"auto": None, "on": True, "off": False}[spec.get("accelerator") or "auto"]
             ctl = RtpMediaController(HOST, spec["ports"][0], spec["ports"][1],
-                                     relay=Relay(detector=detector, masker=masker, **relay_kw))
+                                     relay=Relay(detector=detector, masker=masker, **relay_kw), fast_path=fast)
             for i, (c, a) in enumerate(zip(callers, agents)):
                 m = ctl.open_call(f"call-{i}")
                 m.configure(LegMedia(c, (c[0], c[1] + 1), "PCMU", 0, 101),
@@ -689,6 +690,8 @@ def main() -> None:
     ap.add_argument("--detect-batch-rows", type=int, default=None, help="Relay detect_batch_rows")
     ap.add_argument("--mask-window-ms", type=float, default=None, help="Relay mask_window_s, in ms")
     ap.add_argument("--mask-batch-rows", type=int, default=None, help="Relay mask_batch_rows")
+    ap.add_argument("--accelerator", choices=("auto", "on", "off"), default="auto",
+                    help="Tonewall's C relay path (media.accelerator): off = the pure-Python edge")
     ap.add_argument("--pin", default="off",
                     help="'auto' or GEN:RELAY CPU lists (e.g. 0:1): generator and relay on separate CPUs")
     ap.add_argument("--gen-rt", type=int, default=0,
@@ -700,7 +703,7 @@ def main() -> None:
     relay_kw = {"detect_window_s": args.detect_window_ms / 1e3 if args.detect_window_ms is not None else None,
                 "detect_batch_rows": args.detect_batch_rows,
                 "mask_window_s": args.mask_window_ms / 1e3 if args.mask_window_ms is not None else None,
-                "mask_batch_rows": args.mask_batch_rows}
+                "mask_batch_rows": args.mask_batch_rows, "accelerator": args.accelerator}
     global RELAY_NICE, RELAY_CPUS
     RELAY_NICE = args.relay_nice
     if args.pin != "off":
