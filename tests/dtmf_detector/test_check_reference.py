@@ -1,0 +1,137 @@
+"""The fused exact checks against the same checks written plainly: the same hits on every window."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dtmf import detector as detector_mod
+from dtmf.detector import HELD_RATIO, HISTORY_WINDOWS, DetectorBank, DigitDetected
+from dtmf.tones import DIGITS, DTMF_FREQS_HZ, dtmf_tone
+
+from .synth import g711_round_trip, placed_tone
+
+
+def reference_check(bank: DetectorBank, cand: np.ndarray, c: int, mag: np.ndarray, z_and_carry: np.ndarray,
+                    energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The exact checks as they were written before the fusion (dtmf/detector.py at 3e09b5d)."""
+    an = bank._an
+    n = cand.size
+    groups = mag.take(cand, axis=1).reshape(2, 4, n)
+    bins, strongest = groups.argmax(axis=1), groups.max(axis=1)
+    freq_idx = bins + np.array([[0], [4]])
+    # The window-history table holds each window's (offset, stride) once per gathered row.
+    offset, stride = detector_mod._window_history(mag.shape[1], c)[:, ::4].take(cand, axis=2)
+    parts = z_and_carry.take((freq_idx + np.array([[[0]], [[8]]]))[:, :, None, :] * stride + offset, mode="clip")
+    middle = parts[:, :, 1]
+    cross = middle * (parts[:, :, 0] + parts[:, :, 2])
+    cross_re = cross[0] + cross[1]
+    cross = middle * (parts[::-1, :, 0] - parts[::-1, :, 2])
+    cross_im = cross[0] - cross[1]
+    phase = np.arctan2(cross_im, cross_re) - an.hop_phase.take(freq_idx)
+    phase = np.remainder(phase + np.pi, 2 * np.pi) - np.pi
+    in_band = np.abs(phase) <= an.freq_tol_rad.take(freq_idx)
+    step = ((phase + np.pi) * an.power_steps_per_rad + 0.5).astype(np.intp)
+    correction = an.power_per_mag.take(step, mode="clip")
+    p = strongest * correction
+    parts *= parts
+    powers = parts.sum(axis=0)
+    pair_powers = powers[0] + powers[1]
+    held = pair_powers[HISTORY_WINDOWS - 1] < HELD_RATIO * pair_powers[0]
+    p_tone = powers.sum(axis=1)
+    p_tone *= correction
+    f32 = np.float32
+    level = p >= f32(an.min_tone_power)
+    window_twist = (p[1] >= p[0] * f32(an.window_normal_twist)) & (-p[1] >= p[0] * -f32(an.window_reverse_twist))
+    summed_twist = (p_tone[1] >= p_tone[0] * f32(an.normal_twist)) & (-p_tone[1] >= p_tone[0] * -f32(an.reverse_twist))
+    pair = p[0] + p[1]
+    chunk_sum, chunk_energy, window_sum, window_energy = energies.take(cand, axis=1)
+    closing = chunk_energy + window_sum * (0.5 * window_sum - 2.0 * chunk_sum)
+    louder = np.maximum(window_energy - closing, closing).astype(np.float64)
+    energy = ((pair >= window_energy.astype(np.float64) * an.purity_per_energy)
+              & (pair >= louder * an.coverage_per_energy) & (pair >= float(f32(an.min_pair_power))))
+    hit = (in_band.all(axis=0) & level.all(axis=0) & window_twist & (summed_twist | held) & energy).nonzero()[0]
+    if hit.size == 0:
+        return None
+    return cand[hit], bins[0, hit] * 4 + bins[1, hit]
+
+
+class _ComparingBank(DetectorBank):
+    """Every window goes to both checks (no gate); counts the calls where they disagree."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.calls = self.differ = self.hits = 0
+
+    def _gate(self, pair_max: np.ndarray, floor: np.ndarray, group_max: np.ndarray) -> np.ndarray:
+        return np.arange(pair_max.size)
+
+    def _check(self, cand: np.ndarray, c: int, mag: np.ndarray, z_and_carry: np.ndarray,
+               energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        fused = super()._check(cand, c, mag, z_and_carry, energies)
+        plain = reference_check(self, cand, c, mag, z_and_carry.copy(), energies)
+        self.calls += 1
+        if fused is None or plain is None:
+            self.differ += (fused is None) != (plain is None)
+        else:
+            self.differ += not (np.array_equal(fused[0], plain[0]) and np.array_equal(fused[1], plain[1]))
+            self.hits += fused[0].size
+        return fused
+
+
+def test_fused_checks_hit_the_windows_the_plain_ones_do() -> None:
+    """Tones at the offset, twist and level limits, in noise, with DC, exactly periodic pairs, speech-like noise."""
+    rng = np.random.default_rng(41)
+    streams = []
+    for i in range(64):
+        digit = DIGITS[i % 16]
+        kw: dict[str, float] = {"level_dbm0": float(rng.uniform(-34, -2))}
+        kind = i % 8
+        if kind == 0:
+            kw["twist_db"] = float(rng.choice([-1, 1]) * rng.uniform(3.0, 10.0))
+        elif kind == 1:
+            group = "low" if rng.random() < 0.5 else "high"
+            kw[f"{group}_offset_pct"] = float(rng.choice([-1, 1]) * rng.uniform(1.0, 4.0))
+        elif kind == 2:
+            kw["twist_db"] = float(rng.uniform(-9.5, 5.5))
+            kw["high_offset_pct"] = float(rng.uniform(-3.0, 3.0))
+        noise = float(rng.uniform(4, 30)) if kind in (3, 4) else None
+        samples, _, _ = placed_tone(digit, rng, duration_ms=float(rng.integers(20, 110)), noise_snr_db=noise,
+                                    law="PCMA" if i % 2 else "PCMU", **kw)
+        samples = np.pad(samples, (0, 2400))[:2400]
+        if kind == 5:
+            samples = np.clip(samples.astype(np.int32) + int(rng.integers(-3000, 3000)), -32768, 32767)
+        streams.append(samples.astype(np.int16))
+    # Pairs of 100 Hz multiples repeat every 80 samples: windows two hops apart are equal to the bit.
+    t = np.arange(2400)
+    for low, high in ((700, 1200), (800, 1300), (900, 1500), (700, 1600)):
+        periodic = 6000 * (np.sin(2 * np.pi * low * t / 8000) + np.sin(2 * np.pi * high * t / 8000))
+        streams.append(g711_round_trip(periodic))
+    for _ in range(8):
+        streams.append(g711_round_trip(np.cumsum(rng.standard_normal(2400)) * 200.0))
+    # Two tones too close in time and a tone over a tone: the history spans both.
+    for a, b in (("1", "5"), ("9", "D")):
+        sig = np.zeros(2400)
+        first = dtmf_tone(a, 60.0, -8.0)
+        sig[300:300 + first.size] += first
+        second = dtmf_tone(b, 60.0, -14.0, low_offset_pct=1.2)
+        sig[700:700 + second.size] += second
+        streams.append(g711_round_trip(sig))
+    audio = np.stack(streams)
+    bank = _ComparingBank(audio.shape[0])
+    slots = np.array([bank.add_stream() for _ in streams])
+    events = []
+    for pos in range(0, audio.shape[1], 160):
+        events += bank.process(slots, audio[:, pos:pos + 160])
+    assert bank.calls == audio.shape[1] // 160
+    assert bank.differ == 0
+    assert bank.hits >= 200
+    assert sum(isinstance(e, DigitDetected) for e in events) >= 30
+
+
+def test_the_level_check_is_implied_and_the_phase_shortcut_holds() -> None:
+    """The fused checks leave out what the others imply (see _Analysis): true for the constants in use."""
+    an = DetectorBank(1)._an
+    assert an.level_implied
+    assert float(an.freq_tol_rad.max()) < np.pi / 2
+    # The widest tolerance is the high group's top tone: 2.5 % + 1 Hz of 1,633 Hz.
+    assert max(DTMF_FREQS_HZ["D"]) == 1633
