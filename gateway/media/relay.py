@@ -979,6 +979,26 @@ class Relay:
         a single heap of every entry would give.
         """
         holding, heap = self._holding, self._deadlines
+        fifo = self._deadline_fifo
+        if not heap:
+            # FIFO alone (the common case): skip the entries of legs that hold nothing or a later
+            # 160-byte packet, without computing deadlines: one packet time after arrivals a
+            # microsecond or more apart (float64 keeps them apart on a clock under 10^8 s).
+            while fifo:
+                rows = fifo[0][1]
+                i, n = self._fifo_pos, len(rows)
+                while i < n:
+                    row = rows[i]
+                    held = row[0].held
+                    if held is not None and not (held[3] - row[3] >= 1e-6 and row[3] < 1e8
+                                                 and len(held[1]) - held[2] == 160):
+                        break
+                    i += 1
+                self._fifo_pos = i
+                if i < n:
+                    break
+                fifo.popleft()
+                self._fifo_pos = 0
         while True:
             entry = self._fifo_peek()
             if entry is None or (heap and heap[0][:2] < entry[:2]):
@@ -1088,14 +1108,13 @@ class Relay:
                 n = len(picked)
                 mslots = [r[0].mask_slot for r in picked]
                 slot_arr = np.array(mslots, dtype=np.intp)
-                changed = np.zeros(n, dtype=bool)
                 for sub in _rounds(mslots):
                     self.stats.masker_batches += 1
                     if sub is None:
                         out, changed = masker.process(slot_arr, frames)
                     else:
                         if out is None:
-                            out = np.empty((n, 160), dtype=np.int16)
+                            out, changed = np.empty((n, 160), dtype=np.int16), np.zeros(n, dtype=bool)
                         out[sub], changed[sub] = masker.process(slot_arr[sub], frames[sub])
                 if plain and not np.count_nonzero(changed):
                     pass  # every row unchanged: the common case, no per-row marks
