@@ -490,8 +490,10 @@ static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
                 recv_err[e->direction]++; /* e.g. ICMP port unreachable reported on this socket */
             continue;
         }
-        if (from_ss.ss_family != AF_INET)
-            continue; /* only IPv4 sockets are registered */
+        if (from_ss.ss_family != AF_INET) {
+            recv_err[e->direction]++; /* cannot happen: only IPv4 sockets are registered */
+            continue;
+        }
         const struct sockaddr_in *from = (const struct sockaddr_in *)&from_ss;
         /* A datagram longer than the buffer was truncated: hand back what Python's
          * recvfrom(MAX_DATAGRAM) would have read, it decides. */

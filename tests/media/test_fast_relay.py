@@ -555,3 +555,80 @@ def test_capture_through_the_accelerator_leaves_the_same_bytes_at_the_same_times
     said = DtmfDetector()
     keys = [e.digit for e in said.process(ulaw_decode(codes)) + said.flush() if type(e).__name__ == "DigitDetected"]
     assert keys == ["3", "9", "3", "9"]
+
+
+def test_accelerator_agrees_with_the_core_on_arbitrary_datagrams() -> None:
+    """Hypothesis: any datagram, valid or not, from the latched source or not: same bytes out, same state."""
+    require_accelerator()
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    socks: list[socket.socket] = []
+    peer_c, peer_a, stranger = udp(), udp(), udp()
+    socks += [peer_c, peer_a, stranger]
+    rigs = []
+    for _ in range(2):
+        relay = Relay(detector=DetectorBank(capacity=2))
+        call = relay.add_call("h")
+        gw_c, gw_a = udp(), udp()
+        socks += [gw_c, gw_a]
+        call.caller.endpoint, call.agent.endpoint = gw_c, gw_a
+        pc, pa = peer_c.getsockname()[1], peer_a.getsockname()[1]
+        relay.configure("h", LegMedia((HOST, pc), (HOST, pc + 1), "PCMU", 0, 101),
+                        LegMedia((HOST, pa), (HOST, pa + 1), "PCMU", 0, 96))
+        rigs.append((relay, call, gw_c, gw_a))
+    (py_relay, py_call, _, _), (c_relay, c_call, c_gw_c, c_gw_a) = rigs
+    fr = edge.FastRelay(Leg, c_relay._jitter_mask, c_relay._jitter_warmup, c_relay._jitter_gain)
+    fr.add(c_gw_c.fileno(), c_call.caller, c_gw_a.fileno())
+    clock = [500.0]
+    state = {"seq": 0}
+
+    header = st.tuples(st.sampled_from([0x80, 0x80, 0x80, 0x81, 0x90, 0xA0, 0x40, 0x00]),
+                       st.sampled_from([0, 0, 0, 101, 8, 13, 0x80, 0xE5]),
+                       st.sampled_from(["next", "next", "next", "same", "back", "jump"]),
+                       st.sampled_from([160, 160, 160, 0, 1, 20, 2000]),
+                       st.booleans())
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.one_of(header, st.binary(max_size=40)), min_size=1, max_size=30))
+    def run(datagrams: list[Any]) -> None:
+        for item in datagrams:
+            clock[0] += 0.02
+            if isinstance(item, bytes):
+                pkt, from_stranger = item, False
+            else:
+                first, pt, step, size, from_stranger = item
+                seq = {"next": state["seq"], "same": state["seq"] - 1, "back": state["seq"] - 5,
+                       "jump": state["seq"] + 5000}[step] & 0xFFFF
+                if step == "next":
+                    state["seq"] += 1
+                body = bytes((seq + k) & 0xFF for k in range(size))
+                pkt = struct.pack("!BBHII", first, pt, seq, (160 * seq) & 0xFFFFFFFF, 0xFEED) + body
+                if first & 0x10:
+                    pkt = pkt[:12] + b"\xbe\xde\x00\x01\x11\x22\x33\x44" + pkt[12:]
+            src = stranger if from_stranger else peer_c
+            out = py_relay.receive_rtp(py_call.caller, pkt, src.getsockname(), clock[0])
+            src.sendto(pkt, c_gw_c.getsockname())
+            slow, _ = fr.drain(clock[0], c_relay._det_slots, c_relay._det_payloads)
+            for leg, data, addr in slow or ():
+                assert addr == src.getsockname()
+                sent = c_relay.receive_rtp(leg, data, addr, clock[0])
+                if sent is not None:
+                    c_gw_a.sendto(sent[0], sent[1])
+            got = drain(peer_a)
+            assert got == ([out[0]] if out is not None else [])
+            a, b = py_call.caller, c_call.caller
+            for name in ("rx_next", "rx_ssrc", "rx_lost", "rx_pair_seq", "rx_pairs", "rx_transit", "rx_jitter",
+                         "last_rx_s", "rtp_src", "seq_offset"):
+                assert getattr(a, name) == getattr(b, name), name
+            assert py_relay.stats.drops_total() == c_relay.stats.drops_total()
+            assert c_relay._det_payloads == py_relay._det_payloads
+            assert c_relay._det_slots == py_relay._det_slots
+
+    try:
+        run()
+        assert py_relay.stats.relayed[0] > 0 and py_relay.detect_rows_pending > 0
+    finally:
+        fr.close()
+        for s in socks:
+            s.close()
