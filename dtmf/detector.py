@@ -855,10 +855,10 @@ class DetectorBank:
 
     def _advance_few(self, slots: np.ndarray, hits: list[list[int]], c: int) -> list[DetectorEvent]:
         """`_advance` for a few streams, their keys per window given as lists."""
-        state = self._sm[slots]
+        rows = self._sm[slots].tolist()
         chunk0 = (self._chunks[slots] - c).tolist()
-        events, busy, n_busy_change = self._advance_each(slots, hits, state, chunk0)
-        self._sm[slots] = state
+        events, busy, n_busy_change = self._advance_each(slots, hits, rows, chunk0)
+        self._sm[slots] = rows
         self._busy[slots] = busy
         self._n_busy += n_busy_change
         return events
@@ -884,7 +884,9 @@ class DetectorBank:
             part = state[mixed]
             few = np.count_nonzero(mixed) < self.vector_min_streams
             if few:
-                events += self._advance_each(slots[mixed], hits[mixed].tolist(), part, chunk0[mixed].tolist())[0]
+                rows = part.tolist()
+                events += self._advance_each(slots[mixed], hits[mixed].tolist(), rows, chunk0[mixed].tolist())[0]
+                part[:] = rows
             else:
                 events += self._advance_vector(slots[mixed], hits[mixed], part, chunk0[mixed])
             state[mixed] = part
@@ -937,61 +939,94 @@ class DetectorBank:
                                             int(chunk0[i] + t + 1) * CHUNK_SAMPLES))
 
     @staticmethod
-    def _advance_each(slots: np.ndarray, hits: list[list[int]], state: np.ndarray,
+    def _advance_each(slots: np.ndarray, hits: list[list[int]], rows: list[list[int]],
                       chunk0: list[int]) -> tuple[list[DetectorEvent], list[bool], int]:
-        """The state machine stream by stream in Python (cheaper for a few streams); updates `state`.
+        """The state machine stream by stream in Python (cheaper for a few streams); updates `rows`.
 
         Returns the events, each stream's busy flag after the windows, and the change
         in the number of busy streams.
         """
         events: list[DetectorEvent] = []
-        rows = state.tolist()
         busy: list[bool] = []
         n_busy_change = 0
         for slot, row, hit_row, chunk in zip(slots.tolist(), rows, hits, chunk0):
             run_code, run_len, run_first, active, active_start, last_hit, misses = row
             n_busy_change -= run_code >= 0 or active >= 0
             h = hit_row[0]
-            if h >= 0 and h == active == run_code and hit_row.count(h) == len(hit_row):
-                # The digit's tone holds in every new window: the run grows, nothing is decided.
-                run_len += len(hit_row)
-                last_hit, misses = chunk + len(hit_row) - 1, 0
-                row[1], row[5], row[6] = run_len, last_hit, misses
-                busy.append(True)
-                n_busy_change += 1
-                continue
-            for h in hit_row:
+            n = len(hit_row)
+            if hit_row.count(h) == n:
+                # The same in every new window (most streams): the windows' effect in one step,
+                # as the window-by-window loop below has it.
                 if h < 0:
                     run_code, run_len = _NONE, 0
-                elif h == run_code:
-                    run_len += 1
-                else:
-                    run_code, run_len, run_first = h, 1, chunk
-                if active >= 0:
-                    if h == active:
-                        last_hit, misses = chunk, 0
+                    if active >= 0:
+                        misses += n
+                        if misses >= END_MISSES:
+                            # Q.24: a pause of 40 ms separates digits; short drop-outs do not.
+                            events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
+                                                     _end_sample(last_hit)))
+                            active, misses = _NONE, END_MISSES
+                elif h == active:
+                    # The digit's tone holds: the run grows (or restarts after a drop-out).
+                    if h == run_code:
+                        run_len += n
                     else:
-                        # Q.24: a pause of 40 ms separates digits; short drop-outs do not.
-                        misses += 1
+                        run_code, run_len, run_first = h, n, chunk
+                    last_hit, misses = chunk + n - 1, 0
+                else:
+                    before = run_len if h == run_code else 0
+                    if h != run_code:
+                        run_code, run_first = h, chunk
+                    run_len = before + n
+                    accept_at = ACCEPT_HITS - 1 - before  # >= 0: a run that long has its digit on
+                    if accept_at < n:
+                        # Q.24: a tone of 40 ms is a digit. The digit on ends first (by the
+                        # pause or by this key: the same event).
+                        if active >= 0:
+                            events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
+                                                     _end_sample(last_hit)))
+                        active, active_start = h, _start_sample(run_first)
+                        last_hit, misses = chunk + n - 1, 0
+                        events.append(DigitDetected(slot, _CODE_TO_DIGIT[h], active_start,
+                                                    (chunk + accept_at + 1) * CHUNK_SAMPLES))
+                    elif active >= 0:
+                        misses += n
                         if misses >= END_MISSES:
                             events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
                                                      _end_sample(last_hit)))
-                            active = _NONE
-                # Q.24: a tone of 40 ms is a digit, one under 20-23 ms is not.
-                if run_len == ACCEPT_HITS and run_code != active:
+                            active, misses = _NONE, END_MISSES
+            else:
+                for h in hit_row:
+                    if h < 0:
+                        run_code, run_len = _NONE, 0
+                    elif h == run_code:
+                        run_len += 1
+                    else:
+                        run_code, run_len, run_first = h, 1, chunk
                     if active >= 0:
-                        events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
-                                                 _end_sample(last_hit)))
-                    active, active_start = run_code, _start_sample(run_first)
-                    last_hit, misses = chunk, 0
-                    events.append(DigitDetected(slot, _CODE_TO_DIGIT[active], active_start,
-                                                (chunk + 1) * CHUNK_SAMPLES))
-                chunk += 1
+                        if h == active:
+                            last_hit, misses = chunk, 0
+                        else:
+                            # Q.24: a pause of 40 ms separates digits; short drop-outs do not.
+                            misses += 1
+                            if misses >= END_MISSES:
+                                events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
+                                                         _end_sample(last_hit)))
+                                active = _NONE
+                    # Q.24: a tone of 40 ms is a digit, one under 20-23 ms is not.
+                    if run_len == ACCEPT_HITS and run_code != active:
+                        if active >= 0:
+                            events.append(DigitEnded(slot, _CODE_TO_DIGIT[active], active_start,
+                                                     _end_sample(last_hit)))
+                        active, active_start = run_code, _start_sample(run_first)
+                        last_hit, misses = chunk, 0
+                        events.append(DigitDetected(slot, _CODE_TO_DIGIT[active], active_start,
+                                                    (chunk + 1) * CHUNK_SAMPLES))
+                    chunk += 1
             row[:] = run_code, run_len, run_first, active, active_start, last_hit, misses
             on = run_code >= 0 or active >= 0
             busy.append(on)
             n_busy_change += on
-        state[:] = rows
         return events, busy, n_busy_change
 
     @staticmethod

@@ -135,3 +135,57 @@ def test_the_level_check_is_implied_and_the_phase_shortcut_holds() -> None:
     assert float(an.freq_tol_rad.max()) < np.pi / 2
     # The widest tolerance is the high group's top tone: 2.5 % + 1 Hz of 1,633 Hz.
     assert max(DTMF_FREQS_HZ["D"]) == 1633
+
+
+def _loop_state_machine(row: list[int], hit_row: list[int], chunk: int, slot: int, events: list) -> None:
+    """The hit/miss state machine window by window (as DetectorBank._advance_each's loop): the reference."""
+    run_code, run_len, run_first, active, active_start, last_hit, misses = row
+    for h in hit_row:
+        if h < 0:
+            run_code, run_len = -1, 0
+        elif h == run_code:
+            run_len += 1
+        else:
+            run_code, run_len, run_first = h, 1, chunk
+        if active >= 0:
+            if h == active:
+                last_hit, misses = chunk, 0
+            else:
+                misses += 1
+                if misses >= detector_mod.END_MISSES:
+                    events.append(("ended", slot, active, active_start, last_hit))
+                    active = -1
+        if run_len == detector_mod.ACCEPT_HITS and run_code != active:
+            if active >= 0:
+                events.append(("ended", slot, active, active_start, last_hit))
+            active, active_start = run_code, detector_mod._start_sample(run_first)
+            last_hit, misses = chunk, 0
+            events.append(("detected", slot, active, active_start, chunk))
+        chunk += 1
+    row[:] = run_code, run_len, run_first, active, active_start, last_hit, misses
+
+
+def test_state_machine_steps_equal_the_window_loop() -> None:
+    """Windows that all hit one key (or all miss) advance in one step: the same events and state as one by one."""
+    rng = np.random.default_rng(43)
+    codes = detector_mod._CODE_TO_DIGIT
+    for trial in range(400):
+        row = [-1, 0, 0, -1, 0, -1, 0]
+        chunk = 0
+        history = [int(v) for v in rng.choice([-1, -1, 3, 3, 3, 7], size=int(rng.integers(0, 30)))]
+        _loop_state_machine(row, history, chunk, 0, [])
+        chunk += len(history)
+        n = int(rng.integers(1, 9))
+        key = int(rng.choice([-1, 3, 7, 11]))
+        expected: list = []
+        ref_row = list(row)
+        _loop_state_machine(ref_row, [key] * n, chunk, 5, expected)
+        rows = [list(row)]
+        events, busy, _ = DetectorBank._advance_each(np.array([5]), [[key] * n], rows, [chunk])
+        got = [("ended", e.slot, codes.index(e.digit), e.start_sample, (e.end_sample - 34) // 40)
+               if type(e).__name__ == "DigitEnded" else
+               ("detected", e.slot, codes.index(e.digit), e.start_sample, e.decided_sample // 40 - 1)
+               for e in events]
+        assert got == expected, (trial, row, key, n)
+        assert rows[0] == ref_row, (trial, row, key, n)
+        assert busy == [ref_row[0] >= 0 or ref_row[3] >= 0]
