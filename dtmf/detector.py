@@ -620,30 +620,14 @@ class DetectorBank:
                 return self._advance_few(slots[rows], [[_NONE] * c for _ in range(rows.size)], c)
             return self._advance(slots[rows], np.full((rows.size, c), _NONE, dtype=np.int64), c)
         hit_windows, keys = found
-        if self._n_busy < self.vector_min_streams and hit_windows.size < self.vector_min_streams * c:
-            # Likely few streams: their windows' keys as Python lists, in stream order.
-            by_stream: dict[int, list[int]] = {}
-            for window, key in zip(hit_windows.tolist(), keys.tolist()):
-                stream, t = divmod(window, c)
-                row = by_stream.get(stream)
-                if row is None:
-                    row = by_stream[stream] = [_NONE] * c
-                row[t] = key
-            if self._n_busy:
-                for stream in self._busy[slots].nonzero()[0].tolist():
-                    if stream not in by_stream:
-                        by_stream[stream] = [_NONE] * c
-            if len(by_stream) < self.vector_min_streams:
-                streams = sorted(by_stream)
-                return self._advance_few(slots[streams], [by_stream[i] for i in streams], c)
-        if self._n_busy == 0:
-            on = np.zeros(k, dtype=np.bool_)
-        else:
-            on = self._busy[slots]
-        on[hit_windows // c] = True
-        rows = on.nonzero()[0]
+        # Each stream's key per new window, and the streams with a hit or a run or digit on.
         hits = np.full((k, c), _NONE, dtype=np.int64)
         hits.reshape(-1)[hit_windows] = keys
+        on = self._busy[slots] if self._n_busy else np.zeros(k, dtype=np.bool_)
+        on[hit_windows // c] = True
+        rows = on.nonzero()[0]
+        if rows.size < self.vector_min_streams:
+            return self._advance_few(slots[rows], hits[rows].tolist(), c)
         if rows.size < k:
             return self._advance(slots[rows], hits[rows], c)
         return self._advance(slots, hits, c)
