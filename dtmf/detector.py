@@ -419,7 +419,7 @@ class _Plan:
 class DetectorBank:
     """DTMF receivers for many streams, advanced together by one numpy pass per call."""
 
-    vector_min_streams = 24
+    vector_min_streams = 48
     """From this many streams with a tone in progress, the state machine runs vectorised."""
 
     def __init__(self, capacity: int = 16, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
