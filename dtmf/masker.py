@@ -802,7 +802,10 @@ class MaskerBank:
         self._wt = np.zeros((n, _WINDOWS_PER_CALL))
         self._wg = np.zeros((n, 8), dtype=bool)  # blocks 0..6 loud enough to flag; column 7 stays False
         self._wweak = np.zeros((n, 8), dtype=bool)  # blocks 0..6 weakly flagged (WEAK_MIN_LEVEL_DBM0)
-        self._wt7 = np.zeros((2, n, _WORK_BLOCKS))
+        self._wt7 = np.zeros((2, n, 8))
+        self._wef = np.zeros((2, n, 8))
+        """Energies, then line energies, of blocks 0..6 of each row, contiguous per feature so the row
+        gate's ufuncs run one flat loop; column 7 stays 0 (never loud, never weakly flagged)."""
         self._wc = np.zeros((n, 2 * PACKET_SAMPLES), dtype=np.int16)  # held packet, then the new one
         c = self._wc.strides
         # Window s (120 samples) starts at the held packet's block s + 1: a view, no copy.
@@ -942,19 +945,22 @@ class MaskerBank:
         if k > self._work_rows:
             self._grow_work(k)
         w = self._scratch.get(k) or self._scratch_for(k)
-        held = self._held[slots]
+        # ndarray methods, not the np.* wrappers: ~1 us less per call each (the relay calls this
+        # once per loop iteration with few rows).
+        held = self._held.take(slots, axis=0)
         fs = w.fs
-        np.take(self._fs, slots, axis=0, out=fs)
+        self._fs.take(slots, axis=0, out=fs)
+        np.copyto(w.wf_hist, w.fs_hist)
         # Blocks 0..6: the held packet's blocks 1..3 (kept from the last call), the new packet's 0..3.
         _block_features_into(frames, w)
         # A row is active when it is not delayed, has a flag or tone state, or has a block loud
         # enough to be flagged or to lift a window to the confirmation's energy floor. Nothing
         # in an inactive row is masked, and its flags and tone state stay clear.
-        np.greater_equal(w.energies, _MIN_BLOCK_ENERGY, out=w.loud)
-        np.maximum(w.energies, _WEAK_ENERGY, out=w.t7[0])  # a window under the floor may still confirm
-        np.multiply(w.all_lines, 2.0, out=w.t7[1])  # from a weakly flagged first block
-        np.greater_equal(w.t7[1], w.t7[0], out=w.weak)
-        active = np.flatnonzero(w.loud_word | w.weak_word | w.words[:, 0] | w.words[:, _W_TONE])
+        np.greater_equal(w.energies8, _MIN_BLOCK_ENERGY, out=w.loud8)
+        np.maximum(w.energies8, _WEAK_ENERGY, out=w.t7[0])  # a window under the floor may still confirm
+        np.multiply(w.lines8, 2.0, out=w.t7[1])  # from a weakly flagged first block
+        np.greater_equal(w.t7[1], w.t7[0], out=w.weak8)
+        active = (w.loud_word | w.weak_word | w.words[:, 0] | w.words[:, _W_TONE]).nonzero()[0]
         if not len(active):
             out, changed = held, np.zeros(k, dtype=bool)
             levels = self._levels(w.level, w.energy, None) if self._mode is MaskMode.COMFORT_NOISE else None
@@ -965,7 +971,7 @@ class MaskerBank:
         if levels is not None:
             fs[:, _F_LEVELS:_F_FILLER] = levels
         np.copyto(w.fs_hist, w.next_hist)
-        w.n_in += PACKET_SAMPLES
+        np.add(w.n_in, PACKET_SAMPLES, out=w.n_in)
         self._fs[slots] = fs
         self._held[slots] = frames
         return out, changed
@@ -979,10 +985,13 @@ class MaskerBank:
         w.words = w.fs[:, _F_BITS:].view(np.uint64)
         w.level = w.fs[:, _F_LEVEL]
         w.n_in = w.fs[:, _F_N_IN]
-        w.wf = w.fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, _WORK_BLOCKS)  # energies, line energies of blocks 0..6
-        w.fs_hist = w.wf[:, :, :WINDOW_BLOCKS]
+        # Energies and line energies of blocks 0..6 (k, 2, 7), a view of the contiguous `_wef`; the
+        # state rows keep blocks 0..2 (`fs_hist`), copied in after the gather and out before the scatter.
+        w.fs_hist = w.fs[:, _F_HIST_E:_F_LEVELS].reshape(k, 2, _WORK_BLOCKS)[:, :, :WINDOW_BLOCKS]
+        w.wf = self._wef[:, :k, :_WORK_BLOCKS].transpose(1, 0, 2)
+        w.wf_hist = w.wf[:, :, :WINDOW_BLOCKS]
         w.next_hist = w.wf[:, :, BLOCKS_PER_PACKET:]
-        w.energies = w.wf[:, 0]
+        w.energies8, w.lines8 = self._wef[0, :k], self._wef[1, :k]
         w.energy = w.wf[:, 0, WINDOW_BLOCKS:]
         w.lines = w.wf[:, 1, WINDOW_BLOCKS:]
         w.x = self._wx[:m * BLOCK_SAMPLES].reshape(m, BLOCK_SAMPLES)
@@ -994,14 +1003,12 @@ class MaskerBank:
         w.p_f = [p_f[:, j] for j in range(4)]
         w.best = self._wbest[:2 * m].reshape(2, m)
         w.best_low, w.best_high = w.best[0].reshape(k, BLOCKS_PER_PACKET), w.best[1].reshape(k, BLOCKS_PER_PACKET)
-        loud = self._wg[:k]
-        w.loud = loud[:, :_WORK_BLOCKS]
+        loud = w.loud8 = self._wg[:k]
         w.loud_word = loud.view(np.uint64)[:, 0]
-        weak = self._wweak[:k]
+        weak = w.weak8 = self._wweak[:k]
         w.weak = weak[:, :_WORK_BLOCKS]
         w.weak_word = weak.view(np.uint64)[:, 0]
         w.t7 = self._wt7[:, :k]
-        w.all_lines = w.wf[:, 1]
         self._scratch[k] = w
         return w
 
@@ -1141,7 +1148,7 @@ class MaskerBank:
         words = bs.view(np.uint64)
         block_mask = None
         if n_confirmed or np.count_nonzero(words[:, _W_TONE]):
-            near = np.flatnonzero(words[:, _W_TONE] | confirmed.view(np.uint32)[:, 0])
+            near = (words[:, _W_TONE] | confirmed.view(np.uint32)[:, 0]).nonzero()[0]
             if len(near) <= _SCALAR_TONE_ROWS:
                 masks, states = _tone_rows(bs[near, _S_HOLDS:_B_TONE + HANGOVER_BLOCKS + 1].tolist(),
                                            confirmed[near].tolist(), flags[near, 0].tolist())
@@ -1210,7 +1217,7 @@ class MaskerBank:
                    levels: np.ndarray | None) -> None:
         """`_fill_row` for each changed row of `out` (few rows one by one, many by gathers)."""
         mode = self._mode
-        rows = np.flatnonzero(changed)
+        rows = changed.nonzero()[0]
         if n_changed <= _SCALAR_FILL_ROWS:
             for r in rows.tolist():
                 self._fill_row(out[r],

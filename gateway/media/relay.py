@@ -1096,7 +1096,7 @@ class Relay:
                 # decoded two codes at a time straight from it (no copy of the payloads first).
                 picked = rows
                 pairs = np.frombuffer(b"".join([r[1] for r in rows]), dtype="<u2").reshape(k, 86)
-                frames = np.take(_ULAW_PAIRS, pairs).view(np.int16)[:, 12:]
+                frames = _ULAW_PAIRS.take(pairs).view(np.int16)[:, 12:]
             else:
                 picked = [r for r in rows if len(r[1]) - r[2] == 160]
                 if picked:
