@@ -9,6 +9,7 @@ packages ship (when installed).
 
     python3 loadtests/detector_bench.py [--quick]
     python3 loadtests/detector_bench.py --ab REV [--ab-streams 100] [--ab-rounds 15]
+    python3 loadtests/detector_bench.py --streams 100 --throughput-only
 
 --ab compares the working tree's dtmf/detector.py with the one at git revision REV
 in the same process: both banks are fed the same frames call by call (interleaved,
@@ -307,6 +308,8 @@ def main() -> None:
     parser.add_argument("--ab", metavar="REV", help="A/B the bank against dtmf/detector.py at a git revision")
     parser.add_argument("--ab-streams", type=int, default=100)
     parser.add_argument("--ab-rounds", type=int, default=15)
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="the throughput tables only (no keyed-stream accuracy, battery, latency, talk-off)")
     args = parser.parse_args()
     have_spandsp = load_spandsp() is not None
     seconds = 2.0 if args.quick else 4.0
@@ -338,6 +341,8 @@ def main() -> None:
                       f"{frames / 1e6:14.1f}M {ours / frames:5.2f}x")
             else:
                 print(f"{n:5d} {ours / 1e6:9.1f}M {'-':>10s}")
+    if args.throughput_only:
+        return
     ok, sp_ok, digits, sp_digits = stream_accuracy(pool)
     keyed = sum(len(k) for _, k in pool)
     print(f"keyed over speech/music: tonewall {ok}/{len(pool)} streams exact ({digits}/{keyed} digits), "
