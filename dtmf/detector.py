@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -627,7 +628,7 @@ class DetectorBank:
         on[hit_windows // c] = True
         rows = on.nonzero()[0]
         if rows.size < self.vector_min_streams:
-            return self._advance_few(slots[rows], hits[rows].tolist(), c)
+            return self._advance_few(slots[rows], hits.take(rows, axis=0).tolist(), c)
         if rows.size < k:
             return self._advance(slots[rows], hits[rows], c)
         return self._advance(slots, hits, c)
@@ -839,10 +840,10 @@ class DetectorBank:
 
     def _advance_few(self, slots: np.ndarray, hits: list[list[int]], c: int) -> list[DetectorEvent]:
         """`_advance` for a few streams, their keys per window given as lists."""
-        rows = self._sm[slots].tolist()
-        chunk0 = (self._chunks[slots] - c).tolist()
+        rows = self._sm.take(slots, axis=0).tolist()
+        chunk0 = [chunk - c for chunk in self._chunks.take(slots).tolist()]
         events, busy, n_busy_change = self._advance_each(slots, hits, rows, chunk0)
-        self._sm[slots] = rows
+        self._sm[slots] = np.fromiter(chain.from_iterable(rows), np.int64, len(rows) * _SM_WIDTH).reshape(-1, _SM_WIDTH)
         self._busy[slots] = busy
         self._n_busy += n_busy_change
         return events
