@@ -283,7 +283,8 @@ _GATHER_ROW = np.tile([0, 4, 8, 12], HISTORY_WINDOWS)
 """Row 4 w + 2 part + group of the gather: that group's bin + this base is its DFT row (rows 0-7: the
 real parts of the 8 bins, low group first; rows 8-15: the imaginary parts)."""
 _CHECK_MIN_COLUMNS = 8
-"""The exact checks' work arrays come in widths of 8, 16, 32, ... windows (padded with copies)."""
+"""The exact checks' work arrays come in widths of 8, 16, 32, 64, then multiples of 64 windows
+(padded with copies): a few widths, each made once per bank."""
 
 
 class _CheckPlan:
@@ -685,9 +686,6 @@ class DetectorBank:
         cand = np.greater_equal(pair_max, floor).nonzero()[0]
         if cand.size == 0:
             return None
-        if cand.size >= _FEW_CANDIDATES:
-            # Many windows (tones on many streams): the exact checks cost the same for more.
-            return cand
         # Twist with slack for the roll-off correction, on the few windows left (the
         # 0.1 % in the slack also makes "<" as safe as "<=").
         strongest = group_max.take(cand, axis=1)
@@ -721,7 +719,7 @@ class DetectorBank:
         add, subtract, multiply = np.add, np.subtract, np.multiply
         kc = mag.shape[1]
         n = cand.size
-        m = max(_CHECK_MIN_COLUMNS, 1 << (n - 1).bit_length())
+        m = max(_CHECK_MIN_COLUMNS, 1 << (n - 1).bit_length()) if n <= 64 else -(-n // 64) * 64
         w = self._check_plan(m)
         if n < m:
             # Padded with copies of the first window: the same results, never counted.
