@@ -658,9 +658,7 @@ def _block_features_into(frames: np.ndarray, w: _Scratch) -> None:
     np.matmul(_BASIS_T, w.x.T, out=w.proj)
     np.square(w.proj, out=w.proj)
     np.add(w.proj_cos, w.proj_sin, out=w.p)
-    np.maximum(w.p_f[0], w.p_f[1], out=w.best)
-    np.maximum(w.best, w.p_f[2], out=w.best)
-    np.maximum(w.best, w.p_f[3], out=w.best)  # best low, best high
+    w.p_f.max(axis=1, out=w.best)  # best low, best high: one reduction (max is exact in any order)
     np.add(w.best_low, w.best_high, out=w.lines)
     np.multiply(w.lines, 2.0 / BLOCK_SAMPLES, out=w.lines)
     np.vecdot(w.x3, w.x3, out=w.energy)  # int16 squares: exact in float64 in any summation order
@@ -999,8 +997,7 @@ class MaskerBank:
         w.proj = self._wproj[:16 * m].reshape(16, m)  # cos, then sin, of the eight frequencies
         w.proj_cos, w.proj_sin = w.proj[:8], w.proj[8:]
         w.p = self._wp[:8 * m].reshape(8, m)  # ~ (amplitude * 20)^2 per frequency
-        p_f = w.p.reshape(2, 4, m)  # low group, high group
-        w.p_f = [p_f[:, j] for j in range(4)]
+        w.p_f = w.p.reshape(2, 4, m)  # low group, high group
         w.best = self._wbest[:2 * m].reshape(2, m)
         w.best_low, w.best_high = w.best[0].reshape(k, BLOCKS_PER_PACKET), w.best[1].reshape(k, BLOCKS_PER_PACKET)
         loud = w.loud8 = self._wg[:k]
