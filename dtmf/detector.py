@@ -278,6 +278,8 @@ def _check_items() -> np.ndarray:
 
 
 _ITEM_SOURCE = _check_items()
+_HISTORY_CACHE_BYTES = 32 << 20
+"""Bound on a bank's cached window-history tables (one per call shape)."""
 _GATHER_GROUP = np.tile([0, 1], 2 * HISTORY_WINDOWS)
 _GATHER_ROW = np.tile([0, 4, 8, 12], HISTORY_WINDOWS)
 """Row 4 w + 2 part + group of the gather: that group's bin + this base is its DFT row (rows 0-7: the
@@ -438,6 +440,7 @@ class DetectorBank:
         self._work: dict[str, np.ndarray] = {}
         self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._window_history: dict[tuple[int, int], np.ndarray] = {}
+        self._window_history_bytes = 0
         self._plans: dict[tuple[int, int], _Plan] = {}
         self._check_plans: dict[int, _CheckPlan] = {}
         self._grow(capacity)
@@ -739,9 +742,13 @@ class DetectorBank:
         # gather: (window, re/im, low/high), then in the rows the steps below take them in.
         where = self._window_history.get((kc, c))
         if where is None:
-            if len(self._window_history) > 256:
+            where = _window_history(kc, c)
+            # Bounded: a relay's calls come in many shapes (256 B per window each).
+            if len(self._window_history) >= 256 or self._window_history_bytes + where.nbytes > _HISTORY_CACHE_BYTES:
                 self._window_history.clear()
-            where = self._window_history[(kc, c)] = _window_history(kc, c)
+                self._window_history_bytes = 0
+            self._window_history[(kc, c)] = where
+            self._window_history_bytes += where.nbytes
         where.take(columns, axis=2, out=w.where, mode="clip")
         multiply(w.dft_rows, w.stride, w.idx)
         add(w.idx, w.offset, w.idx)

@@ -189,3 +189,23 @@ def test_state_machine_steps_equal_the_window_loop() -> None:
         assert got == expected, (trial, row, key, n)
         assert rows[0] == ref_row, (trial, row, key, n)
         assert busy == [ref_row[0] >= 0 or ref_row[3] >= 0]
+
+
+def test_window_history_tables_stay_within_their_bound(monkeypatch) -> None:
+    """Calls of many shapes (as a relay makes them) keep the cached tables under the bound, same events."""
+    tone = g711_round_trip(dtmf_tone("5", 100.0, -10.0))[:800]
+    events: list[list] = [[], []]
+    for i, bound in enumerate((1 << 20, 1 << 30)):
+        monkeypatch.setattr(detector_mod, "_HISTORY_CACHE_BYTES", bound)
+        bank = DetectorBank(400)
+        slots = np.array([bank.add_stream() for _ in range(400)])
+        built = 0
+        for k in range(1, 400, 9):
+            for pos in range(0, 800, 160):
+                events[i] += bank.process(slots[:k], np.tile(tone[pos:pos + 160], (k, 1)))
+            built += 256 * 4 * k
+            assert bank._window_history_bytes <= bound
+            assert bank._window_history_bytes == sum(t.nbytes for t in bank._window_history.values())
+        assert built > 4 * (1 << 20)
+    assert events[0] == events[1]
+    assert sum(isinstance(e, DigitDetected) for e in events[0]) >= 300
