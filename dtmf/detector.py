@@ -211,7 +211,8 @@ class _Analysis:
         self.min_pair_power = _dbm0_power(MIN_PAIR_LEVEL_DBM0)
         self.min_tone_power = _dbm0_power(MIN_TONE_LEVEL_DBM0)
         # The gate's twist bounds as one column: hi >= lo * each, then one comparison.
-        self.gate_twist = np.array([[self.gate_normal_twist], [self.gate_reverse_twist]], dtype=np.float32)
+        self.gate_normal32 = np.array(self.gate_normal_twist, dtype=np.float32)
+        self.gate_reverse32 = np.array(self.gate_reverse_twist, dtype=np.float32)
         # Operands of the exact checks (see DetectorBank._check), each in the dtype its check
         # was written in: float32 for the phase, the twist and the level floors (Python floats
         # against float32), float64 for the energy ratios (numpy float64).
@@ -281,6 +282,7 @@ _ITEM_SOURCE = _check_items()
 _HISTORY_CACHE_BYTES = 32 << 20
 """Bound on a bank's cached window-history tables (one per call shape)."""
 _GATHER_GROUP = np.tile([0, 1], 2 * HISTORY_WINDOWS)
+_GATHER_WINDOW = np.repeat(np.arange(HISTORY_WINDOWS), 4)
 _GATHER_ROW = np.tile([0, 4, 8, 12], HISTORY_WINDOWS)
 """Row 4 w + 2 part + group of the gather: that group's bin + this base is its DFT row (rows 0-7: the
 real parts of the 8 bins, low group first; rows 8-15: the imaginary parts)."""
@@ -299,7 +301,7 @@ class _CheckPlan:
     def __init__(self, an: _Analysis, m: int) -> None:
         h = HISTORY_WINDOWS
         f = np.empty((148, m), dtype=np.float32)
-        i = np.empty((4 + 20 * h, m), dtype=np.intp)
+        i = np.empty((4 + 22 * h, m), dtype=np.intp)
         self.cand, self.keys, self.bins = i[0], i[1], i[2:4]
         i = i[4:]
         # Per window (newest first): DFT row of the low and high bin's re, then im.
@@ -307,7 +309,8 @@ class _CheckPlan:
         self.dft_row_base[:] = _GATHER_ROW[:, None]
         self.where = i[8 * h:16 * h].reshape(2, 4 * h, m)
         self.offset, self.stride = self.where
-        self.idx = i[16 * h:]
+        self.idx = i[16 * h:20 * h]
+        self.where_by_window = i[20 * h:].reshape(2, h, m)
         self.mag, f = f[:8], f[8:]
         self.mag_groups = self.mag.reshape(2, 4, m)
         self.dft, f = f[:4 * h], f[4 * h:]  # (window, part, group): the chosen bins' values
@@ -691,9 +694,9 @@ class DetectorBank:
             return None
         # Twist with slack for the roll-off correction, on the few windows left (the
         # 0.1 % in the slack also makes "<" as safe as "<=").
-        strongest = group_max.take(cand, axis=1)
-        above = np.greater_equal(strongest[1], strongest[0] * self._an.gate_twist)
-        twisted = np.greater(above[0], above[1])
+        low, high = group_max.take(cand, axis=1)
+        twisted = np.greater_equal(high, np.multiply(low, self._an.gate_normal32))
+        twisted &= np.less(high, np.multiply(low, self._an.gate_reverse32))
         n_left = np.count_nonzero(twisted)
         if n_left == 0:
             return None
@@ -743,13 +746,14 @@ class DetectorBank:
         where = self._window_history.get((kc, c))
         if where is None:
             where = _window_history(kc, c)
-            # Bounded: a relay's calls come in many shapes (256 B per window each).
+            # Bounded: a relay's calls come in many shapes (64 B per window each).
             if len(self._window_history) >= 256 or self._window_history_bytes + where.nbytes > _HISTORY_CACHE_BYTES:
                 self._window_history.clear()
                 self._window_history_bytes = 0
             self._window_history[(kc, c)] = where
             self._window_history_bytes += where.nbytes
-        where.take(columns, axis=2, out=w.where, mode="clip")
+        where.take(columns, axis=2, out=w.where_by_window, mode="clip")
+        w.where_by_window.take(_GATHER_WINDOW, axis=1, out=w.where, mode="clip")
         multiply(w.dft_rows, w.stride, w.idx)
         add(w.idx, w.offset, w.idx)
         z_and_carry.take(w.idx, out=w.dft, mode="clip")
@@ -1093,14 +1097,13 @@ class DetectorBank:
 def _window_history(kc: int, c: int) -> np.ndarray:
     """Where window t - w (w < HISTORY_WINDOWS) of each of the kc windows is in the flat z-and-carry array.
 
-    (offset, stride) for each w and window, 4 times (once per row of the exact checks' gather:
-    re and im of the low and the high bin, see _check): the value of DFT row r is at offset +
-    r * stride, in the windows' rows (stride kc) or, before the stream's first new window, in
-    its carry (stride 1).
+    (offset, stride) for each w and window: the value of DFT row r is at offset + r * stride,
+    in the windows' rows (stride kc) or, before the stream's first new window, in its
+    carry (stride 1).
     """
     q = np.arange(kc)
     s, t = np.divmod(q, c)
-    w = np.repeat(np.arange(HISTORY_WINDOWS), 4)[:, None]
+    w = np.arange(HISTORY_WINDOWS)[:, None]
     inside = t >= w
     in_carry = 16 * kc + s * _CARRY_WIDTH + _CARRY_HIST.start + 16 * (t - w + HISTORY_WINDOWS - 1)
     return np.stack([np.where(inside, q - w, in_carry), np.where(inside, kc, 1)])
