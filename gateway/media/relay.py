@@ -1116,10 +1116,13 @@ class Relay:
                         if out is None:
                             out, changed = np.empty((n, 160), dtype=np.int16), np.zeros(n, dtype=bool)
                         out[sub], changed[sub] = masker.process(slot_arr[sub], frames[sub])
-                if plain and not np.count_nonzero(changed):
+                hit = changed.nonzero()[0]
+                if plain and not len(hit):
                     pass  # every row unchanged: the common case, no per-row marks
                 else:
-                    marks = np.where(changed, np.arange(n), -1).tolist()
+                    marks = [-1] * n
+                    for j in hit.tolist():
+                        marks[j] = j
                     if plain:
                         state = marks
                     else:
