@@ -281,6 +281,8 @@ def _check_items() -> np.ndarray:
 _ITEM_SOURCE = _check_items()
 _HISTORY_CACHE_BYTES = 32 << 20
 """Bound on a bank's cached window-history tables (one per call shape)."""
+_CHECK_CACHE_COLUMNS = 16384
+"""Bound on the summed widths of a bank's exact-check work arrays (~1.4 kB per column: ~23 MB)."""
 _GATHER_GROUP = np.tile([0, 1], 2 * HISTORY_WINDOWS)
 _GATHER_WINDOW = np.repeat(np.arange(HISTORY_WINDOWS), 4)
 _GATHER_ROW = np.tile([0, 4, 8, 12], HISTORY_WINDOWS)
@@ -708,6 +710,9 @@ class DetectorBank:
         """The exact checks' work arrays for m windows, kept per m (a few widths)."""
         plan = self._check_plans.get(m)
         if plan is None:
+            # Bounded (~1.4 kB per window of width): wide ones come only with tones on many streams.
+            if sum(self._check_plans) + m > _CHECK_CACHE_COLUMNS:
+                self._check_plans.clear()
             plan = self._check_plans[m] = _CheckPlan(self._an, m)
         return plan
 

@@ -191,7 +191,8 @@ def test_state_machine_steps_equal_the_window_loop() -> None:
 
 
 def test_window_history_tables_stay_within_their_bound(monkeypatch) -> None:
-    """Calls of many shapes (as a relay makes them) keep the cached tables under the bound, same events."""
+    """Calls of many shapes (as a relay makes them) keep the cached tables under their bounds, same events."""
+    monkeypatch.setattr(detector_mod, "_CHECK_CACHE_COLUMNS", 2048)
     tone = g711_round_trip(dtmf_tone("5", 100.0, -10.0))[:800]
     events: list[list] = [[], []]
     for i, bound in enumerate((1 << 19, 1 << 30)):
@@ -205,6 +206,7 @@ def test_window_history_tables_stay_within_their_bound(monkeypatch) -> None:
             built += 64 * 4 * k
             assert bank._window_history_bytes <= bound
             assert bank._window_history_bytes == sum(t.nbytes for t in bank._window_history.values())
+            assert sum(bank._check_plans) <= detector_mod._CHECK_CACHE_COLUMNS
         assert built > 2 * (1 << 20)
     assert events[0] == events[1]
     assert sum(isinstance(e, DigitDetected) for e in events[0]) >= 300
