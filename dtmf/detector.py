@@ -265,10 +265,10 @@ _FEW_CANDIDATES = 16
 def _check_items() -> np.ndarray:
     """Which gathered DFT value each row of the exact checks' values holds (see _check).
 
-    The gather holds, for each window before the HISTORY_WINDOWS - 1 before it (w, newest first),
-    the real and imaginary part of the chosen low and high bin: row 4 w + 2 part + group. The
-    values: rows 0-15 the real, then the imaginary part of each window, low and high bin, whose
-    squares give the powers; rows 16-23 and 24-31: x0 and x2 (the window and the one two hops
+    The gather holds, for the window and the HISTORY_WINDOWS - 1 before it (w, newest first), the
+    real and imaginary part of the chosen low and high bin: row 4 w + 2 part + group. The values:
+    rows 0-15 the real, then the imaginary part of each window, low and high bin, whose squares
+    give the powers; rows 16-23 and 24-31: x0 and x2 (the window and the one two hops
     before) as re, im, im, re; rows 32-39: x1 as re, im, re, im.
     """
     re, im = 0, 1
@@ -720,8 +720,8 @@ class DetectorBank:
                energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Full Q.24 checks on the windows that passed the gate: the hit windows and their keys.
 
-        All candidate windows of all streams at once, as rows of (values, n) work arrays made once
-        per n (see _CheckPlan): the count of numpy calls, not their size, is the cost here, and a
+        All candidate windows of all streams at once, as rows of (values, windows) work arrays made
+        once per width (see _CheckPlan): the count of numpy calls, not their size, is the cost here, and a
         call over contiguous rows with its output given is the cheapest kind. Every value is
         computed in the same dtype and order as the checks were written in, so every decision is
         the same.
@@ -782,7 +782,8 @@ class DetectorBank:
         phase = subtract(turn, an.pi32, w.phase)
         # Every check is one row of `passed`, reduced once:
         #   rows 0-1: Q.24 frequency, accept +-(1.5 % + 2 Hz), reject beyond +-3.5 %;
-        #   rows 2-3: each tone's level;
+        #   rows 2-3: each tone's level (left out, passed, where the twist and the pair level
+        #             imply it: _Analysis.level_implied);
         #   rows 4-7: Q.24 twist, high tone up to 8 dB below (high >= low * normal, rows 4-5)
         #             or 4 dB above the low one (high <= low * reverse, rows 6-7): rows 4 and 6
         #             on this window's with WINDOW_TWIST_SLACK_DB more, rows 5 and 7 on the tone
