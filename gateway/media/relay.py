@@ -1238,11 +1238,11 @@ class Relay:
         if not changed:
             return payload if xlate is None else payload.translate(xlate)
         codes = np.frombuffer(payload, dtype=np.uint8)
-        same = DECODE_TABLES[codec][codes] == row
+        same = DECODE_TABLES[codec].take(codes) == row
         # Unchanged samples keep their exact code (mu-law decode/encode is not the identity),
         # converted code for code when the agent's law differs.
         kept = codes if xlate is None else np.frombuffer(payload.translate(xlate), dtype=np.uint8)
-        return np.where(same, kept, ENCODE_TABLES[out_codec][row.view(np.uint16)]).astype(np.uint8).tobytes()
+        return np.where(same, kept, ENCODE_TABLES[out_codec].take(row.view(np.uint16))).tobytes()  # uint8
 
     def _forward_built(self, leg: Leg, data: bytes) -> tuple[Leg, bytes, tuple[str, int]] | None:
         """Remap and protect a caller packet released from the masker (already renumbered)."""
