@@ -969,7 +969,7 @@ class MaskerBank:
         if levels is not None:
             fs[:, _F_LEVELS:_F_FILLER] = levels
         np.copyto(w.fs_hist, w.next_hist)
-        np.add(w.n_in, PACKET_SAMPLES, out=w.n_in)
+        np.add(w.n_in, float(PACKET_SAMPLES), out=w.n_in)
         self._fs[slots] = fs
         self._held[slots] = frames
         return out, changed
