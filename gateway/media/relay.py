@@ -989,7 +989,11 @@ class Relay:
                 i, n = self._fifo_pos, len(rows)
                 while i < n:
                     row = rows[i]
-                    held = row[0].held
+                    leg = row[0]
+                    held = leg.held
+                    if held is row and leg in holding:  # the entry of the packet its leg holds: live
+                        self._fifo_pos = i
+                        return _hold_deadline(row)
                     if held is not None and not (held[3] - row[3] >= 1e-6 and row[3] < 1e8
                                                  and len(held[1]) - held[2] == 160):
                         break
