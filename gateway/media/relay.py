@@ -745,6 +745,38 @@ class Relay:
 
     # ---- the hot path ----------------------------------------------------------
 
+    def fifos(self) -> tuple[list[int], list[bytes], list[tuple[Leg, bytes, int, float]]]:
+        """The detector FIFO (slots, packets) and the masker rows, for the C relay path to append to.
+
+        `gateway.media._fastrelay` appends exactly what `receive_rtp` would for the packets it
+        takes (see `rows_appended`); the lists are replaced whenever a batch runs, so ask each time.
+        """
+        return self._det_slots, self._det_payloads, self._mask_rows
+
+    def rows_appended(self, now: float, det_before: int, det_alaw: bool, mask_before: int, masked: int) -> None:
+        """What `receive_rtp` does when it queues rows, for rows the C path appended at `now`.
+
+        `det_before`/`mask_before`: the FIFOs' lengths before; `masked`: masker rows appended.
+        """
+        det = self._det_slots
+        if len(det) > det_before:
+            if not det_before:
+                self._det_since = now
+                self.timer_changed = self.wake = True
+            if len(det) >= self.detect_batch_rows:
+                self.wake = True
+            if det_alaw:
+                self._det_alaw = True
+        if masked:
+            if not mask_before:
+                self._mask_since = now
+                if self.mask_window_s:
+                    self.timer_changed = True
+            if now < self._mask_last_rx:
+                self._mask_plain = False
+            self._mask_last_rx = now
+            self.wake = True
+
     def receive_rtp(self, leg: Leg, data: bytes, addr: tuple[str, int], now: float
                     ) -> tuple[bytes, tuple[str, int]] | None:
         """One datagram from `leg`'s peer; returns (bytes, destination) for the other leg."""

@@ -294,9 +294,9 @@ class RtpMediaController:
         """The epoll descriptor is readable: one datagram from each ready RTP socket (C accelerator)."""
         relay = self.relay
         t0 = perf_counter()
-        before = len(relay._det_slots)
-        mask_before = len(relay._mask_rows)
-        slow, c = self._fast.drain(t0, relay._det_slots, relay._det_payloads, relay._mask_rows)
+        det_slots, det_packets, mask_rows = relay.fifos()
+        det_before, mask_before = len(det_slots), len(mask_rows)
+        slow, c = self._fast.drain(t0, det_slots, det_packets, mask_rows)
         stats = relay.stats
         handled = c[0] + c[4] + c[10]
         if handled:
@@ -304,32 +304,13 @@ class RtpMediaController:
             stats.relayed_bytes[0] += c[1]
             stats.relayed[1] += c[4]
             stats.relayed_bytes[1] += c[5]
+            relay.rows_appended(t0, det_before, bool(c[9]), mask_before, c[10])
         if c[2] or c[3] or c[6] or c[7]:
             for d, i in ((0, 2), (1, 6)):
                 if c[i]:
                     stats.drops[d]["socket"] += c[i]
                 if c[i + 1]:
                     stats.drops[d]["send"] += c[i + 1]
-        if c[8]:
-            # Rows the accelerator queued for the detector: what `Relay.receive_rtp` does
-            # when it queues one (the FIFO's oldest row starts the detection window).
-            if not before:
-                relay._det_since = t0
-                relay.timer_changed = relay.wake = True
-            if len(relay._det_slots) >= relay.detect_batch_rows:
-                relay.wake = True
-            if c[9]:
-                relay._det_alaw = True
-        if c[10]:
-            # Masker rows it queued (masked caller legs): the core's masking-branch bookkeeping.
-            if not mask_before:
-                relay._mask_since = t0
-                if relay.mask_window_s:
-                    relay.timer_changed = True
-            if t0 < relay._mask_last_rx:
-                relay._mask_plain = False
-            relay._mask_last_rx = t0
-            relay.wake = True
         if slow is not None:
             for leg, data, addr in slow:
                 out = relay.receive_rtp(leg, data, addr, t0)
