@@ -8,14 +8,16 @@
  * the address Python's recvfrom would give, back to `Relay.receive_rtp` unchanged.
  *
  * It keeps no relay state of its own. Each datagram is judged on the `Leg` object's
- * current attributes, read through the slot offsets of `gateway.media.relay.Leg`: a leg
- * that masks, holds, converts, plays a feedback tone, uses SRTP, renumbers, or whose
- * packet is not the next of its stream, from its latched source, of its audio payload type,
- * with a plain 12-byte header, goes the Python way (a leg that withheld RFC 4733 packets in a
- * capture is renumbered here as there: sequence number minus `seq_offset`). So no change of mode (a capture
- * starting) can find a stale copy here: the fast path forwards exactly the packets that
- * `Relay.receive_rtp` would forward bit-exact with nothing but the PT byte remapped, and
- * updates the same two fields it would (`rx_next`, `last_rx_s`).
+ * current attributes, read through the slot offsets of `gateway.media.relay.Leg`: a
+ * packet that is not the next of its stream, from its latched source, of its audio payload
+ * type, with a plain 12-byte header, or on a leg that converts G.711 laws, plays a feedback
+ * tone or uses SRTP (either side), goes the Python way; so does a masked leg's packet
+ * unless it is a plain 20 ms mu-law frame. So no change of mode (a capture starting)
+ * can find a stale copy here: the fast path forwards exactly the packets that
+ * `Relay.receive_rtp` would forward bit-exact with nothing but the PT byte remapped (and
+ * the renumbering after withheld RFC 4733 packets), queues the detector and masker rows it
+ * would queue, and updates the same fields it would (`rx_next`, `last_rx_s`, the sampled
+ * RFC 3550 A.8 jitter pair).
  *
  * Linux only (epoll); IPv4 sockets only (the edge keeps IPv6 media on per-socket readers).
  */
@@ -593,7 +595,7 @@ static PyMethodDef FastRelay_methods[] = {
     {"fileno", (PyCFunction)FastRelay_fileno, METH_NOARGS, "The epoll descriptor: readable when a registered socket is."},
     {"add", (PyCFunction)FastRelay_add, METH_VARARGS, "add(fd, leg, peer_fd): relay datagrams arriving on fd for leg, sending from peer_fd."},
     {"remove", (PyCFunction)FastRelay_remove, METH_O, "remove(fd): stop watching fd (before it is closed)."},
-    {"drain", (PyCFunction)FastRelay_drain, METH_VARARGS, "drain(now, det_slots, det_payloads) -> (slow, counts)."},
+    {"drain", (PyCFunction)FastRelay_drain, METH_VARARGS, "drain(now, det_slots, det_payloads, mask_rows=None) -> (slow, counts)."},
     {"close", (PyCFunction)FastRelay_close, METH_NOARGS, "Forget every socket and close the epoll descriptor."},
     {"registered", (PyCFunction)FastRelay_len, METH_NOARGS, "Sockets registered."},
     {NULL, NULL, 0, NULL},
