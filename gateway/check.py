@@ -829,6 +829,23 @@ def check_codecs() -> CheckResult:
     return _pass(name, f"only {', '.join(SUPPORTED_CODECS)} (+ telephone-event) are negotiated; all inspectable")
 
 
+def check_relay_path(config: Config) -> CheckResult:
+    """Whether RTP takes the C relay path (`media.accelerator`): the pure-Python one costs more CPU per packet."""
+    from gateway.transport import rtp as edge
+
+    name = "media.accelerator"
+    setting = config.media.accelerator
+    usable = edge.FastRelay is not None and ":" not in config.media.address
+    if setting == "off":
+        return _pass(name, "off by configuration: the pure-Python relay path")
+    if usable:
+        return _pass(name, f"{setting}: the C relay path is built and used")
+    why = "not built (reinstall with a C compiler)" if edge.FastRelay is None else "IPv6 media address"
+    if setting == "on":
+        return _fail(name, f"'on' but the C relay path cannot be used: {why}; `tonewall run` will refuse to start")
+    return _warn(name, f"the C relay path cannot be used ({why}): the pure-Python path costs more CPU per packet")
+
+
 # ---- the run
 
 
@@ -890,6 +907,7 @@ def run_checks(settings: CheckSettings) -> Report:
         cfg = config
         results += _guard("vault.kek_age", lambda: check_kek_age(cfg, data_dir, env, now, settings.kek_max_age_days))
         results += _guard("capture.mask_policy", lambda: check_mask_policy(cfg))
+        results += _guard("media.accelerator", lambda: check_relay_path(cfg))
     results += _guard("media.codecs", check_codecs)
     report.results = results
     return report

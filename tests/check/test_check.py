@@ -82,7 +82,7 @@ def test_clean_deployment_has_no_failure(data_dir):
     for name in ("config.load", "config.inline_secrets", "config.secret_files", "tls.api", "tls.vault",
                  "tls.processor", "tls.processor_mtls", "tls.sip", "tls.dev_ca", "api.dev_key",
                  "data_dir.permissions", "data_dir.key_files", "data_dir.card_numbers", "audit.chain",
-                 "audit.key_file", "vault.kek_age", "capture.mask_policy", "media.codecs"):
+                 "audit.key_file", "vault.kek_age", "capture.mask_policy", "media.accelerator", "media.codecs"):
         assert name in names, name
     failed = [(r.name, r.detail) for r in report.results if r.status is check.Status.FAIL]
     assert failed == [] and report.ok
@@ -450,6 +450,22 @@ def test_mask_policy():
     assert check.check_mask_policy(cfg).status is check.Status.PASS
     off = dataclasses.replace(cfg, capture=dataclasses.replace(cfg.capture, mask="never"))
     assert check.check_mask_policy(off).status is check.Status.FAIL
+
+
+def test_relay_path(monkeypatch):
+    from gateway.transport import rtp as edge
+
+    cfg = load_config()
+    media = cfg.media
+    if edge.FastRelay is not None:
+        assert check.check_relay_path(cfg).status is check.Status.PASS
+    off = dataclasses.replace(cfg, media=dataclasses.replace(media, accelerator="off"))
+    assert check.check_relay_path(off).status is check.Status.PASS
+    monkeypatch.setattr(edge, "FastRelay", None)  # installed without a compiler
+    auto = check.check_relay_path(cfg)
+    assert auto.status is check.Status.WARN and "not built" in auto.detail
+    on = check.check_relay_path(dataclasses.replace(cfg, media=dataclasses.replace(media, accelerator="on")))
+    assert on.status is check.Status.FAIL and "refuse to start" in on.detail
 
 
 def test_codecs(monkeypatch):
