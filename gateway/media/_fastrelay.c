@@ -77,6 +77,7 @@ typedef struct {
     long jitter_warmup;     /* Relay._jitter_warmup: pairs averaged before the fixed gain */
     double jitter_gain;     /* Relay._jitter_gain */
     Entry *entries;         /* indexed by fd */
+    PyObject *fds;          /* {leg: fd of its own RTP socket}, for send_all */
     int n_entries;
     int n_registered;
 } FastRelay;
@@ -192,6 +193,11 @@ static PyObject *FastRelay_new(PyTypeObject *type, PyObject *args, PyObject *kwd
         self->n_entries = 0;
         self->n_registered = 0;
         self->leg_type = NULL;
+        self->fds = PyDict_New();
+        if (self->fds == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
     }
     return (PyObject *)self;
 }
@@ -203,6 +209,7 @@ static void FastRelay_dealloc(FastRelay *self) {
     if (self->epfd >= 0)
         close(self->epfd);
     Py_XDECREF(self->leg_type);
+    Py_XDECREF(self->fds);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -249,9 +256,17 @@ static PyObject *FastRelay_add(FastRelay *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "descriptor already registered");
         return NULL;
     }
+    PyObject *fd_obj = PyLong_FromLong(fd);
+    if (fd_obj == NULL || PyDict_SetItem(self->fds, leg, fd_obj) < 0) {
+        Py_XDECREF(fd_obj);
+        return NULL;
+    }
+    Py_DECREF(fd_obj);
     struct epoll_event ev = {.events = EPOLLIN, .data = {.fd = fd}};
-    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        PyDict_DelItem(self->fds, leg);
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
     Py_INCREF(leg);
     e->leg = leg;
     e->peer_fd = peer_fd;
@@ -268,6 +283,8 @@ static PyObject *FastRelay_remove(FastRelay *self, PyObject *arg) {
         Py_RETURN_NONE;
     if (self->epfd >= 0)
         epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL); /* may fail if already closed: harmless */
+    if (PyDict_DelItem(self->fds, self->entries[fd].leg) < 0)
+        PyErr_Clear();
     entry_clear(&self->entries[fd]);
     self->n_registered--;
     Py_RETURN_NONE;
@@ -276,6 +293,7 @@ static PyObject *FastRelay_remove(FastRelay *self, PyObject *arg) {
 static PyObject *FastRelay_close(FastRelay *self, PyObject *Py_UNUSED(ignored)) {
     for (int i = 0; i < self->n_entries; i++)
         entry_clear(&self->entries[i]);
+    PyDict_Clear(self->fds);
     self->n_registered = 0;
     if (self->epfd >= 0) {
         close(self->epfd);
@@ -587,6 +605,61 @@ error:
     return NULL;
 }
 
+/* send_all(sends) -> (left, errors)
+ *
+ * `sends` is the core's list of (leg, datagram, (host, port)): each leaves from that leg's
+ * own RTP socket, as the edge's `_send_all` sends them, without Python's per-call address
+ * parsing. `left` is None or the items it could not take (a leg it does not know, an
+ * address that is not a dotted quad), for the edge to send; `errors` counts failed sends
+ * by the direction of the packets' peer leg (the direction they were received in).
+ */
+static PyObject *FastRelay_send_all(FastRelay *self, PyObject *sends) {
+    if (!PyList_CheckExact(sends)) {
+        PyErr_SetString(PyExc_TypeError, "sends must be a list");
+        return NULL;
+    }
+    long errors[2] = {0, 0};
+    PyObject *left = NULL, *last_dest = NULL;
+    struct sockaddr_in sa;
+    int sa_ok = 0;
+    Py_ssize_t n = PyList_GET_SIZE(sends);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(sends, i);
+        PyObject *leg = NULL, *data = NULL, *dest = NULL;
+        int fd = -1;
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 3) {
+            leg = PyTuple_GET_ITEM(item, 0);
+            data = PyTuple_GET_ITEM(item, 1);
+            dest = PyTuple_GET_ITEM(item, 2);
+            PyObject *fd_obj = PyDict_GetItemWithError(self->fds, leg);
+            if (fd_obj == NULL && PyErr_Occurred())
+                goto error;
+            if (fd_obj != NULL)
+                fd = (int)PyLong_AsLong(fd_obj);
+            if (dest != last_dest) {
+                last_dest = dest;
+                sa_ok = parse_addr(dest, &sa);
+            }
+        }
+        if (fd < 0 || !PyBytes_CheckExact(data) || !sa_ok || fd >= self->n_entries || self->entries[fd].leg != leg) {
+            if (left == NULL && (left = PyList_New(0)) == NULL)
+                goto error;
+            if (PyList_Append(left, item) < 0)
+                goto error;
+            continue;
+        }
+        if (sendto(fd, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data), 0, (struct sockaddr *)&sa,
+                   sizeof(sa)) < 0)
+            errors[1 - self->entries[fd].direction]++;
+    }
+    PyObject *result = Py_BuildValue("(O(ll))", left ? left : Py_None, errors[0], errors[1]);
+    Py_XDECREF(left);
+    return result;
+error:
+    Py_XDECREF(left);
+    return NULL;
+}
+
 static PyObject *FastRelay_len(FastRelay *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromLong(self->n_registered);
 }
@@ -596,6 +669,7 @@ static PyMethodDef FastRelay_methods[] = {
     {"add", (PyCFunction)FastRelay_add, METH_VARARGS, "add(fd, leg, peer_fd): relay datagrams arriving on fd for leg, sending from peer_fd."},
     {"remove", (PyCFunction)FastRelay_remove, METH_O, "remove(fd): stop watching fd (before it is closed)."},
     {"drain", (PyCFunction)FastRelay_drain, METH_VARARGS, "drain(now, det_slots, det_payloads, mask_rows=None) -> (slow, counts)."},
+    {"send_all", (PyCFunction)FastRelay_send_all, METH_O, "send_all([(leg, datagram, (host, port)), ...]) -> (left, errors)."},
     {"close", (PyCFunction)FastRelay_close, METH_NOARGS, "Forget every socket and close the epoll descriptor."},
     {"registered", (PyCFunction)FastRelay_len, METH_NOARGS, "Sockets registered."},
     {NULL, NULL, 0, NULL},

@@ -976,10 +976,11 @@ class Relay:
         sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
         deadline = self._next_deadline()
         if deadline is not None and deadline <= now:
-            due = []
+            due: dict[Leg, None] = {}  # ordered, and a membership test that does not scan (a list's was
+            # quadratic in the legs due at once: most of the loop when a saturated relay falls behind)
             for leg in self._pop_deadlines(now):
                 if leg.held is not None and _hold_deadline(leg.held) <= now and leg not in due:
-                    due.append(leg)
+                    due[leg] = None
             if due:
                 if self._mask_rows:
                     # A successor already here (in a masker window) releases its packet with look-ahead.

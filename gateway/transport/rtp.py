@@ -414,6 +414,15 @@ class RtpMediaController:
                 ev = relay.next_event()
 
     def _send_all(self, sends: list[tuple[Leg, bytes, tuple[str, int]]]) -> None:
+        if self._fast is not None and sends:
+            left, errors = self._fast.send_all(sends)
+            if errors[0] or errors[1]:
+                for d in (0, 1):
+                    if errors[d]:
+                        self.relay.stats.drops[d]["send"] += errors[d]
+            if left is None:
+                return
+            sends = left
         for leg, data, dest in sends:
             try:
                 leg.endpoint.rtp.sendto(data, dest)

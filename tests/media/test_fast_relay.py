@@ -632,3 +632,37 @@ def test_accelerator_agrees_with_the_core_on_arbitrary_datagrams() -> None:
         fr.close()
         for s in socks:
             s.close()
+
+
+def test_send_all_sends_from_each_legs_own_socket_and_hands_back_what_it_cannot() -> None:
+    require_accelerator()
+    relay = Relay()
+    call = relay.add_call("s")
+    gw_c, gw_a, peer = udp(), udp(), udp()
+    fr = edge.FastRelay(Leg, relay._jitter_mask, relay._jitter_warmup, relay._jitter_gain)
+    try:
+        fr.add(gw_c.fileno(), call.caller, gw_a.fileno())
+        fr.add(gw_a.fileno(), call.agent, gw_c.fileno())
+        dest = peer.getsockname()
+        other = Relay().add_call("x").agent
+        sends = [(call.agent, b"to-caller-side", dest), (call.caller, b"from-caller-leg", dest),
+                 (other, b"unknown leg", dest), (call.agent, b"named host", ("localhost", dest[1])),
+                 (call.agent, b"closed port", (HOST, 9))]
+        left, errors = fr.send_all(sends)
+        assert left == [sends[2], sends[3]]
+        got = []
+        while True:
+            try:
+                data, src = peer.recvfrom(100)
+            except BlockingIOError:
+                break
+            got.append((data, src))
+        assert got == [(b"to-caller-side", gw_a.getsockname()), (b"from-caller-leg", gw_c.getsockname())]
+        assert errors in ((0, 0), (1, 0))  # a send to a closed port fails only once ICMP came back
+        fr.remove(gw_a.fileno())
+        left, _ = fr.send_all([(call.agent, b"after remove", dest)])
+        assert left is not None and len(left) == 1
+    finally:
+        fr.close()
+        for s in (gw_c, gw_a, peer):
+            s.close()
