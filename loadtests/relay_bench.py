@@ -287,10 +287,16 @@ def core_bench(n: int, seconds: float, capture: bool, hook: bool, iteration_ms: 
     new_api = hasattr(relay, "process_pending")
     rng = np.random.default_rng(7)
     body = bytes(rng.integers(0xF0, 0x100, 160, dtype=np.uint8))  # quiet noise
-    packets = []
-    for seq in range(50):
-        hdr = bytes([0x80, 0]) + seq.to_bytes(2, "big") + (160 * seq).to_bytes(4, "big")
-        packets.append([hdr + (i + 1).to_bytes(4, "big") + body for i in range(n)])
+    def build(base: int) -> list[list[bytes]]:
+        """50 rounds of every stream's packets from round `base`: sequence numbers run on (a
+        stream whose numbers wrapped every 50 packets would look restarted half the time)."""
+        rounds = []
+        for seq in range(base, base + 50):
+            hdr = bytes([0x80, 0]) + (seq & 0xFFFF).to_bytes(2, "big") + ((160 * seq) & 0xFFFFFFFF).to_bytes(4, "big")
+            rounds.append([hdr + (i + 1).to_bytes(4, "big") + body for i in range(n)])
+        return rounds
+
+    packets = build(0)
     total = int(seconds * 50 * n)
     period_s = 0.020
     it_s = iteration_ms / 1e3
@@ -304,6 +310,8 @@ def core_bench(n: int, seconds: float, capture: bool, hook: bool, iteration_ms: 
         i = k % n
         seq_round = k // n
         now = 1000.0 + seq_round * period_s + (i * period_s) / n
+        if i == 0 and seq_round and seq_round % 50 == 0:
+            packets = build(seq_round)
         if now >= next_iter:
             if new_api:
                 # End of an iteration (the edge's _flush), then its timer when due (_on_timer).
