@@ -15,6 +15,10 @@ from pathlib import Path
 
 RUN_DIGITS = 7
 SEPARATOR = rb"[\s,.\-\"':]{0,4}"
+LOG_TIMESTAMP = re.compile(rb"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d{1,6})?|(?<![\d:])\d{2}:\d{2}:\d{2}[.,]\d{3}(?!\d)")
+"""A log line's own clock ("2026-11-30 03:12:21,204", PJSIP's "03:12:21.204"): blanked before the
+search. With separators allowed between digits, the clock alone spells a 7-digit run of some
+test PAN for a minute now and then ("30 03:12:2" is one: a run at 03:12 on the 30th failed)."""
 SKIPPED_SUFFIXES = (".wav",)
 """Audio: the decoders examine it (the caller's own WAV holds the card by design)."""
 
@@ -64,6 +68,7 @@ def search(roots: list[Path], pans: list[str], cvvs: list[str]) -> tuple[list[Hi
             except OSError:
                 continue  # removed while we walked (a WAL at checkpoint)
             searched += 1
+            data = LOG_TIMESTAMP.sub(lambda m: b"T" * len(m.group()), data)  # same length: offsets hold
             for label, pattern in patterns:
                 found = pattern.search(data)
                 if found is not None:

@@ -65,8 +65,15 @@ def test_search_finds_planted_card_data(tmp_path):
         (tmp_path / name).write_text(text)
     (tmp_path / "wide.bin").write_bytes(b"\x00\x01" + INBAND_PAN.encode("utf-16-le"))
     (tmp_path / "clean.log").write_text(f"brand visa last4 {INBAND_PAN[-4:]} 123 ms port 21688 cvv=***")
+    # Log clocks that spell a 7-digit run of a test PAN through the separators are not card data...
+    pan = PANS[7]
+    clock = f"2026-11-{pan[0:2]} {pan[2:4]}:{pan[4:6]}:{pan[6:8]},204 INFO x\n{pan[0:2]}:{pan[2:4]}:{pan[4:6]}.{pan[6:9]} y"
+    (tmp_path / "clock.log").write_text(clock)
+    # ... but a PAN next to a clock still is.
+    (tmp_path / "after_clock.log").write_text(f"2026-11-30 03:12:21,204 INFO card {INBAND_PAN}")
+    plants["after_clock.log"] = ""
     hits, searched = search([tmp_path], PANS, CVVS)
-    assert searched == len(plants) + 2
+    assert searched == len(plants) + 3
     assert {h.path.name for h in hits} == set(plants) | {"wide.bin"}
 
 
