@@ -374,6 +374,15 @@ static int is_plain(FastRelay *self, Entry *e, PyObject *leg, const unsigned cha
     return 1;
 }
 
+/* The core's `_renumber`: packets withheld from the peer leave no gap in its sequence numbers. */
+static inline void renumber(unsigned char *buf, unsigned seq, long seq_offset) {
+    if (seq_offset) {
+        unsigned out_seq = (seq - (unsigned)seq_offset) & 0xFFFF;
+        buf[2] = (unsigned char)(out_seq >> 8);
+        buf[3] = (unsigned char)(out_seq & 0xFF);
+    }
+}
+
 /* Python's float modulo (the result takes the divisor's sign), as `Relay._jitter_pair` uses it. */
 static double py_fmod(double x, double m) {
     double r = fmod(x, m);
@@ -564,11 +573,7 @@ static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
         Py_DECREF(next);
         slot_set(leg, off[F_LAST_RX_S], now);
         if (masked) {
-            if (seq_offset) {
-                unsigned out_seq = (seq - (unsigned)seq_offset) & 0xFFFF;
-                buf[2] = (unsigned char)(out_seq >> 8);
-                buf[3] = (unsigned char)(out_seq & 0xFF);
-            }
+            renumber(buf, seq, seq_offset);
             PyObject *row = Py_BuildValue("(Oy#OO)", leg, (const char *)buf, (Py_ssize_t)n, start12, now);
             if (row == NULL)
                 goto error;
@@ -582,11 +587,7 @@ static PyObject *FastRelay_drain(FastRelay *self, PyObject *args) {
         }
         if (out_pt != (buf[1] & 0x7Fu))
             buf[1] = (unsigned char)((buf[1] & 0x80) | out_pt);
-        if (seq_offset) {
-            unsigned out_seq = (seq - (unsigned)seq_offset) & 0xFFFF;
-            buf[2] = (unsigned char)(out_seq >> 8);
-            buf[3] = (unsigned char)(out_seq & 0xFF);
-        }
+        renumber(buf, seq, seq_offset);
         relayed[e->direction]++;
         relayed_bytes[e->direction] += n;
         if (sendto(e->peer_fd, buf, (size_t)n, 0, (struct sockaddr *)&e->dest, sizeof(e->dest)) < 0)

@@ -745,6 +745,12 @@ class Relay:
 
     # ---- the hot path ----------------------------------------------------------
 
+    @property
+    def jitter_sampling(self) -> tuple[int, int, float]:
+        """(number mask, warm-up pairs, gain) of the sampled RFC 3550 A.8 pairs: the C relay path
+        (`gateway.media._fastrelay`) takes the same pairs with the same arithmetic."""
+        return self._jitter_mask, self._jitter_warmup, self._jitter_gain
+
     def fifos(self) -> tuple[list[int], list[bytes], list[tuple[Leg, bytes, int, float]]]:
         """The detector FIFO (slots, packets) and the masker rows, for the C relay path to append to.
 

@@ -166,7 +166,7 @@ class RtpMediaController:
                 "the C relay accelerator is not built (reinstall with a C compiler) or the media address is IPv6")
         self._fast: Any = None
         if usable and fast_path is not False:
-            self._fast = FastRelay(Leg, self.relay._jitter_mask, self.relay._jitter_warmup, self.relay._jitter_gain)
+            self._fast = FastRelay(Leg, *self.relay.jitter_sampling)
             self._loop.add_reader(self._fast.fileno(), self._drain)
 
     @property

@@ -328,6 +328,19 @@ async def test_controller_without_accelerator_when_asked() -> None:
         ctl.close()
 
 
+def core_rig(relay: Relay, peer_c: socket.socket, peer_a: socket.socket, agent_te: int,
+             socks: list[socket.socket]) -> tuple[Any, socket.socket, socket.socket]:
+    """One call in `relay` between the two peers, its legs on two gateway sockets (added to `socks`)."""
+    call = relay.add_call("rig")
+    gw_c, gw_a = udp(), udp()
+    socks += [gw_c, gw_a]
+    call.caller.endpoint, call.agent.endpoint = gw_c, gw_a
+    pc, pa = peer_c.getsockname()[1], peer_a.getsockname()[1]
+    relay.configure("rig", LegMedia((HOST, pc), (HOST, pc + 1), "PCMU", 0, 101),
+                    LegMedia((HOST, pa), (HOST, pa + 1), "PCMU", 0, agent_te))
+    return call, gw_c, gw_a
+
+
 def test_accelerator_keeps_the_streams_numbers_exactly_as_the_core() -> None:
     """RFC 3550 A.1 and A.8 state after each packet, same arrival times: equal to the last bit."""
     require_accelerator()
@@ -337,19 +350,10 @@ def test_accelerator_keeps_the_streams_numbers_exactly_as_the_core() -> None:
     try:
         peer_c, peer_a = udp(), udp()
         socks += [peer_c, peer_a]
-        calls = []
-        for relay in relays:
-            call = relay.add_call("j")
-            gw_c, gw_a = udp(), udp()
-            socks += [gw_c, gw_a]
-            call.caller.endpoint, call.agent.endpoint = gw_c, gw_a
-            port_c, port_a = peer_c.getsockname()[1], peer_a.getsockname()[1]
-            relay.configure("j", LegMedia((HOST, port_c), (HOST, port_c + 1), "PCMU", 0, 101),
-                            LegMedia((HOST, port_a), (HOST, port_a + 1), "PCMU", 0, 101))
-            calls.append((call, gw_c, gw_a))
+        calls = [core_rig(relay, peer_c, peer_a, 101, socks) for relay in relays]
         py_relay, c_relay = relays
         py_call, c_call = calls[0][0], calls[1][0]
-        fr = edge.FastRelay(Leg, c_relay._jitter_mask, c_relay._jitter_warmup, c_relay._jitter_gain)
+        fr = edge.FastRelay(Leg, *c_relay.jitter_sampling)
         fr.add(calls[1][1].fileno(), c_call.caller, calls[1][2].fileno())
         addr = peer_c.getsockname()
         fast = 0
@@ -566,19 +570,10 @@ def test_accelerator_agrees_with_the_core_on_arbitrary_datagrams() -> None:
     socks: list[socket.socket] = []
     peer_c, peer_a, stranger = udp(), udp(), udp()
     socks += [peer_c, peer_a, stranger]
-    rigs = []
-    for _ in range(2):
-        relay = Relay(detector=DetectorBank(capacity=2))
-        call = relay.add_call("h")
-        gw_c, gw_a = udp(), udp()
-        socks += [gw_c, gw_a]
-        call.caller.endpoint, call.agent.endpoint = gw_c, gw_a
-        pc, pa = peer_c.getsockname()[1], peer_a.getsockname()[1]
-        relay.configure("h", LegMedia((HOST, pc), (HOST, pc + 1), "PCMU", 0, 101),
-                        LegMedia((HOST, pa), (HOST, pa + 1), "PCMU", 0, 96))
-        rigs.append((relay, call, gw_c, gw_a))
-    (py_relay, py_call, _, _), (c_relay, c_call, c_gw_c, c_gw_a) = rigs
-    fr = edge.FastRelay(Leg, c_relay._jitter_mask, c_relay._jitter_warmup, c_relay._jitter_gain)
+    py_relay, c_relay = Relay(detector=DetectorBank(capacity=2)), Relay(detector=DetectorBank(capacity=2))
+    py_call, _, _ = core_rig(py_relay, peer_c, peer_a, 96, socks)
+    c_call, c_gw_c, c_gw_a = core_rig(c_relay, peer_c, peer_a, 96, socks)
+    fr = edge.FastRelay(Leg, *c_relay.jitter_sampling)
     fr.add(c_gw_c.fileno(), c_call.caller, c_gw_a.fileno())
     clock = [500.0]
     state = {"seq": 0}
@@ -639,7 +634,7 @@ def test_send_all_sends_from_each_legs_own_socket_and_hands_back_what_it_cannot(
     relay = Relay()
     call = relay.add_call("s")
     gw_c, gw_a, peer = udp(), udp(), udp()
-    fr = edge.FastRelay(Leg, relay._jitter_mask, relay._jitter_warmup, relay._jitter_gain)
+    fr = edge.FastRelay(Leg, *relay.jitter_sampling)
     try:
         fr.add(gw_c.fileno(), call.caller, gw_a.fileno())
         fr.add(gw_a.fileno(), call.agent, gw_c.fileno())
