@@ -403,6 +403,10 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
         MetricSpec("masking_lookahead_seconds", "histogram",
                    "How long each caller packet was held for the masker's look-ahead during a capture",
                    read=lambda: rs.lookahead_seconds),
+        MetricSpec("masking_deadline_releases_total", "counter",
+                   "Caller packets held for the look-ahead that left at their deadline, their successor late "
+                   "or lost (masked with the look-ahead known; a loud last block silenced)",
+                   read=lambda: rs.released_at_deadline),
         MetricSpec("packets_masked_total", "counter",
                    "Caller packets that left masked or were withheld during a capture",
                    read=lambda: rs.captured),

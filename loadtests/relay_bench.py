@@ -200,7 +200,8 @@ def _relay_report(relay, detector, masker) -> dict:
     stats = relay.stats
     reads = {"relayed": lambda: stats.relayed, "drops": lambda: sum(stats.drops_total().values()),
              "detector_batches": lambda: stats.detector_batches, "hook_s": lambda: round(stats.hook_s, 3),
-             "rows_left": lambda: relay.detect_rows_pending, "packets_lost": lambda: stats.packets_lost,
+             "rows_left": lambda: relay.detect_rows_pending,
+             "released_at_deadline": lambda: stats.released_at_deadline, "packets_lost": lambda: stats.packets_lost,
              "jitter_p50_ms": lambda: round(stats.jitter.quantile(0.5) * 1e3, 2)}
     for key, read in reads.items():
         try:

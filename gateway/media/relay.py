@@ -308,7 +308,7 @@ class RelayStats:
 
     __slots__ = ("relayed", "relayed_bytes", "rtcp_relayed", "drops", "processing_hist", "captured",
                  "detector_batches", "detector_rows", "masker_batches", "hook_s", "packets_lost",
-                 "jitter", "lookahead", "feedback_packets", "feedback_dropped")
+                 "jitter", "lookahead", "feedback_packets", "feedback_dropped", "released_at_deadline")
 
     def __init__(self) -> None:
         self.relayed = [0, 0]
@@ -337,6 +337,9 @@ class RelayStats:
         """Agent->caller packets whose payload carried a feedback tone."""
         self.feedback_dropped = 0
         """Feedback tone requests dropped because the call's queue was full."""
+        self.released_at_deadline = 0
+        """Held capture packets that left at their deadline (successor late or lost): masked with
+        the look-ahead known so far, their last block silenced when loud."""
 
     def packets_total(self) -> dict[tuple[str, str], int]:
         """{(direction, outcome): count} for tonewall_packets_total."""
@@ -738,6 +741,11 @@ class Relay:
     @property
     def mask_rows_pending(self) -> int:
         return len(self._mask_rows)
+
+    @property
+    def holding(self) -> bool:
+        """Some capture packet is held for its look-ahead (its deadline may come due)."""
+        return bool(self._holding)
 
     @property
     def detect_rows_pending(self) -> int:
@@ -1262,6 +1270,7 @@ class Relay:
                 out_codec = leg.peer.media.codec if leg.peer.media is not None else codec
                 body = body[:-TAIL_SAMPLES] + bytes([SILENCE_CODES[out_codec]]) * TAIL_SAMPLES
         self.stats.captured += 1
+        self.stats.released_at_deadline += 1
         self.stats.lookahead.observe(now - rx)
         return self._forward_built(leg, pkt[:start] + body)
 

@@ -384,6 +384,11 @@ class RtpMediaController:
         when = self._timer_at or 0.0
         self._timer = self._timer_at = None
         relay = self.relay
+        if self._fast is not None and relay.holding:
+            # Timers run before the loop polls: a held packet's successor may be waiting in its
+            # socket already. Read what is ready first, so that it releases the held packet with
+            # its look-ahead instead of the deadline releasing it without.
+            self._drain()
         t0 = perf_counter()
         try:
             # The loop clock has 1 ms steps: a timer may fire just before `when` on perf_counter.

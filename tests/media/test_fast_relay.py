@@ -561,6 +561,56 @@ def test_capture_through_the_accelerator_leaves_the_same_bytes_at_the_same_times
     assert keys == ["3", "9", "3", "9"]
 
 
+def test_a_successor_waiting_in_its_socket_at_the_deadline_releases_the_held_packet(monkeypatch) -> None:
+    """The loop runs timers before it polls: when a held packet's deadline comes due while its
+    successor already sits in the socket (a busy loop), the edge reads it first, so the held
+    packet leaves with its look-ahead, not as a deadline release (last block silenced)."""
+    require_accelerator()
+    loop = SimLoop()
+    monkeypatch.setattr(edge, "perf_counter", lambda: loop.now)
+    relay = Relay(detector=DetectorBank(capacity=4), masker=MaskerBank(MaskMode.FLAT))
+    ctl = RtpMediaController(HOST, 35600, 35799, relay=relay, loop=loop, fast_path=True)  # type: ignore[arg-type]
+    caller, agent = udp(), udp()
+    try:
+        call = ctl.open_call("late")
+        pc, pa = caller.getsockname()[1], agent.getsockname()[1]
+        call.configure(LegMedia((HOST, pc), (HOST, pc + 1), "PCMU", 0, 101),
+                       LegMedia((HOST, pa), (HOST, pa + 1), "PCMU", 0, 101))
+        loud = ulaw_encode(white_noise(160 * 12, -12.0, np.random.default_rng(5))).tobytes()
+        got: list[bytes] = []
+
+        def arrive(i: int, read: bool = True) -> None:
+            caller.sendto(rtp(i, loud[160 * (i % 12):160 * (i % 12) + 160]), (HOST, call.caller_port))
+            if read:
+                ctl._drain()
+                loop.run_soon()
+
+        arrive(0)
+        loop.advance(loop.now + 0.02)
+        arrive(1)
+        ctl.set_capture("late", True)
+        for i in range(2, 6):
+            loop.advance(loop.now + 0.02)
+            arrive(i)
+        got += drain(agent)
+        # Packet 6 reaches the socket in time, but the loop is busy until after packet 5's deadline.
+        loop.advance(loop.now + 0.0199)
+        arrive(6, read=False)
+        loop.advance(loop.now + 0.003)
+        got += drain(agent)
+        assert relay.stats.released_at_deadline == 0
+        assert relay.calls["late"].caller.held is not None  # packet 6, holding in turn
+        # Without a successor, the deadline releases packet 6 on its own.
+        loop.advance(loop.now + 0.025)
+        got += drain(agent)
+        assert relay.stats.released_at_deadline == 1
+        assert [struct.unpack("!H", p[2:4])[0] for p in got] == list(range(7))  # each packet once, in order
+    finally:
+        ctl.close()
+        caller.close()
+        agent.close()
+
+
 def test_accelerator_agrees_with_the_core_on_arbitrary_datagrams() -> None:
     """Hypothesis: any datagram, valid or not, from the latched source or not: same bytes out, same state."""
     require_accelerator()
