@@ -727,10 +727,12 @@ def main() -> None:
             print(f"rtpengine not installed: skipping {name}", file=sys.stderr)
             relays.remove(name)
     print(f"{'relay':16} {'streams':>7} {'sent':>8} {'loss%':>7} {'p50us':>8} {'p99us':>8} {'p99.9us':>9} "
-          f"{'maxus':>9} {'cpu%':>6} {'cpu-s/Mpkt':>10} {'usr':>6} {'sys':>6} {'gen%':>5} {'lag_ms':>7} {'load1':>6}")
+          f"{'maxus':>9} {'cpu%':>6} {'cpu-s/Mpkt':>10} {'usr':>6} {'sys':>6} {'gen%':>5} {'lag_ms':>7} {'load1':>6} "
+          f"{'steal%':>6}")
     for n in (int(x) for x in args.streams.split(",")):
         for relay in relays:
             load_before = os.getloadavg()[0]
+            cpu_before = _cpu_times()
             capture = args.capture and relay.startswith("tonewall")
             r = run_point(relay, n, args.duration, capture=capture, relay_kw=relay_kw, generator=args.generator,
                           gen_kw=gen_kw)
@@ -738,12 +740,26 @@ def main() -> None:
             r["loadavg_1m_before"] = round(load_before, 2)
             r["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
             r["capture"] = capture
+            r["steal_pct"] = _steal_pct(cpu_before, _cpu_times())
             print(f"{relay:16} {n:7d} {r['sent']:8d} {r['loss_pct']:7.3f} {r['lat_p50_us']:8.1f} "
                   f"{r['lat_p99_us']:8.1f} {r['lat_p999_us']:9.1f} {r['lat_max_us']:9.1f} "
                   f"{r['cpu_pct']:6} {r['cpu_s_per_mpkt']:10} {r['utime_s_per_mpkt']:6} {r['stime_s_per_mpkt']:6} "
                   f"{r.get('gen_cpu_pct', float('nan')):5} {r.get('gen_max_behind_ms', float('nan')):7} "
-                  f"{load_before:6.2f}", flush=True)
+                  f"{load_before:6.2f} {r['steal_pct']:6}", flush=True)
             print("  " + json.dumps(r), file=sys.stderr, flush=True)
+
+
+def _cpu_times() -> list[int]:
+    """The machine's `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal ..."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def _steal_pct(before: list[int], after: list[int]) -> float:
+    """Share of all CPU time over the point that the hypervisor gave to other guests (steal): on a
+    virtual machine a relay and the generator both stop for it, which no relay can hide in its tail."""
+    d = [b - a for a, b in zip(before, after)]
+    return round(100.0 * d[7] / max(1, sum(d[:8])), 1) if len(d) > 7 else float("nan")
 
 
 if __name__ == "__main__":
