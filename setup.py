@@ -1,7 +1,8 @@
-"""Build hook for the optional C accelerator of the RTP relay (gateway/media/_fastrelay.c).
+"""Build hook for the optional C accelerators: the RTP relay's common case
+(gateway/media/_fastrelay.c) and the masker bank's quiet step (dtmf/_maskstep.c).
 
-Everything else is in pyproject.toml. The extension is optional: without a C compiler
-(or off Linux) the install still succeeds and the relay runs its pure-Python path.
+Everything else is in pyproject.toml. The extensions are optional: without a C compiler
+(or off Linux) the install still succeeds and the relay and masker run their Python paths.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,13 @@ setup(
             ["gateway/media/_fastrelay.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
             optional=True,
-        )
+        ),
+        Extension(
+            "dtmf._maskstep",
+            ["dtmf/_maskstep.c"],
+            # No fused multiply-add: the tracker must round like numpy's separate multiply and add.
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-ffp-contract=off"],
+            optional=True,
+        ),
     ]
 )

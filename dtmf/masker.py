@@ -943,14 +943,20 @@ class MaskerBank:
         if k > self._work_rows:
             self._grow_work(k)
         w = self._scratch.get(k) or self._scratch_for(k)
+        # The new packet's blocks 0..3 (blocks 3..6 of the work rows).
+        _block_features_into(frames, w)
+        if _quiet_step is not None:
+            # Every row quiet (the capture's common case): the C step moves the state alone.
+            out = np.empty((k, PACKET_SAMPLES), dtype=np.int16)
+            if _quiet_step(self._fs, self._held, slots, frames, self._wef, out, self._mode is MaskMode.COMFORT_NOISE):
+                return out, np.zeros(k, dtype=bool)
         # ndarray methods, not the np.* wrappers: ~1 us less per call each (the relay calls this
         # once per loop iteration with few rows).
         held = self._held.take(slots, axis=0)
         fs = w.fs
         self._fs.take(slots, axis=0, out=fs)
+        # Blocks 0..2: the held packet's blocks 1..3, kept from the last call.
         np.copyto(w.wf_hist, w.fs_hist)
-        # Blocks 0..6: the held packet's blocks 1..3 (kept from the last call), the new packet's 0..3.
-        _block_features_into(frames, w)
         # A row is active when it is not delayed, has a flag or tone state, or has a block loud
         # enough to be flagged or to lift a window to the confirmation's energy floor. Nothing
         # in an inactive row is masked, and its flags and tone state stay clear.
@@ -1268,3 +1274,14 @@ __all__ = [
     "BLOCK_SAMPLES", "LOOKAHEAD_SAMPLES", "PACKET_SAMPLES", "MaskMode", "Masker", "MaskerBank",
     "analyse_blocks", "confirm_windows", "encode_masked", "DTMF_FREQS_HZ",
 ]
+
+
+try:
+    from dtmf import _maskstep
+except ImportError:  # built without a C compiler: the numpy step runs every batch
+    _quiet_step = None
+else:
+    _maskstep.configure(_N_F, _F_HIST_E, _F_HIST_L, _F_LEVELS, _F_LEVEL, _F_N_IN, _F_BITS,
+                        float(_MIN_BLOCK_ENERGY), float(_WEAK_ENERGY), float(_NOISE_RISE),
+                        float(_NOISE_RISE_ABS), 1.0 / BLOCK_SAMPLES)
+    _quiet_step = _maskstep.quiet_step

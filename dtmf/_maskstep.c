@@ -1,0 +1,189 @@
+/* The masker bank's quiet step in C (optional; dtmf/masker.py runs the same step in numpy).
+ *
+ * During a capture nearly every call of MaskerBank.process is "quiet": no row has a block loud
+ * enough to flag, none is weakly flagged, none has a flag or tone state, every row is delayed.
+ * Then nothing is masked and the step only moves state: the held packets go out unchanged, the
+ * new packets are held, the last three blocks' features become history, the sample count and
+ * (comfort noise) the background tracker advance. In numpy that is ~20 calls whatever the row
+ * count; here it is one pass over the rows.
+ *
+ * It is the numpy step's arithmetic, not an approximation of it: the comparisons are the same
+ * comparisons on the same float64 values, the tracker is the same multiply, add and minimum in
+ * the same order (built with -ffp-contract=off: no fused multiply-add), and any row that is not
+ * quiet makes it return False having written nothing, so that the numpy path runs the batch.
+ * The block features (energies, line energies) stay in numpy (its BLAS product) and come in.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define PACKET_SAMPLES 160
+#define NEW_BLOCKS 4
+#define HIST_BLOCKS 3
+
+static struct {
+    int ready;
+    Py_ssize_t n_f, hist_e, hist_l, levels, level, n_in, bits;
+    double min_energy, weak_energy, rise, rise_abs, inv_block;
+} K;
+
+static PyObject *configure(PyObject *mod, PyObject *args)
+{
+    if (!PyArg_ParseTuple(args, "nnnnnnnddddd", &K.n_f, &K.hist_e, &K.hist_l, &K.levels, &K.level, &K.n_in,
+                          &K.bits, &K.min_energy, &K.weak_energy, &K.rise, &K.rise_abs, &K.inv_block))
+        return NULL;
+    if (K.n_f <= K.bits + 1 || K.hist_l + 7 > K.n_f || K.levels + NEW_BLOCKS >= K.n_f) {
+        PyErr_SetString(PyExc_ValueError, "masker state layout does not fit its row");
+        return NULL;
+    }
+    K.ready = 1;
+    Py_RETURN_NONE;
+}
+
+static int get(PyObject *obj, Py_buffer *view, const char *what, int writable, Py_ssize_t itemsize, int ndim)
+{
+    int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
+        return -1;
+    if (view->itemsize != itemsize || view->ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "masker step: %s has the wrong item size or shape", what);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+#define AT(view, off) ((char *)(view).buf + (off))
+
+/* quiet_step(fs, held, slots, frames, wef, out, comfort) -> bool
+ *   fs (cap, n_f) float64, held (cap, 160) int16: the bank's state, updated when quiet;
+ *   slots (k,) intp; frames (k, 160) int16 (any strides); wef (2, n, 8) float64 with this
+ *   call's new blocks' energies and line energies in columns 3..6 of rows 0..k-1;
+ *   out (k, 160) int16: receives the held packets. */
+static PyObject *quiet_step(PyObject *mod, PyObject *args)
+{
+    PyObject *o_fs, *o_held, *o_slots, *o_frames, *o_wef, *o_out;
+    int comfort;
+    if (!PyArg_ParseTuple(args, "OOOOOOp", &o_fs, &o_held, &o_slots, &o_frames, &o_wef, &o_out, &comfort))
+        return NULL;
+    if (!K.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "masker step is not configured");
+        return NULL;
+    }
+    Py_buffer fs, held, slots, frames, wef, out;
+    int got = 0;
+    PyObject *result = NULL;
+    if (get(o_fs, &fs, "fs", 1, 8, 2) < 0) goto done;
+    got = 1;
+    if (get(o_held, &held, "held", 1, 2, 2) < 0) goto done;
+    got = 2;
+    if (get(o_slots, &slots, "slots", 0, sizeof(Py_ssize_t), 1) < 0) goto done;
+    got = 3;
+    if (get(o_frames, &frames, "frames", 0, 2, 2) < 0) goto done;
+    got = 4;
+    if (get(o_wef, &wef, "wef", 0, 8, 3) < 0) goto done;
+    got = 5;
+    if (get(o_out, &out, "out", 1, 2, 2) < 0) goto done;
+    got = 6;
+
+    Py_ssize_t k = slots.shape[0];
+    Py_ssize_t cap = fs.shape[0];
+    if (fs.shape[1] != K.n_f || held.shape[0] != cap || held.shape[1] != PACKET_SAMPLES
+        || frames.shape[0] != k || frames.shape[1] != PACKET_SAMPLES || out.shape[0] != k
+        || out.shape[1] != PACKET_SAMPLES || wef.shape[0] != 2 || wef.shape[1] < k || wef.shape[2] < 7) {
+        PyErr_SetString(PyExc_ValueError, "masker step: arrays do not match");
+        goto done;
+    }
+    /* Pass 1: is every row quiet? Nothing is written until it is known. */
+    for (Py_ssize_t r = 0; r < k; r++) {
+        Py_ssize_t s = *(Py_ssize_t *)AT(slots, r * slots.strides[0]);
+        if (s < 0 || s >= cap) {
+            PyErr_SetString(PyExc_IndexError, "masker step: slot out of range");
+            goto done;
+        }
+        const char *row = AT(fs, s * fs.strides[0]);
+        const double *f = (const double *)row;  /* rows of a C-contiguous (cap, n_f) array */
+        if (fs.strides[1] != 8) {
+            PyErr_SetString(PyExc_ValueError, "masker step: fs rows must be contiguous");
+            goto done;
+        }
+        uint64_t w0, w1;
+        memcpy(&w0, row + K.bits * 8, 8);
+        memcpy(&w1, row + K.bits * 8 + 8, 8);
+        if (w0 | w1)
+            goto quiet_no;
+        for (int j = 0; j < HIST_BLOCKS + NEW_BLOCKS; j++) {
+            double e, l;
+            if (j < HIST_BLOCKS) {
+                e = f[K.hist_e + j];
+                l = f[K.hist_l + j];
+            } else {
+                e = *(double *)AT(wef, r * wef.strides[1] + j * wef.strides[2]);
+                l = *(double *)AT(wef, wef.strides[0] + r * wef.strides[1] + j * wef.strides[2]);
+            }
+            double floor = e >= K.weak_energy ? e : K.weak_energy;  /* np.maximum: no NaN here */
+            if (e >= K.min_energy || l * 2.0 >= floor)
+                goto quiet_no;
+        }
+    }
+    /* Pass 2: every row is quiet; move the state. */
+    for (Py_ssize_t r = 0; r < k; r++) {
+        Py_ssize_t s = *(Py_ssize_t *)AT(slots, r * slots.strides[0]);
+        double *f = (double *)AT(fs, s * fs.strides[0]);
+        int16_t *h = (int16_t *)AT(held, s * held.strides[0]);
+        int16_t *o = (int16_t *)AT(out, r * out.strides[0]);
+        double e[NEW_BLOCKS], l[NEW_BLOCKS];
+        for (int j = 0; j < NEW_BLOCKS; j++) {
+            e[j] = *(double *)AT(wef, r * wef.strides[1] + (HIST_BLOCKS + j) * wef.strides[2]);
+            l[j] = *(double *)AT(wef, wef.strides[0] + r * wef.strides[1] + (HIST_BLOCKS + j) * wef.strides[2]);
+        }
+        for (int i = 0; i < PACKET_SAMPLES; i++) {
+            o[i * (out.strides[1] / 2)] = h[i * (held.strides[1] / 2)];
+            h[i * (held.strides[1] / 2)] = *(int16_t *)AT(frames, r * frames.strides[0] + i * frames.strides[1]);
+        }
+        if (comfort) {
+            /* levels[0] = level; levels[j + 1] = minimum(energy_j * (1/40), levels[j] * rise + abs) */
+            double lv = f[K.level];
+            f[K.levels] = lv;
+            for (int j = 0; j < NEW_BLOCKS; j++) {
+                double p = e[j] * K.inv_block;
+                double t = lv * K.rise;
+                t = t + K.rise_abs;
+                lv = p <= t ? p : t;
+                f[K.levels + j + 1] = lv;
+            }
+        }
+        for (int j = 0; j < HIST_BLOCKS; j++) {
+            f[K.hist_e + j] = e[NEW_BLOCKS - HIST_BLOCKS + j];
+            f[K.hist_l + j] = l[NEW_BLOCKS - HIST_BLOCKS + j];
+        }
+        f[K.n_in] = f[K.n_in] + (double)PACKET_SAMPLES;
+    }
+    result = Py_True;
+    Py_INCREF(result);
+    goto done;
+quiet_no:
+    result = Py_False;
+    Py_INCREF(result);
+done:
+    if (got >= 6) PyBuffer_Release(&out);
+    if (got >= 5) PyBuffer_Release(&wef);
+    if (got >= 4) PyBuffer_Release(&frames);
+    if (got >= 3) PyBuffer_Release(&slots);
+    if (got >= 2) PyBuffer_Release(&held);
+    if (got >= 1) PyBuffer_Release(&fs);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "Set the state layout and constants (once, from dtmf.masker)."},
+    {"quiet_step", quiet_step, METH_VARARGS,
+     "MaskerBank.process's step when every row is quiet: True and the state moved, or False and nothing written."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "dtmf._maskstep", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__maskstep(void) { return PyModule_Create(&module); }
