@@ -411,7 +411,8 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
                    "Caller packets that left masked or were withheld during a capture",
                    read=lambda: rs.captured),
         MetricSpec("feedback_packets_total", "counter",
-                   "Agent-to-caller packets that carried a caller feedback tone (accepted, error, ...)",
+                   "Packets to the caller that carried a feedback tone (accepted, error, ...): the agent's, or the "
+                   "gateway's own while the agent sends no audio",
                    read=lambda: rs.feedback_packets),
         MetricSpec("feedback_dropped_total", "counter",
                    "Feedback tones dropped (queue full, codec change)",

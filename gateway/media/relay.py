@@ -37,8 +37,11 @@ Agent->caller packets are relayed untouched, except while a caller feedback tone
 (`play_feedback`): then each agent audio packet's payload is replaced by the tone's next
 samples, G.711-encoded for the leg's codec, under the agent's own RTP header (SSRC,
 sequence number and timestamp kept, so the caller's stream has no discontinuity). The
-tone rides on the agent's packets: while the agent sends no audio (silence suppression,
-hold) the caller hears nothing of it. The safe state of a masked leg is
+tone rides on the agent's packets; while the agent sends no audio (silence suppression,
+VAD, mute: nothing from it for `FEEDBACK_IDLE_S`) the relay sends the tone in packets of
+its own, from `handle_timer` at the caller leg's packet time, under an SSRC of its own
+(RFC 3550 8.2: a new source, so no sequence number of the agent's is taken), and stops
+when the tone ends or the agent's packets come back to carry the rest. The safe state of a masked leg is
 "hold and mask": a packet whose masked form is unknown leaves as silence, never as
 the caller's audio.
 
@@ -79,6 +82,7 @@ other side's audio sent to the forger, "RTP bleed"):
 
 from __future__ import annotations
 
+import os
 import struct
 from bisect import bisect_left
 from collections import deque
@@ -92,7 +96,7 @@ import numpy as np
 from dtmf.g711 import ALAW_DECODE, DECODE_TABLES, ENCODE_TABLES, SILENCE_CODES, TRANSCODE_TABLES, ULAW_DECODE
 from dtmf.rfc4733 import TelephoneEventReceiver, TelephoneEventStarted
 from dtmf.tones import FEEDBACK_TONES, dbm0_to_amplitude, feedback_tone
-from gateway.media.leg import LegMedia, SrtpParams
+from gateway.media.leg import Direction, LegMedia, SrtpParams
 from gateway.media.rtp import RTP_HEADER, RtcpError, RtpError, parse_rtcp, rtp_payload_bounds
 from gateway.media.srtp import SrtpError, SrtpLeg
 from gateway.stats import LATENCY_BOUNDS_S, Histogram, LabelledCounter
@@ -158,6 +162,9 @@ MAX_QUEUED_EVENTS = 100_000
 WITHHELD_EVENT_IDS = 32
 """Withheld telephone-event identities remembered per leg: the receiver's recent keys (16), twice."""
 MAX_FEEDBACK_SAMPLES = 16_000
+FEEDBACK_IDLE_S = 0.06
+"""No agent audio for three packet times: the agent is silent (VAD, silence suppression, mute),
+and a pending feedback tone leaves in packets of the relay's own."""
 """Feedback tone samples queued per call at most (2 s at 8 kHz); a request beyond it is dropped."""
 _SEQ = struct.Struct("!H")
 _TS_SSRC = struct.Struct("!II")
@@ -334,7 +341,7 @@ class RelayStats:
         self.lookahead = CountHistogram(LOOKAHEAD_BOUNDS_S)
         """Receive-to-release time of each packet held for the masker's look-ahead."""
         self.feedback_packets = 0
-        """Agent->caller packets whose payload carried a feedback tone."""
+        """Packets to the caller that carried a feedback tone: agent packets spliced, and the relay's own."""
         self.feedback_dropped = 0
         """Feedback tone requests dropped because the call's queue was full."""
         self.released_at_deadline = 0
@@ -386,6 +393,7 @@ class Leg:
         "rtcp_dest", "rtcp_src", "sdp_rtp", "sdp_rtcp", "held", "mask_slot",
         "te_receiver", "feedback_pos", "rx_lost", "rx_bad_seq", "rx_lost_reported", "rx_sampled_s",
         "candidate", "rtcp_may_move", "te_withheld_ids", "te_withheld_ssrcs", "last_masked_s",
+        "fb_next_s", "fb_last_s", "fb_ssrc", "fb_seq", "fb_ts",
     )
 
     def __init__(self, call: RelayCall, name: str, direction: int, strict: bool) -> None:
@@ -450,6 +458,16 @@ class Leg:
         """Agent leg: G.711 codes of the feedback tone still to play to the caller (None: none)."""
         self.feedback_pos = 0
         """Codes of `feedback` already sent."""
+        self.fb_next_s: float | None = None
+        """Agent leg with a feedback tone pending: when the relay looks at sending its next packet
+        itself (the agent silent); None: no tone pending."""
+        self.fb_last_s: float | None = None
+        """When the relay last sent a feedback packet of its own (its timestamps follow the clock)."""
+        self.fb_ssrc = int.from_bytes(os.urandom(4), "big")
+        """SSRC, sequence number and timestamp of the relay's own feedback stream (RFC 3550 5.1:
+        random starts)."""
+        self.fb_seq = int.from_bytes(os.urandom(2), "big")
+        self.fb_ts = int.from_bytes(os.urandom(4), "big")
         # RFC 3550 A.1/A.3/A.8 state of the stream received on this leg (-1: none yet).
         self.rx_ssrc = -1
         self.rx_next = -1
@@ -530,6 +548,8 @@ class Relay:
         self._events: deque[Any] = deque(maxlen=MAX_QUEUED_EVENTS)
         self._slot_legs: dict[int, Leg] = {}
         self._te_legs: set[Leg] = set()
+        self._fb_legs: set[Leg] = set()
+        """Agent legs with a feedback tone pending (`Leg.fb_next_s` set)."""
         self.wake = False
         """Set when the edge should run `process_pending` this iteration (and re-check the timer)."""
         self.timer_changed = False
@@ -602,6 +622,8 @@ class Relay:
         leg.slot = leg.mask_slot = -1
         leg.capturing = leg.always = leg.masking = False
         self._te_legs.discard(leg)
+        self._fb_legs.discard(call.agent)
+        call.agent.feedback, call.agent.fb_next_s = None, None
 
     def configure(self, call_id: str, caller: LegMedia, agent: LegMedia) -> None:
         """Apply an offer/answer outcome (first negotiation or any re-INVITE)."""
@@ -702,10 +724,11 @@ class Relay:
         leg.masking = on or leg.capturing
         return sends
 
-    def play_feedback(self, call_id: str, kind: str) -> None:
+    def play_feedback(self, call_id: str, kind: str, now: float | None = None) -> None:
         """Queue a feedback tone (`dtmf.tones.FEEDBACK_TONES`) for the caller, after any still playing.
 
-        It replaces the payload of the agent's next audio packets to the caller; see the
+        It replaces the payload of the agent's next audio packets to the caller, or, with `now`
+        and the agent silent, leaves in the relay's own packets from `handle_timer`; see the
         module docstring. Raises FeedbackUnavailable for an unknown call, kind or codec.
         """
         if kind not in FEEDBACK_TONES:
@@ -724,6 +747,11 @@ class Relay:
             self.stats.feedback_dropped += 1
             return
         leg.feedback, leg.feedback_pos = left + codes, 0
+        if now is not None and leg.fb_next_s is None:
+            last = leg.last_rx_s
+            leg.fb_next_s = now if last is None else max(now, last + FEEDBACK_IDLE_S)
+            self._fb_legs.add(leg)
+            self.timer_changed = True
 
     def next_event(self) -> Any | None:
         """Next relay event (digits, telephone-events, latching), or None."""
@@ -979,6 +1007,7 @@ class Relay:
             times.append(self._mask_since + self.mask_window_s)
         if self._next_sample_s is not None:
             times.append(self._next_sample_s)
+        times += [leg.fb_next_s for leg in self._fb_legs if leg.fb_next_s is not None]
         deadline = self._next_deadline()
         if deadline is not None:
             times.append(deadline)
@@ -1015,7 +1044,60 @@ class Relay:
             self._telephone_events(leg, receiver.handle_timer(now))  # type: ignore[union-attr]
             if receiver.get_timer() is None:  # type: ignore[union-attr]
                 self._te_legs.discard(leg)  # back on its next event
+        for leg in list(self._fb_legs):
+            if leg.fb_next_s is not None and leg.fb_next_s <= now:
+                sent = self._feedback_due(leg, now)
+                if sent is not None:
+                    sends.append(sent)
+            if leg.fb_next_s is None:
+                self._fb_legs.discard(leg)
         return sends
+
+    def _feedback_due(self, leg: Leg, now: float) -> tuple[Leg, bytes, tuple[str, int]] | None:
+        """The agent leg's pending feedback at `leg.fb_next_s`: the relay's own next packet when the
+        agent is silent, else a look again when the agent's packets would have stopped."""
+        if leg.feedback is None:
+            leg.fb_next_s = None
+            return None
+        last = leg.last_rx_s
+        if last is not None and now < last + FEEDBACK_IDLE_S:  # the very sum it was scheduled at
+            leg.fb_next_s = last + FEEDBACK_IDLE_S  # the agent's packets carry the tone meanwhile
+            return None
+        caller = leg.peer
+        media = caller.media
+        codec = media.codec if media is not None else "PCMU"
+        ptime_s = (media.ptime_ms if media is not None else 20) / 1000
+        n = int(round(ptime_s * caller.clock_hz))
+        tone, pos = leg.feedback, leg.feedback_pos
+        chunk = tone[pos:pos + n]
+        pos += n
+        if pos >= len(tone):
+            leg.feedback, pos = None, 0
+            chunk += bytes([SILENCE_CODES[codec]]) * (n - len(chunk))
+        leg.feedback_pos = pos
+        # A burst starts with the marker bit (RFC 3551 4.1) and the timestamp advanced by the
+        # time since the last one, so that the stream's timestamps follow the clock.
+        first = leg.fb_last_s is None or now - leg.fb_last_s > 1.5 * ptime_s
+        if leg.fb_last_s is not None and first:
+            leg.fb_ts += int((now - leg.fb_last_s) * caller.clock_hz) - n
+        leg.fb_seq = (leg.fb_seq + 1) & 0xFFFF
+        leg.fb_ts = (leg.fb_ts + n) & 0xFFFFFFFF
+        leg.fb_last_s = now
+        next_s = leg.fb_next_s + ptime_s  # type: ignore[operator]
+        leg.fb_next_s = None if leg.feedback is None else (next_s if next_s > now - ptime_s else now + ptime_s)
+        dest = caller.rtp_dest
+        if dest is None or (media is not None and media.direction in (Direction.SENDONLY, Direction.INACTIVE)):
+            return None  # the caller receives nothing now (no address, or on hold): the tone runs out unheard
+        data = struct.pack("!BBHII", 0x80, (0x80 if first else 0) | caller.audio_pt, leg.fb_seq, leg.fb_ts,
+                           leg.fb_ssrc) + chunk
+        if caller.srtp is not None:
+            try:
+                data = caller.srtp.protect(data)
+            except SrtpError as exc:
+                self.stats.drops[leg.direction][exc.reason] += 1
+                return None
+        self.stats.feedback_packets += 1
+        return caller, data, dest
 
     # ---- internals -------------------------------------------------------------
 

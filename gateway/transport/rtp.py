@@ -246,12 +246,16 @@ class RtpMediaController:
         self._after_core()
 
     def play_feedback(self, call_id: str, kind: str) -> None:
-        """Queue a feedback tone for a call's caller; it replaces the agent's next packets' audio.
+        """Queue a feedback tone for a call's caller; it replaces the agent's next packets' audio,
+        or leaves in the relay's own packets (from its timer) while the agent sends none.
 
-        Raises FeedbackUnavailable for an unknown call or kind. Nothing is sent here: the
-        tone leaves with the agent's packets as they arrive.
+        Raises FeedbackUnavailable for an unknown call or kind. Nothing is sent here.
         """
-        self.relay.play_feedback(call_id, kind)
+        relay = self.relay
+        relay.play_feedback(call_id, kind, perf_counter())
+        if relay.timer_changed:
+            relay.timer_changed = False
+            self._arm_timer()
 
     def next_event(self) -> Any | None:
         return self.relay.next_event()

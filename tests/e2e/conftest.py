@@ -109,12 +109,13 @@ class Call:
 
 @contextmanager
 def call_through(gw: E2eGateway, log_dir: Path, caller_user: str, timeout_s: float = 45.0,
-                 agent_user: str = AGENT_USER, caller_record: Path | None = None) -> Iterator[Call]:
+                 agent_user: str = AGENT_USER, caller_record: Path | None = None,
+                 agent_options: dict | None = None) -> Iterator[Call]:
     """A PJSIP caller -> gateway -> PJSIP agent call with media up on both sides; hung up on exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
     recording = log_dir / f"agent-{caller_user}.wav"
     agent = PjsuaPeer("agent", sip_port=gw.agent_port, rtp_port=free_block(20), log_dir=log_dir,
-                      record=recording, timeout_s=timeout_s, **PHONE)
+                      record=recording, timeout_s=timeout_s, **{**PHONE, **(agent_options or {})})
     caller = PjsuaPeer("caller", sip_port=free_port(), rtp_port=free_block(20), log_dir=log_dir,
                        user=caller_user, record=caller_record, target=f"sip:{agent_user}@127.0.0.1:{gw.sip_port}",
                        timeout_s=timeout_s, **PHONE)

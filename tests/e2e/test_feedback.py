@@ -6,6 +6,8 @@ came from the gateway. An "accepted" tone is 1800 Hz (dtmf.tones.FEEDBACK_TONES)
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,35 @@ def test_caller_hears_feedback_tones_during_capture(gateway, artifacts):
         end = stream.wait_end(20)
         assert end["state"] == "tokenized"
     assert _tone_windows(read_wav(log_dir / "caller-judy.wav"), 1800.0) >= 1
+
+
+def _agent_to_caller_relayed(metrics_url: str) -> int:
+    import urllib.request
+
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith('tonewall_packets_total{') and 'direction="agent_to_caller"' in line \
+                and 'outcome="relayed"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    raise AssertionError("tonewall_packets_total{direction=agent_to_caller,outcome=relayed} not exported")
+
+
+def test_caller_hears_feedback_tones_while_the_agent_sends_no_audio(gateway, artifacts):
+    """PJSIP's silence detector on at the agent (its microphone is silent): after its first
+    packets the agent sends no RTP, and the tones reach the caller in the gateway's own packets."""
+    log_dir = artifacts / "feedback-vad"
+    api = gateway.agent_api(log_dir)
+    with call_through(gateway, log_dir, "kate", caller_record=log_dir / "caller-kate.wav",
+                      agent_options={"vad": "on"}) as call:
+        status, body = api.start_capture(api.call_for("kate")["call_id"])
+        assert status == 201, body
+        stream = api.follow(body["capture_id"])
+        time.sleep(1.0)  # PJSIP holds its detector off for the call's first 600 ms
+        relayed_before = _agent_to_caller_relayed(gateway.metrics_url)
+        call.caller.send("dtmf", digits=f"{PAN}#{future_expiry()}#123#", method="rfc4733", duration_ms=100)
+        end = stream.wait_end(20)
+        assert end["state"] == "tokenized"
+        relayed = _agent_to_caller_relayed(gateway.metrics_url) - relayed_before
+    # A talking agent would have sent ~50 packets a second over the several seconds of keying.
+    assert relayed < 40, f"the agent kept sending ({relayed} packets): this call does not test a silent agent"
+    assert _tone_windows(read_wav(log_dir / "caller-kate.wav"), 1800.0) >= 1

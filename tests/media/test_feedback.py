@@ -246,3 +246,96 @@ async def test_loopback_caller_receives_tone_over_agent_packets() -> None:
         ctl.close()
         caller.close()
         agent.close()
+
+
+# The agent silent (VAD, silence suppression, mute): the relay sends the tone itself.
+
+def run_timer(relay: Relay, until: float) -> list[tuple[float, bytes, tuple[str, int]]]:
+    """Fire the relay's timer whenever it is due up to `until`, as the edge does: (time, bytes, dest)."""
+    out = []
+    while True:
+        when = relay.get_timer()
+        if when is None or when > until:
+            return out
+        for leg, data, dest in relay.handle_timer(when):
+            assert leg.name == "caller"  # sent from the caller leg's socket, to the caller
+            out.append((when, data, dest))
+
+
+def test_a_silent_agent_gets_the_tone_sent_in_the_relays_own_packets() -> None:
+    relay, call = make()
+    relay.play_feedback("c1", "accepted", now=10.0)
+    sent = run_timer(relay, 11.0)
+    tone = feedback_tone("accepted")
+    n = -(-tone.size // 160)
+    assert len(sent) == n
+    assert [t for t, _, _ in sent] == pytest.approx([10.0 + 0.02 * i for i in range(n)])
+    pkts = [RtpPacket.parse(d) for _, d, _ in sent]
+    assert {d for _, _, d in sent} == {CALLER}
+    assert len({p.ssrc for p in pkts}) == 1 and pkts[0].ssrc != 0x2222
+    assert [(p.sequence_number - pkts[0].sequence_number) & 0xFFFF for p in pkts] == list(range(n))
+    assert [(p.timestamp - pkts[0].timestamp) & 0xFFFFFFFF for p in pkts] == [160 * i for i in range(n)]
+    assert [p.marker for p in pkts] == [1] + [0] * (n - 1)
+    assert {p.payload_type for p in pkts} == {0}
+    heard = ULAW_DECODE[np.frombuffer(b"".join(p.payload for p in pkts), dtype=np.uint8)]
+    assert np.array_equal(heard[:tone.size], ULAW_DECODE[np.frombuffer(
+        relay_encode_ulaw(tone), dtype=np.uint8)])
+    assert not heard[tone.size:].any()  # the last packet is padded with silence
+    assert relay.stats.feedback_packets == n
+    assert relay.get_timer() is None  # nothing left to send
+
+
+def relay_encode_ulaw(samples: np.ndarray) -> bytes:
+    from dtmf.g711 import ENCODE_TABLES
+    return ENCODE_TABLES["PCMU"][samples.view(np.uint16)].tobytes()
+
+
+def test_a_talking_agent_carries_the_tone_and_the_relay_takes_over_when_it_stops() -> None:
+    relay, call = make()
+    t = 20.0
+    for s in range(5):
+        t += 0.02
+        relay.receive_rtp(call.agent, agent_packet(100 + s), AGENT, now=t)
+    relay.play_feedback("c1", "error", now=t + 0.001)
+    assert run_timer(relay, t + 0.05) == []  # the agent's packets carry it while they come
+    spliced = 0
+    for s in range(3):
+        t += 0.02
+        out = relay.receive_rtp(call.agent, agent_packet(105 + s), AGENT, now=t)
+        spliced += out[0][12:] != agent_packet(105 + s)[12:]
+        assert run_timer(relay, t + 0.019) == []
+    assert spliced == 3
+    # The agent goes quiet: after FEEDBACK_IDLE_S the relay sends the rest itself.
+    sent = run_timer(relay, t + 2.0)
+    assert sent and sent[0][0] == pytest.approx(t + 0.06)
+    total = -(-feedback_tone("error").size // 160)
+    assert len(sent) == total - 3
+    assert relay.stats.feedback_packets == total
+
+
+def test_relay_feedback_goes_through_the_callers_srtp_and_not_to_a_caller_on_hold() -> None:
+    keys = [base64.b64encode(os.urandom(30)).decode() for _ in range(2)]
+    relay = Relay()
+    relay.add_call("c1")
+    caller_srtp = SrtpParams(SUITE, keys[0], keys[1])
+    relay.configure("c1", leg(CALLER, srtp=caller_srtp), leg(AGENT))
+    relay.play_feedback("c1", "accepted", now=5.0)
+    sent = run_timer(relay, 5.05)
+    assert len(sent) == 3
+    # The caller's end of the SDES exchange: its remote key is our local one.
+    caller_end = SrtpLeg(SrtpParams(SUITE, keys[1], keys[0]))
+    for _, data, _ in sent:
+        assert len(data) == 12 + 160 + 10
+        assert len(RtpPacket.parse(caller_end.unprotect(data)).payload) == 160
+    relay.configure("c1", LegMedia(CALLER, None, "PCMU", 0, 101, direction=Direction.SENDONLY), leg(AGENT))
+    assert run_timer(relay, 6.0) == []  # a caller that only sends hears nothing: the tone runs out
+    assert relay.get_timer() is None
+
+
+def test_call_end_forgets_a_tone_the_relay_was_sending() -> None:
+    relay, call = make()
+    relay.play_feedback("c1", "complete", now=1.0)
+    assert len(run_timer(relay, 1.01)) == 1
+    relay.remove_call("c1")
+    assert relay.get_timer() is None
+    assert relay.handle_timer(3.0) == []

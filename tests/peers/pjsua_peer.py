@@ -88,7 +88,7 @@ class Peer:
         cfg.uaConfig.maxCalls = 4
         cfg.logConfig.level = 1
         cfg.logConfig.consoleLevel = 1
-        cfg.medConfig.noVad = True
+        cfg.medConfig.noVad = args.vad != "on"
         cfg.medConfig.clockRate = 8000
         cfg.medConfig.sndClockRate = 8000
         cfg.medConfig.ecTailLen = 0
@@ -348,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-at-s", type=float, default=0.0, help="put the call on hold this long after media")
     parser.add_argument("--resume-at-s", type=float, default=0.0, help="take it off hold this long after media")
     parser.add_argument("--srtp", choices=tuple(SRTP), default="off")
+    parser.add_argument("--vad", choices=("on", "off"), default="off",
+                        help="on: PJSIP's silence detector, which stops sending RTP while the microphone is silent")
     parser.add_argument("--tls-port", type=int, default=0)
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
