@@ -29,6 +29,149 @@ static struct {
     double min_energy, weak_energy, rise, rise_abs, inv_block;
 } K;
 
+#define BLOCK 40
+#define N_PROJ 16
+#define AT(view, off) ((char *)(view).buf + (off))
+
+/* The analysis basis, (40, 16): per sample, cos then sin of the eight DTMF frequencies (sample-major,
+ * so that the sixteen accumulators of one sample are one contiguous, vectorisable step). */
+static double BASIS[BLOCK][N_PROJ] __attribute__((aligned(16)));
+static int basis_ready;
+
+/* Two doubles per step (GCC/clang vector extension, SSE2 on x86-64): each lane is one
+ * basis row's own accumulator, so the sums keep their order. */
+typedef double v2d __attribute__((vector_size(16)));
+
+/* One block's energy and line energy. This is the definition of the masker's block features
+ * when the extension is built (the Python fallback uses numpy's BLAS product, which may
+ * round differently): every product is summed in sample order, one accumulator per basis
+ * row, no fused multiply-add, so the result is the same on every machine. */
+static inline void block_features(const double s[BLOCK], double *energy, double *lines)
+{
+    v2d acc[N_PROJ / 2];
+    for (int j = 0; j < N_PROJ / 2; j++)
+        acc[j] = (v2d){0.0, 0.0};
+    double e = 0.0;
+    for (int i = 0; i < BLOCK; i++) {
+        double x = s[i];
+        v2d xv = {x, x};
+        const v2d *row = (const v2d *)BASIS[i];
+        e = e + x * x;
+        for (int j = 0; j < N_PROJ / 2; j++)
+            acc[j] = acc[j] + xv * row[j];
+    }
+    double a[N_PROJ];
+    memcpy(a, acc, sizeof(a));
+    double p[8];
+    for (int f = 0; f < 8; f++)
+        p[f] = a[f] * a[f] + a[f + 8] * a[f + 8];
+    double low = p[0], high = p[4];
+    for (int f = 1; f < 4; f++) {
+        if (p[f] > low) low = p[f];
+        if (p[f + 4] > high) high = p[f + 4];
+    }
+    *energy = e;
+    *lines = (low + high) * (2.0 / BLOCK);
+}
+
+static PyObject *set_basis(PyObject *mod, PyObject *arg)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (b.itemsize != 8 || b.len != (Py_ssize_t)sizeof(BASIS) || b.format == NULL || strcmp(b.format, "d") != 0) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "basis must be (40, 16) float64");
+        return NULL;
+    }
+    memcpy(BASIS, b.buf, sizeof(BASIS));
+    PyBuffer_Release(&b);
+    basis_ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* features_blocks(x, feats): x (m, 40) float64 (any strides) -> feats (m, 2) float64: energy, lines. */
+static PyObject *features_blocks(PyObject *mod, PyObject *args)
+{
+    PyObject *o_x, *o_out;
+    if (!PyArg_ParseTuple(args, "OO", &o_x, &o_out))
+        return NULL;
+    if (!basis_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "masker basis is not set");
+        return NULL;
+    }
+    Py_buffer x, out;
+    if (PyObject_GetBuffer(o_x, &x, PyBUF_STRIDES | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(o_out, &out, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (x.ndim != 2 || x.itemsize != 8 || strcmp(x.format, "d") != 0 || x.shape[1] != BLOCK || out.ndim != 2
+        || out.itemsize != 8 || strcmp(out.format, "d") != 0 || out.shape[0] != x.shape[0] || out.shape[1] < 2) {
+        PyErr_SetString(PyExc_ValueError, "features_blocks: x must be (m, 40) and feats (m, 2), float64");
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < x.shape[0]; r++) {
+        double s[BLOCK];
+        for (int i = 0; i < BLOCK; i++)
+            s[i] = *(double *)AT(x, r * x.strides[0] + i * x.strides[1]);
+        block_features(s, (double *)AT(out, r * out.strides[0]), (double *)AT(out, r * out.strides[0] + out.strides[1]));
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&x);
+    return result;
+}
+
+/* features_packets(frames, energies, lines): frames (k, 160) int16 (any strides) -> the four
+ * blocks' energies and line energies into columns 3..6 of energies (k, >= 7) and lines (k, >= 7). */
+static PyObject *features_packets(PyObject *mod, PyObject *args)
+{
+    PyObject *o_f, *o_e, *o_l;
+    if (!PyArg_ParseTuple(args, "OOO", &o_f, &o_e, &o_l))
+        return NULL;
+    if (!basis_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "masker basis is not set");
+        return NULL;
+    }
+    Py_buffer f, e, l;
+    int got = 0;
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(o_f, &f, PyBUF_STRIDES | PyBUF_FORMAT) < 0) goto done;
+    got = 1;
+    if (PyObject_GetBuffer(o_e, &e, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto done;
+    got = 2;
+    if (PyObject_GetBuffer(o_l, &l, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto done;
+    got = 3;
+    if (f.ndim != 2 || f.itemsize != 2 || f.shape[1] != PACKET_SAMPLES || e.ndim != 2 || l.ndim != 2
+        || e.itemsize != 8 || l.itemsize != 8 || strcmp(e.format, "d") != 0 || strcmp(l.format, "d") != 0
+        || e.shape[0] != f.shape[0] || l.shape[0] != f.shape[0] || e.shape[1] < 7 || l.shape[1] < 7
+        || (strcmp(f.format, "h") != 0 && strcmp(f.format, "<h") != 0 && strcmp(f.format, "=h") != 0)) {
+        PyErr_SetString(PyExc_ValueError, "features_packets: frames (k, 160) int16, energies and lines (k, >= 7) float64");
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < f.shape[0]; r++) {
+        for (int b = 0; b < NEW_BLOCKS; b++) {
+            double s[BLOCK];
+            for (int i = 0; i < BLOCK; i++)
+                s[i] = (double)*(int16_t *)AT(f, r * f.strides[0] + (b * BLOCK + i) * f.strides[1]);
+            block_features(s, (double *)AT(e, r * e.strides[0] + (HIST_BLOCKS + b) * e.strides[1]),
+                           (double *)AT(l, r * l.strides[0] + (HIST_BLOCKS + b) * l.strides[1]));
+        }
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (got >= 3) PyBuffer_Release(&l);
+    if (got >= 2) PyBuffer_Release(&e);
+    if (got >= 1) PyBuffer_Release(&f);
+    return result;
+}
+
 static PyObject *configure(PyObject *mod, PyObject *args)
 {
     if (!PyArg_ParseTuple(args, "nnnnnnnddddd", &K.n_f, &K.hist_e, &K.hist_l, &K.levels, &K.level, &K.n_in,
@@ -55,7 +198,6 @@ static int get(PyObject *obj, Py_buffer *view, const char *what, int writable, P
     return 0;
 }
 
-#define AT(view, off) ((char *)(view).buf + (off))
 
 /* quiet_step(fs, held, slots, frames, wef, out, comfort) -> bool
  *   fs (cap, n_f) float64, held (cap, 160) int16: the bank's state, updated when quiet;
@@ -178,6 +320,10 @@ done:
 }
 
 static PyMethodDef methods[] = {
+    {"set_basis", set_basis, METH_O, "Set the (40, 16) analysis basis (once, from dtmf.masker)."},
+    {"features_blocks", features_blocks, METH_VARARGS, "Energy and line energy of (m, 40) float64 blocks into (m, 2)."},
+    {"features_packets", features_packets, METH_VARARGS,
+     "Energies and line energies of (k, 160) int16 packets' four blocks into columns 3..6 of two (k, 8) arrays."},
     {"configure", configure, METH_VARARGS, "Set the state layout and constants (once, from dtmf.masker)."},
     {"quiet_step", quiet_step, METH_VARARGS,
      "MaskerBank.process's step when every row is quiet: True and the state moved, or False and nothing written."},

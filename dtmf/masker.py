@@ -244,15 +244,18 @@ def _block_features(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     plus the best high DTMF frequency, as if each were a sine on its bin.
     """
     x = np.asarray(blocks, dtype=np.float64)
-    proj = x @ _BASIS
-    np.square(proj, out=proj)
-    p = proj[:, :8] + proj[:, 8:]  # ~ (amplitude * 20)^2 per frequency
     feats = np.empty((len(x), _N_FEATURES))
     energy = feats[:, _ENERGY]
-    energy[:] = (x * x).sum(axis=1)  # int16 squares: exact in float64 in any summation order
     lines = feats[:, _LINES]
-    best = p.reshape(-1, 2, 4).max(axis=2)  # best low, best high
-    lines[:] = (best[:, 0] + best[:, 1]) * (2.0 / BLOCK_SAMPLES)
+    if _features_blocks is not None:
+        _features_blocks(x, feats)  # the same steps in C, products summed in sample order
+    else:
+        proj = x @ _BASIS
+        np.square(proj, out=proj)
+        p = proj[:, :8] + proj[:, 8:]  # ~ (amplitude * 20)^2 per frequency
+        energy[:] = (x * x).sum(axis=1)  # int16 squares: exact in float64 in any summation order
+        best = p.reshape(-1, 2, 4).max(axis=2)  # best low, best high
+        lines[:] = (best[:, 0] + best[:, 1]) * (2.0 / BLOCK_SAMPLES)
     flags = (energy >= _MIN_BLOCK_ENERGY) & (lines >= FLAG_CONCENTRATION * energy)
     return feats, flags
 
@@ -653,7 +656,11 @@ def _block_features_into(frames: np.ndarray, w: _Scratch) -> None:
 
     The product runs as basis^T @ blocks^T (bit-identical to blocks @ basis) so that the
     frequencies are rows: every step after it is a contiguous row operation, into scratch.
+    With the C extension both run there instead (one definition, summed in sample order).
     """
+    if _features_packets is not None:
+        _features_packets(frames, w.energies8, w.lines8)
+        return
     np.copyto(w.x3, frames.reshape(w.x3.shape))
     np.matmul(_BASIS_T, w.x.T, out=w.proj)
     np.square(w.proj, out=w.proj)
@@ -1278,9 +1285,11 @@ __all__ = [
 
 try:
     from dtmf import _maskstep
-except ImportError:  # built without a C compiler: the numpy step runs every batch
-    _quiet_step = None
+except ImportError:  # built without a C compiler: numpy's product and step run every batch
+    _quiet_step = _features_blocks = _features_packets = None
 else:
+    _maskstep.set_basis(np.ascontiguousarray(_BASIS))
+    _features_blocks, _features_packets = _maskstep.features_blocks, _maskstep.features_packets
     _maskstep.configure(_N_F, _F_HIST_E, _F_HIST_L, _F_LEVELS, _F_LEVEL, _F_N_IN, _F_BITS,
                         float(_MIN_BLOCK_ENERGY), float(_WEAK_ENERGY), float(_NOISE_RISE),
                         float(_NOISE_RISE_ABS), 1.0 / BLOCK_SAMPLES)

@@ -189,3 +189,40 @@ def test_the_c_step_takes_a_batch_only_when_no_row_is_active() -> None:
         else:
             takes += 1
     assert takes > 300 and refuses > 300, (takes, refuses)
+
+
+def _sequential_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The C features' definition in numpy: each basis row's products summed in sample order."""
+    x = np.asarray(x, dtype=np.float64)
+    acc = np.zeros((len(x), 16))
+    for i in range(masker_mod.BLOCK_SAMPLES):
+        acc = acc + x[:, i:i + 1] * masker_mod._BASIS[i][None, :]
+    p = acc[:, :8] * acc[:, :8] + acc[:, 8:] * acc[:, 8:]
+    best = p.reshape(-1, 2, 4).max(axis=2)
+    energy = np.zeros(len(x))
+    for i in range(masker_mod.BLOCK_SAMPLES):
+        energy = energy + x[:, i] * x[:, i]
+    return energy, (best[:, 0] + best[:, 1]) * (2.0 / masker_mod.BLOCK_SAMPLES)
+
+
+def test_the_c_block_features_are_their_definition_on_every_path() -> None:
+    """Built, the masker's block features come from C for the single stream and the bank alike:
+    products summed in sample order, no fused multiply-add, the same bits on every machine."""
+    require_step()
+    rng = np.random.default_rng(11)
+    for level in (-70.0, -30.0, -3.0):
+        x = white_noise(300 * 40, level, rng)
+        x[:4000] += dtmf_tone("5", 500, level_dbm0=level + 3)[:4000]
+        blocks = np.clip(np.rint(x), -32768, 32767).astype(np.int16).reshape(-1, 40)
+        energy, lines = _sequential_features(blocks)
+        feats, _ = masker_mod._block_features(blocks)
+        assert feats[:, 0].tobytes() == energy.tobytes()
+        assert feats[:, 1].tobytes() == lines.tobytes()
+        # The bank's path reads (k, 160) frames with any strides into its work rows.
+        wide = np.zeros((75, 170), dtype=np.int16)
+        wide[:, 5:165] = blocks.reshape(75, 160)
+        e8, l8 = np.zeros((75, 8)), np.zeros((75, 8))
+        masker_mod._features_packets(wide[:, 5:165], e8, l8)
+        assert e8[:, 3:7].tobytes() == np.ascontiguousarray(energy.reshape(75, 4)).tobytes()
+        assert l8[:, 3:7].tobytes() == np.ascontiguousarray(lines.reshape(75, 4)).tobytes()
+        assert not e8[:, :3].any() and not e8[:, 7].any()  # only columns 3..6 are written
