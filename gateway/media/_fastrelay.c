@@ -337,6 +337,8 @@ static int is_plain(FastRelay *self, Entry *e, PyObject *leg, const unsigned cha
     PyObject *inspect = slot_get(leg, off[F_INSPECT]);
     *queue = 0;
     *masked = 0;
+    if (inspect == Py_True && (buf[1] & 0x80))
+        return 0; /* a talkspurt starts: the core gives the detector the suppressed silence */
     if (inspect == Py_True) {
         PyObject *masking = slot_get(leg, off[F_MASKING]);
         if (masking == Py_True) {

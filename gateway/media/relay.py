@@ -162,6 +162,10 @@ MAX_QUEUED_EVENTS = 100_000
 WITHHELD_EVENT_IDS = 32
 """Withheld telephone-event identities remembered per leg: the receiver's recent keys (16), twice."""
 MAX_FEEDBACK_SAMPLES = 16_000
+MAX_GAP_ROWS = 5
+"""Silence given back to the detector at a talkspurt's start: at most 100 ms (enough to part two
+digits; a longer pause changes nothing more)."""
+_SILENCE_PAYLOADS = {False: bytes([SILENCE_CODES["PCMU"]]) * 160, True: bytes([SILENCE_CODES["PCMA"]]) * 160}
 FEEDBACK_IDLE_S = 0.06
 """No agent audio for three packet times: the agent is silent (VAD, silence suppression, mute),
 and a pending feedback tone leaves in packets of the relay's own."""
@@ -854,6 +858,7 @@ class Relay:
                 self.stats.drops[d]["unexpected_source"] += 1
                 return None
             self._latch(leg, addr, rtcp=False, now=now)
+        prev_rx = leg.last_rx_s
         leg.last_rx_s = now
         # RFC 3550 A.1: the next number of the stream is one compare and one store (expected and
         # received both grow by one: lost is unchanged); the rest goes the long way. A new SSRC
@@ -872,6 +877,8 @@ class Relay:
                     if not det:
                         self._det_since = now
                         self.timer_changed = self.wake = True
+                    if b1 & 0x80 and prev_rx is not None:
+                        self._talkspurt_gap(leg, now - prev_rx)
                     det.append(leg.slot)
                     # The packet itself when it is a bare 12-byte header and 160 bytes of payload
                     # (the common case: no copy per packet); `_run_detector` tells them apart by size.
@@ -1396,6 +1403,17 @@ class Relay:
                 return None
         self.stats.relayed[leg.direction] += 1
         return peer, data, peer.rtp_dest
+
+    def _talkspurt_gap(self, leg: Leg, gap_s: float) -> None:
+        """A talkspurt starts (RTP marker, RFC 3551 4.1) after silence the caller's phone did not
+        send (VAD, silence suppression): the detector gets that silence back, as 20 ms rows of
+        silence in the caller's law (up to `MAX_GAP_ROWS`), so that two presses of one key with
+        the pause between them suppressed stay two digits instead of one long tone."""
+        missing = min(MAX_GAP_ROWS, int(gap_s / 0.020 - 0.5))
+        if missing > 0:
+            silence = _SILENCE_PAYLOADS[leg.is_alaw]
+            self._det_slots.extend([leg.slot] * missing)
+            self._det_payloads.extend([silence] * missing)
 
     def _splice_feedback(self, leg: Leg, data: bytes, start: int, end: int) -> bytes:
         """The agent's packet with its payload replaced by the feedback tone's next codes.

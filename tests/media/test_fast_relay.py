@@ -362,7 +362,8 @@ def test_accelerator_keeps_the_streams_numbers_exactly_as_the_core() -> None:
             now = 1000.0 + 0.02 * i + rnd.uniform(0.0, 0.004) + (0.05 if i % 97 == 0 else 0.0)
             if i % 50 == 49:
                 seq += 2  # a gap: the long way, then the fast path again
-            pkt = rtp(seq, os.urandom(160), ts=ts)
+            marked = i % 61 == 7  # a talkspurt starts: the long way (the detector gets the pause back)
+            pkt = rtp(seq, os.urandom(160), ts=ts, marker=marked)
             seq, ts = (seq + 1) & 0xFFFF, (ts + 160) & 0xFFFFFFFF
             if i == 200:
                 # RFC 4733 packets withheld in a capture: the rest of the call is renumbered.
@@ -371,6 +372,8 @@ def test_accelerator_keeps_the_streams_numbers_exactly_as_the_core() -> None:
             peer_c.sendto(pkt, calls[1][1].getsockname())
             slow, counts = fr.drain(now, c_relay._det_slots, c_relay._det_payloads)
             fast += counts[0]
+            if marked:
+                assert counts[0] == 0 and len(slow) == 1, i
             for leg, data, src in slow or ():
                 assert src == addr
                 out = c_relay.receive_rtp(leg, data, src, now)

@@ -529,3 +529,32 @@ def test_remove_call_drops_its_pending_detection_rows() -> None:
     relay.remove_call("c0")
     relay.flush()
     assert [s.tolist() for s, _ in det.calls] == [[calls[1].caller.slot]]
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_key_pressed_twice_with_the_pause_suppressed_stays_two_digits(marked: bool) -> None:
+    """A caller phone with silence suppression (PJSIP's default VAD) sends no packets in the pause
+    between two presses of "1"; its next talkspurt carries the RTP marker (RFC 3551 4.1) and the
+    detector gets the pause back as silence. Without the marker nothing says a pause was there."""
+    detector_mod = pytest.importorskip("dtmf.detector")
+    from dtmf.tones import dtmf_tone, to_int16
+
+    relay, call = make(detector=detector_mod.DetectorBank(capacity=4))
+    tone = ulaw_encode(to_int16(dtmf_tone("1", 100.0, level_dbm0=-10.0))).tobytes()  # 5 packets
+    quiet = ulaw_encode(np.zeros(160, dtype=np.int16)).tobytes()
+    packets = [quiet] * 5 + [tone[160 * i:160 * i + 160] for i in range(5)]  # the whole pause suppressed
+    first_after_gap = len(packets)
+    packets += [tone[160 * i:160 * i + 160] for i in range(5)] + [quiet] * 10
+    now = 0.0
+    for seq, payload in enumerate(packets):
+        now += 0.02
+        if seq == first_after_gap:
+            now += 0.08  # the pause's four packets were never sent
+        data = bytearray(audio(seq, payload=payload))
+        struct.pack_into("!I", data, 4, 160 * seq + (640 if seq >= first_after_gap else 0))  # the RTP clock ran on
+        if seq == first_after_gap and marked:
+            data[1] |= 0x80
+        assert relay.receive_rtp(call.caller, bytes(data), CALLER_SDP, now) is not None
+        relay.flush(now)
+    digits = "".join(e.digit for e in iter(relay.next_event, None) if isinstance(e, InBandDigitDetected))
+    assert digits == ("11" if marked else "1")
