@@ -1279,7 +1279,7 @@ def encode_masked(original_codes: np.ndarray, masked: np.ndarray, codec: str) ->
 
 __all__ = [
     "BLOCK_SAMPLES", "LOOKAHEAD_SAMPLES", "PACKET_SAMPLES", "MaskMode", "Masker", "MaskerBank",
-    "analyse_blocks", "confirm_windows", "encode_masked", "DTMF_FREQS_HZ",
+    "analyse_blocks", "confirm_windows", "encode_masked", "DTMF_FREQS_HZ", "accelerated",
 ]
 
 
@@ -1294,3 +1294,8 @@ else:
                         float(_MIN_BLOCK_ENERGY), float(_WEAK_ENERGY), float(_NOISE_RISE),
                         float(_NOISE_RISE_ABS), 1.0 / BLOCK_SAMPLES)
     _quiet_step = _maskstep.quiet_step
+
+
+def accelerated() -> bool:
+    """Whether the C block features and quiet step (`dtmf/_maskstep.c`) are built and used."""
+    return _quiet_step is not None

@@ -27,9 +27,8 @@ from typing import Any, Protocol
 for _blas_var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_blas_var, "1")
 
-from dtmf import masker as masker_module
 from dtmf.detector import DetectorBank
-from dtmf.masker import MaskerBank, MaskMode
+from dtmf.masker import MaskerBank, MaskMode, accelerated as masker_accelerated
 from gateway.b2bua import (
     B2bua, B2buaConfig, CallAnswered, CallEnded, CallStarted, LawsDiffered, MessageRejected, UnofferedCodecAccepted,
 )
@@ -148,7 +147,7 @@ class Gateway:
         self.media = RtpMediaController(config.media.address, low, high, relay=relay,
                                         on_event=self._on_media_event, loop=loop, fast_path=fast)
         log.info("media relay: C accelerator %s; masker quiet step in C %s", "on" if self.media.fast_path else "off",
-                 "on" if masker_module._quiet_step is not None else "off (not built)")
+                 "on" if masker_accelerated() else "off (not built)")
         hop = config.sip.next_hop
         if hop is None:
             hop = parse_next_hop(DEFAULT_NEXT_HOP)

@@ -839,9 +839,9 @@ def check_relay_path(config: Config) -> CheckResult:
     if setting == "off":
         return _pass(name, "off by configuration: the pure-Python relay path")
     if usable:
-        from dtmf import masker as masker_module
+        from dtmf.masker import accelerated
 
-        step = "built" if masker_module._quiet_step is not None else "not built (captures cost more CPU)"
+        step = "built" if accelerated() else "not built (captures cost more CPU)"
         return _pass(name, f"{setting}: the C relay path is built and used; the masker's C quiet step is {step}")
     why = "not built (reinstall with a C compiler)" if edge.FastRelay is None else "IPv6 media address"
     if setting == "on":

@@ -41,9 +41,9 @@ tone rides on the agent's packets; while the agent sends no audio (silence suppr
 VAD, mute: nothing from it for `FEEDBACK_IDLE_S`) the relay sends the tone in packets of
 its own, from `handle_timer` at the caller leg's packet time, under an SSRC of its own
 (RFC 3550 8.2: a new source, so no sequence number of the agent's is taken), and stops
-when the tone ends or the agent's packets come back to carry the rest. The safe state of a masked leg is
-"hold and mask": a packet whose masked form is unknown leaves as silence, never as
-the caller's audio.
+when the tone ends or the agent's packets come back to carry the rest. The safe state
+of a masked leg is "hold and mask": a packet whose masked form is unknown leaves as
+silence, never as the caller's audio.
 
 Legs that negotiated different G.711 laws (a peer answered the law it was not offered)
 have their audio payloads converted code for code by a 256-byte table (`bytes.translate`)
@@ -162,14 +162,15 @@ MAX_QUEUED_EVENTS = 100_000
 WITHHELD_EVENT_IDS = 32
 """Withheld telephone-event identities remembered per leg: the receiver's recent keys (16), twice."""
 MAX_FEEDBACK_SAMPLES = 16_000
+"""Feedback tone samples queued per call at most (2 s at 8 kHz); a request beyond it is dropped."""
+FEEDBACK_IDLE_S = 0.06
+"""No agent audio for three packet times: the agent is silent (VAD, silence suppression, mute),
+and a pending feedback tone leaves in packets of the relay's own."""
 MAX_GAP_ROWS = 5
 """Silence given back to the detector at a talkspurt's start: at most 100 ms (enough to part two
 digits; a longer pause changes nothing more)."""
 _SILENCE_PAYLOADS = {False: bytes([SILENCE_CODES["PCMU"]]) * 160, True: bytes([SILENCE_CODES["PCMA"]]) * 160}
-FEEDBACK_IDLE_S = 0.06
-"""No agent audio for three packet times: the agent is silent (VAD, silence suppression, mute),
-and a pending feedback tone leaves in packets of the relay's own."""
-"""Feedback tone samples queued per call at most (2 s at 8 kHz); a request beyond it is dropped."""
+"""160 codes of silence for the detector, by `Leg.is_alaw`."""
 _SEQ = struct.Struct("!H")
 _TS_SSRC = struct.Struct("!II")
 _NO_PT = 255
@@ -467,11 +468,12 @@ class Leg:
         itself (the agent silent); None: no tone pending."""
         self.fb_last_s: float | None = None
         """When the relay last sent a feedback packet of its own (its timestamps follow the clock)."""
-        self.fb_ssrc = int.from_bytes(os.urandom(4), "big")
+        start = os.urandom(10)
+        self.fb_ssrc = int.from_bytes(start[:4], "big")
         """SSRC, sequence number and timestamp of the relay's own feedback stream (RFC 3550 5.1:
         random starts)."""
-        self.fb_seq = int.from_bytes(os.urandom(2), "big")
-        self.fb_ts = int.from_bytes(os.urandom(4), "big")
+        self.fb_seq = int.from_bytes(start[4:6], "big")
+        self.fb_ts = int.from_bytes(start[6:], "big")
         # RFC 3550 A.1/A.3/A.8 state of the stream received on this leg (-1: none yet).
         self.rx_ssrc = -1
         self.rx_next = -1
