@@ -33,6 +33,15 @@ static struct {
 #define N_PROJ 16
 #define AT(view, off) ((char *)(view).buf + (off))
 
+/* Whether a buffer's struct format is one of the type codes in `codes` (native or little-endian). */
+static int format_is(const Py_buffer *view, const char *codes)
+{
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    return f[0] != '\0' && f[1] == '\0' && strchr(codes, f[0]) != NULL;
+}
+
 /* The analysis basis, (40, 16): per sample, cos then sin of the eight DTMF frequencies (sample-major,
  * so that the sixteen accumulators of one sample are one contiguous, vectorisable step). */
 static double BASIS[BLOCK][N_PROJ] __attribute__((aligned(16)));
@@ -108,8 +117,8 @@ static PyObject *features_blocks(PyObject *mod, PyObject *args)
         return NULL;
     }
     PyObject *result = NULL;
-    if (x.ndim != 2 || x.itemsize != 8 || strcmp(x.format, "d") != 0 || x.shape[1] != BLOCK || out.ndim != 2
-        || out.itemsize != 8 || strcmp(out.format, "d") != 0 || out.shape[0] != x.shape[0] || out.shape[1] < 2) {
+    if (x.ndim != 2 || x.itemsize != 8 || !format_is(&x, "d") || x.shape[1] != BLOCK || out.ndim != 2
+        || out.itemsize != 8 || !format_is(&out, "d") || out.shape[0] != x.shape[0] || out.shape[1] < 2) {
         PyErr_SetString(PyExc_ValueError, "features_blocks: x must be (m, 40) and feats (m, 2), float64");
         goto done;
     }
@@ -148,9 +157,9 @@ static PyObject *features_packets(PyObject *mod, PyObject *args)
     if (PyObject_GetBuffer(o_l, &l, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto done;
     got = 3;
     if (f.ndim != 2 || f.itemsize != 2 || f.shape[1] != PACKET_SAMPLES || e.ndim != 2 || l.ndim != 2
-        || e.itemsize != 8 || l.itemsize != 8 || strcmp(e.format, "d") != 0 || strcmp(l.format, "d") != 0
+        || e.itemsize != 8 || l.itemsize != 8 || !format_is(&e, "d") || !format_is(&l, "d")
         || e.shape[0] != f.shape[0] || l.shape[0] != f.shape[0] || e.shape[1] < 7 || l.shape[1] < 7
-        || (strcmp(f.format, "h") != 0 && strcmp(f.format, "<h") != 0 && strcmp(f.format, "=h") != 0)) {
+        || !format_is(&f, "h")) {
         PyErr_SetString(PyExc_ValueError, "features_packets: frames (k, 160) int16, energies and lines (k, >= 7) float64");
         goto done;
     }
@@ -185,12 +194,13 @@ static PyObject *configure(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static int get(PyObject *obj, Py_buffer *view, const char *what, int writable, Py_ssize_t itemsize, int ndim)
+static int get(PyObject *obj, Py_buffer *view, const char *what, int writable, Py_ssize_t itemsize, int ndim,
+               const char *codes)
 {
     int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
-    if (view->itemsize != itemsize || view->ndim != ndim) {
+    if (view->itemsize != itemsize || view->ndim != ndim || !format_is(view, codes)) {
         PyErr_Format(PyExc_ValueError, "masker step: %s has the wrong item size or shape", what);
         PyBuffer_Release(view);
         return -1;
@@ -217,17 +227,17 @@ static PyObject *quiet_step(PyObject *mod, PyObject *args)
     Py_buffer fs, held, slots, frames, wef, out;
     int got = 0;
     PyObject *result = NULL;
-    if (get(o_fs, &fs, "fs", 1, 8, 2) < 0) goto done;
+    if (get(o_fs, &fs, "fs", 1, 8, 2, "d") < 0) goto done;
     got = 1;
-    if (get(o_held, &held, "held", 1, 2, 2) < 0) goto done;
+    if (get(o_held, &held, "held", 1, 2, 2, "h") < 0) goto done;
     got = 2;
-    if (get(o_slots, &slots, "slots", 0, sizeof(Py_ssize_t), 1) < 0) goto done;
+    if (get(o_slots, &slots, "slots", 0, sizeof(Py_ssize_t), 1, "lqn") < 0) goto done;
     got = 3;
-    if (get(o_frames, &frames, "frames", 0, 2, 2) < 0) goto done;
+    if (get(o_frames, &frames, "frames", 0, 2, 2, "h") < 0) goto done;
     got = 4;
-    if (get(o_wef, &wef, "wef", 0, 8, 3) < 0) goto done;
+    if (get(o_wef, &wef, "wef", 0, 8, 3, "d") < 0) goto done;
     got = 5;
-    if (get(o_out, &out, "out", 1, 2, 2) < 0) goto done;
+    if (get(o_out, &out, "out", 1, 2, 2, "h") < 0) goto done;
     got = 6;
 
     Py_ssize_t k = slots.shape[0];

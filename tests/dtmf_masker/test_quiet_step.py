@@ -135,6 +135,8 @@ def test_the_c_step_refuses_arrays_that_do_not_fit() -> None:
     with pytest.raises(ValueError):
         step(bank._fs, bank._held, np.array([slot], dtype=np.intp), frames, bank._wef,
              np.empty((2, PACKET_SAMPLES), dtype=np.int16), False)
+    with pytest.raises(ValueError):  # slots of another type than intp
+        step(bank._fs, bank._held, np.array([float(slot)]), frames, bank._wef, out, False)
     with pytest.raises(IndexError):
         step(bank._fs, bank._held, np.array([10_000], dtype=np.intp), frames, bank._wef, out, False)
     with pytest.raises((ValueError, TypeError, BufferError)):
