@@ -663,6 +663,15 @@ error:
     return NULL;
 }
 
+/* pending() -> bool: some registered socket has a datagram waiting (one epoll_wait, no wait). */
+static PyObject *FastRelay_pending(FastRelay *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->epfd < 0)
+        Py_RETURN_FALSE;
+    struct epoll_event ev;
+    int ready = epoll_wait(self->epfd, &ev, 1, 0);
+    return PyBool_FromLong(ready > 0);
+}
+
 static PyObject *FastRelay_len(FastRelay *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromLong(self->n_registered);
 }
@@ -675,6 +684,7 @@ static PyMethodDef FastRelay_methods[] = {
     {"send_all", (PyCFunction)FastRelay_send_all, METH_O, "send_all([(leg, datagram, (host, port)), ...]) -> (left, errors)."},
     {"close", (PyCFunction)FastRelay_close, METH_NOARGS, "Forget every socket and close the epoll descriptor."},
     {"registered", (PyCFunction)FastRelay_len, METH_NOARGS, "Sockets registered."},
+    {"pending", (PyCFunction)FastRelay_pending, METH_NOARGS, "Whether a registered socket has a datagram waiting."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -166,6 +166,8 @@ MAX_FEEDBACK_SAMPLES = 16_000
 FEEDBACK_IDLE_S = 0.06
 """No agent audio for three packet times: the agent is silent (VAD, silence suppression, mute),
 and a pending feedback tone leaves in packets of the relay's own."""
+DETECT_DEFER = 4
+"""A due detector batch waits while datagrams are waiting, up to this many times its rows or window."""
 MAX_GAP_ROWS = 5
 """Silence given back to the detector at a talkspurt's start: at most 100 ms (enough to part two
 digits; a longer pause changes nothing more)."""
@@ -985,9 +987,12 @@ class Relay:
         self.stats.rtcp_relayed[d] += 1
         return data, dest
 
-    def process_pending(self, now: float) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+    def process_pending(self, now: float, busy: bool = False) -> list[tuple[Leg, bytes, tuple[str, int]]]:
         """The edge's once-per-iteration call: masker rows now, the detector when its batch is due.
 
+        `busy`: datagrams are already waiting. Outside a capture no packet waits for the detector,
+        so a due batch then waits for a quiet moment (up to `DETECT_DEFER` times its rows or its
+        window): forwarding first keeps the detector's call out of the packets' latency.
         Returns the masked packets to send: (leg to send from, bytes, destination).
         """
         rows = self._mask_rows
@@ -996,9 +1001,11 @@ class Relay:
             sends = self._run_masker(now)
         else:
             sends = []
-        if self._det_slots and (len(self._det_slots) >= self.detect_batch_rows
-                                or now >= self._det_since + self.detect_window_s):  # type: ignore[operator]
-            self._run_detector()
+        det = self._det_slots
+        if det and (len(det) >= self.detect_batch_rows or now >= self._det_since + self.detect_window_s):  # type: ignore[operator]
+            if (not busy or len(det) >= DETECT_DEFER * self.detect_batch_rows
+                    or now >= self._det_since + DETECT_DEFER * self.detect_window_s):  # type: ignore[operator]
+                self._run_detector()
         return sends
 
     def flush(self, now: float | None = None) -> list[tuple[Leg, bytes, tuple[str, int]]]:

@@ -358,7 +358,7 @@ class RtpMediaController:
         relay.wake = False
         t0 = perf_counter()
         try:
-            sends = relay.process_pending(t0)
+            sends = relay.process_pending(t0, self._fast is not None and self._fast.pending())
         except Exception:  # noqa: BLE001 - one batch's failure must not stop the loop
             relay.stats.drops[0]["hook_error"] += 1
             sends = []

@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -612,6 +613,33 @@ def test_a_successor_waiting_in_its_socket_at_the_deadline_releases_the_held_pac
         ctl.close()
         caller.close()
         agent.close()
+
+
+def test_pending_says_whether_a_datagram_is_waiting() -> None:
+    """The edge asks it before running a due detector batch (forwarding first)."""
+    require_accelerator()
+    socks: list[socket.socket] = []
+    try:
+        peer_c, peer_a = udp(), udp()
+        socks += [peer_c, peer_a]
+        relay = Relay(detector=DetectorBank(capacity=2))
+        call, gw_c, gw_a = core_rig(relay, peer_c, peer_a, 101, socks)
+        fr = edge.FastRelay(Leg, *relay.jitter_sampling)
+        fr.add(gw_c.fileno(), call.caller, gw_a.fileno())
+        assert fr.pending() is False
+        peer_c.sendto(rtp(1, bytes(160)), gw_c.getsockname())
+        for _ in range(100):
+            if fr.pending():
+                break
+            time.sleep(0.001)
+        assert fr.pending() is True
+        fr.drain(1.0, relay._det_slots, relay._det_payloads)
+        assert fr.pending() is False
+        fr.close()
+        assert fr.pending() is False
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_accelerator_agrees_with_the_core_on_arbitrary_datagrams() -> None:

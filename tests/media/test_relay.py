@@ -480,6 +480,41 @@ def test_detection_runs_at_once_when_the_batch_is_full() -> None:
     assert len(det.calls) == 1 and relay.pending
 
 
+def test_a_due_batch_waits_while_datagrams_wait_up_to_its_bound() -> None:
+    """Outside a capture the detector yields to forwarding: with datagrams waiting (`busy`) a full
+    batch waits, until DETECT_DEFER times its rows or its window; when the sockets are quiet it runs."""
+    from gateway.media.relay import DETECT_DEFER
+
+    det = FakeDetector()
+    relay, calls = many_calls(2, detector=det, detect_batch_rows=3, detect_window_s=0.010)
+    rows = 0
+
+    def arrive(now: float) -> None:
+        nonlocal rows
+        call = calls[rows % 2]
+        relay.receive_rtp(call.caller, audio(1 + rows // 2), ("10.0.1.1", 4000 + 2 * (rows % 2)), now=now)
+        rows += 1
+
+    for _ in range(3):
+        arrive(1.0)
+    relay.process_pending(1.0, busy=True)
+    assert relay.detect_rows_pending == 3 and det.calls == []  # full, but packets are waiting
+    relay.process_pending(1.0, busy=False)
+    assert relay.detect_rows_pending == 0 and det.calls  # a quiet moment: it runs
+    for _ in range(DETECT_DEFER * 3 - 1):
+        arrive(2.0)
+        relay.process_pending(2.0, busy=True)
+    assert relay.detect_rows_pending == DETECT_DEFER * 3 - 1
+    arrive(2.0)
+    relay.process_pending(2.0, busy=True)
+    assert relay.detect_rows_pending == 0  # the row bound
+    arrive(3.0)
+    relay.process_pending(3.0 + DETECT_DEFER * 0.010 - 0.001, busy=True)
+    assert relay.detect_rows_pending == 1
+    relay.process_pending(3.0 + DETECT_DEFER * 0.010, busy=True)
+    assert relay.detect_rows_pending == 0  # the age bound
+
+
 def test_detector_sees_each_stream_in_order_across_batches_and_rounds() -> None:
     det = FakeDetector()
     relay, calls = many_calls(2, detector=det, detect_batch_rows=5)
