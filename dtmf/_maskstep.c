@@ -83,6 +83,20 @@ static inline void block_features(const double s[BLOCK], double *energy, double 
     *lines = (low + high) * (2.0 / BLOCK);
 }
 
+static int get(PyObject *obj, Py_buffer *view, const char *what, int writable, Py_ssize_t itemsize, int ndim,
+               const char *codes)
+{
+    int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
+        return -1;
+    if (view->itemsize != itemsize || view->ndim != ndim || !format_is(view, codes)) {
+        PyErr_Format(PyExc_ValueError, "masker C step: %s has the wrong item type or shape", what);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *set_basis(PyObject *mod, PyObject *arg)
 {
     Py_buffer b;
@@ -110,15 +124,14 @@ static PyObject *features_blocks(PyObject *mod, PyObject *args)
         return NULL;
     }
     Py_buffer x, out;
-    if (PyObject_GetBuffer(o_x, &x, PyBUF_STRIDES | PyBUF_FORMAT) < 0)
+    if (get(o_x, &x, "x", 0, 8, 2, "d") < 0)
         return NULL;
-    if (PyObject_GetBuffer(o_out, &out, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+    if (get(o_out, &out, "feats", 1, 8, 2, "d") < 0) {
         PyBuffer_Release(&x);
         return NULL;
     }
     PyObject *result = NULL;
-    if (x.ndim != 2 || x.itemsize != 8 || !format_is(&x, "d") || x.shape[1] != BLOCK || out.ndim != 2
-        || out.itemsize != 8 || !format_is(&out, "d") || out.shape[0] != x.shape[0] || out.shape[1] < 2) {
+    if (x.shape[1] != BLOCK || out.shape[0] != x.shape[0] || out.shape[1] < 2) {
         PyErr_SetString(PyExc_ValueError, "features_blocks: x must be (m, 40) and feats (m, 2), float64");
         goto done;
     }
@@ -150,16 +163,14 @@ static PyObject *features_packets(PyObject *mod, PyObject *args)
     Py_buffer f, e, l;
     int got = 0;
     PyObject *result = NULL;
-    if (PyObject_GetBuffer(o_f, &f, PyBUF_STRIDES | PyBUF_FORMAT) < 0) goto done;
+    if (get(o_f, &f, "frames", 0, 2, 2, "h") < 0) goto done;
     got = 1;
-    if (PyObject_GetBuffer(o_e, &e, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto done;
+    if (get(o_e, &e, "energies", 1, 8, 2, "d") < 0) goto done;
     got = 2;
-    if (PyObject_GetBuffer(o_l, &l, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto done;
+    if (get(o_l, &l, "lines", 1, 8, 2, "d") < 0) goto done;
     got = 3;
-    if (f.ndim != 2 || f.itemsize != 2 || f.shape[1] != PACKET_SAMPLES || e.ndim != 2 || l.ndim != 2
-        || e.itemsize != 8 || l.itemsize != 8 || !format_is(&e, "d") || !format_is(&l, "d")
-        || e.shape[0] != f.shape[0] || l.shape[0] != f.shape[0] || e.shape[1] < 7 || l.shape[1] < 7
-        || !format_is(&f, "h")) {
+    if (f.shape[1] != PACKET_SAMPLES || e.shape[0] != f.shape[0] || l.shape[0] != f.shape[0] || e.shape[1] < 7
+        || l.shape[1] < 7) {
         PyErr_SetString(PyExc_ValueError, "features_packets: frames (k, 160) int16, energies and lines (k, >= 7) float64");
         goto done;
     }
@@ -194,19 +205,6 @@ static PyObject *configure(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static int get(PyObject *obj, Py_buffer *view, const char *what, int writable, Py_ssize_t itemsize, int ndim,
-               const char *codes)
-{
-    int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) < 0)
-        return -1;
-    if (view->itemsize != itemsize || view->ndim != ndim || !format_is(view, codes)) {
-        PyErr_Format(PyExc_ValueError, "masker step: %s has the wrong item size or shape", what);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
 
 
 /* quiet_step(fs, held, slots, frames, wef, out, comfort) -> bool

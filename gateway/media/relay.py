@@ -1104,14 +1104,10 @@ class Relay:
         dest = caller.rtp_dest
         if dest is None or (media is not None and media.direction in (Direction.SENDONLY, Direction.INACTIVE)):
             return None  # the caller receives nothing now (no address, or on hold): the tone runs out unheard
-        data = struct.pack("!BBHII", 0x80, (0x80 if first else 0) | caller.audio_pt, leg.fb_seq, leg.fb_ts,
-                           leg.fb_ssrc) + chunk
-        if caller.srtp is not None:
-            try:
-                data = caller.srtp.protect(data)
-            except SrtpError as exc:
-                self.stats.drops[leg.direction][exc.reason] += 1
-                return None
+        data = self._protected(caller, struct.pack("!BBHII", 0x80, (0x80 if first else 0) | caller.audio_pt,
+                                                   leg.fb_seq, leg.fb_ts, leg.fb_ssrc) + chunk, leg.direction)
+        if data is None:
+            return None
         self.stats.feedback_packets += 1
         return caller, data, dest
 
@@ -1404,14 +1400,22 @@ class Relay:
             return None
         if out_pt != pt:
             data = b"%c%c" % (data[0], (data[1] & 0x80) | out_pt) + data[2:]
-        if peer.srtp is not None:
-            try:
-                data = peer.srtp.protect(data)
-            except SrtpError as exc:
-                self.stats.drops[leg.direction][exc.reason] += 1
-                return None
+        protected = self._protected(peer, data, leg.direction)
+        if protected is None:
+            return None
         self.stats.relayed[leg.direction] += 1
-        return peer, data, peer.rtp_dest
+        return peer, protected, peer.rtp_dest
+
+    def _protected(self, to: Leg, data: bytes, direction: int) -> bytes | None:
+        """A packet the relay built, in SRTP when `to` (the leg it leaves on) uses it; a failure is a
+        drop counted for `direction` (None). The per-packet path keeps its own inline copy."""
+        if to.srtp is None:
+            return data
+        try:
+            return to.srtp.protect(data)
+        except SrtpError as exc:
+            self.stats.drops[direction][exc.reason] += 1
+            return None
 
     def _talkspurt_gap(self, leg: Leg, gap_s: float) -> None:
         """A talkspurt starts (RTP marker, RFC 3551 4.1) after silence the caller's phone did not

@@ -13,15 +13,11 @@ import pytest
 import dtmf.masker as masker_mod
 from dtmf.masker import PACKET_SAMPLES, MaskerBank, MaskMode
 from dtmf.tones import dtmf_tone, white_noise
-from tests.conftest import IN_CI
+from tests.conftest import require
 
 
 def require_step() -> None:
-    if masker_mod._quiet_step is None:
-        message = "the masker's C step is not built (pip install -e . with a C compiler)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require(masker_mod.accelerated(), "the masker's C step is not built (pip install -e . with a C compiler)")
 
 
 class Counted:

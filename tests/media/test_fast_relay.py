@@ -32,18 +32,14 @@ from gateway.media.rtp import RtpPacket
 from gateway.media.srtp import SrtpLeg
 from gateway.transport import rtp as edge
 from gateway.transport.rtp import RtpMediaController
-from tests.conftest import IN_CI
+from tests.conftest import require
 
 HOST = "127.0.0.1"
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 
 
 def require_accelerator() -> None:
-    if edge.FastRelay is None:
-        message = "the C relay accelerator is not built (pip install -e . with a C compiler)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require(edge.FastRelay is not None, "the C relay accelerator is not built (pip install -e . with a C compiler)")
 
 
 def udp() -> socket.socket:
