@@ -122,7 +122,10 @@ class CallerVoice:
             tone = dtmf_tone(key, rng.uniform(*timing.tone_ms), level_dbm0=rng.uniform(*timing.level_dbm0),
                              twist_db=rng.uniform(*timing.twist_db))
             start = self._append(tone)
-            spans.append(KeyedSpan(start, start + len(tone)))
+            # The span is where the tone is not zero: a tone starting at phase 0 begins with an exact
+            # 0.0, and a packet holding only that sample carries no tone (the agent may hear it as is).
+            sounding = np.flatnonzero(tone)
+            spans.append(KeyedSpan(start + int(sounding[0]), start + int(sounding[-1]) + 1))
             gap = timing.field_pause_ms if key == "#" else timing.gap_ms
             self.pause(rng.uniform(*gap) / 1000.0)
         return spans

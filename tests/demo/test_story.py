@@ -140,3 +140,27 @@ def test_recording_checks_fail_when_tones_reach_the_agent(mask):
     assert result["no RFC 4733 event reached the agent"].ok
     if result["multimon-ng agrees"].ok is not None:
         assert result["multimon-ng agrees"].ok is mask
+
+
+def test_a_keyed_span_is_where_the_tone_sounds():
+    """A packet holding only a tone's first sample (an exact 0.0 at phase 0) carries no tone: the demo's
+    count of tone-bearing packets that reached the agent unchanged must not count it."""
+    import datetime
+
+    import numpy as np
+
+    from gateway.demo.story import _test_card_keys
+    from gateway.demo.voice import CallerVoice
+
+    voice = CallerVoice(np.random.default_rng(3), noise_dbm0=-300.0)  # the noise rounds to 0
+    voice.pause(0.1)
+    spans = voice.key(_test_card_keys(datetime.date(2026, 1, 1)))
+    samples = []
+    while not voice.idle:
+        samples.append(voice.next_frame())
+    x = np.concatenate(samples)
+    inside = np.zeros(len(x), dtype=bool)
+    for span in spans:
+        inside[span.start_sample:span.end_sample] = True
+        assert x[span.start_sample] != 0 and x[span.end_sample - 1] != 0
+    assert not x[~inside].any()
