@@ -783,6 +783,15 @@ class Relay:
         """Some capture packet is held for its look-ahead (its deadline may come due)."""
         return bool(self._holding)
 
+    def deadline_due(self, now: float) -> bool:
+        """A held packet's release deadline has passed (`handle_timer(now)` would release it).
+
+        The edge asks at the end of a loop iteration: under load the loop wakes every few tens
+        of microseconds, far sooner than its millisecond timer, which fired 0.3 ms late at the
+        median and 1 ms at p99 at 500 captured streams."""
+        deadline = self._next_deadline()
+        return deadline is not None and deadline <= now
+
     @property
     def detect_rows_pending(self) -> int:
         return len(self._det_slots)

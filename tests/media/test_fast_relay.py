@@ -611,6 +611,57 @@ def test_a_successor_waiting_in_its_socket_at_the_deadline_releases_the_held_pac
         agent.close()
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["python-edge", "c-edge"])
+def test_a_deadline_passed_in_a_busy_loop_releases_at_the_iteration_not_the_timer(monkeypatch, fast) -> None:
+    """The loop's timer steps in milliseconds and fires late; under load the loop wakes far more
+    often. A held packet whose deadline passed by the end of an iteration leaves in that
+    iteration, before the loop timer has fired."""
+    if fast:
+        require_accelerator()
+    loop = SimLoop()
+    monkeypatch.setattr(edge, "perf_counter", lambda: loop.now)
+    relay = Relay(masker=MaskerBank(MaskMode.SILENCE))
+    ctl = RtpMediaController(HOST, 35800 + 200 * fast, 35999 + 200 * fast, relay=relay,  # type: ignore[arg-type]
+                             loop=loop, fast_path=fast)
+    socks = [udp() for _ in range(4)]
+    try:
+        calls = []
+        for name, caller, agent in (("a", socks[0], socks[1]), ("b", socks[2], socks[3])):
+            call = ctl.open_call(name)
+            pc, pa = caller.getsockname()[1], agent.getsockname()[1]
+            call.configure(LegMedia((HOST, pc), (HOST, pc + 1), "PCMU", 0, 101),
+                           LegMedia((HOST, pa), (HOST, pa + 1), "PCMU", 0, 101))
+            ctl.set_capture(name, True)
+            calls.append((call, caller, agent))
+        quiet = bytes([0xFF]) * 160
+
+        def arrive(k: int, seq: int) -> None:
+            call, caller, _ = calls[k]
+            caller.sendto(rtp(seq, quiet), (HOST, call.caller_port))
+            if fast:
+                ctl._drain()
+            else:
+                leg = relay.calls[call.call_id].caller
+                ctl._read_rtp(leg, leg.endpoint.rtp.recvfrom, leg.peer.endpoint.rtp.sendto)
+            loop.run_soon()
+
+        arrive(0, 0)  # call a: its packet 0 is held, deadline 20.5 ms on
+        held_at = loop.now
+        assert relay.calls["a"].caller.held is not None
+        armed = [h for h in loop.timers if not h.cancelled]
+        assert armed and min(h.when for h in armed) <= held_at + 0.0205 + 1e-9
+        loop.now = held_at + 0.0207  # past a's deadline; the loop timer has not run (it fires late)
+        arrive(1, 0)  # call b's packet: one loop iteration
+        assert relay.stats.released_at_deadline == 1
+        assert relay.calls["a"].caller.held is None
+        assert [struct.unpack("!H", p[2:4])[0] for p in drain(calls[0][2])] == [0]
+        assert drain(calls[1][2]) == []  # b's packet is held in turn
+    finally:
+        ctl.close()
+        for s in socks:
+            s.close()
+
+
 def test_pending_says_whether_a_datagram_is_waiting() -> None:
     """The edge asks it before running a due detector batch (forwarding first)."""
     require_accelerator()

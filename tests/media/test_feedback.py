@@ -231,15 +231,18 @@ async def test_loopback_caller_receives_tone_over_agent_packets() -> None:
         media = ctl.open_call("call-1")
         cp, ap = caller.getsockname(), agent.getsockname()
         media.configure(leg(cp), leg(ap))
-        ctl.play_feedback("call-1", "accepted")
         received = []
-        for seq in range(16):
+        for seq in range(17):
             agent.sendto(agent_packet(seq), ("127.0.0.1", media.agent_port))
             data, _ = await asyncio.wait_for(loop.sock_recvfrom(caller, 2048), 2.0)
             received.append(data)
-        assert [r[:12] for r in received] == [agent_packet(s)[:12] for s in range(16)]
-        assert tone_power(ULAW_DECODE[np.frombuffer(received[0][12:], np.uint8)], 1800.0) > 0.95
-        assert received[15] == agent_packet(15)
+            if seq == 0:
+                # The agent is sending (an agent silent for FEEDBACK_IDLE_S gets the relay's own packets).
+                ctl.play_feedback("call-1", "accepted")
+        assert [r[:12] for r in received] == [agent_packet(s)[:12] for s in range(17)]
+        assert received[0] == agent_packet(0)
+        assert tone_power(ULAW_DECODE[np.frombuffer(received[1][12:], np.uint8)], 1800.0) > 0.95
+        assert received[16] == agent_packet(16)
         with pytest.raises(FeedbackUnavailable):
             media.play_feedback("fanfare")
     finally:

@@ -311,3 +311,21 @@ async def test_edge_timer_releases_a_held_packet_whose_successor_never_comes() -
         ctl.close()
         caller.close()
         agent.close()
+
+
+def test_deadline_due_says_when_handle_timer_would_release() -> None:
+    relay, call = capture_relay()
+    pkts = packets_of(loud_speech(2))
+    assert not relay.deadline_due(1.0)  # nothing held
+    relay.receive_rtp(call.caller, pkts[0], CALLER_SDP, 1.0)
+    relay.process_pending(1.0)
+    assert relay.holding
+    assert not relay.deadline_due(1.0 + DEADLINE_S - 1e-6)
+    assert relay.deadline_due(1.0 + DEADLINE_S)
+    assert len(relay.handle_timer(1.0 + DEADLINE_S)) == 1
+    assert not relay.deadline_due(1.0 + DEADLINE_S)
+    # The late successor is held in turn, on its own deadline.
+    relay.receive_rtp(call.caller, pkts[1], CALLER_SDP, 1.03)
+    relay.process_pending(1.03)
+    assert not relay.deadline_due(1.03 + DEADLINE_S - 1e-6)
+    assert relay.deadline_due(1.03 + DEADLINE_S)
