@@ -47,13 +47,13 @@
 enum {
     F_RTP_SRC, F_SRTP, F_PT_MAP, F_AUDIO_PT, F_RX_NEXT, F_INSPECT, F_MASKING, F_XLATE,
     F_SLOT, F_IS_ALAW, F_SEQ_OFFSET, F_PEER, F_RTP_DEST, F_FEEDBACK, F_LAST_RX_S, F_DIRECTION,
-    F_RX_SSRC, F_RX_PAIR_SEQ, F_RX_TRANSIT, F_RX_JITTER, F_RX_PAIRS, F_CLOCK_HZ,
+    F_RX_SSRC, F_RX_PAIR_SEQ, F_RX_TRANSIT, F_RX_JITTER, F_RX_PAIRS, F_CLOCK_HZ, F_CAPTURING, F_HELD,
     N_FIELDS
 };
 static const char *FIELD_NAMES[N_FIELDS] = {
     "rtp_src", "srtp", "pt_map", "audio_pt", "rx_next", "inspect", "masking", "xlate",
     "slot", "is_alaw", "seq_offset", "peer", "rtp_dest", "feedback", "last_rx_s", "direction",
-    "rx_ssrc", "rx_pair_seq", "rx_transit", "rx_jitter", "rx_pairs", "clock_hz",
+    "rx_ssrc", "rx_pair_seq", "rx_transit", "rx_jitter", "rx_pairs", "clock_hz", "capturing", "held",
 };
 
 typedef struct {
@@ -663,6 +663,74 @@ error:
     return NULL;
 }
 
+/* release_unchanged(rows, sends, held_since) -> (done, relayed, new_holders or None)
+ *
+ * The core's per-row step after a masker call that changed no row of a batch of plain rows
+ * (`Relay._run_masker`), for as many leading rows as take its common case: the row's leg is
+ * capturing, and the packet it held leaves as it arrived (no law conversion, peer without SRTP,
+ * destination known, PT kept). Each such row becomes its leg's held packet; the one it replaces
+ * is appended to `sends` as (peer, bytes, destination) and its receive time to `held_since`. A
+ * leg that held nothing just takes the row and is listed in `new_holders`. It stops, having
+ * changed nothing for it, at the first row that is anything else: `done` rows were handled, the
+ * core takes the rest. No I/O: the edge sends what the core returns. */
+static PyObject *FastRelay_release_unchanged(FastRelay *self, PyObject *args) {
+    PyObject *rows, *sends, *held_since;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyList_Type, &rows, &PyList_Type, &sends, &PyList_Type, &held_since))
+        return NULL;
+    const Py_ssize_t *off = self->off;
+    Py_ssize_t n = PyList_GET_SIZE(rows), i;
+    long relayed = 0;
+    PyObject *new_holders = NULL;
+    for (i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != 4)
+            break;
+        PyObject *leg = PyTuple_GET_ITEM(row, 0);
+        if (Py_TYPE(leg) != self->leg_type || slot_get(leg, off[F_CAPTURING]) != Py_True)
+            break;
+        PyObject *held = slot_get(leg, off[F_HELD]);
+        if (held == Py_None) {
+            if (new_holders == NULL && (new_holders = PyList_New(0)) == NULL)
+                return NULL;
+            if (PyList_Append(new_holders, leg) < 0)
+                goto error;
+            slot_set(leg, off[F_HELD], row);
+            continue;
+        }
+        if (held == NULL || !PyTuple_CheckExact(held) || PyTuple_GET_SIZE(held) != 4)
+            break;
+        PyObject *pkt = PyTuple_GET_ITEM(held, 1);
+        if (!PyBytes_CheckExact(pkt) || PyBytes_GET_SIZE(pkt) < 12 || slot_get(leg, off[F_XLATE]) != Py_None)
+            break;
+        PyObject *peer = slot_get(leg, off[F_PEER]);
+        if (peer == NULL || Py_TYPE(peer) != self->leg_type || slot_get(peer, off[F_SRTP]) != Py_None)
+            break;
+        PyObject *dest = slot_get(peer, off[F_RTP_DEST]);
+        if (dest == NULL || dest == Py_None)
+            break;
+        PyObject *pt_map = slot_get(leg, off[F_PT_MAP]);
+        unsigned pt = (unsigned char)PyBytes_AS_STRING(pkt)[1] & 0x7F;
+        if (pt_map == NULL || !PyBytes_CheckExact(pt_map) || PyBytes_GET_SIZE(pt_map) != 128
+            || (unsigned char)PyBytes_AS_STRING(pt_map)[pt] != pt)
+            break;
+        PyObject *send = PyTuple_Pack(3, peer, pkt, dest);
+        if (send == NULL)
+            goto error;
+        int failed = PyList_Append(sends, send) < 0 || PyList_Append(held_since, PyTuple_GET_ITEM(held, 3)) < 0;
+        Py_DECREF(send);
+        if (failed)
+            goto error;
+        slot_set(leg, off[F_HELD], row); /* the lists above hold what they need of `held` */
+        relayed++;
+    }
+    PyObject *result = Py_BuildValue("(nlO)", i, relayed, new_holders ? new_holders : Py_None);
+    Py_XDECREF(new_holders);
+    return result;
+error:
+    Py_XDECREF(new_holders);
+    return NULL;
+}
+
 /* pending() -> bool: some registered socket has a datagram waiting (one epoll_wait, no wait). */
 static PyObject *FastRelay_pending(FastRelay *self, PyObject *Py_UNUSED(ignored)) {
     if (self->epfd < 0)
@@ -685,6 +753,8 @@ static PyMethodDef FastRelay_methods[] = {
     {"close", (PyCFunction)FastRelay_close, METH_NOARGS, "Forget every socket and close the epoll descriptor."},
     {"registered", (PyCFunction)FastRelay_len, METH_NOARGS, "Sockets registered."},
     {"pending", (PyCFunction)FastRelay_pending, METH_NOARGS, "Whether a registered socket has a datagram waiting."},
+    {"release_unchanged", (PyCFunction)FastRelay_release_unchanged, METH_VARARGS,
+     "release_unchanged(rows, sends, held_since) -> (done, relayed, new_holders): the core's common row step."},
     {NULL, NULL, 0, NULL},
 };
 

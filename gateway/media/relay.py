@@ -86,6 +86,7 @@ import os
 import struct
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 from heapq import heappop, heappush
 from itertools import chain, repeat
 from dataclasses import dataclass, field
@@ -578,6 +579,8 @@ class Relay:
         packets, and the rows' release deadlines follow their order (see `_deadline_fifo`)."""
         self._mask_last_rx = float("-inf")
         """Receive time of the last masked row."""
+        self._release_unchanged: Callable[[list, list, list], tuple[int, int, list[Leg] | None]] | None = None
+        """The C relay path's per-row step for a masker batch that changed nothing (`accelerate`)."""
         self._mask_since: float | None = None
         """Receive time of the oldest masked row waiting for the masker."""
         self._next_sample_s: float | None = None
@@ -803,6 +806,12 @@ class Relay:
         """(number mask, warm-up pairs, gain) of the sampled RFC 3550 A.8 pairs: the C relay path
         (`gateway.media._fastrelay`) takes the same pairs with the same arithmetic."""
         return self._jitter_mask, self._jitter_warmup, self._jitter_gain
+
+    def accelerate(self, release_unchanged: Callable[[list, list, list], tuple[int, int, list[Leg] | None]]) -> None:
+        """Take `_run_masker`'s common row step from the C relay path (`FastRelay.release_unchanged`):
+        the same rows held, the same packets out, in the same order; it hands back every row it
+        does not take."""
+        self._release_unchanged = release_unchanged
 
     def fifos(self) -> tuple[list[int], list[bytes], list[tuple[Leg, bytes, int, float]]]:
         """The detector FIFO (slots, packets) and the masker rows, for the C relay path to append to.
@@ -1290,7 +1299,20 @@ class Relay:
         held_since: list[float] = []
         tie = self._deadline_n
         captured = relayed = n_held = 0
-        for row, st in zip(rows, state):
+        todo = rows
+        if plain and type(state) is repeat and self._release_unchanged is not None:  # state: all rows -1
+            # No row changed (the common case): the leading rows that take the common step do so in C.
+            done, relayed, new_holders = self._release_unchanged(rows, sends, held_since)
+            captured, n_held = relayed, done
+            if new_holders:
+                for leg in new_holders:
+                    self._holding[leg] = None
+                self.timer_changed = True
+            if done < k:
+                todo = rows[done:]
+            else:
+                todo = []
+        for row, st in zip(todo, state):
             leg = row[0]
             if leg.capturing:
                 # The row's masker output is the held packet's, masked with this one as look-ahead.

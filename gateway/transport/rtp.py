@@ -170,6 +170,7 @@ class RtpMediaController:
         self._fast: Any = None
         if usable and fast_path is not False:
             self._fast = FastRelay(Leg, *self.relay.jitter_sampling)
+            self.relay.accelerate(self._fast.release_unchanged)
             self._loop.add_reader(self._fast.fileno(), self._drain)
 
     @property

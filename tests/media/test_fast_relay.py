@@ -789,3 +789,126 @@ def test_send_all_sends_from_each_legs_own_socket_and_hands_back_what_it_cannot(
         fr.close()
         for s in (gw_c, gw_a, peer):
             s.close()
+
+
+# ---------------------------------------------------------------- the core's common row step in C
+
+
+def _captured_calls(names: str) -> tuple[Relay, list[Leg]]:
+    relay = Relay(masker=MaskerBank(MaskMode.SILENCE))
+    legs = []
+    for i, name in enumerate(names):
+        relay.add_call(name)
+        relay.configure(name, LegMedia((HOST, 40000 + 4 * i), (HOST, 40001 + 4 * i), "PCMU", 0, 101),
+                        LegMedia((HOST, 40002 + 4 * i), (HOST, 40003 + 4 * i), "PCMU", 0, 101))
+        relay.set_capture(name, True, now=0.0)
+        legs.append(relay.calls[name].caller)
+    return relay, legs
+
+
+def _row(leg: Leg, seq: int, rx: float) -> tuple[Leg, bytes, int, float]:
+    return (leg, rtp(seq, bytes([seq & 0xFF]) * 160), 12, rx)
+
+
+def test_release_unchanged_holds_each_row_and_sends_what_its_leg_held() -> None:
+    require_accelerator()
+    relay, (a, b, c) = _captured_calls("abc")
+    fast = edge.FastRelay(Leg, *relay.jitter_sampling)
+    try:
+        a0, c0 = _row(a, 0, 1.0), _row(c, 0, 1.001)
+        a.held, b.held, c.held = a0, None, c0
+        rows = [_row(a, 1, 1.02), _row(b, 1, 1.021), _row(c, 1, 1.022)]
+        sends: list = []
+        since: list = []
+        done, relayed, new = fast.release_unchanged(rows, sends, since)
+        assert (done, relayed, new) == (3, 2, [b])
+        assert sends == [(a.peer, a0[1], a.peer.rtp_dest), (c.peer, c0[1], c.peer.rtp_dest)]
+        assert since == [1.0, 1.001]
+        assert (a.held, b.held, c.held) == tuple(rows)
+    finally:
+        fast.close()
+
+
+@pytest.mark.parametrize("case", ["not capturing", "law conversion", "peer srtp", "no destination", "pt remapped",
+                                  "held not a row", "not a leg"])
+def test_release_unchanged_stops_at_a_row_off_the_common_case_having_changed_nothing_for_it(case) -> None:
+    require_accelerator()
+    relay, (a, b) = _captured_calls("ab")
+    fast = edge.FastRelay(Leg, *relay.jitter_sampling)
+    try:
+        a0, b0 = _row(a, 0, 1.0), _row(b, 0, 1.001)
+        a.held, b.held = a0, b0
+        rows = [_row(a, 1, 1.02), _row(b, 1, 1.021)]
+        if case == "not capturing":
+            b.capturing = False
+        elif case == "law conversion":
+            b.xlate = bytes(range(256))
+        elif case == "peer srtp":
+            b.peer.srtp = object()
+        elif case == "no destination":
+            b.peer.rtp_dest = None
+        elif case == "pt remapped":
+            b.pt_map = bytes([8 if i == 0 else i for i in range(128)])
+        elif case == "held not a row":
+            b.held = ("not", "a", "row")
+        else:
+            rows[1] = (object(), rows[1][1], 12, 1.021)
+        held_before = b.held
+        sends: list = []
+        since: list = []
+        assert fast.release_unchanged(rows, sends, since) == (1, 1, None)
+        assert sends == [(a.peer, a0[1], a.peer.rtp_dest)] and since == [1.0]
+        assert a.held is rows[0] and b.held is held_before  # the core takes row 1 as it always did
+    finally:
+        fast.close()
+
+
+def test_the_core_with_the_c_row_step_sends_what_it_sends_without() -> None:
+    """Two relays fed the same packets at the same times, one taking the C row step: the same
+    packets leave in the same order, with calls that stop the C step mid-batch (law conversion,
+    mask = "always", capture switched off and on, new holders, a lost packet)."""
+    require_accelerator()
+    rng = random.Random(7)
+    runs = []
+    for accelerated in (False, True):
+        relay = Relay(masker=MaskerBank(MaskMode.SILENCE))
+        fast = edge.FastRelay(Leg, *relay.jitter_sampling)
+        if accelerated:
+            relay.accelerate(fast.release_unchanged)
+        names = "abcde"
+        for i, name in enumerate(names):
+            relay.add_call(name)
+            agent_codec, agent_pt = ("PCMA", 8) if name == "b" else ("PCMU", 0)
+            relay.configure(name, LegMedia((HOST, 41000 + 4 * i), (HOST, 41001 + 4 * i), "PCMU", 0, 101),
+                            LegMedia((HOST, 41002 + 4 * i), (HOST, 41003 + 4 * i), agent_codec, agent_pt, 101))
+            if name == "d":
+                relay.set_mask_always(name, True, now=0.0)
+            else:
+                relay.set_capture(name, True, now=0.0)
+        noise = ulaw_encode(white_noise(160 * 40, -30.0, np.random.default_rng(3))).tobytes()
+        rng.seed(7)
+        out = []
+        now = 1.0
+        for k in range(40):
+            order = list(enumerate(names))
+            rng.shuffle(order)
+            for i, name in order:
+                if name == "c" and k == 17:
+                    continue  # lost
+                pkt = rtp(k, noise[160 * k:160 * k + 160], ssrc=0x100 + i)
+                leg = relay.calls[name].caller
+                direct = relay.receive_rtp(leg, pkt, (HOST, 41000 + 4 * i), now)
+                if direct is not None:
+                    out.append(("direct", direct[0]))  # call e outside its capture
+                now += 0.0001
+            if k == 20:
+                out += [("off", d) for _, d, _ in relay.set_capture("e", False, now=now)]
+            if k == 25:
+                relay.set_capture("e", True, now=now)
+            out += [(leg.name, data) for leg, data, _ in relay.process_pending(now)]
+            now += 0.02 - 0.0005
+            out += [("timer", data) for leg, data, _ in relay.handle_timer(now)]
+        runs.append((out, relay.stats.captured, relay.stats.relayed[0], relay.stats.released_at_deadline))
+        fast.close()
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) > 150
