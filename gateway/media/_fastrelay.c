@@ -19,6 +19,11 @@
  * would queue, and updates the same fields it would (`rx_next`, `last_rx_s`, the sampled
  * RFC 3550 A.8 jitter pair).
  *
+ * `release_unchanged` is the core's own per-row step after a masker call that changed no row
+ * (`Relay._run_masker`, bound by `Relay.accelerate`): the same legs' `held` swapped, the same
+ * packets handed back for the edge to send; it does no I/O, and any row off its common case
+ * goes back to the core untouched.
+ *
  * Linux only (epoll); IPv4 sockets only (the edge keeps IPv6 media on per-socket readers).
  */
 #define PY_SSIZE_T_CLEAN
