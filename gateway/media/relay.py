@@ -1005,12 +1005,15 @@ class Relay:
         self.stats.rtcp_relayed[d] += 1
         return data, dest
 
-    def process_pending(self, now: float, busy: bool = False) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+    def process_pending(self, now: float, busy: bool = False, detect: bool = True
+                        ) -> list[tuple[Leg, bytes, tuple[str, int]]]:
         """The edge's once-per-iteration call: masker rows now, the detector when its batch is due.
 
         `busy`: datagrams are already waiting. Outside a capture no packet waits for the detector,
         so a due batch then waits for a quiet moment (up to `DETECT_DEFER` times its rows or its
         window): forwarding first keeps the detector's call out of the packets' latency.
+        `detect=False` leaves the detector to `process_detector`, which the edge calls once it
+        has sent what this returns (the masked packets need not wait for the detector's call).
         Returns the masked packets to send: (leg to send from, bytes, destination).
         """
         rows = self._mask_rows
@@ -1019,12 +1022,18 @@ class Relay:
             sends = self._run_masker(now)
         else:
             sends = []
+        if detect:
+            self.process_detector(now, busy)
+        return sends
+
+    def process_detector(self, now: float, busy: bool = False) -> None:
+        """Run the detector batch if it is due (its rows, or its oldest row's window; see
+        `process_pending` for `busy`)."""
         det = self._det_slots
         if det and (len(det) >= self.detect_batch_rows or now >= self._det_since + self.detect_window_s):  # type: ignore[operator]
             if (not busy or len(det) >= DETECT_DEFER * self.detect_batch_rows
                     or now >= self._det_since + DETECT_DEFER * self.detect_window_s):  # type: ignore[operator]
                 self._run_detector()
-        return sends
 
     def flush(self, now: float | None = None) -> list[tuple[Leg, bytes, tuple[str, int]]]:
         """Run everything pending through the masker and the detector now (tests, shutdown)."""
@@ -1047,9 +1056,10 @@ class Relay:
             times.append(deadline)
         return min(times) if times else None
 
-    def handle_timer(self, now: float) -> list[tuple[Leg, bytes, tuple[str, int]]]:
+    def handle_timer(self, now: float, detect: bool = True) -> list[tuple[Leg, bytes, tuple[str, int]]]:
         """Release held packets whose deadline passed, run the detector batch when due, sample
-        stream metrics, end lost telephone-events. Returns the released packets to send."""
+        stream metrics, end lost telephone-events. Returns the released packets to send.
+        `detect=False`: the edge runs `process_detector` after sending them."""
         sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
         deadline = self._next_deadline()
         if deadline is not None and deadline <= now:
@@ -1068,7 +1078,7 @@ class Relay:
                         sent = self._release_held(leg, now)
                         if sent is not None:
                             sends.append(sent)
-        if self._det_since is not None and now >= self._det_since + self.detect_window_s:
+        if detect and self._det_since is not None and now >= self._det_since + self.detect_window_s:
             self._run_detector()
         if self._next_sample_s is not None and now >= self._next_sample_s:
             self._sample_streams()

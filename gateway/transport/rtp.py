@@ -361,12 +361,17 @@ class RtpMediaController:
         relay = self.relay
         relay.wake = False
         t0 = perf_counter()
+        busy = self._fast is not None and self._fast.pending()
         try:
-            sends = relay.process_pending(t0, self._fast is not None and self._fast.pending())
+            sends = relay.process_pending(t0, busy, detect=False)
         except Exception:  # noqa: BLE001 - one batch's failure must not stop the loop
             relay.stats.drops[0]["hook_error"] += 1
             sends = []
-        self._send_all(sends)
+        self._send_all(sends)  # the masked packets leave before the detector's call, not after
+        try:
+            relay.process_detector(t0, busy)
+        except Exception:  # noqa: BLE001
+            relay.stats.drops[0]["hook_error"] += 1
         t1 = perf_counter()
         relay.stats.hook_s += t1 - t0
         if relay.holding and relay.deadline_due(t1):
@@ -416,13 +421,17 @@ class RtpMediaController:
             now = max(t0, when)
             # Held capture packets at their release deadline, then masked rows whose batching
             # window closed with no packet arriving since.
-            sends = relay.handle_timer(now)
+            sends = relay.handle_timer(now, detect=False)
             if relay.mask_rows_pending:
-                sends += relay.process_pending(now)
+                sends += relay.process_pending(now, detect=False)
         except Exception:  # noqa: BLE001 - one batch's failure must not stop the loop
             relay.stats.drops[0]["hook_error"] += 1
             sends = []
-        self._send_all(sends)
+        self._send_all(sends)  # released packets leave before the detector's call
+        try:
+            relay.process_detector(now)
+        except Exception:  # noqa: BLE001
+            relay.stats.drops[0]["hook_error"] += 1
         relay.stats.hook_s += perf_counter() - t0
 
     def _deliver_events(self) -> None:

@@ -912,3 +912,46 @@ def test_the_core_with_the_c_row_step_sends_what_it_sends_without() -> None:
         fast.close()
     assert runs[0] == runs[1]
     assert len(runs[0][0]) > 150
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["python-edge", "c-edge"])
+def test_packets_released_in_an_iteration_leave_before_its_detector_call(monkeypatch, fast) -> None:
+    """The detector's call (~0.4 ms for a full batch) comes after the masked packets it would
+    otherwise delay have been sent."""
+    if fast:
+        require_accelerator()
+    loop = SimLoop()
+    monkeypatch.setattr(edge, "perf_counter", lambda: loop.now)
+    agent = udp()
+    seen_at_detection: list[int] = []
+
+    class Watching(DetectorBank):
+        def process(self, slots, frames):  # type: ignore[override]
+            seen_at_detection.append(len(drain(agent)))
+            return super().process(slots, frames)
+
+    relay = Relay(detector=Watching(capacity=4), masker=MaskerBank(MaskMode.SILENCE), detect_batch_rows=1)
+    ctl = RtpMediaController(HOST, 36200 + 200 * fast, 36399 + 200 * fast, relay=relay,  # type: ignore[arg-type]
+                             loop=loop, fast_path=fast)
+    caller = udp()
+    try:
+        call = ctl.open_call("a")
+        pc, pa = caller.getsockname()[1], agent.getsockname()[1]
+        call.configure(LegMedia((HOST, pc), (HOST, pc + 1), "PCMU", 0, 101),
+                       LegMedia((HOST, pa), (HOST, pa + 1), "PCMU", 0, 101))
+        ctl.set_capture("a", True)
+        leg = relay.calls["a"].caller
+        for seq in range(3):
+            caller.sendto(rtp(seq, bytes([0xFF]) * 160), (HOST, call.caller_port))
+            if fast:
+                ctl._drain()
+            else:
+                ctl._read_rtp(leg, leg.endpoint.rtp.recvfrom, leg.peer.endpoint.rtp.sendto)
+            loop.run_soon()
+            loop.now += 0.02
+        # Packets 1 and 2 each released the one before; each was at the agent when the detector ran.
+        assert seen_at_detection[1:] == [1, 1]
+    finally:
+        ctl.close()
+        caller.close()
+        agent.close()
