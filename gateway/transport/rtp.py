@@ -361,15 +361,14 @@ class RtpMediaController:
         relay = self.relay
         relay.wake = False
         t0 = perf_counter()
-        busy = self._fast is not None and self._fast.pending()
         try:
-            sends = relay.process_pending(t0, busy, detect=False)
+            sends = relay.process_pending(t0, detect=False)
         except Exception:  # noqa: BLE001 - one batch's failure must not stop the loop
             relay.stats.drops[0]["hook_error"] += 1
             sends = []
         self._send_all(sends)  # the masked packets leave before the detector's call, not after
         try:
-            relay.process_detector(t0, busy)
+            relay.process_detector(t0, self._fast is not None and self._fast.pending())
         except Exception:  # noqa: BLE001
             relay.stats.drops[0]["hook_error"] += 1
         t1 = perf_counter()
