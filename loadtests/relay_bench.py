@@ -140,6 +140,9 @@ def serve(mode: str) -> None:
             relay_kw = {k: spec[k] for k in ("detect_window_s", "detect_batch_rows", "mask_window_s",
                                              "mask_batch_rows") if spec.get(k) is not None}
             fast = {"auto": None, "on": True, "off": False}[spec.get("accelerator") or "auto"]
+            if spec.get("hold_slack_s") is not None:
+                import gateway.media.relay as relay_module
+                relay_module.HOLD_SLACK_S = spec["hold_slack_s"]  # read by each deadline computed
             ctl = RtpMediaController(HOST, spec["ports"][0], spec["ports"][1],
                                      relay=Relay(detector=detector, masker=masker, **relay_kw), fast_path=fast)
             for i, (c, a) in enumerate(zip(callers, agents)):
@@ -699,6 +702,8 @@ def main() -> None:
     ap.add_argument("--detect-batch-rows", type=int, default=None, help="Relay detect_batch_rows")
     ap.add_argument("--mask-window-ms", type=float, default=None, help="Relay mask_window_s, in ms")
     ap.add_argument("--mask-batch-rows", type=int, default=None, help="Relay mask_batch_rows")
+    ap.add_argument("--hold-slack-ms", type=float, default=None,
+                    help="gateway.media.relay.HOLD_SLACK_S, in ms: a held capture packet's deadline past one packet time")
     ap.add_argument("--accelerator", choices=("auto", "on", "off"), default="auto",
                     help="Tonewall's C relay path (media.accelerator): off = the pure-Python edge")
     ap.add_argument("--pin", default="off",
@@ -712,7 +717,8 @@ def main() -> None:
     relay_kw = {"detect_window_s": args.detect_window_ms / 1e3 if args.detect_window_ms is not None else None,
                 "detect_batch_rows": args.detect_batch_rows,
                 "mask_window_s": args.mask_window_ms / 1e3 if args.mask_window_ms is not None else None,
-                "mask_batch_rows": args.mask_batch_rows, "accelerator": args.accelerator}
+                "mask_batch_rows": args.mask_batch_rows, "accelerator": args.accelerator,
+                "hold_slack_s": args.hold_slack_ms / 1e3 if args.hold_slack_ms is not None else None}
     global RELAY_NICE, RELAY_CPUS
     RELAY_NICE = args.relay_nice
     if args.pin != "off":
