@@ -25,7 +25,7 @@ from gateway.config import Config
 from gateway.media.relay import (
     DIRECTION_NAMES, InBandDigitDetected, InBandDigitEnded, TelephoneEventDetected, TelephoneEventEnded,
 )
-from gateway.metrics import LoopLagMonitor, MetricSpec, build_registry, start_metrics_server
+from gateway.metrics import GcPauseMonitor, LoopLagMonitor, MetricSpec, build_registry, start_metrics_server
 from gateway.stats import SLOW_BOUNDS_S, Histogram
 from gateway.tokenize.tokenizer import Tokenizer
 
@@ -302,13 +302,15 @@ class MetricsExtension:
         self._capture = capture
         self._api = api
         self.lag = LoopLagMonitor()
+        self.gc = GcPauseMonitor()
         self.runner: Any = None
         self.registry: Any = None
 
     async def start(self, gateway: Any) -> str | None:
         config: Config = gateway.config
         self.lag.start(asyncio.get_running_loop())
-        self.registry = build_registry(metric_specs(gateway, self._capture, self._api, self.lag))
+        self.gc.start()
+        self.registry = build_registry(metric_specs(gateway, self._capture, self._api, self.lag, self.gc))
         listen = config.metrics.listen
         self.runner = await start_metrics_server(self.registry, listen.host, listen.port)
         port = self.runner.addresses[0][1] if self.runner.addresses else listen.port
@@ -316,6 +318,7 @@ class MetricsExtension:
 
     async def stop(self) -> None:
         self.lag.stop()
+        self.gc.stop()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -346,7 +349,7 @@ HTTP_MALFORMED_KINDS = ("BadHttpMessage", "BadHttpMethod", "BadStatusLine", "Lin
 
 
 def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtension | None,
-                 lag: LoopLagMonitor) -> list[MetricSpec]:
+                 lag: LoopLagMonitor, gc_pauses: GcPauseMonitor | None = None) -> list[MetricSpec]:
     """Every exported family and where its numbers come from (DESIGN.md contract 5)."""
     relay = gateway.media.relay
     rs = relay.stats
@@ -441,6 +444,9 @@ def metric_specs(gateway: Any, capture: CaptureExtension | None, api: ApiExtensi
                    read=lambda: detection_latency),
         MetricSpec("event_loop_lag_seconds", "histogram", "How late the event loop runs a due callback",
                    read=lambda: lag.histogram),
+        MetricSpec("gc_pause_seconds", "histogram",
+                   "Python's cyclic garbage collector passes, by generation (the event loop waits for each)",
+                   ("generation",), read=lambda: {(g,): h for g, h in gc_pauses.histograms.items()} if gc_pauses else {}),
         MetricSpec("dtmf_digits_total", "counter", "DTMF digits seen from callers, by method", ("method",),
                    read=lambda: by_label(capture_stats().digits if capture_stats() else None, DTMF_METHODS)),
         MetricSpec("captures_total", "counter", "Secure captures ended, by outcome", ("outcome",),

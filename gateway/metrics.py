@@ -9,6 +9,8 @@ audio loop nothing per packet. Served over HTTP on its own port.
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -71,6 +73,35 @@ class TonewallCollector(Collector):
         for labels, number in rows.items():
             fam.add_metric([str(v) for v in labels], float(number))  # type: ignore[arg-type]
         return fam
+
+
+class GcPauseMonitor:
+    """Times the cyclic garbage collector's passes by generation (`gc.callbacks`): the audio loop
+    stops for each one, and a full pass over many live calls' objects is the longest stop
+    Python itself makes."""
+
+    def __init__(self) -> None:
+        self.histograms = {str(g): Histogram(LATENCY_BOUNDS_S + (0.1, 0.5, 1.0)) for g in range(3)}
+        self._started = 0.0
+        self._installed = False
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            hist = self.histograms.get(str(info.get("generation")))
+            if hist is not None:
+                hist.observe(time.perf_counter() - self._started)
+
+    def start(self) -> None:
+        if not self._installed:
+            gc.callbacks.append(self._callback)
+            self._installed = True
+
+    def stop(self) -> None:
+        if self._installed:
+            gc.callbacks.remove(self._callback)
+            self._installed = False
 
 
 class LoopLagMonitor:

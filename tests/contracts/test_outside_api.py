@@ -262,6 +262,7 @@ README_FAMILIES = {
     "tonewall_tokenization_seconds": ("histogram", set()),
     "tonewall_tokenization_errors": ("counter", {"kind"}),
     "tonewall_event_loop_lag_seconds": ("histogram", set()),
+    "tonewall_gc_pause_seconds": ("histogram", {"generation"}),
     "tonewall_auth_failures": ("counter", {"reason"}),
     "tonewall_api_forbidden": ("counter", set()),
     "tonewall_build_info": ("gauge", {"version"}),
@@ -286,8 +287,11 @@ def test_metrics_scrape_has_every_readme_family_with_its_type_and_labels(api):
             suffixes = {s.name[len(name):] for s in family.samples}
             assert {"_bucket", "_count", "_sum"} <= suffixes, (name, suffixes)
             assert any(s.labels.get("le") == "+Inf" for s in family.samples), name
-            buckets = [s.value for s in family.samples if s.name.endswith("_bucket")]
-            assert buckets == sorted(buckets), name  # cumulative
+            series: dict[tuple, list[float]] = {}
+            for s in family.samples:
+                if s.name.endswith("_bucket"):
+                    series.setdefault(tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")), []).append(s.value)
+            assert all(b == sorted(b) for b in series.values()), name  # cumulative, per labelled series
     for family in families.values():
         assert family.name.startswith("tonewall_"), family.name
         assert family.samples, family.name  # labelled counters start at 0 with their known labels
