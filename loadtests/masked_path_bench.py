@@ -356,7 +356,7 @@ def run_scenario(relay_mod: ModuleType, masker_mod: ModuleType, sc: dict, detect
 
 
 def _sends(sends) -> list:
-    return [(leg.call.call_id, leg.name, data, dest) for leg, data, dest in sends]
+    return [(leg.call_id, leg.name, data, dest) for leg, data, dest in sends]
 
 
 def cmd_ab(args: argparse.Namespace) -> int:

@@ -397,15 +397,16 @@ class Leg:
         "direction", "rtp_src", "srtp", "pt_map", "last_rx_s", "rx_next", "audio_pt", "inspect",
         "slot", "masking", "is_alaw", "xlate", "seq_offset", "peer", "rtp_dest", "feedback", "endpoint",
         "rx_ssrc", "rx_pair_seq", "rx_transit", "rx_jitter", "clock_hz", "rx_pairs",
-        "call", "name", "media", "strict", "te_pt", "capturing", "always",
+        "call_id", "name", "media", "strict", "te_pt", "capturing", "always",
         "rtcp_dest", "rtcp_src", "sdp_rtp", "sdp_rtcp", "held", "mask_slot",
         "te_receiver", "feedback_pos", "rx_lost", "rx_bad_seq", "rx_lost_reported", "rx_sampled_s",
         "candidate", "rtcp_may_move", "te_withheld_ids", "te_withheld_ssrcs", "last_masked_s",
         "fb_next_s", "fb_last_s", "fb_ssrc", "fb_seq", "fb_ts",
     )
 
-    def __init__(self, call: RelayCall, name: str, direction: int, strict: bool) -> None:
-        self.call = call
+    def __init__(self, call_id: str, name: str, direction: int, strict: bool) -> None:
+        self.call_id = call_id
+        """Its call's id (not the RelayCall: no reference cycle through the call object)."""
         self.name = name
         self.direction = direction
         """Direction index of packets *received* on this leg."""
@@ -498,7 +499,7 @@ class Leg:
         """`last_rx_s` when the jitter was last sampled (unchanged since: the stream is idle)."""
 
     def __repr__(self) -> str:
-        return f"Leg({self.call.call_id!r}, {self.name!r}, dest={self.rtp_dest!r})"
+        return f"Leg({self.call_id!r}, {self.name!r}, dest={self.rtp_dest!r})"
 
     @property
     def jitter_s(self) -> float:
@@ -518,8 +519,8 @@ class RelayCall:
 
     def __init__(self, call_id: str, strict: bool) -> None:
         self.call_id = call_id
-        self.caller = Leg(self, "caller", CALLER_TO_AGENT, strict)
-        self.agent = Leg(self, "agent", AGENT_TO_CALLER, strict)
+        self.caller = Leg(call_id, "caller", CALLER_TO_AGENT, strict)
+        self.agent = Leg(call_id, "agent", AGENT_TO_CALLER, strict)
         self.caller.peer = self.agent
         self.agent.peer = self.caller
 
@@ -635,6 +636,10 @@ class Relay:
         self._te_legs.discard(leg)
         self._fb_legs.discard(call.agent)
         call.agent.feedback, call.agent.fb_next_s = None, None
+        # The legs point at each other: unlinked, a removed call is freed by reference counting
+        # at once instead of waiting, sockets and all, for a full pass of the cyclic collector
+        # (which then walks every such call while the audio loop waits).
+        call.caller.peer = call.agent.peer = None  # type: ignore[assignment]
 
     def configure(self, call_id: str, caller: LegMedia, agent: LegMedia) -> None:
         """Apply an offer/answer outcome (first negotiation or any re-INVITE)."""
@@ -1627,7 +1632,7 @@ class Relay:
         else:
             leg.rtcp_may_move = leg.rtp_src is not None  # a re-latch: RTCP may follow
             leg.rtp_src = leg.rtp_dest = addr
-        self._events.append(SourceLatched(leg.call.call_id, leg.name, rtcp, addr))
+        self._events.append(SourceLatched(leg.call_id, leg.name, rtcp, addr))
         self.wake = True
         if self._next_sample_s is None:
             self._next_sample_s = now + JITTER_SAMPLE_INTERVAL_S
@@ -1677,7 +1682,7 @@ class Relay:
             leg.te_withheld_ssrcs.add(ssrc)
 
     def _telephone_events(self, leg: Leg, events: list[Any]) -> None:
-        call_id = leg.call.call_id
+        call_id = leg.call_id
         for ev in events:
             if isinstance(ev, TelephoneEventStarted):
                 self._events.append(TelephoneEventDetected(call_id, ev.digit, ev.timestamp, ev.volume))
@@ -1691,9 +1696,9 @@ class Relay:
             return
         decided = getattr(ev, "decided_sample", None)
         if decided is not None:
-            self._events.append(InBandDigitDetected(leg.call.call_id, ev.digit, ev.start_sample, decided))
+            self._events.append(InBandDigitDetected(leg.call_id, ev.digit, ev.start_sample, decided))
         else:
-            self._events.append(InBandDigitEnded(leg.call.call_id, ev.digit, ev.end_sample))
+            self._events.append(InBandDigitEnded(leg.call_id, ev.digit, ev.end_sample))
 
 
 def _hold_deadline(held: tuple[Leg, bytes, int, float]) -> float:

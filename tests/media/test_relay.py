@@ -593,3 +593,35 @@ def test_a_key_pressed_twice_with_the_pause_suppressed_stays_two_digits(marked: 
         relay.flush(now)
     digits = "".join(e.digit for e in iter(relay.next_event, None) if isinstance(e, InBandDigitDetected))
     assert digits == ("11" if marked else "1")
+
+
+def test_a_removed_call_is_freed_by_reference_counting_alone():
+    """No reference cycle keeps a removed call's legs (and, at the edge, their sockets) alive until
+    a full pass of the cyclic collector, which would walk every such call while the audio loop waits."""
+    import gc
+
+    from dtmf.masker import MaskerBank, MaskMode
+    from gateway.media.relay import Leg
+
+    gc.collect()
+    gc.disable()
+    try:
+        relay = Relay(masker=MaskerBank(MaskMode.SILENCE))
+        for i in range(3):
+            call_id = f"c{i}"
+            relay.add_call(call_id)
+            relay.configure(call_id, leg(CALLER_SDP), leg(AGENT_SDP, te=96))
+            relay.set_capture(call_id, True, now=0.0)
+            call = relay.calls[call_id]
+            for seq in range(3):
+                relay.receive_rtp(call.caller, audio(seq), CALLER_SDP, 0.02 * seq)
+                relay.receive_rtp(call.agent, audio(seq), AGENT_SDP, 0.02 * seq)
+                relay.process_pending(0.02 * seq + 0.001)
+            assert call.caller.held is not None
+        del call
+        for i in range(3):
+            relay.remove_call(f"c{i}")
+        relay.handle_timer(1.0)  # stale deadline entries dropped
+        assert [o for o in gc.get_objects() if type(o) is Leg] == []
+    finally:
+        gc.enable()

@@ -101,7 +101,7 @@ def feed(relay: Relay, call, pkt: bytes) -> None:
 def sent_by_call(sends) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {}
     for leg, data, _ in sends:
-        out.setdefault(leg.call.call_id, []).append(data)
+        out.setdefault(leg.call_id, []).append(data)
     return out
 
 

@@ -110,7 +110,7 @@ def held_release_order(sizes: list[int]) -> tuple[list[int], list[int]]:
         relay.process_pending(now)  # one batch per packet: some plain, some not
         deadlines.append((now + size / 8000 + HOLD_SLACK_S, i))
     sends = relay.handle_timer(2.0)
-    order = [int(leg.call.call_id[1:]) for leg, _, _ in sends]
+    order = [int(leg.call_id[1:]) for leg, _, _ in sends]
     return order, [i for _, i in sorted(deadlines)]
 
 
