@@ -193,18 +193,6 @@ class CardEntry:
         self._total_deadline = now + config.total_timeout_s
         self._field_deadline = now + config.first_digit_timeout_s
         self._started = [FieldStarted(self.field, 1)] if self.field else []
-        self._table: dict[tuple[State, Input], Callable[[float], list[Event]]] = {
-            (State.ENTERING, Input.DIGIT): self._on_digit,
-            (State.ENTERING, Input.HASH): self._on_end_of_field,
-            (State.ENTERING, Input.STAR): self._on_clear,
-            (State.ENTERING, Input.FIELD_TIMEOUT): self._on_field_timeout,
-            (State.ENTERING, Input.TOTAL_TIMEOUT): self._on_total_timeout,
-            (State.JUST_COMPLETED, Input.DIGIT): self._on_digit,
-            (State.JUST_COMPLETED, Input.HASH): self._on_absorbed_hash,
-            (State.JUST_COMPLETED, Input.STAR): self._on_clear,
-            (State.JUST_COMPLETED, Input.FIELD_TIMEOUT): self._on_field_timeout,
-            (State.JUST_COMPLETED, Input.TOTAL_TIMEOUT): self._on_total_timeout,
-        }
         self._pending_digit = ""
         self._abort_reason = ""
 
@@ -269,10 +257,10 @@ class CardEntry:
         return self._fail(reason)
 
     def _dispatch(self, kind: Input, now: float) -> list[Event]:
-        handler = self._table.get((self._state, kind))
+        handler = _TRANSITIONS.get((self._state, kind))
         if handler is None:
             return []  # terminal states ignore every input
-        return handler(now)
+        return handler(self, now)
 
     # transitions
 
@@ -410,3 +398,20 @@ class CardEntry:
 
     def __repr__(self) -> str:
         return f"CardEntry(state={self._state.value}, field={self.field and self.field.value})"
+
+
+_TRANSITIONS: dict[tuple[State, Input], Callable[[CardEntry, float], list[Event]]] = {
+    (State.ENTERING, Input.DIGIT): CardEntry._on_digit,
+    (State.ENTERING, Input.HASH): CardEntry._on_end_of_field,
+    (State.ENTERING, Input.STAR): CardEntry._on_clear,
+    (State.ENTERING, Input.FIELD_TIMEOUT): CardEntry._on_field_timeout,
+    (State.ENTERING, Input.TOTAL_TIMEOUT): CardEntry._on_total_timeout,
+    (State.JUST_COMPLETED, Input.DIGIT): CardEntry._on_digit,
+    (State.JUST_COMPLETED, Input.HASH): CardEntry._on_absorbed_hash,
+    (State.JUST_COMPLETED, Input.STAR): CardEntry._on_clear,
+    (State.JUST_COMPLETED, Input.FIELD_TIMEOUT): CardEntry._on_field_timeout,
+    (State.JUST_COMPLETED, Input.TOTAL_TIMEOUT): CardEntry._on_total_timeout,
+}
+"""The card-entry machine's transition table, (state, input) -> handler; COMPLETED and FAILED
+take no input. Held by the module, not each entry: an entry holding its own bound methods
+would be a reference cycle, freed only by the cyclic collector's pass (the audio loop waits)."""
