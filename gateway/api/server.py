@@ -537,8 +537,8 @@ async def capture_events(request: web.Request) -> web.StreamResponse:
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(iterator.__anext__())
-                done, _ = await asyncio.wait({pending}, timeout=app[SETTINGS].heartbeat_s)
-                if not done:
+                # (Not kept in a local: the set of done tasks would hold the finished task below.)
+                if not (await asyncio.wait({pending}, timeout=app[SETTINGS].heartbeat_s))[0]:
                     await response.write(HEARTBEAT)
                     continue
                 task, pending = pending, None
@@ -546,6 +546,11 @@ async def capture_events(request: web.Request) -> web.StreamResponse:
                     event = task.result()
                 except StopAsyncIteration:
                     break
+                finally:
+                    # The finished task's StopAsyncIteration holds a traceback of this frame: kept
+                    # in a local, the stream's frame, request and generator would be a reference
+                    # cycle left for the cyclic collector (whose passes stop the audio loop).
+                    task = None
                 try:
                     check_event_safe(event)
                 except UnsafeEvent as exc:

@@ -4,7 +4,8 @@ A pass of Python's cyclic collector stops the event loop, audio included, and wa
 waiting for it; a gateway whose ended calls wait there grows until a pass of tens of
 milliseconds (loadtests/churn_soak.py measured 50-60 ms). An in-process gateway with every
 extension, the demo's endpoints, one call whose caller keys a card to a token and one whose
-capture is cancelled: with the collector off, nothing of the gateway's is found unreachable.
+capture an agent starts, follows (server-sent events) and cancels through the HTTPS API: with
+the collector off, nothing of the gateway's is found unreachable.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ import asyncio
 import collections
 import datetime
 import gc
+import ssl
+import time
 import types
 
+import aiohttp
 import numpy as np
 import pytest
+
+from gateway.api.auth import issue_token, load_or_create_dev_key
 
 from gateway.app import Gateway
 from gateway.config import (
@@ -54,7 +60,13 @@ async def test_ended_calls_and_captures_leave_no_cyclic_garbage(tmp_path):
     gateway = Gateway(config, extensions)
     await gateway.start()
     capture = next(x for x in extensions if x.name == "capture")
+    api = next(x for x in extensions if x.name == "api")
     sip_port = gateway.sip.addresses["udp"][1]
+    token = issue_token(load_or_create_dev_key(config.data_dir), role="agent", subject="alice", agent="alice",
+                        now=time.time(), ttl_s=600)
+    tls = ssl.create_default_context(cafile=str(tmp_path / "data" / "tls" / "ca.pem"))
+    base = f"https://127.0.0.1:{api.port}"
+    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
@@ -64,9 +76,10 @@ async def test_ended_calls_and_captures_leave_no_cyclic_garbage(tmp_path):
             caller.call(f"sip:alice@127.0.0.1:{sip_port}", f"sip:127.0.0.1:{sip_port}")
             for endpoint in (caller, agent):
                 assert isinstance(await endpoint.wait_event(10.0), CallEstablished)
-            view = await capture.service.start(gateway.b2bua.calls[0].call_id, [], actor="alice")
-            await asyncio.sleep(0.3)
+            call_id = gateway.b2bua.calls[0].call_id
             if keyed:
+                view = await capture.service.start(call_id, [], actor="alice")
+                await asyncio.sleep(0.3)
                 expiry = (datetime.date.today() + datetime.timedelta(days=730)).strftime("%m%y")
                 keys = SensitiveKeys("4" + "1" * 15 + "#" + expiry + "#123#")
                 caller.voice.key(keys, KeyingTiming())
@@ -77,9 +90,22 @@ async def test_ended_calls_and_captures_leave_no_cyclic_garbage(tmp_path):
                     if capture.service.get(view.capture_id).state in ("tokenized", "failed"):
                         break
                     await asyncio.sleep(0.05)
+                states.append(capture.service.get(view.capture_id).state)
             else:
-                await capture.service.cancel(view.capture_id, actor="alice")
-            states.append(capture.service.get(view.capture_id).state)
+                async with session.post(f"{base}/v1/calls/{call_id}/captures", json={}, ssl=tls) as response:
+                    assert response.status == 201
+                    capture_id = (await response.json())["capture_id"]
+
+                async def follow() -> int:
+                    async with session.get(f"{base}/v1/captures/{capture_id}/events", ssl=tls) as stream:
+                        return sum([1 async for _ in stream.content])
+
+                events = asyncio.ensure_future(follow())
+                await asyncio.sleep(0.3)
+                async with session.delete(f"{base}/v1/captures/{capture_id}", ssl=tls) as response:
+                    assert response.status == 200
+                assert await asyncio.wait_for(events, 5.0) > 0  # the stream ended with the capture
+                states.append(capture.service.get(capture_id).state)
             caller.hang_up()
             for endpoint in (caller, agent):
                 assert isinstance(await endpoint.wait_event(5.0), CallEnded)
@@ -96,6 +122,7 @@ async def test_ended_calls_and_captures_leave_no_cyclic_garbage(tmp_path):
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+        await session.close()
         await gateway.stop()
         caller.close()
         agent.close()
