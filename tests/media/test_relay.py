@@ -608,7 +608,7 @@ def test_a_removed_call_is_freed_by_reference_counting_alone():
     try:
         relay = Relay(masker=MaskerBank(MaskMode.SILENCE))
         for i in range(3):
-            call_id = f"c{i}"
+            call_id = f"freed-by-refcount-{i}"  # other tests' live legs may be around: ours are these
             relay.add_call(call_id)
             relay.configure(call_id, leg(CALLER_SDP), leg(AGENT_SDP, te=96))
             relay.set_capture(call_id, True, now=0.0)
@@ -620,8 +620,8 @@ def test_a_removed_call_is_freed_by_reference_counting_alone():
             assert call.caller.held is not None
         del call
         for i in range(3):
-            relay.remove_call(f"c{i}")
+            relay.remove_call(f"freed-by-refcount-{i}")
         relay.handle_timer(1.0)  # stale deadline entries dropped
-        assert [o for o in gc.get_objects() if type(o) is Leg] == []
+        assert [o for o in gc.get_objects() if type(o) is Leg and o.call_id.startswith("freed-by-refcount-")] == []
     finally:
         gc.enable()
