@@ -458,4 +458,4 @@ class RtpMediaController:
             try:
                 leg.endpoint.rtp.sendto(data, dest)
             except OSError:
-                self.relay.stats.drops[leg.peer.direction]["send"] += 1
+                self.relay.stats.drops[1 - leg.direction]["send"] += 1  # the packet's direction (a removed leg has no peer)
