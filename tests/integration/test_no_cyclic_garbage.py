@@ -19,21 +19,14 @@ import time
 import types
 
 import aiohttp
-import numpy as np
 import pytest
 
 from gateway.api.auth import issue_token, load_or_create_dev_key
 
-from gateway.app import Gateway
-from gateway.config import (
-    ApiConfig, Config, HostPort, MediaConfig, MetricsConfig, SipConfig, VaultConfig, parse_next_hop,
-)
-from gateway.demo.endpoint import Endpoint
 from gateway.demo.useragent import CallEnded, CallEstablished, UserAgent
-from gateway.demo.voice import CallerVoice, KeyingTiming, SensitiveKeys
-from gateway.extensions import default_extensions
+from gateway.demo.voice import KeyingTiming, SensitiveKeys
+from tests.integration.inprocess import start_gateway
 
-LOOPBACK0 = HostPort("127.0.0.1", 0)
 OURS = ("gateway.", "dtmf.")
 
 
@@ -46,23 +39,10 @@ def _ours(obj: object) -> str | None:
 
 @pytest.mark.timeout(120)
 async def test_ended_calls_and_captures_leave_no_cyclic_garbage(tmp_path):
-    rng = np.random.default_rng(11)
-    agent = await Endpoint.open("alice", CallerVoice(rng, noise_dbm0=-50.0))
-    caller = await Endpoint.open("bob", CallerVoice(rng, noise_dbm0=-50.0))
-    config = Config(
-        data_dir=str(tmp_path / "data"),
-        sip=SipConfig(listen=LOOPBACK0, next_hop=parse_next_hop(f"sip:alice@127.0.0.1:{agent.sip_port}")),
-        media=MediaConfig(rtp_ports=(33400, 33499)),
-        api=ApiConfig(listen=LOOPBACK0), metrics=MetricsConfig(listen=LOOPBACK0),
-        vault=VaultConfig(listen=LOOPBACK0),
-    )
-    extensions = default_extensions(config)
-    gateway = Gateway(config, extensions)
-    await gateway.start()
-    capture = next(x for x in extensions if x.name == "capture")
-    api = next(x for x in extensions if x.name == "api")
+    gateway, extensions, caller, agent = await start_gateway(tmp_path, seed=11, rtp_ports=(33400, 33499))
+    capture, api = extensions["capture"], extensions["api"]
     sip_port = gateway.sip.addresses["udp"][1]
-    token = issue_token(load_or_create_dev_key(config.data_dir), role="agent", subject="alice", agent="alice",
+    token = issue_token(load_or_create_dev_key(gateway.config.data_dir), role="agent", subject="alice", agent="alice",
                         now=time.time(), ttl_s=600)
     tls = ssl.create_default_context(cafile=str(tmp_path / "data" / "tls" / "ca.pem"))
     base = f"https://127.0.0.1:{api.port}"

@@ -611,6 +611,15 @@ def test_a_successor_waiting_in_its_socket_at_the_deadline_releases_the_held_pac
         agent.close()
 
 
+def _read_caller(ctl: RtpMediaController, loop: SimLoop, leg: Leg, fast: bool) -> None:
+    """One loop iteration on the simulated loop: the edge reads what waits on the caller leg's socket."""
+    if fast:
+        ctl._drain()
+    else:
+        ctl._read_rtp(leg, leg.endpoint.rtp.recvfrom, leg.peer.endpoint.rtp.sendto)
+    loop.run_soon()
+
+
 @pytest.mark.parametrize("fast", [False, True], ids=["python-edge", "c-edge"])
 def test_a_deadline_passed_in_a_busy_loop_releases_at_the_iteration_not_the_timer(monkeypatch, fast) -> None:
     """The loop's timer steps in milliseconds and fires late; under load the loop wakes far more
@@ -638,12 +647,7 @@ def test_a_deadline_passed_in_a_busy_loop_releases_at_the_iteration_not_the_time
         def arrive(k: int, seq: int) -> None:
             call, caller, _ = calls[k]
             caller.sendto(rtp(seq, quiet), (HOST, call.caller_port))
-            if fast:
-                ctl._drain()
-            else:
-                leg = relay.calls[call.call_id].caller
-                ctl._read_rtp(leg, leg.endpoint.rtp.recvfrom, leg.peer.endpoint.rtp.sendto)
-            loop.run_soon()
+            _read_caller(ctl, loop, relay.calls[call.call_id].caller, fast)
 
         arrive(0, 0)  # call a: its packet 0 is held, deadline 20.5 ms on
         held_at = loop.now
@@ -943,11 +947,7 @@ def test_packets_released_in_an_iteration_leave_before_its_detector_call(monkeyp
         leg = relay.calls["a"].caller
         for seq in range(3):
             caller.sendto(rtp(seq, bytes([0xFF]) * 160), (HOST, call.caller_port))
-            if fast:
-                ctl._drain()
-            else:
-                ctl._read_rtp(leg, leg.endpoint.rtp.recvfrom, leg.peer.endpoint.rtp.sendto)
-            loop.run_soon()
+            _read_caller(ctl, loop, leg, fast)
             loop.now += 0.02
         # Packets 1 and 2 each released the one before; each was at the agent when the detector ran.
         assert seen_at_detection[1:] == [1, 1]

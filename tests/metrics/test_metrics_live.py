@@ -12,19 +12,12 @@ import datetime
 import re
 
 import aiohttp
-import numpy as np
 import pytest
 
-from gateway.app import Gateway
-from gateway.config import (
-    ApiConfig, Config, HostPort, MediaConfig, MetricsConfig, SipConfig, VaultConfig, parse_next_hop,
-)
-from gateway.demo.endpoint import Endpoint
 from gateway.demo.useragent import CallEstablished
-from gateway.demo.voice import CallerVoice, KeyingTiming, SensitiveKeys
-from gateway.extensions import default_extensions
+from gateway.demo.voice import KeyingTiming, SensitiveKeys
+from tests.integration.inprocess import start_gateway
 
-LOOPBACK0 = HostPort("127.0.0.1", 0)
 SAMPLE = re.compile(r"^(tonewall_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+|NaN|\+Inf)$", re.M)
 
 
@@ -59,21 +52,8 @@ def _families_without_samples(text: str) -> set[str]:
 
 @pytest.mark.timeout(90)
 async def test_metrics_move_during_a_live_call_with_a_capture(tmp_path):
-    rng = np.random.default_rng(7)
-    agent = await Endpoint.open("alice", CallerVoice(rng, noise_dbm0=-50.0))
-    caller = await Endpoint.open("bob", CallerVoice(rng, noise_dbm0=-50.0))
-    config = Config(
-        data_dir=str(tmp_path / "data"),
-        sip=SipConfig(listen=LOOPBACK0, next_hop=parse_next_hop(f"sip:alice@127.0.0.1:{agent.sip_port}")),
-        media=MediaConfig(rtp_ports=(33000, 33099)),
-        api=ApiConfig(listen=LOOPBACK0), metrics=MetricsConfig(listen=LOOPBACK0),
-        vault=VaultConfig(listen=LOOPBACK0),
-    )
-    extensions = default_extensions(config)
-    gateway = Gateway(config, extensions)
-    await gateway.start()
-    capture = next(x for x in extensions if x.name == "capture")
-    metrics = next(x for x in extensions if x.name == "metrics")
+    gateway, extensions, caller, agent = await start_gateway(tmp_path, seed=7, rtp_ports=(33000, 33099))
+    capture, metrics = extensions["capture"], extensions["metrics"]
     metrics_port = metrics.runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession() as session:
