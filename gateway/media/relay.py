@@ -32,7 +32,10 @@ repeated). Under `mask =
 (no look-ahead). The caller's RFC 4733 packets are not forwarded on a masked leg, nor,
 once masking ends, the rest of an event that began while it was on (a key held past the
 capture: its updates, end packets and later segments), and the agent leg's sequence numbers
-are renumbered so the dropped packets leave no gap.
+are renumbered so the dropped packets leave no gap (per SSRC: events sent under an SSRC of
+their own move no other stream's numbers). RTCP follows the renumbering (`translate_rtcp`):
+the caller's sender reports leave out the withheld packets and octets, the agent's reports
+about the caller's stream get them back.
 Agent->caller packets are relayed untouched, except while a caller feedback tone plays
 (`play_feedback`): then each agent audio packet's payload is replaced by the tone's next
 samples, G.711-encoded for the leg's codec, under the agent's own RTP header (SSRC,
@@ -98,7 +101,7 @@ from dtmf.g711 import ALAW_DECODE, DECODE_TABLES, ENCODE_TABLES, SILENCE_CODES, 
 from dtmf.rfc4733 import TelephoneEventReceiver, TelephoneEventStarted
 from dtmf.tones import FEEDBACK_TONES, dbm0_to_amplitude, feedback_tone
 from gateway.media.leg import Direction, LegMedia, SrtpParams
-from gateway.media.rtp import RTP_HEADER, RtcpError, RtpError, parse_rtcp, rtp_payload_bounds
+from gateway.media.rtp import RTP_HEADER, RtcpError, RtpError, parse_rtcp, rtp_payload_bounds, translate_rtcp
 from gateway.media.srtp import SrtpError, SrtpLeg
 from gateway.stats import LATENCY_BOUNDS_S, Histogram, LabelledCounter
 
@@ -162,6 +165,8 @@ MAX_QUEUED_EVENTS = 100_000
 """Undrained events beyond this are discarded oldest-first (memory bound)."""
 WITHHELD_EVENT_IDS = 32
 """Withheld telephone-event identities remembered per leg: the receiver's recent keys (16), twice."""
+WITHHELD_STREAMS = 8
+"""SSRCs per leg whose withheld counts are kept (a phone uses one or two; the oldest goes first)."""
 MAX_FEEDBACK_SAMPLES = 16_000
 """Feedback tone samples queued per call at most (2 s at 8 kHz); a request beyond it is dropped."""
 FEEDBACK_IDLE_S = 0.06
@@ -400,7 +405,7 @@ class Leg:
         "call_id", "name", "media", "strict", "te_pt", "capturing", "always",
         "rtcp_dest", "rtcp_src", "sdp_rtp", "sdp_rtcp", "held", "mask_slot",
         "te_receiver", "feedback_pos", "rx_lost", "rx_bad_seq", "rx_lost_reported", "rx_sampled_s",
-        "candidate", "rtcp_may_move", "te_withheld_ids", "te_withheld_ssrcs", "last_masked_s",
+        "candidate", "rtcp_may_move", "te_withheld_ids", "te_withheld_ssrcs", "withheld", "last_masked_s",
         "fb_next_s", "fb_last_s", "fb_ssrc", "fb_seq", "fb_ts",
     )
 
@@ -442,7 +447,11 @@ class Leg:
         """RTP re-latched since RTCP last latched: RTCP may latch anew from the RTP source's host."""
         self.last_rx_s: float | None = None
         self.seq_offset = 0
-        """Packets withheld from the peer so far; subtracted from outgoing sequence numbers."""
+        """Packets of the current stream (`rx_ssrc`) withheld from the peer so far, modulo 2^16;
+        subtracted from its outgoing sequence numbers."""
+        self.withheld: dict[int, list[int]] = {}
+        """SSRC -> [packets, payload octets] withheld from the peer: each stream's renumbering
+        offset, and what `translate_rtcp` takes out of its sender reports."""
         self.held: tuple[Leg, bytes, int, float] | None = None
         """Capture look-ahead: the masker row of the packet the masker holds, (this leg, packet as
         it would leave unmasked, payload offset, receive time); its deadline is `_hold_deadline`."""
@@ -942,7 +951,7 @@ class Relay:
                     # Issue 4 item 1: the caller's RFC 4733 events never reach the agent, nor
                     # does the rest of one that began while masking (a key held past the capture).
                     self._withhold_event(leg, data, started)
-                    leg.seq_offset += 1
+                    self._count_withheld(leg, data, end - start)
                     self.stats.captured += 1
                     return None
         elif pt == leg.audio_pt:
@@ -997,6 +1006,8 @@ class Relay:
         if new_source:
             self._latch(leg, addr, rtcp=True, now=now)
         peer = leg.peer
+        if leg.withheld or peer.withheld:
+            data = translate_rtcp(data, leg.withheld, peer.withheld)
         dest = peer.rtcp_dest
         if dest is None:
             self.stats.drops[d]["no_destination"] += 1
@@ -1524,9 +1535,14 @@ class Relay:
             leg.rx_lost -= 1  # late or duplicate: received, nothing more expected
 
     def _stream_started(self, leg: Leg, seq: int, ssrc: int) -> None:
-        """A new SSRC on this leg (or its first packet): RFC 3550 A.1 init_seq, fresh jitter."""
+        """A new SSRC on this leg (or its first packet): RFC 3550 A.1 init_seq, fresh jitter.
+
+        Its sequence numbers are renumbered by what was withheld of it (events sent under an SSRC
+        of their own shift nobody else's numbers)."""
         self._fold_loss(leg)
         leg.rx_ssrc = ssrc
+        counts = leg.withheld.get(ssrc)
+        leg.seq_offset = counts[0] & 0xFFFF if counts is not None else 0
         leg.rx_next = (seq + 1) & 0xFFFF
         leg.rx_lost = 0
         leg.rx_bad_seq = -1
@@ -1671,6 +1687,20 @@ class Relay:
         if (ssrc, ts) in leg.te_withheld_ids:
             return True
         return not started and ssrc in leg.te_withheld_ssrcs
+
+    @staticmethod
+    def _count_withheld(leg: Leg, data: bytes, octets: int) -> None:
+        """One more packet of its stream withheld: the stream's renumbering and RTCP counts follow."""
+        ssrc = _TS_SSRC.unpack_from(data, 4)[1]
+        counts = leg.withheld.get(ssrc)
+        if counts is None:
+            if len(leg.withheld) >= WITHHELD_STREAMS:
+                del leg.withheld[next(iter(leg.withheld))]
+            counts = leg.withheld[ssrc] = [0, 0]
+        counts[0] += 1
+        counts[1] += octets
+        if ssrc == leg.rx_ssrc:
+            leg.seq_offset = counts[0] & 0xFFFF
 
     @staticmethod
     def _withhold_event(leg: Leg, data: bytes, started: bool) -> None:

@@ -230,6 +230,52 @@ def parse_rtcp(data: bytes | bytearray | memoryview) -> list[RtcpPacket]:
     return packets
 
 
+_WORD = struct.Struct("!I")
+SR_SENDER_INFO_BYTES = 24
+"""SR body before its report blocks: sender SSRC, NTP and RTP timestamps, packet and octet counts."""
+REPORT_BLOCK_BYTES = 24
+
+
+def translate_rtcp(data: bytes, withheld_sent: dict[int, list[int]], withheld_seen: dict[int, list[int]]) -> bytes:
+    """A validated compound as the receiver of a renumbered stream must see it (RFC 3550 7.1).
+
+    A translator that withholds packets of a stream renumbers the rest (no gap shows) and so
+    must also take them out of the sender's SR packet and octet counts (`withheld_sent`: this
+    side's SSRC -> [packets, payload octets] withheld), or the counts tell when and how long
+    something was withheld; report blocks about the other side's streams get the withheld
+    packets back into their extended highest sequence number (`withheld_seen`), so that side's
+    view of its own stream holds. Counts wrap modulo 2^32 as the fields do.
+    """
+    out = bytearray(data)
+    n = len(out)
+    offset = 0
+    while offset + 4 <= n:
+        b0, pt, words = RTCP_HEADER.unpack_from(out, offset)
+        end = min(offset + 4 * (words + 1), n)
+        if b0 & 0x20 and end == n:
+            end -= out[n - 1]  # padding (validated by parse_rtcp)
+        blocks = -1
+        if pt == 200 and end - offset >= 4 + SR_SENDER_INFO_BYTES:
+            counts = withheld_sent.get(_WORD.unpack_from(out, offset + 4)[0])
+            if counts is not None:
+                at = offset + 4 + 16
+                _WORD.pack_into(out, at, (_WORD.unpack_from(out, at)[0] - counts[0]) % TS_MODULO)
+                _WORD.pack_into(out, at + 4, (_WORD.unpack_from(out, at + 4)[0] - counts[1]) % TS_MODULO)
+            blocks = offset + 4 + SR_SENDER_INFO_BYTES
+        elif pt == 201:
+            blocks = offset + 8
+        if blocks >= 0 and withheld_seen:
+            for i in range(b0 & 0x1F):
+                at = blocks + i * REPORT_BLOCK_BYTES
+                if at + REPORT_BLOCK_BYTES > end:
+                    break
+                counts = withheld_seen.get(_WORD.unpack_from(out, at)[0])
+                if counts is not None:
+                    _WORD.pack_into(out, at + 8, (_WORD.unpack_from(out, at + 8)[0] + counts[0]) % TS_MODULO)
+        offset += 4 * (words + 1)
+    return bytes(out)
+
+
 def seq_add(seq: int, n: int) -> int:
     """Sequence number `n` steps after `seq`, modulo 2**16."""
     return (seq + n) & 0xFFFF

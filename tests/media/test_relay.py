@@ -336,6 +336,76 @@ def test_capture_holds_one_packet_masks_drops_events_and_renumbers() -> None:
     assert [e.digit for e in tev] == ["5"]  # the app still learns of the event
 
 
+def test_events_under_an_ssrc_of_their_own_shift_no_other_streams_numbers() -> None:
+    """A phone (or SIPp's RFC 4733 pcaps) may send its events under another SSRC than its audio:
+    withholding them must not move the audio's numbers back (the agent would take the next
+    packets for duplicates and drop them)."""
+    relay, call = make(detector=FakeDetector(), masker=FakeMasker())
+    sent = []
+
+    def feed(pkt):
+        out = relay.receive_rtp(call.caller, pkt, CALLER_SDP, 0.0)
+        if out:
+            sent.append(out[0])
+        sent.extend(d for _, d, _ in relay.flush())
+
+    quiet = bytes([0xFF]) * 160
+    for seq in (1, 2, 3):
+        feed(audio(seq, payload=quiet))
+    relay.set_capture("c1", True)
+    feed(audio(4, payload=quiet))
+    for i in range(6):
+        feed(bytes(RtpPacket(payload_type=101, sequence_number=7000 + i, timestamp=5000, ssrc=0x9999,
+                             payload=struct.pack("!BBH", 5, (0x80 if i >= 3 else 0) | 10, 400))))
+    for seq in (5, 6, 7):
+        feed(audio(seq, payload=quiet))
+    sent.extend(d for _, d, _ in relay.set_capture("c1", False))
+    pkts = [RtpPacket.parse(p) for p in sent]
+    assert [(p.ssrc, p.sequence_number) for p in pkts] == [(0x1111, s) for s in range(1, 8)]
+    assert call.caller.withheld == {0x9999: [6, 24]}
+
+
+def sender_report(ssrc: int, packets: int, octets: int, blocks: list[tuple[int, int]] = ()) -> bytes:
+    """An SR with report blocks (SSRC, extended highest sequence number)."""
+    body = struct.pack("!IQIII", ssrc, 0x0123456789ABCDEF, 777, packets, octets)
+    body += b"".join(struct.pack("!IIIIII", s, 0, ext, 5, 0, 0) for s, ext in blocks)
+    return struct.pack("!BBH", 0x80 | len(blocks), 200, len(body) // 4) + body
+
+
+def receiver_report(ssrc: int, blocks: list[tuple[int, int]]) -> bytes:
+    body = struct.pack("!I", ssrc) + b"".join(struct.pack("!IIIIII", s, 0, ext, 5, 0, 0) for s, ext in blocks)
+    return struct.pack("!BBH", 0x80 | len(blocks), 201, len(body) // 4) + body
+
+
+def test_rtcp_counts_leave_out_the_withheld_events_both_ways() -> None:
+    """RFC 3550 7.1: the agent's view of the renumbered stream holds in the caller's SRs (their
+    packet and octet counts would otherwise show when and how long a key was pressed), and the
+    caller's view of its own stream holds in the agent's reports."""
+    relay, call = make(detector=FakeDetector(), masker=FakeMasker())
+    quiet = bytes([0xFF]) * 160
+    relay.receive_rtp(call.caller, audio(1, payload=quiet), CALLER_SDP, 0.0)
+    relay.set_capture("c1", True)
+    for i in range(3):
+        assert relay.receive_rtp(call.caller, event(2 + i, 320, 7, end=i == 2), CALLER_SDP, 0.0) is None
+    relay.receive_rtp(call.caller, audio(5, payload=quiet), CALLER_SDP, 0.0)
+    relay.flush()
+    sdes = struct.pack("!BBHI4s", 0x81, 202, 2, 0x1111, b"\x01\x01a\x00")
+    sr = sender_report(0x1111, 5, 2 * 160 + 3 * 4, [(0x2222, 70000)])
+    out, _ = relay.receive_rtcp(call.caller, sr + sdes, (CALLER_SDP[0], 4001), 0.0)
+    assert out == sender_report(0x1111, 2, 2 * 160, [(0x2222, 70000)]) + sdes
+    # The agent received 1 and 2 (5, renumbered): its reports about 0x1111 get the 3 back.
+    rr = receiver_report(0x2222, [(0x1111, 0x10002), (0x3333, 9)])
+    out, _ = relay.receive_rtcp(call.agent, rr, (AGENT_SDP[0], 6001), 0.0)
+    assert out == receiver_report(0x2222, [(0x1111, 0x10005), (0x3333, 9)])
+    out, _ = relay.receive_rtcp(call.agent, sender_report(0x2222, 9, 9, [(0x1111, 2)]), (AGENT_SDP[0], 6001), 0.0)
+    assert out == sender_report(0x2222, 9, 9, [(0x1111, 5)])
+    # Other streams' reports pass untouched; counts wrap as the fields do.
+    other = sender_report(0x4444, 1, 1)
+    assert relay.receive_rtcp(call.caller, other, (CALLER_SDP[0], 4001), 0.0)[0] == other
+    out, _ = relay.receive_rtcp(call.caller, sender_report(0x1111, 1, 0), (CALLER_SDP[0], 4001), 0.0)
+    assert out == sender_report(0x1111, 2**32 - 2, 2**32 - 12)
+
+
 def test_capture_refused_without_masker_or_for_unknown_call() -> None:
     relay, _ = make()
     with pytest.raises(CaptureUnavailable):

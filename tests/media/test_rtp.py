@@ -23,6 +23,7 @@ from gateway.media.rtp import (
     seq_add,
     seq_diff,
     seq_gt,
+    translate_rtcp,
     ts_diff,
     with_payload_type,
 )
@@ -154,6 +155,27 @@ def test_seq_diff_inverts_seq_add(seq: int, n: int) -> None:
 
 def _rr(ssrc: int = 0x1234) -> bytes:
     return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
+
+
+_RTCP_PACKETS = st.builds(
+    RtcpPacket, st.sampled_from([200, 201, 202, 203, 204]), st.integers(0, 31),
+    st.integers(0, 40).flatmap(lambda words: st.binary(min_size=4 * words, max_size=4 * words)))
+
+
+@given(st.sampled_from([200, 201]), st.integers(0, 31), st.binary(max_size=160).map(lambda b: b[:len(b) // 4 * 4]),
+       st.lists(_RTCP_PACKETS, max_size=3), st.integers(0, 2**40), st.integers(0, 2**40))
+def test_translating_any_valid_compound_keeps_it_valid(pt, count, body, rest, packets, octets) -> None:
+    """Counts are rewritten in place, report counts that overrun their packet are bounded: whatever
+    passed parse_rtcp passes it again, with the same length."""
+    raw = b"".join(bytes(p) for p in [RtcpPacket(pt, count, body), *rest])
+    try:
+        before = parse_rtcp(raw)
+    except RtcpError:
+        return
+    ssrcs = {int.from_bytes(raw[i:i + 4], "big"): [packets, octets] for i in range(0, len(raw) - 3, 4)}
+    out = translate_rtcp(raw, ssrcs, ssrcs)
+    after = parse_rtcp(out)
+    assert len(out) == len(raw) and [(p.packet_type, p.count) for p in after] == [(p.packet_type, p.count) for p in before]
 
 
 def test_rtcp_compound_parse_and_serialise() -> None:
