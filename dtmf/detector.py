@@ -32,7 +32,7 @@ only streams with a hit or a digit on reach the state machine. Per window:
 A window that passes every check is a hit for that key. A digit is accepted
 after `ACCEPT_HITS` consecutive hits of the same key (tones of 40 ms always,
 tones under 23 ms never) and ends after `END_MISSES` consecutive windows
-without it: a pause of 25 ms or more (Q.24: 40 ms) always separates two digits, a
+without it (its own key's windows keep it on with `CONTINUE_TWIST_DB` more twist): a pause of 25 ms or more (Q.24: 40 ms) always separates two digits, a
 drop-out of up to 15 ms inside a tone never does (18-20 ms: either).
 """
 
@@ -77,6 +77,12 @@ REVERSE_TWIST_DB = 4.4
 WINDOW_TWIST_SLACK_DB = 2.0
 """How far one window's own twist may pass the limits: noise scatters it, the tone's is decided over
 `HISTORY_WINDOWS` windows."""
+CONTINUE_TWIST_DB = 2.0
+"""Hysteresis: while a digit is on, windows of its own key pass the tone's twist check (over
+`HISTORY_WINDOWS`) with this much more twist; one window's own check stays. A key held at the
+twist limit in noise (8 / 4 dB at 15-18 dB SNR: the measure over 25 ms scatters by ~0.25 dB)
+otherwise missed `END_MISSES` windows in a row now and then and one press gave two digits. A
+digit still starts only within the limits."""
 HISTORY_WINDOWS = 4
 """A tone's twist is measured over the window and the three before it (25 ms of signal): at the hit
 that accepts a digit (the sixth), hits 3-6, which the tone fills (at its onset the stronger tone's
@@ -204,10 +210,15 @@ class _Analysis:
         twist_slack = correction_ratio * 1.001
         self.window_normal_twist = 10.0 ** (-(NORMAL_TWIST_DB + WINDOW_TWIST_SLACK_DB) / 10)
         self.window_reverse_twist = 10.0 ** ((REVERSE_TWIST_DB + WINDOW_TWIST_SLACK_DB) / 10)
-        self.gate_normal_twist = self.window_normal_twist / twist_slack
-        self.gate_reverse_twist = self.window_reverse_twist * twist_slack
         self.normal_twist = 10.0 ** (-NORMAL_TWIST_DB / 10)
         self.reverse_twist = 10.0 ** (REVERSE_TWIST_DB / 10)
+        # A held digit's own key (CONTINUE_TWIST_DB): the tone's twist may pass the limits by as
+        # much as one window's may (WINDOW_TWIST_SLACK_DB), so the gate is the same.
+        loosen = 10.0 ** (CONTINUE_TWIST_DB / 10)
+        self.held_normal_twist = self.normal_twist / loosen
+        self.held_reverse_twist = self.reverse_twist * loosen
+        self.gate_normal_twist = self.window_normal_twist / twist_slack
+        self.gate_reverse_twist = self.window_reverse_twist * twist_slack
         self.min_pair_power = _dbm0_power(MIN_PAIR_LEVEL_DBM0)
         self.min_tone_power = _dbm0_power(MIN_TONE_LEVEL_DBM0)
         # The gate's twist bounds as one column: hi >= lo * each, then one comparison.
@@ -227,12 +238,16 @@ class _Analysis:
         self.twist_signs = np.array([[1.0], [-1.0]], dtype=np.float32)
         self.twist_bounds = np.array([[[self.window_normal_twist], [-self.window_reverse_twist]],
                                       [[self.normal_twist], [-self.reverse_twist]]], dtype=np.float32)
+        self.held_twist_bounds = np.array([[[self.window_normal_twist], [-self.window_reverse_twist]],
+                                           [[self.held_normal_twist], [-self.held_reverse_twist]]], dtype=np.float32)
         self.pair_bounds = np.array([[self.purity_per_energy], [self.coverage_per_energy],
                                      [self.coverage_per_energy], [float(np.float32(self.min_pair_power))]])
         # A window that passes the twist and pair level checks has each tone above the level
         # floor (the weaker at least the pair over 1 + the twist bound), with a margin far above
         # float32 rounding: then that check is left out (see _check).
         slack = 1.0 + 1e-6
+        # (A held digit's own key, under its looser twist bounds, is held to the pair level and
+        # these bounds only: its weaker tone ~1.6 dB under the floor may go on.)
         weakest = float(self.pair_bounds[3, 0]) / slack / max(
             1.0 + slack / float(np.float32(self.window_normal_twist)),
             1.0 + slack * float(np.float32(self.window_reverse_twist)))
@@ -255,6 +270,8 @@ _CARRY_WIDTH = _CARRY_HIST.stop
 # Integer state of the hit/miss state machine, one row per slot.
 _RUN_CODE, _RUN_LEN, _RUN_FIRST, _ACTIVE, _ACTIVE_START, _LAST_HIT, _MISSES = range(7)
 _SM_WIDTH = 7
+_HELD_ONLY = 16
+"""Added to a key's code for a window that only keeps that key's digit on (see CONTINUE_TWIST_DB)."""
 _SM_FRESH = np.array([_NONE, 0, 0, _NONE, 0, _NONE, 0], dtype=np.int64)
 
 
@@ -302,10 +319,10 @@ class _CheckPlan:
 
     def __init__(self, an: _Analysis, m: int) -> None:
         h = HISTORY_WINDOWS
-        f = np.empty((148, m), dtype=np.float32)
-        i = np.empty((4 + 22 * h, m), dtype=np.intp)
-        self.cand, self.keys, self.bins = i[0], i[1], i[2:4]
-        i = i[4:]
+        f = np.empty((152, m), dtype=np.float32)
+        i = np.empty((5 + 22 * h, m), dtype=np.intp)
+        self.cand, self.keys, self.held_only, self.bins = i[0], i[1], i[2], i[3:5]
+        i = i[5:]
         # Per window (newest first): DFT row of the low and high bin's re, then im.
         self.dft_rows, self.dft_row_base = i[:4 * h], i[4 * h:8 * h]
         self.dft_row_base[:] = _GATHER_ROW[:, None]
@@ -341,8 +358,11 @@ class _CheckPlan:
         self.p_window, self.p_total = self.p[:2], self.p[2:]
         self.p_low, self.p_high = self.p[0::2], self.p[1::2]
         self.bound, self.normal_bounds, self.reverse_bounds, f = f[0:2], f[2:4], f[4:6], f[6:]
-        self.normal_bounds[:] = an.twist_bounds[:, 0]
-        self.reverse_bounds[:] = -an.twist_bounds[:, 1]
+        self.normal_bounds[:] = an.held_twist_bounds[:, 0]
+        self.reverse_bounds[:] = -an.held_twist_bounds[:, 1]
+        self.strict_normal_bounds, self.strict_reverse_bounds, f = f[0:2], f[2:4], f[4:]
+        self.strict_normal_bounds[:] = an.twist_bounds[:, 0]
+        self.strict_reverse_bounds[:] = -an.twist_bounds[:, 1]
         self.e, f = f[:7], f[7:]
         self.e[6] = 1.0
         self.stats = self.e[:4]
@@ -354,8 +374,10 @@ class _CheckPlan:
         d = np.empty((12, m), dtype=np.float64)
         self.pair_bounds, self.energy_bounds, self.pair64 = d[:4], d[4:8], d[8:]
         self.pair_bounds[:] = an.pair_bounds
-        b = np.empty((13, m), dtype=np.bool_)
-        self.passed, self.flag = b[:12], b[12]
+        b = np.empty((18, m), dtype=np.bool_)
+        self.passed, self.strict, self.flag, self.hits = b[:12], b[12:16], b[16], b[17]
+        self.strict_normal, self.strict_reverse = self.strict[0:2], self.strict[2:4]
+        self.strict_summed_twist = self.strict[1:4:2]
         self.in_band, self.level = self.passed[0:2], self.passed[2:4]
         self.normal, self.reverse = self.passed[4:6], self.passed[6:8]
         self.summed_twist = self.passed[5:8:2]
@@ -720,6 +742,9 @@ class DetectorBank:
                energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Full Q.24 checks on the windows that passed the gate: the hit windows and their keys.
 
+        A key's code is 0-15 (row * 4 + column), or 16 more for a window that passes only under
+        the held bounds (CONTINUE_TWIST_DB): it keeps that key's digit on, and starts none.
+
         All candidate windows of all streams at once, as rows of (values, windows) work arrays made
         once per width (see _CheckPlan): the count of numpy calls, not their size, is the cost here, and a
         call over contiguous rows with its output given is the cheapest kind. Every value is
@@ -817,6 +842,7 @@ class DetectorBank:
         multiply(total, w.correction, w.p_total)
         if not an.level_implied:
             np.greater_equal(w.p_window, an.min_tone32, w.level)
+        # Twist under the held bounds here; Q.24's own for the hit windows below.
         multiply(w.p_low, w.normal_bounds, w.bound)
         np.greater_equal(w.p_high, w.bound, w.normal)
         multiply(w.p_low, w.reverse_bounds, w.bound)
@@ -842,13 +868,23 @@ class DetectorBank:
         add(p[0], p[1], w.pair64)
         multiply(w.energy_rows, w.pair_bounds, w.energy_bounds)
         np.greater_equal(w.pair64, w.energy_bounds, w.energy_passed)
-        hits = np.minimum.reduce(passed, axis=0, out=w.flag)
+        hits = np.minimum.reduce(passed, axis=0, out=w.hits)
         if n < m:
             hits[n:] = False
         hit = hits.nonzero()[0]
         if hit.size == 0:
             return None
         keys = add(multiply(w.bins[0], 4, w.keys), w.bins[1], w.keys)
+        # A window that fails Q.24's own twist keeps a digit on only (its code + _HELD_ONLY).
+        multiply(w.p_low, w.strict_normal_bounds, w.bound)
+        np.greater_equal(w.p_high, w.bound, w.strict_normal)
+        multiply(w.p_low, w.strict_reverse_bounds, w.bound)
+        np.less_equal(w.p_high, w.bound, w.strict_reverse)
+        np.logical_or(w.strict_summed_twist, w.flag, w.strict_summed_twist)
+        np.minimum.reduce(w.strict, axis=0, out=w.flag)
+        np.logical_not(w.flag, w.flag)
+        multiply(w.flag, _HELD_ONLY, w.held_only)
+        add(keys, w.held_only, keys)
         if hit.size < n:
             return cand.take(hit), keys.take(hit)
         return cand, keys[:n].copy()
@@ -903,14 +939,15 @@ class DetectorBank:
         run_code, run_len, run_first = state[:, _RUN_CODE], state[:, _RUN_LEN], state[:, _RUN_FIRST]
         active, active_start = state[:, _ACTIVE], state[:, _ACTIVE_START]
         last_hit, misses = state[:, _LAST_HIT], state[:, _MISSES]
-        hit = h >= 0
-        held = hit & (h == active)
-        # The run: continued, restarted at the first window, or broken.
+        held_only = h >= _HELD_ONLY
+        hit = (h >= 0) & ~held_only
+        held = (h >= 0) & (np.where(held_only, h - _HELD_ONLY, h) == active)
+        # The run: continued, restarted at the first window, or broken (a held-only window too).
         same = hit & (h == run_code)
         before = np.where(same, run_len, 0)
         run_first[:] = np.where(hit & ~same, chunk0, run_first)
         run_len[:] = np.where(hit, before + c, 0)
-        run_code[:] = h
+        run_code[:] = np.where(held_only, _NONE, h)
         last = chunk0 + (c - 1)
         on = active >= 0
         # Q.24: a pause of 40 ms separates digits; short drop-outs do not.
@@ -957,7 +994,11 @@ class DetectorBank:
             if hit_row.count(h) == n:
                 # The same in every new window (most streams): the windows' effect in one step,
                 # as the window-by-window loop below has it.
-                if h < 0:
+                if h >= _HELD_ONLY and h - _HELD_ONLY == active:
+                    # The digit's tone holds, under the held bounds only: no run.
+                    run_code, run_len = _NONE, 0
+                    last_hit, misses = chunk + n - 1, 0
+                elif h < 0 or h >= _HELD_ONLY:
                     run_code, run_len = _NONE, 0
                     if active >= 0:
                         misses += n
@@ -997,14 +1038,18 @@ class DetectorBank:
                             active, misses = _NONE, END_MISSES
             else:
                 for h in hit_row:
-                    if h < 0:
+                    key = h
+                    if h >= _HELD_ONLY:
+                        key = h - _HELD_ONLY
+                        run_code, run_len = _NONE, 0
+                    elif h < 0:
                         run_code, run_len = _NONE, 0
                     elif h == run_code:
                         run_len += 1
                     else:
                         run_code, run_len, run_first = h, 1, chunk
                     if active >= 0:
-                        if h == active:
+                        if key == active:
                             last_hit, misses = chunk, 0
                         else:
                             # Q.24: a pause of 40 ms separates digits; short drop-outs do not.
@@ -1061,13 +1106,14 @@ class DetectorBank:
             done = t + 1
             h = hits[:, t]
             chunk = chunk0 + t
-            is_hit = h >= 0
+            held_only = h >= _HELD_ONLY
+            is_hit = (h >= 0) & ~held_only
             same = is_hit & (h == run_code)
             run_len = np.where(same, run_len + 1, is_hit.astype(np.int64))
             run_first = np.where(same, run_first, chunk)
-            run_code = h
+            run_code = np.where(held_only, _NONE, h)
             on = active >= 0
-            held = on & (h == active)
+            held = on & (np.where(held_only, h - _HELD_ONLY, h) == active)
             last_hit = np.where(held, chunk, last_hit)
             misses = np.where(held, 0, misses + 1)
             ending = on & ~held & (misses >= END_MISSES)

@@ -13,7 +13,7 @@ from .synth import g711_round_trip, placed_tone
 
 def reference_check(bank: DetectorBank, cand: np.ndarray, c: int, mag: np.ndarray, z_and_carry: np.ndarray,
                     energies: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The exact checks as they were written before the fusion (dtmf/detector.py at 3e09b5d)."""
+    """The exact checks as they were written before the fusion (dtmf/detector.py at 3e09b5d), with the held bounds."""
     an = bank._an
     n = cand.size
     groups = mag.take(cand, axis=1).reshape(2, 4, n)
@@ -40,8 +40,16 @@ def reference_check(bank: DetectorBank, cand: np.ndarray, c: int, mag: np.ndarra
     p_tone *= correction
     f32 = np.float32
     level = p >= f32(an.min_tone_power)
-    window_twist = (p[1] >= p[0] * f32(an.window_normal_twist)) & (-p[1] >= p[0] * -f32(an.window_reverse_twist))
-    summed_twist = (p_tone[1] >= p_tone[0] * f32(an.normal_twist)) & (-p_tone[1] >= p_tone[0] * -f32(an.reverse_twist))
+
+    def twist(window_normal, window_reverse, normal, reverse):
+        return ((p[1] >= p[0] * f32(window_normal)) & (-p[1] >= p[0] * -f32(window_reverse)),
+                (p_tone[1] >= p_tone[0] * f32(normal)) & (-p_tone[1] >= p_tone[0] * -f32(reverse)))
+
+    # Q.24's own twist bounds, and the looser ones that keep a held digit on (16 added to its code).
+    window_twist, summed_twist = twist(an.window_normal_twist, an.window_reverse_twist,
+                                       an.held_normal_twist, an.held_reverse_twist)
+    strict_window, strict_summed = twist(an.window_normal_twist, an.window_reverse_twist, an.normal_twist,
+                                         an.reverse_twist)
     pair = p[0] + p[1]
     chunk_sum, chunk_energy, window_sum, window_energy = energies.take(cand, axis=1)
     closing = chunk_energy + window_sum * (0.5 * window_sum - 2.0 * chunk_sum)
@@ -51,7 +59,8 @@ def reference_check(bank: DetectorBank, cand: np.ndarray, c: int, mag: np.ndarra
     hit = (in_band.all(axis=0) & level.all(axis=0) & window_twist & (summed_twist | held) & energy).nonzero()[0]
     if hit.size == 0:
         return None
-    return cand[hit], bins[0, hit] * 4 + bins[1, hit]
+    held_only = ~(strict_window & (strict_summed | held))
+    return cand[hit], bins[0, hit] * 4 + bins[1, hit] + 16 * held_only[hit]
 
 
 class _ComparingBank(DetectorBank):
@@ -140,14 +149,15 @@ def _loop_state_machine(row: list[int], hit_row: list[int], chunk: int, slot: in
     """The hit/miss state machine window by window (as DetectorBank._advance_each's loop): the reference."""
     run_code, run_len, run_first, active, active_start, last_hit, misses = row
     for h in hit_row:
-        if h < 0:
-            run_code, run_len = -1, 0
+        key = h - detector_mod._HELD_ONLY if h >= detector_mod._HELD_ONLY else h
+        if h < 0 or h != key:
+            run_code, run_len = -1, 0  # a held-only window keeps a digit on and breaks any run
         elif h == run_code:
             run_len += 1
         else:
             run_code, run_len, run_first = h, 1, chunk
         if active >= 0:
-            if h == active:
+            if key == active:
                 last_hit, misses = chunk, 0
             else:
                 misses += 1
@@ -171,11 +181,11 @@ def test_state_machine_steps_equal_the_window_loop() -> None:
     for trial in range(400):
         row = [-1, 0, 0, -1, 0, -1, 0]
         chunk = 0
-        history = [int(v) for v in rng.choice([-1, -1, 3, 3, 3, 7], size=int(rng.integers(0, 30)))]
+        history = [int(v) for v in rng.choice([-1, -1, 3, 3, 3, 7, 19, 23], size=int(rng.integers(0, 30)))]
         _loop_state_machine(row, history, chunk, 0, [])
         chunk += len(history)
         n = int(rng.integers(1, 9))
-        key = int(rng.choice([-1, 3, 7, 11]))
+        key = int(rng.choice([-1, 3, 7, 11, 19, 23]))
         expected: list = []
         ref_row = list(row)
         _loop_state_machine(ref_row, [key] * n, chunk, 5, expected)
