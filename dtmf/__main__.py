@@ -22,6 +22,7 @@ import sys
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -63,11 +64,33 @@ class WavData:
     """Byte offset of the first sample."""
     n_samples: int
 
-    def samples(self) -> np.ndarray:
-        """All samples as int16, memory-mapped (read lazily)."""
-        if self.n_samples == 0:
+    def samples(self) -> WavSamples:
+        """All samples as int16, read slice by slice when sliced."""
+        return WavSamples(self.path, self.offset, self.n_samples)
+
+
+class WavSamples:
+    """A WAV file's samples, read from the file one slice at a time.
+
+    Not a memory map: every page a map touches stays in the process's resident set, so decoding a
+    long file grew it by the file's size; a slice read here is the only copy, freed with it.
+    """
+
+    def __init__(self, path: str, offset: int, n_samples: int) -> None:
+        self._path, self._offset, self._n = path, offset, n_samples
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop, step = key.indices(self._n)
+        if step != 1:
+            raise ValueError("WAV samples are read in contiguous slices")
+        if stop <= start:
             return np.zeros(0, dtype=np.int16)
-        return np.memmap(self.path, dtype="<i2", mode="r", offset=self.offset, shape=(self.n_samples,))
+        with open(self._path, "rb") as f:
+            f.seek(self._offset + 2 * start)
+            return np.fromfile(f, dtype="<i2", count=stop - start).astype(np.int16, copy=False)
 
 
 def _describe_format(tag: int, bits: int) -> str:
@@ -166,7 +189,7 @@ def _lowpass_taps(rate: int) -> np.ndarray:
     return taps / taps.sum()
 
 
-def resample_to_8k(x: np.ndarray, rate: int) -> Iterator[np.ndarray]:
+def resample_to_8k(x: np.ndarray | WavSamples, rate: int) -> Iterator[np.ndarray]:
     """8 kHz float samples of `x` at `rate` (>= 8000), in chunks: low-pass, then Lanczos interpolation.
 
     Output sample k is the filtered input at position k * rate / 8000, so a time
@@ -239,7 +262,7 @@ def mask(src: str, dst: str, mode: MaskMode) -> None:
     out = WavWriter(dst, RATE_HZ)
     step = int(CHUNK_S * RATE_HZ)
     # Trailing zeros push the last input samples out of the look-ahead.
-    chunks = [x[k:k + step] for k in range(0, len(x), step)] + [np.zeros(skip, dtype=np.int16)]
+    chunks = chain((x[k:k + step] for k in range(0, len(x), step)), [np.zeros(skip, dtype=np.int16)])
     left = len(x)
     for chunk in chunks:
         y = masker.process(np.asarray(chunk, dtype=np.int16))
