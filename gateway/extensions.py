@@ -147,7 +147,11 @@ class CallDirectory:
         return self._info(call) if call is not None else None
 
 
-DTMF_INFO_TYPES = frozenset({"application/dtmf-relay", "application/dtmf"})
+SAFE_INFO_TYPES = frozenset({"application/media_control+xml"})
+"""Caller INFO bodies relayed while masking (RFC 5168 picture fast update: no keypad in it). Every
+other caller INFO with a body is then answered 200 and withheld: keypad digits come in many vendor
+forms (dtmf-relay, x-dtmf-relay, dtmf, x-dtmf, Nortel's digits, inside multipart bodies), and one
+the gateway does not know must not reach the agent (fail closed)."""
 
 
 class MaskingBridge:
@@ -171,9 +175,10 @@ class MaskingBridge:
         call = self._gateway.b2bua.call(call_id) if self._gateway.b2bua is not None else None
         return call is not None and self._gateway.mask_policy(call.agent) == "always"
 
-    def withholds_info(self, call_id: str, content_type: str | None, capturing: bool) -> bool:
-        """RFC 6086 INFO DTMF during a capture (or on an always-masked call) is answered 200, not relayed."""
-        return content_type in DTMF_INFO_TYPES and (capturing or self._always(call_id))
+    def withholds_info(self, call_id: str, content_type: str | None, body: bytes, capturing: bool) -> bool:
+        """RFC 6086: caller INFO during a capture (or on an always-masked call) is answered 200, not
+        relayed, unless it has no body or one of `SAFE_INFO_TYPES`."""
+        return bool(body) and content_type not in SAFE_INFO_TYPES and (capturing or self._always(call_id))
 
     def seconds_since_masked(self, call_id: str) -> float | None:
         """How long ago the relay's masker last changed the caller's audio (None: never, or no media)."""
@@ -224,7 +229,7 @@ class CaptureExtension:
             clock=loop.time, entry_config=entry,
         )
         gateway.b2bua.info_policy = lambda call_id, body, ctype: not masking.withholds_info(
-            call_id, ctype, service.capture_active(call_id))
+            call_id, ctype, body, service.capture_active(call_id))
 
         def on_media(event: Any) -> None:
             now = loop.time()
@@ -333,7 +338,7 @@ CALL_END_REASONS = ("caller hangup", "agent hangup", "cancelled", "ring timeout"
                     "session timeout")
 """Fixed reasons of `CallEnded` (b2bua.py, app.py's watchdog); `rejected NNN` appears on its first call."""
 RTP_DROP_REASONS = ("short", "version", "payload_type", "unexpected_source", "no_destination",
-                    "telephone_event", "send", "srtp_auth")
+                    "telephone_event", "send", "srtp_auth", "late")
 SIP_REJECT_REASONS = ("SDP offer has no acceptable codec", "SDP answer has no acceptable codec",
                       "SDP address family is incompatible", "SIP Max-Forwards is zero",
                       "SIP in-dialog request from a foreign host", "no media ports free")

@@ -902,8 +902,12 @@ class Relay:
         seq = (data[2] << 8) | data[3]
         if seq == leg.rx_next:
             leg.rx_next = (seq + 1) & 0xFFFF
-        else:
-            self._sequence_changed(leg, data, seq)
+        elif self._sequence_changed(leg, data, seq) and leg.masking and pt == leg.audio_pt:
+            # Late, repeated or unconfirmed audio while masking: the masker follows a stream in
+            # arrival order, and a tone's tail arriving after the packet behind it would pass as
+            # fresh audio.
+            self.stats.drops[d]["late"] += 1
+            return None
         if (seq & self._jitter_mask) < 2 and pt == leg.audio_pt:
             self._jitter_pair(leg, data, seq, now)
         if leg.inspect:
@@ -1517,22 +1521,26 @@ class Relay:
             if not self._det_slots:
                 self._det_since = None
 
-    def _sequence_changed(self, leg: Leg, data: bytes, seq: int) -> None:
-        """RFC 3550 A.1 update_seq for a packet that is not the next one: A.3's lost follows."""
+    def _sequence_changed(self, leg: Leg, data: bytes, seq: int) -> bool:
+        """RFC 3550 A.1 update_seq for a packet that is not the next one: A.3's lost follows.
+
+        Returns whether the packet does not follow the stream: late, a duplicate (behind the highest
+        number received), or the first of a very large jump, not confirmed yet."""
         ssrc = _TS_SSRC.unpack_from(data, 4)[1]
         if ssrc != leg.rx_ssrc:
             self._stream_started(leg, seq, ssrc)
-            return
+            return False
         udelta = (seq - leg.rx_next + 1) & 0xFFFF  # from the highest number received
         if udelta < MAX_DROPOUT:
             # A gap of udelta - 1 (the sequence number may wrap), or 0: a duplicate of the highest.
             leg.rx_lost += udelta - 1
             if udelta:
                 leg.rx_next = (seq + 1) & 0xFFFF
-        elif udelta <= 0x10000 - MAX_MISORDER:
-            self._sequence_jump(leg, seq)
-        else:
-            leg.rx_lost -= 1  # late or duplicate: received, nothing more expected
+            return not udelta
+        if udelta <= 0x10000 - MAX_MISORDER:
+            return not self._sequence_jump(leg, seq)
+        leg.rx_lost -= 1  # late or duplicate: received, nothing more expected
+        return True
 
     def _stream_started(self, leg: Leg, seq: int, ssrc: int) -> None:
         """A new SSRC on this leg (or its first packet): RFC 3550 A.1 init_seq, fresh jitter.
@@ -1551,16 +1559,18 @@ class Relay:
         leg.rx_pairs = 0
         leg.rx_lost_reported = 0
 
-    def _sequence_jump(self, leg: Leg, seq: int) -> None:
-        """RFC 3550 A.1: a very large jump restarts the count only when the next packet follows it."""
+    def _sequence_jump(self, leg: Leg, seq: int) -> bool:
+        """RFC 3550 A.1: a very large jump restarts the count only when the next packet follows it
+        (returns whether it did)."""
         if seq == leg.rx_bad_seq:
             self._fold_loss(leg)
             leg.rx_next = (seq + 1) & 0xFFFF
             leg.rx_lost = 0
             leg.rx_bad_seq = -1
             leg.rx_lost_reported = 0
-        else:
-            leg.rx_bad_seq = (seq + 1) & 0xFFFF  # not counted until confirmed
+            return True
+        leg.rx_bad_seq = (seq + 1) & 0xFFFF  # not counted until confirmed
+        return False
 
     def _jitter_pair(self, leg: Leg, data: bytes, seq: int, now: float) -> None:
         """RFC 3550 A.8 on a sampled pair: J += (|D(i-1,i)| - J) * gain, D on (arrival - timestamp).
