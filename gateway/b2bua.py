@@ -97,8 +97,14 @@ __all__ = [
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
 _INSPECTABLE = ("PCMU", "PCMA")
 SUPPORTED = ("timer",)
-_DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
+_DTMF_INFO_FIELDS = {
+    "application/dtmf-relay": "signal", "application/x-dtmf-relay": "signal",  # Signal=5 (Cisco's form)
+    "application/vnd.nortelnetworks.digits": "d",  # d=5 (Nortel / Avaya)
+    "application/dtmf": "", "application/x-dtmf": "",  # the digit alone
+}
+"""INFO bodies that carry a keypad digit, and the body field that holds it ("": the whole body)."""
 _DTMF_DIGITS = set("0123456789*#ABCD")
+_MULTIPART_DEPTH = 2
 
 
 class CallMedia(Protocol):
@@ -1120,7 +1126,7 @@ class B2bua:
 
     def _on_info(self, call: Call, leg: _Leg, req: SipRequest, key: TxKey, now: float) -> None:
         ctype = req.content_type
-        digit = _info_digit(req.body, ctype) if leg is _Leg.CALLER else None
+        digit = _info_digit(req.body, req.headers.get("Content-Type")) if leg is _Leg.CALLER else None
         forward = True if self.info_policy is None else bool(self.info_policy(call.call_id, req.body, ctype))
         if digit is not None:
             self._events.append(InfoDtmfReceived(call.call_id, digit, forward))
@@ -1355,21 +1361,52 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-def _info_digit(body: bytes, content_type: str | None) -> str | None:
-    """The digit in an application/dtmf-relay (Signal=5) or application/dtmf (5) INFO body."""
-    if content_type not in _DTMF_INFO_TYPES:
+def _info_digit(body: bytes, content_type: str | None, depth: int = 0) -> str | None:
+    """The keypad digit an INFO body carries (`content_type`: the raw header): each form of
+    `_DTMF_INFO_FIELDS`, or the first such part of a multipart body (RFC 2046 5.1)."""
+    if not content_type or not body:
+        return None
+    media_type, _, params = content_type.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type.startswith("multipart/"):
+        return _multipart_digit(body, params, depth) if depth < _MULTIPART_DEPTH else None
+    field = _DTMF_INFO_FIELDS.get(media_type)
+    if field is None:
         return None
     text = body.decode("ascii", "replace").strip()
-    if content_type == "application/dtmf-relay":
+    if field:
         for line in text.splitlines():
             name, _, value = line.partition("=")
-            if name.strip().lower() == "signal":
+            if name.strip().lower() == field:
                 text = value.strip()
                 break
         else:
             return None
     text = text.upper()
     return text if len(text) == 1 and text in _DTMF_DIGITS else None
+
+
+def _multipart_digit(body: bytes, params: str, depth: int) -> str | None:
+    boundary = None
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        return None
+    for part in body.split(b"--" + boundary.encode("ascii", "replace"))[1:]:
+        head, sep, content = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, content = part.lstrip(b"\n").partition(b"\n\n")
+        part_type = None
+        for line in head.decode("ascii", "replace").splitlines():
+            name, _, value = line.partition(":")
+            if name.strip().lower() in ("content-type", "c"):
+                part_type = value.strip()
+        digit = _info_digit(content.rstrip(b"\r\n-"), part_type, depth + 1)
+        if digit is not None:
+            return digit
+    return None
 
 
 def _salvage_response(data: bytes, status: int) -> bytes | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from gateway.b2bua import (
     B2buaConfig,
     CallAnswered,
@@ -300,6 +302,35 @@ def test_info_dtmf_policy():
     assert isinstance(ev, InfoDtmfReceived) and ev.digit == "5" and not ev.forwarded
     assert "5" not in repr(ev).replace(ev.call_id, "")
     assert decisions == ["application/dtmf-relay"]
+
+
+MULTIPART_INFO = (b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+                  b"--b1\r\nContent-Type: application/dtmf-relay\r\n\r\nSignal=6\r\nDuration=100\r\n--b1--\r\n")
+
+
+@pytest.mark.parametrize("ctype, body, digit", [
+    ("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n", "5"),
+    ("Application/DTMF-Relay; charset=utf-8", b"signal = *\r\n", "*"),
+    ("application/x-dtmf-relay", b"Signal=4\r\nDuration=100\r\n", "4"),
+    ("application/vnd.nortelnetworks.digits", b"d=3\r\n", "3"),
+    ("application/dtmf", b"9", "9"),
+    ("application/x-dtmf", b"#\r\n", "#"),
+    ('multipart/mixed; boundary="b1"', MULTIPART_INFO, "6"),
+    ("application/dtmf-relay", b"Signal=55\r\n", None),
+    ("application/media_control+xml", b"<media_control/>", None),
+    ("multipart/mixed", MULTIPART_INFO, None),  # no boundary
+])
+def test_info_dtmf_forms_reach_the_capture(ctype: str, body: bytes, digit: str | None):
+    """Each vendor form of INFO DTMF gives its digit (the capture takes it); the policy decides the relaying."""
+    net = Net(policy=lambda *a: False)
+    inv, ok = connect(net)
+    n_events = len(net.events)
+    raw = request("INFO", cseq=2, branch="z9hG4bKinfo", to_tag=ok.to_tag, extra=f"Content-Type: {ctype}\r\n",
+                  body=body)
+    out = net.send(raw)
+    assert statuses(out, CALLER) == [200] and only(out, PBX) == []
+    got = [e.digit for e in net.events[n_events:] if isinstance(e, InfoDtmfReceived)]
+    assert got == ([digit] if digit else [])
 
 
 def test_info_relayed_when_policy_allows():

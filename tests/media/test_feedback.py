@@ -342,3 +342,33 @@ def test_call_end_forgets_a_tone_the_relay_was_sending() -> None:
     relay.remove_call("c1")
     assert relay.get_timer() is None
     assert relay.handle_timer(3.0) == []
+
+
+class _Calls:
+    """The B2BUA's call lookup: every call's agent is agent-1."""
+
+    def call(self, call_id: str):
+        return type("Call", (), {"agent": "agent-1"})()
+
+
+@pytest.mark.parametrize("ctype", ["application/dtmf-relay", "application/x-dtmf-relay", "application/x-dtmf",
+                                   "application/vnd.nortelnetworks.digits", "multipart/mixed", "application/foo",
+                                   None])
+def test_every_caller_info_with_a_body_is_withheld_while_masking(ctype) -> None:
+    """Keypad digits come in many INFO forms; one the gateway does not know must not reach the agent."""
+    gateway = _FakeGateway(None)
+    gateway.b2bua = _Calls()
+    gateway.mask_policy = lambda agent: "capture"
+    bridge = MaskingBridge(gateway)
+    assert bridge.withholds_info("c", ctype, b"x", capturing=True)
+    assert not bridge.withholds_info("c", ctype, b"x", capturing=False)
+    assert not bridge.withholds_info("c", ctype, b"", capturing=True)  # a keep-alive INFO carries nothing
+    gateway.mask_policy = lambda agent: "always"
+    assert bridge.withholds_info("c", ctype, b"x", capturing=False)
+
+
+def test_picture_fast_update_info_is_relayed_while_masking() -> None:
+    gateway = _FakeGateway(None)
+    gateway.b2bua = _Calls()
+    gateway.mask_policy = lambda agent: "always"
+    assert not MaskingBridge(gateway).withholds_info("c", "application/media_control+xml", b"<x/>", capturing=True)
