@@ -57,6 +57,7 @@ from gateway.sip.sdp import (
     RemoteAudio,
     SdpParseError,
     SessionDescription,
+    accepted_crypto,
     build_answer,
     build_offer,
     build_rejection,
@@ -601,7 +602,9 @@ class B2bua:
         call.local_tags[_Leg.AGENT] = rnd.hex(12)
         call.sip_call_ids[_Leg.CALLER] = req.call_id
         call.sip_call_ids[_Leg.AGENT] = rnd.hex(24) + "@tonewall"
-        call.srtp_suites[_Leg.CALLER] = offer.crypto[0].suite if offer and offer.secure and offer.crypto else None
+        # The suite our answer takes, which our own offers to the caller (re-INVITEs) must use too.
+        chosen = accepted_crypto(offer) if offer is not None and offer.secure else None
+        call.srtp_suites[_Leg.CALLER] = chosen.suite if chosen is not None else None
         call.srtp_suites[_Leg.AGENT] = self.config.agent_srtp_suite
         call.te_pts[_Leg.CALLER] = offer.telephone_event.pt if offer and offer.telephone_event else 101
         call.te_pts[_Leg.AGENT] = self.config.agent_telephone_event_pt
@@ -837,6 +840,8 @@ class B2bua:
             prefer=answered_media.codec,
         )
         call.layouts[other] = (their_offer.slots, their_offer.index)
+        chosen = accepted_crypto(their_offer) if their_offer.secure else None
+        call.srtp_suites[other] = chosen.suite if chosen is not None else None
         return sd, answered_media, other_media
 
     def _remember_ack(self, call: Call, late: _LateOffer, data: bytes) -> None:

@@ -468,6 +468,11 @@ def build_offer(
     return sd, LocalOffer(tuple(chosen), telephone_event_pt, ptime_ms, srtp_suite, key, new_layout, index)
 
 
+def accepted_crypto(offer: RemoteAudio) -> Crypto | None:
+    """The offer's crypto line an answer takes (RFC 4568 7.1.1: the first we support, key valid)."""
+    return next((c for c in offer.crypto if c.suite in SRTP_SUITES and _valid_key(c.key_b64)), None)
+
+
 def build_answer(
     offer: RemoteAudio,
     *,
@@ -495,7 +500,7 @@ def build_answer(
     crypto: Crypto | None = None
     srtp: SrtpParams | None = None
     if offer.secure:
-        theirs = next((c for c in offer.crypto if c.suite in SRTP_SUITES and _valid_key(c.key_b64)), None)
+        theirs = accepted_crypto(offer)
         if theirs is None:
             raise NotAcceptable("SDP offer has no acceptable crypto suite")
         crypto = Crypto(theirs.tag, theirs.suite, new_srtp_key())

@@ -237,6 +237,25 @@ def test_srtp_on_caller_leg_only():
     assert caller_leg.srtp is not None and caller_leg.srtp.remote_key_b64 == KEY and agent_leg.srtp is None
 
 
+def test_reoffer_to_an_srtp_caller_uses_the_suite_its_answer_took():
+    """RFC 4568: a caller listing a suite we cannot do first (AES-256, RFC 6188) gets our answer on the
+    one we took; the agent's later re-INVITE (hold) reaches the caller on that suite too (it went out
+    on the caller's first line with a 128-bit key, and PJSIP answered 488)."""
+    key256 = base64.b64encode(bytes(range(46))).decode()
+    extra = (f"a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{key256}\r\n"
+             f"a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n")
+    net = Net()
+    inv = start(net, sdp(40000, proto="RTP/SAVP", extra=extra))
+    out = net.send(net.answer(inv, 200, body=sdp(50000, host="192.0.2.20")), PBX)
+    (ok,) = only(out, CALLER)
+    assert "a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:" in ok.body.decode()
+    net.send(request("ACK", cseq=1, branch="z9hG4bKack1", to_tag=ok.to_tag))
+    out = net.send(agent_request(net, inv, "INVITE", 1, body=sdp(50000, direction="sendonly", host="192.0.2.20")), PBX)
+    (reinv,) = only(out, CALLER)
+    text = reinv.body.decode()
+    assert "RTP/SAVP" in text and "AES_CM_128_HMAC_SHA1_80 inline:" in text and "AES_256" not in text
+
+
 def test_srtp_offer_refused_when_srtp_is_off():
     extra = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
     net = Net(B2buaConfig(next_hop="sip:pbx.example.com:5080", srtp_allowed=False))
