@@ -667,7 +667,14 @@ class B2bua:
                 req = self._tx.request(p.server_key)
                 if req is not None:
                     extra = [("Content-Type", resp.headers.get("Content-Type") or "")] if resp.body else []
+                    se = resp.headers.get("Session-Expires")
+                    if se:
+                        extra += self._timer_headers(resp, se)
                     self._respond(p.server_key, req, resp.status, now, reason=resp.reason, body=resp.body, extra=extra)
+                    if 200 <= resp.status < 300 and (se or req.headers.get("Session-Expires")):
+                        # RFC 4028 10: a 2xx to a refresh (an UPDATE without SDP, as PJSIP and
+                        # Asterisk send) restarts the session timer.
+                        self._session_refreshed(call, se or req.headers.get("Session-Expires"), now)
         elif resp.status >= 200:
             self._untrack(ev.key)
 
@@ -903,8 +910,19 @@ class B2bua:
                       body=body, extra=hdrs)
 
     def _session_timer_headers(self, call: Call, resp: SipResponse, now: float) -> list[tuple[str, str]]:
-        """RFC 4028: carry Session-Expires through and end the call if no refresh arrives in time."""
-        value = resp.headers.get("Session-Expires") or (call.invite.headers.get("Session-Expires") if call.invite else None)
+        """RFC 4028: carry Session-Expires through and end the call if no refresh arrives in time.
+
+        When the agent's side does not use session timers, the caller's interval still holds, with
+        the caller as the refresher (section 9: the gateway itself never refreshes), or, when the
+        caller does not support timers either, none."""
+        value = resp.headers.get("Session-Expires")
+        require_timer = "timer" in resp.headers.get_all("Require")
+        asked = call.invite.headers.get("Session-Expires") if call.invite is not None else None
+        if not value and asked:
+            assert call.invite is not None
+            if "timer" not in [v.strip().lower() for v in call.invite.headers.get_all("Supported")]:
+                return []
+            value, require_timer = asked.split(";")[0].strip() + ";refresher=uac", True
         if not value:
             return []
         secs = value.split(";")[0].strip()
@@ -913,9 +931,23 @@ class B2bua:
         call.session_interval_s = float(int(secs))
         self._arm_session(call, now)
         extra = [("Session-Expires", value)]
-        if resp.headers.get("Require") and "timer" in resp.headers.get_all("Require"):
+        if require_timer:
             extra.append(("Require", "timer"))
         return extra
+
+    @staticmethod
+    def _timer_headers(resp: SipResponse, se: str) -> list[tuple[str, str]]:
+        extra = [("Session-Expires", se)]
+        if "timer" in resp.headers.get_all("Require"):
+            extra.append(("Require", "timer"))
+        return extra
+
+    def _session_refreshed(self, call: Call, value: str | None, now: float) -> None:
+        """A refresh succeeded: the timer restarts, on the interval it names when it names one."""
+        secs = (value or "").split(";")[0].strip()
+        if secs.isascii() and secs.isdigit() and int(secs) > 0:
+            call.session_interval_s = float(int(secs))
+        self._arm_session(call, now)
 
     def _arm_session(self, call: Call, now: float) -> None:
         interval = call.session_interval_s
@@ -1031,7 +1063,7 @@ class B2bua:
                 return
             # Offerless re-INVITE (RFC 3261 14.1): relay it offerless; the other leg offers in its
             # 2xx, we offer the same in ours, and the ACKs carry the answers back.
-            extra = [("Session-Expires", se)] if se else None
+            extra = [("Session-Expires", se), ("Supported", "timer")] if se else None
             out = call.dialogs[other].new_request("INVITE", self._via(other, call), extra=extra)
             ckey = self._tx.send_request(out, call.peers[other], now)
             self._track(ckey, _Pending(call, "reinvite", other, key))
@@ -1049,7 +1081,7 @@ class B2bua:
         body, local = self._offer(call, other, codecs, offer.direction)
         extra = [("Content-Type", "application/sdp")]
         if se:
-            extra.append(("Session-Expires", se))
+            extra += [("Session-Expires", se), ("Supported", "timer")]
         out = call.dialogs[other].new_request(req.method, self._via(other, call), body=body, extra=extra)
         ckey = self._tx.send_request(out, call.peers[other], now)
         self._track(ckey, _Pending(call, "reinvite", other, key, local, offer))
@@ -1092,12 +1124,12 @@ class B2bua:
         extra = [("Contact", self._contact(origin, call)), ("Content-Type", "application/sdp")]
         se = resp.headers.get("Session-Expires")
         if se:
-            extra.append(("Session-Expires", se))
+            extra += self._timer_headers(resp, se)
         self._respond(p.server_key, req, 200, now, body=body, extra=extra)
         if req.method == "INVITE" and p.server_key is not None:
             call.accepted[p.server_key] = (req.cseq[0], origin)
             self._by_server_key[p.server_key] = call
-        self._arm_session(call, now)
+        self._session_refreshed(call, se, now)
 
     def _on_late_reoffer_2xx(self, call: Call, p: _Pending, ckey: TxKey, resp: SipResponse,
                              req: SipRequest | None, now: float) -> None:
@@ -1146,10 +1178,12 @@ class B2bua:
         extra = []
         if req.body and req.headers.get("Content-Type"):
             extra.append(("Content-Type", req.headers.get("Content-Type") or ""))
-        for name in ("Info-Package", "Event", "Subscription-State"):
+        for name in ("Info-Package", "Event", "Subscription-State", "Session-Expires", "Min-SE"):
             v = req.headers.get(name)
             if v is not None:
                 extra.append((name, v))
+        if req.headers.get("Session-Expires") is not None:
+            extra.append(("Supported", "timer"))  # RFC 4028 7.1: a refresh says it supports timers
         out = call.dialogs[other].new_request(req.method, self._via(other, call), body=req.body, extra=extra)
         ckey = self._tx.send_request(out, call.peers[other], now)
         self._track(ckey, _Pending(call, "relay", other, key))

@@ -380,12 +380,52 @@ def test_session_timer_ends_call_without_refresh():
     assert inv.headers.get("Session-Expires") == "90"
     out = net.send(net.answer(inv, 200, body=sdp(50000)), PBX)
     (ok,) = only(out, CALLER)
-    assert ok.headers.get("Session-Expires") == "90"
+    # The agent's side uses no timer: the caller refreshes (RFC 4028 9), the gateway never does.
+    assert ok.headers.get("Session-Expires") == "90;refresher=uac" and "timer" in ok.headers.get_all("Require")
     net.send(request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag))
     assert only(net.advance(50.0), CALLER) == []  # 90 - min(32, 30) = 60 s
     out = net.advance(100.0)
     assert "BYE" in statuses(out, CALLER) and "BYE" in statuses(out, PBX)
     assert any(isinstance(e, CallEnded) and e.reason == "session expired" for e in net.events)
+
+
+def test_a_caller_asking_the_gateway_to_refresh_is_told_to_refresh_itself_or_gets_no_timer():
+    """The gateway never refreshes: it answered refresher=uas and hung up at expiry (outside probe)."""
+    for supported, expect in (("Supported: timer\r\n", "30;refresher=uac"), ("", None)):
+        net = Net()
+        inv = start(net, body=None, extra=f"Session-Expires: 30;refresher=uas\r\n{supported}")
+        out = net.send(net.answer(inv, 200, body=sdp(50000)), PBX)
+        (ok,) = only(out, CALLER)
+        assert ok.headers.get("Session-Expires") == expect
+        net.send(request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag))
+        out = net.advance(100.0)
+        assert ("BYE" in statuses(out, CALLER)) == (expect is not None)
+
+
+def test_a_session_refresh_by_update_restarts_the_timer_on_both_legs():
+    """RFC 4028 10: PJSIP and Asterisk refresh with an UPDATE without SDP (the gateway allows UPDATE);
+    its Session-Expires and Supported: timer reach the other leg, the 2xx's come back, and the timer
+    restarts (the call was torn down at the old expiry)."""
+    net = Net()
+    inv = start(net, body=None, extra="Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n")
+    out = net.send(net.answer(inv, 200, body=sdp(50000), extra=[("Session-Expires", "90;refresher=uac")]), PBX)
+    (ok,) = only(out, CALLER)
+    net.send(request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag))
+    for n, t in enumerate((45.0, 90.0, 135.0)):
+        net.advance(t)
+        out = net.send(request("UPDATE", cseq=2 + n, branch=f"z9hG4bKup{n}", to_tag=ok.to_tag,
+                               extra="Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n"))
+        (update,) = only(out, PBX)
+        assert update.method == "UPDATE" and update.headers.get("Session-Expires") == "90;refresher=uac"
+        assert "timer" in update.headers.get_all("Supported")
+        out = net.send(net.answer(update, 200, extra=[("Session-Expires", "90;refresher=uac"), ("Require", "timer")]),
+                       PBX)
+        (answered,) = only(out, CALLER)
+        assert answered.status == 200 and answered.headers.get("Session-Expires") == "90;refresher=uac"
+    out = net.advance(180.0)  # 45 s after the last refresh: well inside 90 - 30
+    assert "BYE" not in statuses(out, CALLER) + statuses(out, PBX)
+    out = net.advance(200.0)  # 65 s after it, no refresh: the session expires
+    assert "BYE" in statuses(out, CALLER) and "BYE" in statuses(out, PBX)
 
 
 def test_malformed_garbage_and_other_calls_unaffected():
