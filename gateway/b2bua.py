@@ -47,6 +47,7 @@ from gateway.sip.message import (
     check_require,
     new_branch,
     parse_message,
+    parse_name_addr,
     parse_uri,
 )
 from gateway.sip.sdp import (
@@ -106,6 +107,17 @@ _DTMF_INFO_FIELDS = {
 """INFO bodies that carry a keypad digit, and the body field that holds it ("": the whole body)."""
 _DTMF_DIGITS = set("0123456789*#ABCD")
 _MULTIPART_DEPTH = 2
+_CARRIED_TO_AGENT = ("Session-Expires", "Min-SE", "Subject", "P-Asserted-Identity", "P-Preferred-Identity", "Privacy",
+                     "Authorization", "Proxy-Authorization", "Diversion", "History-Info", "User-to-User",
+                     "Remote-Party-ID", "Alert-Info", "Call-Info", "Priority", "Organization")
+"""Headers of the caller's INVITE the agent's INVITE carries, every line as written (plus X-*): the
+caller's credentials for a next hop that challenges (RFC 3261 22.2-22.3), identity, redirection and
+contact-centre (CTI) data."""
+_CARRIED_TO_CALLER = ("WWW-Authenticate", "Proxy-Authenticate", "Min-SE", "Retry-After", "Warning", "Unsupported",
+                      "Reason", "Accept", "Accept-Encoding", "Accept-Language", "Error-Info")
+"""Headers of the agent's final refusal the caller's response carries: a 401/407 challenge the
+caller answers by retrying (RFC 3261 8.1.3.5), 422's Min-SE (RFC 4028 6), 420's Unsupported,
+Retry-After and the like."""
 
 
 class CallMedia(Protocol):
@@ -507,7 +519,8 @@ class B2bua:
             self._on_cancel(req, key, found, now)
             return
         mf = req.max_forwards
-        if mf is not None and mf == 0:
+        if mf is not None and mf == 0 and req.method != "OPTIONS":
+            # RFC 3261 16.3: OPTIONS at Max-Forwards 0 is answered here (an SBC's keep-alive probe).
             self._respond(key, req, 483, now)  # RFC 3261 16.3 / 8.2: Too Many Hops
             self._events.append(MessageRejected("SIP Max-Forwards is zero", 483))
             return
@@ -626,10 +639,11 @@ class B2bua:
             ("Allow", ALLOW),
             ("User-Agent", self.config.user_agent),
         ]
-        for name in ("Session-Expires", "Min-SE", "Subject", "P-Asserted-Identity", "Privacy"):
-            v = req.headers.get(name)
-            if v is not None:
-                items.append((name, v))
+        for name, value in req.headers:
+            if name.lower().startswith("x-"):
+                items.append((name, value))
+        for name in _CARRIED_TO_AGENT:
+            items.extend((name, v) for v in req.headers.values(name))
         if req.headers.get("Session-Expires") is not None:
             items.append(("Supported", "timer"))
         local: LocalOffer | None = None
@@ -733,8 +747,27 @@ class B2bua:
             return
         self._untrack(ev.key)
         # RFC 3261 16.7-style relay of the agent's final refusal (status kept; 6xx too).
-        self._respond(call.invite_key, call.invite, status, now, reason=resp.reason, to_tag=call.local_tags[_Leg.CALLER])
+        extra = [(name, v) for name in _CARRIED_TO_CALLER for v in resp.headers.values(name)]
+        if 300 <= status < 400:
+            extra += self._redirect_contacts(resp)
+        self._respond(call.invite_key, call.invite, status, now, reason=resp.reason, to_tag=call.local_tags[_Leg.CALLER],
+                      extra=extra)
         self._end(call, f"rejected {status}", now)
+
+    def _redirect_contacts(self, resp: SipResponse) -> list[tuple[str, str]]:
+        """A 3xx's targets, at the gateway with their user kept: the redirected call comes back
+        through the gateway to the next hop (as REFER is refused, no call leaves the inspected path)."""
+        out = []
+        for value in resp.headers.get_all("Contact"):
+            try:
+                target = parse_name_addr(value)
+            except SipParseError:
+                continue
+            user = target.uri.user or ""
+            host = self.config.local_host
+            port = self._ports.get("udp", 5060)
+            out.append(("Contact", f"<sip:{user + '@' if user else ''}{host}:{port}>"))
+        return out
 
     def _accept_caller(self, call: Call, resp: SipResponse, body: bytes, now: float) -> None:
         """Our 2xx to the caller: the caller's dialog is set up and the call is answered."""
@@ -903,7 +936,10 @@ class B2bua:
         body: bytes = b"",
     ) -> None:
         assert call.invite is not None and call.invite_key is not None
-        hdrs = [("Contact", self._contact(_Leg.CALLER, call)), ("Allow", ALLOW)] + (extra or [])
+        # RFC 3261 12.1.1: a response that makes the dialog copies the INVITE's Record-Route, in order,
+        # so that the caller's in-dialog requests take the proxies' path too.
+        hdrs = [("Record-Route", v) for v in call.invite.headers.values("Record-Route")]
+        hdrs += [("Contact", self._contact(_Leg.CALLER, call)), ("Allow", ALLOW)] + (extra or [])
         if body:
             hdrs.append(("Content-Type", "application/sdp"))
         self._respond(call.invite_key, call.invite, status, now, reason=reason, to_tag=call.local_tags[_Leg.CALLER],

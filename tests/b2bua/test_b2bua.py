@@ -428,6 +428,69 @@ def test_a_session_refresh_by_update_restarts_the_timer_on_both_legs():
     assert "BYE" in statuses(out, CALLER) and "BYE" in statuses(out, PBX)
 
 
+def test_a_challenge_reaches_the_caller_and_its_credentials_reach_the_next_hop():
+    """RFC 3261 22.2: a next hop that authenticates INVITEs answers 401/407; the caller needs the
+    challenge to retry, and its retry's credentials must reach the next hop (SIPp's digest client
+    failed through the gateway: the challenge headers were dropped)."""
+    net = Net()
+    inv = start(net)
+    challenge = [("WWW-Authenticate", 'Digest realm="pbx", nonce="abc", algorithm=MD5'),
+                 ("Proxy-Authenticate", 'Digest realm="edge", nonce="n1"'),
+                 ("Proxy-Authenticate", 'Digest realm="edge2", nonce="n2"')]
+    out = net.send(net.answer(inv, 401, extra=challenge), PBX)
+    (refused,) = [m for m in only(out, CALLER) if isinstance(m, SipResponse)]
+    assert refused.status == 401
+    assert refused.headers.values("WWW-Authenticate") == [challenge[0][1]]
+    assert refused.headers.values("Proxy-Authenticate") == [challenge[1][1], challenge[2][1]]
+    creds = 'Digest username="alice", realm="pbx", nonce="abc", uri="sip:1234@gw.example.com", response="x"'
+    out = net.send(request("INVITE", cseq=2, branch="z9hG4bKretry", body=sdp(40000),
+                           extra=f"Authorization: {creds}\r\nX-Queue: gold\r\nDiversion: <sip:100@pbx>;reason=busy\r\n"))
+    (retry,) = only(out, PBX)
+    assert retry.headers.get("Authorization") == creds
+    assert retry.headers.get("X-Queue") == "gold" and retry.headers.get("Diversion") == "<sip:100@pbx>;reason=busy"
+
+
+def test_refusals_keep_what_the_caller_needs_to_act_on_them():
+    """422 keeps Min-SE (RFC 4028 6), 503 Retry-After; a 3xx's targets point at the gateway with
+    their user kept, so that the redirected call comes back through it."""
+    for status, extra, name, expect in (
+            (422, [("Min-SE", "1800")], "Min-SE", ["1800"]),
+            (503, [("Retry-After", "30")], "Retry-After", ["30"]),
+            (302, [("Contact", "<sip:2000@pbx.example.com:5080>")], "Contact", ["<sip:2000@127.0.0.1:5060>"])):
+        net = Net()
+        assert net.gw.config.local_host == "127.0.0.1"
+        inv = start(net)
+        out = net.send(net.answer(inv, status, extra=extra), PBX)
+        (refused,) = [m for m in only(out, CALLER) if isinstance(m, SipResponse)]
+        assert refused.status == status
+        got = refused.headers.values(name)
+        if status == 302:
+            got = [v for v in got if "2000@" in v]
+        assert got == expect, (status, refused.headers.items())
+
+
+def test_responses_that_make_the_callers_dialog_copy_its_record_route():
+    """RFC 3261 12.1.1: the caller's in-dialog requests must take the record-routing proxies' path."""
+    net = Net()
+    rr = "Record-Route: <sip:sbc1.example;lr>, <sip:192.0.2.50:5080;lr>\r\nRecord-Route: <sip:edge.example;lr>\r\n"
+    inv = start(net, extra=rr)
+    out = net.send(net.answer(inv, 180), PBX)
+    (ringing,) = only(out, CALLER)
+    out = net.send(net.answer(inv, 200, body=sdp(50000, host="192.0.2.20")), PBX)
+    (ok,) = only(out, CALLER)
+    for resp in (ringing, ok):
+        assert resp.headers.values("Record-Route") == ["<sip:sbc1.example;lr>, <sip:192.0.2.50:5080;lr>",
+                                                       "<sip:edge.example;lr>"]
+
+
+def test_options_at_max_forwards_zero_is_answered_other_requests_are_not():
+    net = Net()
+    out = net.send(request("OPTIONS", branch="z9hG4bKopt", max_forwards=0))
+    assert statuses(out, CALLER) == [200]
+    out = net.send(request("INVITE", branch="z9hG4bKmf0", max_forwards=0, body=sdp(40000)))
+    assert 483 in statuses(out, CALLER)
+
+
 def test_malformed_garbage_and_other_calls_unaffected():
     net = Net()
     inv, ok = connect(net)
