@@ -227,7 +227,8 @@ class B2buaConfig:
     agent_srtp_suite: str | None = None
     """Offer SDES SRTP with this suite on the agent leg (None: plain RTP)."""
     ring_timeout_s: float = 180.0
-    """No final answer from the agent leg within this: CANCEL it, 408 to the caller."""
+    """No final answer from the agent leg within this of its last provisional response (or the INVITE):
+    CANCEL it, 408 to the caller."""
     limits: Limits = Limits()
     user_agent: str = "Tonewall"
     dialog_source_check: bool = True
@@ -333,6 +334,8 @@ class Call:
         """Server INVITE transactions we answered 2xx: their CSeq number and leg, to match the ACK."""
         self.session_interval_s: float | None = None
         self.session_token = ""
+        self.ring_token = 0
+        """Names the ring timer in force (a provisional response re-arms it)."""
         self.late: _LateOffer | None = None
         self.forks: dict[str, bytes] = {}
         """To tag -> ACK of an extra 2xx from another fork of the agent INVITE (re-sent on retransmission)."""
@@ -437,7 +440,7 @@ class B2bua:
             call = self._calls.get(call_id)
             if call is None:
                 continue
-            if kind == "ring" and call.state in (CallState.TRYING, CallState.RINGING):
+            if kind == f"ring:{call.ring_token}" and call.state in (CallState.TRYING, CallState.RINGING):
                 self._end_unanswered(call, 408, "ring timeout", now)
             elif kind.startswith("session:") and call.state is CallState.ANSWERED:
                 if kind == f"session:{call.session_token}":
@@ -553,6 +556,15 @@ class B2bua:
             return
         call, leg = found
         dialog = call.dialogs.get(leg)
+        if (dialog is None and leg is _Leg.CALLER and req.method == "BYE"
+                and call.state in (CallState.TRYING, CallState.RINGING)
+                and call.invite is not None and req.from_tag == call.invite.from_tag
+                and req.to_tag == call.local_tags[_Leg.CALLER]):
+            # RFC 3261 15: the caller hangs up in the early dialog our 18x made: 200 to the BYE, 487 to
+            # its INVITE (15.1.2), the agent's INVITE cancelled.
+            self._respond(key, req, 200, now)
+            self._end_unanswered(call, 487, "caller hangup", now)
+            return
         if dialog is None or not dialog.matches(req):
             self._respond(key, req, 481, now)
             return
@@ -657,7 +669,7 @@ class B2bua:
         akey = self._tx.send_request(invite, self._hop_peer, now)
         call.agent_invite_key = akey
         self._track(akey, _Pending(call, "invite", _Leg.AGENT, key, local, offer))
-        self._arm(call, "ring", now + self.config.ring_timeout_s)
+        self._arm_ring(call, now)
         self._events.append(CallStarted(call_id, call.caller, call.agent, now))
 
     # ------------------------------------------------------------ responses
@@ -735,6 +747,7 @@ class B2bua:
             return
         if status < 200:
             call.state = CallState.RINGING
+            self._arm_ring(call, now)  # RFC 3261 16.6 Timer C: each provisional restarts it (queues, early media)
             body = b""
             if p.offer is not None and resp.body and resp.content_type == "application/sdp":
                 # Early media (RFC 3960): an answer in an unreliable 18x is a preview of the 2xx's.
@@ -1409,6 +1422,11 @@ class B2bua:
             self._by_server_key.pop(key, None)
         for key in call.acks:
             self._acks.pop(key, None)
+
+    def _arm_ring(self, call: Call, now: float) -> None:
+        """The caller is answered within `ring_timeout_s` of the last sign of progress, or given 408."""
+        call.ring_token += 1
+        self._arm(call, f"ring:{call.ring_token}", now + self.config.ring_timeout_s)
 
     def _arm(self, call: Call, kind: str, deadline: float) -> None:
         self._timer_seq += 1

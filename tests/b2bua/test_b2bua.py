@@ -224,6 +224,35 @@ def test_ring_timeout_cancels_agent():
     assert 408 in statuses(out, CALLER) and "CANCEL" in statuses(out, PBX)
 
 
+def test_provisional_responses_restart_the_ring_timer():
+    """An ACD that keeps the caller on 183 early media, re-sent every 30 s, is not cut off (RFC 3261
+    16.6 Timer C); silence after the last one still is."""
+    net = Net(B2buaConfig(next_hop="sip:pbx.example.com:5080", ring_timeout_s=60.0))
+    inv = start(net)
+    for t in (30.0, 60.0, 90.0, 120.0):
+        out = net.advance(t)
+        assert 408 not in statuses(out, CALLER)
+        net.send(net.answer(inv, 183), PBX)
+    assert 408 not in statuses(net.advance(179.0), CALLER)
+    out = net.advance(181.0)
+    assert 408 in statuses(out, CALLER) and "CANCEL" in statuses(out, PBX)
+
+
+def test_a_bye_in_the_early_dialog_ends_the_call():
+    """RFC 3261 15 / 15.1.2: after our 180 (with its tag) the caller may hang up with BYE: 200 to it,
+    487 to the INVITE, the agent's INVITE cancelled (it was 481 and the agent kept ringing)."""
+    net = Net()
+    inv = start(net)
+    out = net.send(net.answer(inv, 180), PBX)
+    (ringing,) = only(out, CALLER)
+    out = net.send(request("BYE", cseq=2, branch="z9hG4bKearlybye", to_tag=ringing.to_tag))
+    assert sorted(s for s in statuses(out, CALLER) if isinstance(s, int)) == [200, 487]
+    assert "CANCEL" in statuses(out, PBX)
+    assert any(isinstance(e, CallEnded) and e.reason == "caller hangup" for e in net.events)
+    out = net.send(request("BYE", cseq=3, branch="z9hG4bKstray", to_tag="nosuchtag"))
+    assert statuses(out, CALLER) == [481]
+
+
 def test_srtp_on_caller_leg_only():
     extra = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
     net = Net()
