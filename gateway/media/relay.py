@@ -406,7 +406,7 @@ class Leg:
         "rtcp_dest", "rtcp_src", "sdp_rtp", "sdp_rtcp", "held", "mask_slot",
         "te_receiver", "feedback_pos", "rx_lost", "rx_bad_seq", "rx_lost_reported", "rx_sampled_s",
         "candidate", "rtcp_may_move", "te_withheld_ids", "te_withheld_ssrcs", "withheld", "last_masked_s",
-        "fb_next_s", "fb_last_s", "fb_ssrc", "fb_seq", "fb_ts",
+        "fb_next_s", "fb_last_s", "fb_ssrc", "fb_seq", "fb_ts", "last_rtcp_s",
     )
 
     def __init__(self, call_id: str, name: str, direction: int, strict: bool) -> None:
@@ -446,6 +446,9 @@ class Leg:
         self.rtcp_may_move = False
         """RTP re-latched since RTCP last latched: RTCP may latch anew from the RTP source's host."""
         self.last_rx_s: float | None = None
+        self.last_rtcp_s: float | None = None
+        """Arrival of the peer's last valid RTCP: a call on hold (a=inactive) sends only RTCP (RFC 3264
+        5.1, RFC 3550 6), and it is not dead media."""
         self.seq_offset = 0
         """Packets of the current stream (`rx_ssrc`) withheld from the peer so far, modulo 2^16;
         subtracted from its outgoing sequence numbers."""
@@ -535,8 +538,8 @@ class RelayCall:
 
     @property
     def last_packet_s(self) -> float | None:
-        """Loop time of the last valid packet from either peer (media timeout)."""
-        times = [t for t in (self.caller.last_rx_s, self.agent.last_rx_s) if t is not None]
+        """Loop time of the last valid RTP or RTCP packet from either peer (media timeout)."""
+        times = [t for leg in (self.caller, self.agent) for t in (leg.last_rx_s, leg.last_rtcp_s) if t is not None]
         return max(times) if times else None
 
 
@@ -1009,6 +1012,7 @@ class Relay:
             return None
         if new_source:
             self._latch(leg, addr, rtcp=True, now=now)
+        leg.last_rtcp_s = now
         peer = leg.peer
         if leg.withheld or peer.withheld:
             data = translate_rtcp(data, leg.withheld, peer.withheld)

@@ -178,6 +178,9 @@ def test_rtcp_relayed_between_rtcp_ports() -> None:
     assert relay.receive_rtcp(call.caller, rr, (CALLER_SDP[0], 4001), 0.0) == (rr, (AGENT_SDP[0], 6001))
     assert relay.receive_rtcp(call.agent, b"\x80\xc9", (AGENT_SDP[0], 6001), 0.0) is None
     assert relay.stats.rtcp_relayed == [1, 0] and relay.stats.drops[1]["rtcp"] == 1
+    # A call on hold with a=inactive sends RTCP only: it is live media for the media timeout.
+    relay.receive_rtcp(call.caller, rr, (CALLER_SDP[0], 4001), 75.0)
+    assert call.last_packet_s == 75.0
 
 
 def key() -> str:
