@@ -1106,7 +1106,18 @@ class B2bua:
             return
         other = leg.other
         se = req.headers.get("Session-Expires")
+        # RFC 3311 5.1: no UPDATE to a caller that did not list it in Allow: an offer goes as a
+        # re-INVITE, a refresh without one is answered here.
+        method = "INVITE" if req.method == "UPDATE" and other is _Leg.CALLER and not self._caller_allows_update(call) \
+            else req.method
         if not req.body:
+            if req.method == "UPDATE" and method == "INVITE":
+                extra = [("Contact", self._contact(leg, call))]
+                if se:
+                    extra += [("Session-Expires", se), ("Require", "timer")]
+                self._respond(key, req, 200, now, extra=extra)
+                self._session_refreshed(call, se, now)
+                return
             if req.method == "UPDATE":
                 self._relay(call, leg, req, key, now)
                 return
@@ -1131,10 +1142,15 @@ class B2bua:
         extra = [("Content-Type", "application/sdp")]
         if se:
             extra += [("Session-Expires", se), ("Supported", "timer")]
-        out = call.dialogs[other].new_request(req.method, self._via(other, call), body=body, extra=extra)
+        out = call.dialogs[other].new_request(method, self._via(other, call), body=body, extra=extra)
         ckey = self._tx.send_request(out, call.peers[other], now)
         self._track(ckey, _Pending(call, "reinvite", other, key, local, offer))
         call.reinvite_busy = True
+
+    @staticmethod
+    def _caller_allows_update(call: Call) -> bool:
+        allow = call.invite.headers.get_all("Allow") if call.invite is not None else []
+        return "UPDATE" in (m.strip().upper() for m in allow)
 
     def _on_reinvite_response(self, p: _Pending, ckey: TxKey, resp: SipResponse, now: float) -> None:
         call = p.call

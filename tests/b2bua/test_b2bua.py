@@ -520,6 +520,27 @@ def test_options_at_max_forwards_zero_is_answered_other_requests_are_not():
     assert 483 in statuses(out, CALLER)
 
 
+def test_no_update_reaches_a_caller_that_does_not_allow_it():
+    """RFC 3311 5.1: the agent's UPDATE with an offer (hold) reaches such a caller as a re-INVITE; its
+    refresh without one is answered by the gateway (the caller answered 501 and the agent got it)."""
+    net = Net()
+    inv = start(net, extra="Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n")
+    out = net.send(net.answer(inv, 200, body=sdp(50000, host="192.0.2.20")), PBX)
+    (ok,) = only(out, CALLER)
+    net.send(request("ACK", cseq=1, branch="z9hG4bKack1", to_tag=ok.to_tag))
+    out = net.send(agent_request(net, inv, "UPDATE", 1, body=sdp(50000, direction="sendonly", host="192.0.2.20")), PBX)
+    (reinv,) = only(out, CALLER)
+    assert reinv.method == "INVITE" and remote_audio(parse_sdp(reinv.body)).direction is Direction.SENDONLY
+    out = net.send(net.answer(reinv, 200, tag="caller1", body=sdp(40000, direction="recvonly")), CALLER)
+    assert statuses(out, CALLER) == ["ACK"]
+    (answered,) = only(out, PBX)
+    assert answered.status == 200 and answered.cseq[1] == "UPDATE"
+    out = net.send(agent_request(net, inv, "UPDATE", 2, extra="Session-Expires: 90;refresher=uac\r\n"), PBX)
+    assert only(out, CALLER) == []
+    (answered,) = only(out, PBX)
+    assert answered.status == 200 and answered.headers.get("Session-Expires") == "90;refresher=uac"
+
+
 def test_malformed_garbage_and_other_calls_unaffected():
     net = Net()
     inv, ok = connect(net)
