@@ -1416,7 +1416,11 @@ class B2bua:
         akey = call.agent_invite_key
         for key in list(call.pending_keys):
             if key != akey:
-                self._untrack(key)  # responses to our BYE/CANCEL/relays of an ended call change nothing
+                p = self._untrack(key)  # responses to our BYE/CANCEL/relays of an ended call change nothing
+                if p is not None and p.kind in ("reinvite", "relay") and p.server_key is not None:
+                    # RFC 3261 15.1.2: the request we were relaying (a re-INVITE crossing the BYE)
+                    # still gets its final response.
+                    self._respond(p.server_key, self._tx.request(p.server_key), 487, now)
         if akey is not None and akey in self._pending:
             if _Leg.AGENT in call.dialogs:
                 self._untrack(akey)  # answered: the BYE ends it; nothing more to do for its 2xx

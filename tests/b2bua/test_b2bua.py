@@ -541,6 +541,17 @@ def test_no_update_reaches_a_caller_that_does_not_allow_it():
     assert answered.status == 200 and answered.headers.get("Session-Expires") == "90;refresher=uac"
 
 
+def test_a_reinvite_crossing_a_bye_still_gets_its_final_response():
+    """RFC 3261 15.1.2: the caller's re-INVITE is pending at the agent when the agent hangs up."""
+    net = Net()
+    inv, ok = connect(net)
+    out = net.send(request("INVITE", cseq=2, branch="z9hG4bKre1", to_tag=ok.to_tag, body=sdp(40000, direction="sendonly")))
+    (reinv,) = only(out, PBX)
+    out = net.send(agent_request(net, inv, "BYE", 1), PBX)
+    caller_got = statuses(out, CALLER)
+    assert "BYE" in caller_got and 487 in caller_got
+
+
 def test_malformed_garbage_and_other_calls_unaffected():
     net = Net()
     inv, ok = connect(net)
