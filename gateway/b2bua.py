@@ -596,11 +596,12 @@ class B2bua:
         user = ruri.user or ""
         offer: RemoteAudio | None = None
         if req.body:
-            if req.content_type != "application/sdp":
+            sdp_body = _sdp_body(req.body, req.headers.get("Content-Type"))
+            if sdp_body is None:
                 self._respond(key, req, 415, now, extra=[("Accept", "application/sdp")])
                 return
             try:
-                offer = self._audio(req.body)
+                offer = self._audio(sdp_body)
                 if not any(c.name in ("PCMU", "PCMA") for c in offer.codecs):
                     raise NotAcceptable("SDP offer has no acceptable codec")
                 if offer.secure and not self.config.srtp_allowed:
@@ -1500,26 +1501,61 @@ def _info_digit(body: bytes, content_type: str | None, depth: int = 0) -> str | 
 
 
 def _multipart_digit(body: bytes, params: str, depth: int) -> str | None:
+    for headers, content in _multipart_parts(body, params):
+        digit = _info_digit(content, headers.get("content-type"), depth + 1)
+        if digit is not None:
+            return digit
+    return None
+
+
+def _multipart_parts(body: bytes, params: str) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart body (RFC 2046 5.1): each one's headers (lower-case names) and content."""
     boundary = None
     for param in params.split(";"):
         name, _, value = param.partition("=")
         if name.strip().lower() == "boundary":
             boundary = value.strip().strip('"')
     if not boundary:
-        return None
-    for part in body.split(b"--" + boundary.encode("ascii", "replace"))[1:]:
+        return []
+    parts = []
+    delimiter = b"--" + boundary.encode("ascii", "replace")
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):
+            break  # the close delimiter
         head, sep, content = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
         if not sep:
             head, sep, content = part.lstrip(b"\n").partition(b"\n\n")
-        part_type = None
+        headers = {}
         for line in head.decode("ascii", "replace").splitlines():
             name, _, value = line.partition(":")
-            if name.strip().lower() in ("content-type", "c"):
-                part_type = value.strip()
-        digit = _info_digit(content.rstrip(b"\r\n-"), part_type, depth + 1)
-        if digit is not None:
-            return digit
-    return None
+            name = name.strip().lower()
+            headers["content-type" if name == "c" else name] = value.strip()
+        if content.endswith(b"\r\n"):
+            content = content[:-2]  # the CRLF before the next delimiter is the delimiter's
+        elif content.endswith(b"\n"):
+            content = content[:-1]
+        parts.append((headers, content))
+    return parts
+
+
+def _sdp_body(body: bytes, content_type: str | None) -> bytes | None:
+    """The SDP of an offer: the body, or its application/sdp part when it is multipart (RFC 5621:
+    SIP-I/SIP-T put ISUP beside it); None when there is none or a part the gateway cannot drop
+    is marked handling=required."""
+    media_type, _, params = (content_type or "").partition(";")
+    media_type = media_type.strip().lower()
+    if media_type == "application/sdp":
+        return body
+    if not media_type.startswith("multipart/"):
+        return None
+    sdp = None
+    for headers, content in _multipart_parts(body, params):
+        part_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if part_type == "application/sdp" and sdp is None:
+            sdp = content
+        elif "handling=required" in headers.get("content-disposition", "").replace(" ", "").lower():
+            return None
+    return sdp
 
 
 def _salvage_response(data: bytes, status: int) -> bytes | None:

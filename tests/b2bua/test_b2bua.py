@@ -253,6 +253,27 @@ def test_a_bye_in_the_early_dialog_ends_the_call():
     assert statuses(out, CALLER) == [481]
 
 
+def test_a_sip_i_offer_is_taken_from_its_sdp_part():
+    """RFC 5621 / 3204: SIP-I INVITEs carry ISUP beside the SDP; an optional part is dropped, a
+    required one the gateway cannot pass is refused 415."""
+    offer = sdp(40000)
+    for handling, expect in (("optional", "INVITE"), ("required", 415)):
+        body = (b"--sipi\r\nContent-Type: application/sdp\r\n\r\n" + offer +
+                b"\r\n--sipi\r\nContent-Type: application/isup;version=itu-t92+\r\n"
+                b"Content-Disposition: signal;handling=" + handling.encode() + b"\r\n\r\n\x01\x00\x49\x00"
+                b"\r\n--sipi--\r\n")
+        raw = request("INVITE", body=body).replace(b"Content-Type: application/sdp",
+                                                   b"Content-Type: multipart/mixed;boundary=sipi", 1)
+        net = Net()
+        out = net.send(raw)
+        if expect == "INVITE":
+            (agent_invite,) = only(out, PBX)
+            assert agent_invite.content_type == "application/sdp"
+            assert remote_audio(parse_sdp(agent_invite.body)).codecs
+        else:
+            assert expect in statuses(out, CALLER) and only(out, PBX) == []
+
+
 def test_srtp_on_caller_leg_only():
     extra = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
     net = Net()
