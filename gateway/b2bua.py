@@ -376,6 +376,9 @@ class B2bua:
         """Cancelled agent INVITEs awaiting a final answer; dropped after 64*T1 (RFC 3261 9.1)."""
         self._random = _RandomPool()
         self._agent_uris: dict[str, str] = {}
+        self._challenged: dict[str, tuple[str, str, int, float]] = {}
+        """Caller's Call-ID -> (agent leg's Call-ID, From tag, CSeq, until when) of an INVITE the next
+        hop challenged: the caller's retry (same Call-ID, RFC 3261 22.2) goes out as the same one's."""
         self._via_heads = {
             t: f"SIP/2.0/{t.upper()} {config.local_host}:{port};branch={new_branch('')}" for t, port in config.local_ports
         }
@@ -628,6 +631,12 @@ class B2bua:
         call.local_tags[_Leg.AGENT] = rnd.hex(12)
         call.sip_call_ids[_Leg.CALLER] = req.call_id
         call.sip_call_ids[_Leg.AGENT] = rnd.hex(24) + "@tonewall"
+        agent_cseq = 1
+        prior = self._challenged.pop(req.call_id, None)
+        if prior is not None and prior[3] >= now and prior[0] not in self._by_sip:
+            # The retry of a challenged INVITE: the next hop sees its own challenge answered in the
+            # same call (RFC 3261 22.2: same Call-ID and From tag, CSeq one more).
+            call.sip_call_ids[_Leg.AGENT], call.local_tags[_Leg.AGENT], agent_cseq = prior[0], prior[1], prior[2] + 1
         # The suite our answer takes, which our own offers to the caller (re-INVITEs) must use too.
         chosen = accepted_crypto(offer) if offer is not None and offer.secure else None
         call.srtp_suites[_Leg.CALLER] = chosen.suite if chosen is not None else None
@@ -647,7 +656,7 @@ class B2bua:
             ("From", str(caller_addr)),
             ("To", f"<{agent_uri}>"),
             ("Call-ID", call.sip_call_ids[_Leg.AGENT]),
-            ("CSeq", "1 INVITE"),
+            ("CSeq", f"{agent_cseq} INVITE"),
             ("Contact", self._contact(_Leg.AGENT, call)),
             ("Allow", ALLOW),
             ("User-Agent", self.config.user_agent),
@@ -764,6 +773,13 @@ class B2bua:
         extra = [(name, v) for name in _CARRIED_TO_CALLER for v in resp.headers.values(name)]
         if 300 <= status < 400:
             extra += self._redirect_contacts(resp)
+        if status in (401, 407) and call.agent_invite is not None:
+            if len(self._challenged) >= 1024:
+                self._challenged = {k: v for k, v in self._challenged.items() if v[3] >= now}
+            if len(self._challenged) < 1024:
+                self._challenged[call.sip_call_ids[_Leg.CALLER]] = (
+                    call.sip_call_ids[_Leg.AGENT], call.local_tags[_Leg.AGENT], call.agent_invite.cseq[0],
+                    now + 64 * self.config.timers.t1_s)
         self._respond(call.invite_key, call.invite, status, now, reason=resp.reason, to_tag=call.local_tags[_Leg.CALLER],
                       extra=extra)
         self._end(call, f"rejected {status}", now)
@@ -792,6 +808,7 @@ class B2bua:
         extra = self._session_timer_headers(call, resp, now)
         self._answer_caller(call, 200, resp.reason, now, extra, body=body)
         call.accepted[call.invite_key] = (call.invite.cseq[0], _Leg.CALLER)
+        self._stream_fallback(call, _Leg.CALLER, call.invite)
         call.state = CallState.ANSWERED
         self._events.append(CallAnswered(call.call_id, now))
 
@@ -1368,6 +1385,23 @@ class B2bua:
 
     def _capabilities(self) -> list[tuple[str, str]]:
         return [("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", ", ".join(SUPPORTED))]
+
+    @staticmethod
+    def _stream_fallback(call: Call, leg: _Leg, request: SipRequest) -> None:
+        """Requests to a TCP/TLS peer keep its connection while it lasts; once it closes they go over
+        a new one to the port its Contact names (RFC 3261 18.1.1), on the same host (a Contact
+        naming another host is behind a NAT: only its own connection reaches it)."""
+        peer = call.peers[leg]
+        if peer.transport not in ("tcp", "tls"):
+            return
+        try:
+            contact = request.contact
+        except SipParseError:
+            return
+        if contact is None or contact.uri.host != peer.host:
+            return
+        port = contact.uri.port or (5061 if peer.transport == "tls" else 5060)
+        call.peers[leg] = Peer(peer.transport, peer.host, port, peer.connection_id)
 
     def _from_leg_host(self, call: Call, leg: _Leg, source: Peer) -> bool:
         """Whether `source` is the host of `leg`'s peer; a next hop named by DNS name is not checked."""

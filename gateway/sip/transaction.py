@@ -120,7 +120,10 @@ _SERVER_DELIVERING = frozenset((TxState.TRYING, TxState.PROCEEDING, TxState.COMP
 
 def same_flow(failed: Peer, peer: Peer) -> bool:
     """Whether `peer` is reached over the flow that failed: same address, and the same connection
-    when both name one (a transaction to a host without a pinned connection rides whichever is open)."""
+    when both name one (a transaction to a host without a pinned connection rides whichever is open).
+    A pinned connection is the flow whatever port the peer falls back to (see B2bua._stream_fallback)."""
+    if failed.connection_id is not None and failed.connection_id == peer.connection_id:
+        return failed.transport == peer.transport
     if (failed.transport, failed.host, failed.port) != (peer.transport, peer.host, peer.port):
         return False
     return failed.connection_id is None or peer.connection_id is None or failed.connection_id == peer.connection_id

@@ -18,6 +18,7 @@ from gateway.b2bua import (
 from gateway.media.leg import Direction
 from gateway.sip.message import SipRequest, SipResponse
 from gateway.sip.sdp import parse_sdp, remote_audio
+from gateway.sip.transaction import Peer
 from tests.b2bua.ladder import CALLER, MEDIA_ADDRESS, PBX, FakeMediaController, Net, only, request, sdp, statuses
 
 KEY = base64.b64encode(bytes(range(30))).decode()
@@ -497,6 +498,8 @@ def test_a_challenge_reaches_the_caller_and_its_credentials_reach_the_next_hop()
                            extra=f"Authorization: {creds}\r\nX-Queue: gold\r\nDiversion: <sip:100@pbx>;reason=busy\r\n"))
     (retry,) = only(out, PBX)
     assert retry.headers.get("Authorization") == creds
+    # RFC 3261 22.2: the next hop sees its challenge answered in the same call.
+    assert (retry.call_id, retry.from_tag, retry.cseq) == (inv.call_id, inv.from_tag, (inv.cseq[0] + 1, "INVITE"))
     assert retry.headers.get("X-Queue") == "gold" and retry.headers.get("Diversion") == "<sip:100@pbx>;reason=busy"
 
 
@@ -571,6 +574,23 @@ def test_a_reinvite_crossing_a_bye_still_gets_its_final_response():
     out = net.send(agent_request(net, inv, "BYE", 1), PBX)
     caller_got = statuses(out, CALLER)
     assert "BYE" in caller_got and 487 in caller_got
+
+
+def test_requests_to_a_tcp_caller_fall_back_to_its_contact_port_on_its_connection():
+    """RFC 3261 18.1.1: the caller's connection carries our requests while it lasts; its Contact's
+    port (same host) is where a new connection goes once it closed (the caller never got the BYE)."""
+    tcp_caller = Peer("tcp", "192.0.2.10", 40123, 7)
+    net = Net()
+    raw = request("INVITE", body=sdp(40000), via_host="192.0.2.10:40123").replace(
+        b"Via: SIP/2.0/UDP", b"Via: SIP/2.0/TCP").replace(
+        b"Contact: <sip:alice@192.0.2.10:5060>", b"Contact: <sip:alice@192.0.2.10:5080;transport=tcp>")
+    out = net.send(raw, tcp_caller)
+    (inv,) = only(out, PBX)
+    out = net.send(net.answer(inv, 200, body=sdp(50000, host="192.0.2.20")), PBX)
+    (ok,) = [m for m, p in out if p.connection_id == 7]
+    out = net.send(agent_request(net, inv, "BYE", 1), PBX)
+    (bye,) = [(m, p) for m, p in out if isinstance(m, SipRequest) and m.method == "BYE"]
+    assert bye[1] == Peer("tcp", "192.0.2.10", 5080, 7)
 
 
 def test_malformed_garbage_and_other_calls_unaffected():
