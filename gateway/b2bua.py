@@ -559,14 +559,20 @@ class B2bua:
             return
         call, leg = found
         dialog = call.dialogs.get(leg)
-        if (dialog is None and leg is _Leg.CALLER and req.method == "BYE"
+        if (dialog is None and leg is _Leg.CALLER and req.method in ("BYE", "UPDATE")
                 and call.state in (CallState.TRYING, CallState.RINGING)
                 and call.invite is not None and req.from_tag == call.invite.from_tag
                 and req.to_tag == call.local_tags[_Leg.CALLER]):
-            # RFC 3261 15: the caller hangs up in the early dialog our 18x made: 200 to the BYE, 487 to
-            # its INVITE (15.1.2), the agent's INVITE cancelled.
-            self._respond(key, req, 200, now)
-            self._end_unanswered(call, 487, "caller hangup", now)
+            if req.method == "BYE":
+                # RFC 3261 15: the caller hangs up in the early dialog our 18x made: 200 to the BYE,
+                # 487 to its INVITE (15.1.2), the agent's INVITE cancelled.
+                self._respond(key, req, 200, now)
+                self._end_unanswered(call, 487, "caller hangup", now)
+            elif req.body:
+                # RFC 3311 5.2: the INVITE's offer/answer is not complete (our 18x are unreliable).
+                self._respond(key, req, 500, now, extra=[("Retry-After", "1")])
+            else:
+                self._respond(key, req, 200, now, extra=[("Contact", self._contact(_Leg.CALLER, call))])
             return
         if dialog is None or not dialog.matches(req):
             self._respond(key, req, 481, now)

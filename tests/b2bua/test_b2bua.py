@@ -246,11 +246,15 @@ def test_a_bye_in_the_early_dialog_ends_the_call():
     inv = start(net)
     out = net.send(net.answer(inv, 180), PBX)
     (ringing,) = only(out, CALLER)
-    out = net.send(request("BYE", cseq=2, branch="z9hG4bKearlybye", to_tag=ringing.to_tag))
+    out = net.send(request("UPDATE", cseq=2, branch="z9hG4bKearlyup", to_tag=ringing.to_tag))
+    assert statuses(out, CALLER) == [200] and only(out, PBX) == []  # RFC 3311: UPDATE in the early dialog
+    out = net.send(request("UPDATE", cseq=3, branch="z9hG4bKearlyup2", to_tag=ringing.to_tag, body=sdp(40002)))
+    assert statuses(out, CALLER) == [500]
+    out = net.send(request("BYE", cseq=4, branch="z9hG4bKearlybye", to_tag=ringing.to_tag))
     assert sorted(s for s in statuses(out, CALLER) if isinstance(s, int)) == [200, 487]
     assert "CANCEL" in statuses(out, PBX)
     assert any(isinstance(e, CallEnded) and e.reason == "caller hangup" for e in net.events)
-    out = net.send(request("BYE", cseq=3, branch="z9hG4bKstray", to_tag="nosuchtag"))
+    out = net.send(request("BYE", cseq=5, branch="z9hG4bKstray", to_tag="nosuchtag"))
     assert statuses(out, CALLER) == [481]
 
 
