@@ -306,15 +306,22 @@ class FakeMasker:
         return out, out[:, 0] == 1000
 
 
-def test_capture_holds_one_packet_masks_drops_events_and_renumbers() -> None:
-    relay, call = make(detector=FakeDetector(), masker=FakeMasker())
-    sent = []
+def caller_feed(relay, call):
+    """What the agent receives, and a function that feeds the relay one caller packet and flushes it."""
+    sent: list[bytes] = []
 
-    def feed(pkt):
+    def feed(pkt: bytes) -> None:
         out = relay.receive_rtp(call.caller, pkt, CALLER_SDP, 0.0)
         if out:
             sent.append(out[0])
         sent.extend(d for _, d, _ in relay.flush())
+
+    return sent, feed
+
+
+def test_capture_holds_one_packet_masks_drops_events_and_renumbers() -> None:
+    relay, call = make(detector=FakeDetector(), masker=FakeMasker())
+    sent, feed = caller_feed(relay, call)
 
     tone = ulaw_encode(np.full(160, 5000, np.int16)).tobytes()
     quiet = bytes([0xFF]) * 160  # mu-law zero: the fake masker passes it unchanged
@@ -344,13 +351,7 @@ def test_events_under_an_ssrc_of_their_own_shift_no_other_streams_numbers() -> N
     withholding them must not move the audio's numbers back (the agent would take the next
     packets for duplicates and drop them)."""
     relay, call = make(detector=FakeDetector(), masker=FakeMasker())
-    sent = []
-
-    def feed(pkt):
-        out = relay.receive_rtp(call.caller, pkt, CALLER_SDP, 0.0)
-        if out:
-            sent.append(out[0])
-        sent.extend(d for _, d, _ in relay.flush())
+    sent, feed = caller_feed(relay, call)
 
     quiet = bytes([0xFF]) * 160
     for seq in (1, 2, 3):
