@@ -403,8 +403,12 @@ def test_the_gateway_still_relays_audio_after_all_of_the_above(rig):
 def test_invites_the_gateway_cannot_honour_are_refused_with_the_header_that_says_why(rig, extra, ctype, status,
                                                                                     header):
     body = sdp(40000)
-    if ctype.startswith("multipart"):  # SIP-T style: SDP plus ISUP (RFC 5621 bodies are not handled)
-        body = f"--XX\r\nContent-Type: application/sdp\r\n\r\n{body}\r\n--XX--\r\n"
+    if ctype.startswith("multipart"):
+        # SIP-T style: SDP plus an ISUP part the gateway cannot drop (handling=required, RFC 5621 / 3204);
+        # with handling=optional the SDP part is taken (tests/b2bua).
+        body = (f"--XX\r\nContent-Type: application/sdp\r\n\r\n{body}\r\n--XX\r\n"
+                "Content-Type: application/isup;version=itu-t92+\r\nContent-Disposition: signal;handling=required\r\n"
+                "\r\n\x01\x00\r\n--XX--\r\n")
     call_id, inv = rig.offer(body, extra=extra, ctype=ctype, refused=True)
     final = rig.refusal
     rig.ack(call_id, final, 1)
