@@ -375,7 +375,7 @@ class B2bua:
         self._lingering: deque[tuple[float, TxKey]] = deque()
         """Cancelled agent INVITEs awaiting a final answer; dropped after 64*T1 (RFC 3261 9.1)."""
         self._random = _RandomPool()
-        self._agent_uris: dict[str, str] = {}
+        self._agent_uris: dict[tuple[str, bool], str] = {}
         self._challenged: dict[str, tuple[str, str, int, float]] = {}
         """Caller's Call-ID -> (agent leg's Call-ID, From tag, CSeq, until when) of an INVITE the next
         hop challenged: the caller's retry (same Call-ID, RFC 3261 22.2) goes out as the same one's."""
@@ -653,7 +653,7 @@ class B2bua:
         self._by_sip[req.call_id] = (call, _Leg.CALLER)
         self._by_sip[call.sip_call_ids[_Leg.AGENT]] = (call, _Leg.AGENT)
 
-        agent_uri = self._agent_uri(user)
+        agent_uri = self._agent_uri(user, ruri.params.get("user") == "phone")
         mf = req.max_forwards
         caller_addr.params = {"tag": call.local_tags[_Leg.AGENT]}
         items = [
@@ -1361,16 +1361,19 @@ class B2bua:
             head = f"SIP/2.0/{transport.upper()} {self.config.local_host}:5060;branch={new_branch('')}"
         return f"{head}{self._random.hex(16)};rport"
 
-    def _agent_uri(self, user: str) -> str:
-        """The next hop's URI with the caller's Request-URI user (DESIGN: the user is kept)."""
-        cached = self._agent_uris.get(user)
+    def _agent_uri(self, user: str, phone: bool = False) -> str:
+        """The next hop's URI with the caller's Request-URI user (DESIGN: the user is kept), and its
+        `user=phone` (RFC 3261 19.1.1: the user part is a telephone number) when it had one."""
+        cached = self._agent_uris.get((user, phone))
         if cached is None:
             uri = parse_uri(str(self._hop))
             uri.user = user or None
+            if phone and uri.user:
+                uri.params = {**uri.params, "user": "phone"}
             cached = str(uri)
             if len(self._agent_uris) >= 4096:  # called numbers repeat; bound the memory anyway
                 self._agent_uris.clear()
-            self._agent_uris[user] = cached
+            self._agent_uris[(user, phone)] = cached
         return cached
 
     def _track(self, key: TxKey, pending: _Pending) -> None:

@@ -279,6 +279,17 @@ def test_a_sip_i_offer_is_taken_from_its_sdp_part():
             assert expect in statuses(out, CALLER) and only(out, PBX) == []
 
 
+def test_a_telephone_number_request_uri_keeps_user_phone():
+    """RFC 3261 19.1.1: `user=phone` says the user part is a telephone number; the next hop needs it."""
+    net = Net()
+    out = net.send(request("INVITE", body=sdp(40000), uri="sip:+442071234567@gw.example.com;user=phone"))
+    (inv,) = only(out, PBX)
+    assert inv.uri.startswith("sip:+442071234567@pbx.example.com:5080") and inv.uri.endswith(";user=phone")
+    net = Net()
+    (inv,) = only(net.send(request("INVITE", body=sdp(40000))), PBX)
+    assert "user=phone" not in inv.uri
+
+
 def test_srtp_on_caller_leg_only():
     extra = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
     net = Net()
