@@ -710,8 +710,8 @@ class B2bua:
                 if req is not None:
                     extra = [("Content-Type", resp.headers.get("Content-Type") or "")] if resp.body else []
                     se = resp.headers.get("Session-Expires")
-                    if se:
-                        extra += self._timer_headers(resp, se)
+                    if 200 <= resp.status < 300:
+                        extra += self._refresh_answer_headers(call, req, resp, se)
                     self._respond(p.server_key, req, resp.status, now, reason=resp.reason, body=resp.body, extra=extra)
                     if 200 <= resp.status < 300 and (se or req.headers.get("Session-Expires")):
                         # RFC 4028 10: a 2xx to a refresh (an UPDATE without SDP, as PJSIP and
@@ -1009,11 +1009,18 @@ class B2bua:
         return extra
 
     @staticmethod
-    def _timer_headers(resp: SipResponse, se: str) -> list[tuple[str, str]]:
-        extra = [("Session-Expires", se)]
-        if "timer" in resp.headers.get_all("Require"):
-            extra.append(("Require", "timer"))
-        return extra
+    def _refresh_answer_headers(call: Call, req: SipRequest, resp: SipResponse, se: str | None
+                                ) -> list[tuple[str, str]]:
+        """Session-timer headers of our 2xx to a relayed request: the other side's, or, when it runs no
+        timer while the gateway holds one for the call, the gateway's own with the requester as the
+        refresher (RFC 4028 7.4: a 2xx without Session-Expires would tell it to stop refreshing,
+        and the call would end at expiry)."""
+        if se:
+            return [("Session-Expires", se)] + ([("Require", "timer")] if "timer" in resp.headers.get_all("Require")
+                                                 else [])
+        if call.session_interval_s and req.headers.get("Session-Expires"):
+            return [("Session-Expires", f"{int(call.session_interval_s)};refresher=uac"), ("Require", "timer")]
+        return []
 
     def _session_refreshed(self, call: Call, value: str | None, now: float) -> None:
         """A refresh succeeded: the timer restarts, on the interval it names when it names one."""
@@ -1212,8 +1219,7 @@ class B2bua:
         origin = p.leg.other
         extra = [("Contact", self._contact(origin, call)), ("Content-Type", "application/sdp")]
         se = resp.headers.get("Session-Expires")
-        if se:
-            extra += self._timer_headers(resp, se)
+        extra += self._refresh_answer_headers(call, req, resp, se)
         self._respond(p.server_key, req, 200, now, body=body, extra=extra)
         if req.method == "INVITE" and p.server_key is not None:
             call.accepted[p.server_key] = (req.cseq[0], origin)

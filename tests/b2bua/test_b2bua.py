@@ -468,6 +468,25 @@ def test_a_caller_asking_the_gateway_to_refresh_is_told_to_refresh_itself_or_get
         assert ("BYE" in statuses(out, CALLER)) == (expect is not None)
 
 
+def test_a_callers_refresh_answered_by_an_agent_without_timers_keeps_the_timer_named():
+    """RFC 4028 7.4: a 2xx without Session-Expires tells the caller to stop refreshing; while the
+    gateway holds a timer for the call, its 2xx names it (the call would end at the next expiry)."""
+    net = Net()
+    inv = start(net, body=None, extra="Session-Expires: 90\r\nSupported: timer\r\n")
+    out = net.send(net.answer(inv, 200, body=sdp(50000)), PBX)
+    (ok,) = only(out, CALLER)
+    net.send(request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag))
+    net.advance(40.0)
+    for n, (method, body) in enumerate((("UPDATE", b""), ("INVITE", sdp(40000)))):
+        out = net.send(request(method, cseq=2 + n, branch=f"z9hG4bKref{n}", to_tag=ok.to_tag, body=body,
+                               extra="Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n"))
+        (relayed,) = only(out, PBX)
+        out = net.send(net.answer(relayed, 200, body=sdp(50000) if body else b""), PBX)  # no Session-Expires
+        (answered,) = [m for m in only(out, CALLER) if isinstance(m, SipResponse)]
+        assert answered.status == 200 and answered.headers.get("Session-Expires") == "90;refresher=uac"
+        assert "timer" in answered.headers.get_all("Require")
+
+
 def test_a_session_refresh_by_update_restarts_the_timer_on_both_legs():
     """RFC 4028 10: PJSIP and Asterisk refresh with an UPDATE without SDP (the gateway allows UPDATE);
     its Session-Expires and Supported: timer reach the other leg, the 2xx's come back, and the timer
