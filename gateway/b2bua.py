@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import re
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
@@ -336,6 +337,7 @@ class Call:
         self.session_token = ""
         self.ring_token = 0
         """Names the ring timer in force (a provisional response re-arms it)."""
+        self.ring_armed_s = float("-inf")
         self.late: _LateOffer | None = None
         self.forks: dict[str, bytes] = {}
         """To tag -> ACK of an extra 2xx from another fork of the agent INVITE (re-sent on retransmission)."""
@@ -562,7 +564,8 @@ class B2bua:
         if (dialog is None and leg is _Leg.CALLER and req.method in ("BYE", "UPDATE")
                 and call.state in (CallState.TRYING, CallState.RINGING)
                 and call.invite is not None and req.from_tag == call.invite.from_tag
-                and req.to_tag == call.local_tags[_Leg.CALLER]):
+                and req.to_tag == call.local_tags[_Leg.CALLER]
+                and (not self.config.dialog_source_check or self._from_leg_host(call, leg, ev.source))):
             if req.method == "BYE":
                 # RFC 3261 15: the caller hangs up in the early dialog our 18x made: 200 to the BYE,
                 # 487 to its INVITE (15.1.2), the agent's INVITE cancelled.
@@ -711,7 +714,7 @@ class B2bua:
                     extra = [("Content-Type", resp.headers.get("Content-Type") or "")] if resp.body else []
                     se = resp.headers.get("Session-Expires")
                     if 200 <= resp.status < 300:
-                        extra += self._refresh_answer_headers(call, req, resp, se)
+                        extra += self._refresh_answer_headers(call, p.leg.other, req, resp, se)
                     self._respond(p.server_key, req, resp.status, now, reason=resp.reason, body=resp.body, extra=extra)
                     if 200 <= resp.status < 300 and (se or req.headers.get("Session-Expires")):
                         # RFC 4028 10: a 2xx to a refresh (an UPDATE without SDP, as PJSIP and
@@ -763,7 +766,8 @@ class B2bua:
             return
         if status < 200:
             call.state = CallState.RINGING
-            self._arm_ring(call, now)  # RFC 3261 16.6 Timer C: each provisional restarts it (queues, early media)
+            if now - call.ring_armed_s >= 1.0:  # at most one timer entry a second, however many 18x come
+                self._arm_ring(call, now)  # RFC 3261 16.6 Timer C: each provisional restarts it (queues, early media)
             body = b""
             if p.offer is not None and resp.body and resp.content_type == "application/sdp":
                 # Early media (RFC 3960): an answer in an unreliable 18x is a preview of the 2xx's.
@@ -778,7 +782,7 @@ class B2bua:
         # RFC 3261 16.7-style relay of the agent's final refusal (status kept; 6xx too).
         extra = [(name, v) for name in _CARRIED_TO_CALLER for v in resp.headers.values(name)]
         if 300 <= status < 400:
-            extra += self._redirect_contacts(resp)
+            extra += self._redirect_contacts(call, resp)
         if status in (401, 407) and call.agent_invite is not None:
             if len(self._challenged) >= 1024:
                 self._challenged = {k: v for k, v in self._challenged.items() if v[3] >= now}
@@ -790,19 +794,24 @@ class B2bua:
                       extra=extra)
         self._end(call, f"rejected {status}", now)
 
-    def _redirect_contacts(self, resp: SipResponse) -> list[tuple[str, str]]:
-        """A 3xx's targets, at the gateway with their user kept: the redirected call comes back
-        through the gateway to the next hop (as REFER is refused, no call leaves the inspected path)."""
+    def _redirect_contacts(self, call: Call, resp: SipResponse) -> list[tuple[str, str]]:
+        """A 3xx's targets, at the gateway with their user kept (a tel: number as user=phone), over
+        the transport the caller came on: the redirected call comes back through the gateway to
+        the next hop (as REFER is refused, no call leaves the inspected path)."""
         out = []
         for value in resp.headers.get_all("Contact"):
             try:
                 target = parse_name_addr(value)
             except SipParseError:
                 continue
-            user = target.uri.user or ""
-            host = self.config.local_host
-            port = self._ports.get("udp", 5060)
-            out.append(("Contact", f"<sip:{user + '@' if user else ''}{host}:{port}>"))
+            uri = target.uri
+            phone = uri.params.get("user") == "phone"
+            user = uri.user or ""
+            if uri.raw is not None and uri.raw[:4].lower() == "tel:":
+                user, phone = uri.raw[4:].split(";")[0], True
+            if not user:
+                continue
+            out.append(("Contact", self._contact(_Leg.CALLER, call, user + ("", ";user=phone")[phone])))
         return out
 
     def _accept_caller(self, call: Call, resp: SipResponse, body: bytes, now: float) -> None:
@@ -983,50 +992,55 @@ class B2bua:
                       body=body, extra=hdrs)
 
     def _session_timer_headers(self, call: Call, resp: SipResponse, now: float) -> list[tuple[str, str]]:
-        """RFC 4028: carry Session-Expires through and end the call if no refresh arrives in time.
+        """RFC 4028: the session interval (the agent's 2xx's, else the caller's request's), and the
+        call ends if no refresh arrives in time.
 
-        When the agent's side does not use session timers, the caller's interval still holds, with
-        the caller as the refresher (section 9: the gateway itself never refreshes), or, when the
-        caller does not support timers either, none."""
+        The gateway itself never refreshes, and may not reach the caller with the agent's refreshes
+        (a caller without UPDATE), so the caller's leg names the caller as its refresher when it
+        supports timers (section 9); a caller that does not is told of no timer, which then runs
+        only while the agent's side refreshes."""
         value = resp.headers.get("Session-Expires")
-        require_timer = "timer" in resp.headers.get_all("Require")
         asked = call.invite.headers.get("Session-Expires") if call.invite is not None else None
-        if not value and asked:
-            assert call.invite is not None
-            if "timer" not in [v.strip().lower() for v in call.invite.headers.get_all("Supported")]:
-                return []
-            value, require_timer = asked.split(";")[0].strip() + ";refresher=uac", True
-        if not value:
+        caller_times = self._caller_supports_timer(call)
+        if not value and (not asked or not caller_times):
             return []
-        secs = value.split(";")[0].strip()
-        if not secs.isascii() or not secs.isdigit():
+        secs = _interval(value or asked)
+        if secs is None:
             return []
-        call.session_interval_s = float(int(secs))
+        call.session_interval_s = float(secs)
         self._arm_session(call, now)
-        extra = [("Session-Expires", value)]
-        if require_timer:
-            extra.append(("Require", "timer"))
-        return extra
+        return self._caller_timer_headers(call, secs) if caller_times else []
 
     @staticmethod
-    def _refresh_answer_headers(call: Call, req: SipRequest, resp: SipResponse, se: str | None
-                                ) -> list[tuple[str, str]]:
-        """Session-timer headers of our 2xx to a relayed request: the other side's, or, when it runs no
-        timer while the gateway holds one for the call, the gateway's own with the requester as the
-        refresher (RFC 4028 7.4: a 2xx without Session-Expires would tell it to stop refreshing,
-        and the call would end at expiry)."""
+    def _caller_supports_timer(call: Call) -> bool:
+        return call.invite is not None and "timer" in [v.strip().lower() for v in call.invite.headers.get_all("Supported")]
+
+    @staticmethod
+    def _caller_timer_headers(call: Call, secs: int) -> list[tuple[str, str]]:
+        return [("Session-Expires", f"{secs};refresher=uac"), ("Require", "timer")]
+
+    def _refresh_answer_headers(self, call: Call, origin: _Leg, req: SipRequest, resp: SipResponse,
+                                se: str | None) -> list[tuple[str, str]]:
+        """Session-timer headers of our 2xx to a relayed request, whose interval `_session_refreshed`
+        arms next. To the caller: the interval with the caller as refresher (see
+        `_session_timer_headers`), also when the agent's side runs no timer (RFC 4028 7.4: a 2xx
+        without Session-Expires would tell the caller to stop refreshing). To the agent: its peer's."""
+        if origin is _Leg.CALLER:
+            secs = _interval(se or req.headers.get("Session-Expires"))
+            if secs is None and call.session_interval_s and req.headers.get("Session-Expires"):
+                secs = int(call.session_interval_s)
+            return self._caller_timer_headers(call, secs) if secs is not None and self._caller_supports_timer(call) \
+                else []
         if se:
             return [("Session-Expires", se)] + ([("Require", "timer")] if "timer" in resp.headers.get_all("Require")
                                                  else [])
-        if call.session_interval_s and req.headers.get("Session-Expires"):
-            return [("Session-Expires", f"{int(call.session_interval_s)};refresher=uac"), ("Require", "timer")]
         return []
 
     def _session_refreshed(self, call: Call, value: str | None, now: float) -> None:
         """A refresh succeeded: the timer restarts, on the interval it names when it names one."""
-        secs = (value or "").split(";")[0].strip()
-        if secs.isascii() and secs.isdigit() and int(secs) > 0:
-            call.session_interval_s = float(int(secs))
+        secs = _interval(value)
+        if secs is not None:
+            call.session_interval_s = float(secs)
         self._arm_session(call, now)
 
     def _arm_session(self, call: Call, now: float) -> None:
@@ -1154,29 +1168,46 @@ class B2bua:
                 return
             # Offerless re-INVITE (RFC 3261 14.1): relay it offerless; the other leg offers in its
             # 2xx, we offer the same in ours, and the ACKs carry the answers back.
-            extra = [("Session-Expires", se), ("Supported", "timer")] if se else None
-            out = call.dialogs[other].new_request("INVITE", self._via(other, call), extra=extra)
+            out = call.dialogs[other].new_request("INVITE", self._via(other, call),
+                                                  extra=self._refresh_request_headers(call, other, req))
             ckey = self._tx.send_request(out, call.peers[other], now)
             self._track(ckey, _Pending(call, "reinvite", other, key))
             call.reinvite_busy = True
             return
+        sdp_body = _sdp_body(req.body, req.headers.get("Content-Type"))
+        if sdp_body is None:
+            self._respond(key, req, 415, now, extra=[("Accept", "application/sdp")])
+            return
         try:
-            offer = self._audio(req.body)
+            offer = self._audio(sdp_body)
             codecs = [c.name for c in offer.codecs if c.name in _INSPECTABLE]
             if not codecs:
                 raise NotAcceptable("SDP offer has no acceptable codec")
-        except NotAcceptable as exc:
+        except SdpParseError as exc:
             self._refuse(key, req, exc, now)
             return
         codecs = self._reoffer_codecs(call, other, codecs)
         body, local = self._offer(call, other, codecs, offer.direction)
-        extra = [("Content-Type", "application/sdp")]
-        if se:
-            extra += [("Session-Expires", se), ("Supported", "timer")]
+        extra = [("Content-Type", "application/sdp")] + self._refresh_request_headers(call, other, req)
         out = call.dialogs[other].new_request(method, self._via(other, call), body=body, extra=extra)
         ckey = self._tx.send_request(out, call.peers[other], now)
         self._track(ckey, _Pending(call, "reinvite", other, key, local, offer))
         call.reinvite_busy = True
+
+    def _refresh_request_headers(self, call: Call, to: _Leg, req: SipRequest) -> list[tuple[str, str]]:
+        """Session-timer headers of a request relayed to leg `to` (RFC 4028 7.1: a refresh says it
+        supports timers). To the caller the refresher stays the caller (refresher=uas of our
+        request; see `_session_timer_headers`), and a caller without timers hears of none."""
+        se = req.headers.get("Session-Expires")
+        if not se:
+            return []
+        if to is _Leg.CALLER:
+            secs = _interval(se)
+            if secs is None or not self._caller_supports_timer(call):
+                return []
+            return [("Session-Expires", f"{secs};refresher=uas"), ("Supported", "timer")]
+        extra = [("Session-Expires", se)] + [("Min-SE", v) for v in req.headers.values("Min-SE")]
+        return extra + [("Supported", "timer")]
 
     @staticmethod
     def _caller_allows_update(call: Call) -> bool:
@@ -1218,8 +1249,8 @@ class B2bua:
                         now: float) -> None:
         origin = p.leg.other
         extra = [("Contact", self._contact(origin, call)), ("Content-Type", "application/sdp")]
-        se = resp.headers.get("Session-Expires")
-        extra += self._refresh_answer_headers(call, req, resp, se)
+        se = resp.headers.get("Session-Expires") or req.headers.get("Session-Expires")
+        extra += self._refresh_answer_headers(call, origin, req, resp, resp.headers.get("Session-Expires"))
         self._respond(p.server_key, req, 200, now, body=body, extra=extra)
         if req.method == "INVITE" and p.server_key is not None:
             call.accepted[p.server_key] = (req.cseq[0], origin)
@@ -1259,7 +1290,9 @@ class B2bua:
     def _on_info(self, call: Call, leg: _Leg, req: SipRequest, key: TxKey, now: float) -> None:
         ctype = req.content_type
         digit = _info_digit(req.body, req.headers.get("Content-Type")) if leg is _Leg.CALLER else None
-        forward = True if self.info_policy is None else bool(self.info_policy(call.call_id, req.body, ctype))
+        # The capture's policy governs the caller's INFO only; the agent's reaches the caller.
+        forward = True if self.info_policy is None or leg is not _Leg.CALLER else \
+            bool(self.info_policy(call.call_id, req.body, ctype))
         if digit is not None:
             self._events.append(InfoDtmfReceived(call.call_id, digit, forward))
         if forward:
@@ -1273,12 +1306,11 @@ class B2bua:
         extra = []
         if req.body and req.headers.get("Content-Type"):
             extra.append(("Content-Type", req.headers.get("Content-Type") or ""))
-        for name in ("Info-Package", "Event", "Subscription-State", "Session-Expires", "Min-SE"):
+        for name in ("Info-Package", "Event", "Subscription-State"):
             v = req.headers.get(name)
             if v is not None:
                 extra.append((name, v))
-        if req.headers.get("Session-Expires") is not None:
-            extra.append(("Supported", "timer"))  # RFC 4028 7.1: a refresh says it supports timers
+        extra += self._refresh_request_headers(call, other, req)
         out = call.dialogs[other].new_request(req.method, self._via(other, call), body=req.body, extra=extra)
         ckey = self._tx.send_request(out, call.peers[other], now)
         self._track(ckey, _Pending(call, "relay", other, key))
@@ -1392,11 +1424,14 @@ class B2bua:
             p.call.pending_keys.discard(key)
         return p
 
-    def _contact(self, leg: _Leg, call: Call) -> str:
+    def _contact(self, leg: _Leg, call: Call, user: str = "") -> str:
+        """The gateway's URI on `leg`'s transport; `user` may end in URI parameters (";user=phone")."""
         transport = call.peers[leg].transport
         port = self._ports.get(transport, 5060)
-        scheme_param = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:{self.config.local_host}:{port}{scheme_param}>"
+        name, _, params = user.partition(";")
+        at = f"{name}@" if name else ""
+        scheme_param = ("" if transport == "udp" else f";transport={transport}") + (f";{params}" if params else "")
+        return f"<sip:{at}{self.config.local_host}:{port}{scheme_param}>"
 
     def _capabilities(self) -> list[tuple[str, str]]:
         return [("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", ", ".join(SUPPORTED))]
@@ -1496,6 +1531,7 @@ class B2bua:
     def _arm_ring(self, call: Call, now: float) -> None:
         """The caller is answered within `ring_timeout_s` of the last sign of progress, or given 408."""
         call.ring_token += 1
+        call.ring_armed_s = now
         self._arm(call, f"ring:{call.ring_token}", now + self.config.ring_timeout_s)
 
     def _arm(self, call: Call, kind: str, deadline: float) -> None:
@@ -1509,6 +1545,12 @@ class B2bua:
         if resp is not None:
             self._events[-1] = MessageRejected(str(exc), exc.status)
             self._out.append((resp, source))
+
+
+def _interval(session_expires: str | None) -> int | None:
+    """The delta-seconds of a Session-Expires value (RFC 4028 4); None when absent or malformed."""
+    secs = (session_expires or "").split(";")[0].strip()
+    return int(secs) if secs.isascii() and secs.isdigit() and 0 < int(secs) < 2**31 else None
 
 
 def _end_reason(exc: Exception) -> str:
@@ -1567,8 +1609,9 @@ def _multipart_parts(body: bytes, params: str) -> list[tuple[dict[str, str], byt
     if not boundary:
         return []
     parts = []
-    delimiter = b"--" + boundary.encode("ascii", "replace")
-    for part in body.split(delimiter)[1:]:
+    # RFC 2046 5.1.1: a delimiter is "--boundary" at the start of a line (CRLF before it, or the body's start).
+    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(boundary.encode("ascii", "replace")))
+    for part in delimiter.split(body)[1:]:
         if part.startswith(b"--"):
             break  # the close delimiter
         head, sep, content = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
@@ -1579,10 +1622,6 @@ def _multipart_parts(body: bytes, params: str) -> list[tuple[dict[str, str], byt
             name, _, value = line.partition(":")
             name = name.strip().lower()
             headers["content-type" if name == "c" else name] = value.strip()
-        if content.endswith(b"\r\n"):
-            content = content[:-2]  # the CRLF before the next delimiter is the delimiter's
-        elif content.endswith(b"\n"):
-            content = content[:-1]
         parts.append((headers, content))
     return parts
 

@@ -166,7 +166,7 @@ MAX_QUEUED_EVENTS = 100_000
 WITHHELD_EVENT_IDS = 32
 """Withheld telephone-event identities remembered per leg: the receiver's recent keys (16), twice."""
 WITHHELD_STREAMS = 8
-"""SSRCs per leg whose withheld counts are kept (a phone uses one or two; the oldest goes first)."""
+"""SSRCs per leg whose withheld counts are kept (a phone uses one or two)."""
 MAX_FEEDBACK_SAMPLES = 16_000
 """Feedback tone samples queued per call at most (2 s at 8 kHz); a request beyond it is dropped."""
 FEEDBACK_IDLE_S = 0.06
@@ -1709,7 +1709,9 @@ class Relay:
         counts = leg.withheld.get(ssrc)
         if counts is None:
             if len(leg.withheld) >= WITHHELD_STREAMS:
-                del leg.withheld[next(iter(leg.withheld))]
+                # The stream with the fewest withheld goes (a short-lived event stream, not the
+                # call's audio), never the one playing now: their numbering holds.
+                del leg.withheld[min((k for k in leg.withheld if k != leg.rx_ssrc), key=lambda k: leg.withheld[k][0])]
             counts = leg.withheld[ssrc] = [0, 0]
         counts[0] += 1
         counts[1] += octets

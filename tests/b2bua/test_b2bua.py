@@ -627,6 +627,78 @@ def test_requests_to_a_tcp_caller_fall_back_to_its_contact_port_on_its_connectio
     assert bye[1] == Peer("tcp", "192.0.2.10", 5080, 7)
 
 
+def test_the_caller_stays_its_legs_refresher_whatever_the_agent_side_chose():
+    """The gateway never refreshes and cannot reach a caller without UPDATE with the agent's refreshes:
+    the caller's leg names the caller as refresher at setup, in our requests and in our answers, on
+    the interval it is then held to (review: refresher=uas passed through and the caller expired)."""
+    net = Net()
+    inv = start(net, body=None, extra="Session-Expires: 1800\r\nSupported: timer\r\nAllow: INVITE, ACK, BYE\r\n")
+    out = net.send(net.answer(inv, 200, body=sdp(50000), extra=[("Session-Expires", "1800;refresher=uas")]), PBX)
+    (ok,) = only(out, CALLER)
+    assert ok.headers.get("Session-Expires") == "1800;refresher=uac"
+    net.send(request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag))
+    # The agent re-offers with its own refresher: the caller hears that it refreshes (uas of our request).
+    out = net.send(agent_request(net, inv, "INVITE", 1, body=sdp(50000, host="192.0.2.20"),
+                                 extra="Session-Expires: 1800;refresher=uac\r\nSupported: timer\r\n"), PBX)
+    (reinv,) = only(out, CALLER)
+    assert reinv.headers.get("Session-Expires") == "1800;refresher=uas"
+    out = net.send(net.answer(reinv, 200, tag="caller1", body=sdp(40000)), CALLER)
+    assert [m.status for m in only(out, PBX)] == [200]
+    net.send(agent_request(net, inv, "ACK", 1), PBX)
+    # The caller refreshes with a shorter interval: it is answered with the one it is held to.
+    out = net.send(request("UPDATE", cseq=2, branch="z9hG4bKup", to_tag=ok.to_tag,
+                           extra="Session-Expires: 90\r\nSupported: timer\r\n"))
+    (update,) = only(out, PBX)
+    out = net.send(net.answer(update, 200), PBX)
+    (answered,) = only(out, CALLER)
+    assert answered.headers.get("Session-Expires") == "90;refresher=uac"
+    assert "BYE" not in statuses(net.advance(50.0), CALLER)
+    assert "BYE" in statuses(net.advance(70.0), CALLER)
+
+
+def test_the_agents_info_reaches_the_caller_whatever_the_capture_policy():
+    """The capture's INFO policy is for the caller's INFO (review: the agent's was withheld too)."""
+    net = Net(policy=lambda *a: False)
+    inv, ok = connect(net)
+    raw = agent_request(net, inv, "INFO", 1, extra="Content-Type: application/x-cti\r\n")
+    out = net.send(raw, PBX)
+    assert [m.method for m in only(out, CALLER)] == ["INFO"]
+
+
+def test_an_early_bye_from_another_host_is_refused():
+    net = Net()
+    inv = start(net)
+    out = net.send(net.answer(inv, 180), PBX)
+    (ringing,) = only(out, CALLER)
+    out = net.send(request("BYE", cseq=2, branch="z9hG4bKforeign", to_tag=ringing.to_tag), Peer("udp", "203.0.113.9", 5060))
+    assert [m.status for m, _ in out] == [481] and only(out, PBX) == []
+
+
+def test_a_redirect_to_a_tls_caller_stays_on_tls_and_a_tel_target_keeps_its_number():
+    net = Net()
+    tls_caller = Peer("tls", "192.0.2.10", 40555, 3)
+    raw = request("INVITE", body=sdp(40000), via_host="192.0.2.10:40555").replace(b"SIP/2.0/UDP", b"SIP/2.0/TLS")
+    (inv,) = only(net.send(raw, tls_caller), PBX)
+    out = net.send(net.answer(inv, 302, extra=[("Contact", "<tel:+442071234567>")]), PBX)
+    (moved,) = [m for m, p in out if p.connection_id == 3 and isinstance(m, SipResponse) and m.status == 302]
+    contacts = moved.headers.values("Contact")
+    assert all(";transport=tls" in c for c in contacts)
+    assert any(c.startswith("<sip:+442071234567@") and ";user=phone" in c for c in contacts)
+
+
+def test_a_sip_i_reinvite_is_taken_from_its_sdp_part():
+    net = Net()
+    inv, ok = connect(net)
+    body = (b"--b\r\nContent-Type: application/sdp\r\n\r\n" + sdp(40000, direction="sendonly") +
+            b"\r\n--b\r\nContent-Type: application/isup\r\nContent-Disposition: signal;handling=optional\r\n\r\n"
+            b"s=--b not a delimiter\r\n--b--\r\n")
+    raw = request("INVITE", cseq=2, branch="z9hG4bKsipi", to_tag=ok.to_tag, body=body).replace(
+        b"Content-Type: application/sdp", b"Content-Type: multipart/mixed;boundary=b", 1)
+    out = net.send(raw)
+    (reinv,) = only(out, PBX)
+    assert reinv.method == "INVITE" and remote_audio(parse_sdp(reinv.body)).direction is Direction.SENDONLY
+
+
 def test_malformed_garbage_and_other_calls_unaffected():
     net = Net()
     inv, ok = connect(net)
