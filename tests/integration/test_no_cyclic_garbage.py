@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime
 import gc
 import ssl
 import time
@@ -24,8 +23,7 @@ import pytest
 from gateway.api.auth import issue_token, load_or_create_dev_key
 
 from gateway.demo.useragent import CallEnded, CallEstablished, UserAgent
-from gateway.demo.voice import KeyingTiming, SensitiveKeys
-from tests.integration.inprocess import start_gateway
+from tests.integration.inprocess import key_test_card, start_gateway
 
 OURS = ("gateway.", "dtmf.")
 
@@ -58,19 +56,7 @@ async def test_ended_calls_and_captures_leave_no_cyclic_garbage(tmp_path):
                 assert isinstance(await endpoint.wait_event(10.0), CallEstablished)
             call_id = gateway.b2bua.calls[0].call_id
             if keyed:
-                view = await capture.service.start(call_id, [], actor="alice")
-                await asyncio.sleep(0.3)
-                expiry = (datetime.date.today() + datetime.timedelta(days=730)).strftime("%m%y")
-                keys = SensitiveKeys("4" + "1" * 15 + "#" + expiry + "#123#")
-                caller.voice.key(keys, KeyingTiming())
-                keys.wipe()
-                while not caller.voice.idle:
-                    await asyncio.sleep(0.05)
-                for _ in range(100):
-                    if capture.service.get(view.capture_id).state in ("tokenized", "failed"):
-                        break
-                    await asyncio.sleep(0.05)
-                states.append(capture.service.get(view.capture_id).state)
+                states.append(await key_test_card(capture, caller, call_id))
             else:
                 async with session.post(f"{base}/v1/calls/{call_id}/captures", json={}, ssl=tls) as response:
                     assert response.status == 201

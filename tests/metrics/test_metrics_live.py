@@ -8,15 +8,13 @@ capture service, and the caller keying a card in-band.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import re
 
 import aiohttp
 import pytest
 
 from gateway.demo.useragent import CallEstablished
-from gateway.demo.voice import KeyingTiming, SensitiveKeys
-from tests.integration.inprocess import start_gateway
+from tests.integration.inprocess import key_test_card, start_gateway
 
 SAMPLE = re.compile(r"^(tonewall_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+|NaN|\+Inf)$", re.M)
 
@@ -81,18 +79,7 @@ async def test_metrics_move_during_a_live_call_with_a_capture(tmp_path):
             assert _total(talking, "tonewall_event_loop_lag_seconds_count") >= 1
 
             call = gateway.b2bua.calls[0]
-            view = await capture.service.start(call.call_id, [], actor="alice")
-            expiry = (datetime.date.today() + datetime.timedelta(days=730)).strftime("%m%y")
-            keys = SensitiveKeys("4" + "1" * 15 + "#" + expiry + "#123#")
-            caller.voice.key(keys, KeyingTiming())
-            keys.wipe()
-            while not caller.voice.idle:
-                await asyncio.sleep(0.05)
-            for _ in range(100):
-                if capture.service.get(view.capture_id).state in ("tokenized", "failed"):
-                    break
-                await asyncio.sleep(0.05)
-            assert capture.service.get(view.capture_id).state == "tokenized"
+            assert await key_test_card(capture, caller, call.call_id) == "tokenized"
             after = await _scrape(session, metrics_port)
     finally:
         caller.hang_up()
