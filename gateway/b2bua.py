@@ -1009,15 +1009,11 @@ class B2bua:
             return []
         call.session_interval_s = float(secs)
         self._arm_session(call, now)
-        return self._caller_timer_headers(call, secs) if caller_times else []
+        return _caller_timer_headers(secs) if caller_times else []
 
     @staticmethod
     def _caller_supports_timer(call: Call) -> bool:
         return call.invite is not None and "timer" in [v.strip().lower() for v in call.invite.headers.get_all("Supported")]
-
-    @staticmethod
-    def _caller_timer_headers(call: Call, secs: int) -> list[tuple[str, str]]:
-        return [("Session-Expires", f"{secs};refresher=uac"), ("Require", "timer")]
 
     def _refresh_answer_headers(self, call: Call, origin: _Leg, req: SipRequest, resp: SipResponse,
                                 se: str | None) -> list[tuple[str, str]]:
@@ -1029,7 +1025,7 @@ class B2bua:
             secs = _interval(se or req.headers.get("Session-Expires"))
             if secs is None and call.session_interval_s and req.headers.get("Session-Expires"):
                 secs = int(call.session_interval_s)
-            return self._caller_timer_headers(call, secs) if secs is not None and self._caller_supports_timer(call) \
+            return _caller_timer_headers(secs) if secs is not None and self._caller_supports_timer(call) \
                 else []
         if se:
             return [("Session-Expires", se)] + ([("Require", "timer")] if "timer" in resp.headers.get_all("Require")
@@ -1545,6 +1541,11 @@ class B2bua:
         if resp is not None:
             self._events[-1] = MessageRejected(str(exc), exc.status)
             self._out.append((resp, source))
+
+
+def _caller_timer_headers(secs: int) -> list[tuple[str, str]]:
+    """Our answer's session timer on the caller's leg: the caller refreshes (RFC 4028 9)."""
+    return [("Session-Expires", f"{secs};refresher=uac"), ("Require", "timer")]
 
 
 def _interval(session_expires: str | None) -> int | None:

@@ -957,8 +957,7 @@ class Relay:
                 if leg.masking or leg.te_withheld_ids and self._withheld_event(leg, data, started):
                     # Issue 4 item 1: the caller's RFC 4733 events never reach the agent, nor
                     # does the rest of one that began while masking (a key held past the capture).
-                    self._withhold_event(leg, data, started)
-                    self._count_withheld(leg, data, end - start)
+                    self._withhold_event(leg, data, started, end - start)
                     self.stats.captured += 1
                     return None
         elif pt == leg.audio_pt:
@@ -1342,10 +1341,7 @@ class Relay:
                 for leg in new_holders:
                     self._holding[leg] = None
                 self.timer_changed = True
-            if done < k:
-                todo = rows[done:]
-            else:
-                todo = []
+            todo = rows[done:]
         for row, st in zip(todo, state):
             leg = row[0]
             if leg.capturing:
@@ -1703,9 +1699,8 @@ class Relay:
         return not started and ssrc in leg.te_withheld_ssrcs
 
     @staticmethod
-    def _count_withheld(leg: Leg, data: bytes, octets: int) -> None:
+    def _count_withheld(leg: Leg, ssrc: int, octets: int) -> None:
         """One more packet of its stream withheld: the stream's renumbering and RTCP counts follow."""
-        ssrc = _TS_SSRC.unpack_from(data, 4)[1]
         counts = leg.withheld.get(ssrc)
         if counts is None:
             if len(leg.withheld) >= WITHHELD_STREAMS:
@@ -1718,14 +1713,15 @@ class Relay:
         if ssrc == leg.rx_ssrc:
             leg.seq_offset = counts[0] & 0xFFFF
 
-    @staticmethod
-    def _withhold_event(leg: Leg, data: bytes, started: bool) -> None:
-        """Remember a withheld event packet's identity, so the rest of its event is withheld too."""
+    def _withhold_event(self, leg: Leg, data: bytes, started: bool, octets: int) -> None:
+        """Remember a withheld event packet's identity, so the rest of its event is withheld too,
+        and count it against its stream (`octets`: its payload)."""
         ts, ssrc = _TS_SSRC.unpack_from(data, 4)
         if (ssrc, ts) not in leg.te_withheld_ids:
             leg.te_withheld_ids.append((ssrc, ts))
         if started or leg.masking:
             leg.te_withheld_ssrcs.add(ssrc)
+        self._count_withheld(leg, ssrc, octets)
 
     def _telephone_events(self, leg: Leg, events: list[Any]) -> None:
         call_id = leg.call_id
