@@ -749,7 +749,7 @@ class B2bua:
                 return
             p.ack = self._ack_2xx(call, _Leg.AGENT, dialog, call.agent_invite.cseq[0], None)
             try:
-                if resp.body or call.caller_answer is None:  # RFC 3261 13.2.1: else the 18x held the answer
+                if _message_sdp(resp) or call.caller_answer is None:  # RFC 3261 13.2.1: else the 18x held the answer
                     self._media_from_agent(call, p, resp)
             except (SdpParseError, NotAcceptable) as exc:
                 self._send_bye_on(call, _Leg.AGENT, now)
@@ -769,7 +769,7 @@ class B2bua:
             if now - call.ring_armed_s >= 1.0:  # at most one timer entry a second, however many 18x come
                 self._arm_ring(call, now)  # RFC 3261 16.6 Timer C: each provisional restarts it (queues, early media)
             body = b""
-            if p.offer is not None and resp.body and resp.content_type == "application/sdp":
+            if p.offer is not None and _message_sdp(resp):
                 # Early media (RFC 3960): an answer in an unreliable 18x is a preview of the 2xx's.
                 try:
                     self._media_from_agent(call, p, resp)
@@ -850,10 +850,11 @@ class B2bua:
 
     def _fallback_answer(self, call: Call, resp: SipResponse, leg: _Leg = _Leg.AGENT) -> bytes | None:
         """An answer refusing the offer in a 2xx we hang up on (RFC 3261 13.2.2.4: the ACK must answer)."""
-        if not resp.body or resp.content_type != "application/sdp" or resp.cseq[1] != "INVITE":
+        sdp = _message_sdp(resp)
+        if not sdp or resp.cseq[1] != "INVITE":
             return None
         try:
-            offer = remote_audio(parse_sdp(resp.body))
+            offer = remote_audio(parse_sdp(sdp))
         except SdpParseError:
             return None
         if call.agent_invite is not None and call.agent_invite.body and resp.cseq[0] == call.agent_invite.cseq[0]:
@@ -865,9 +866,10 @@ class B2bua:
         """The agent offered in its 2xx: offer the caller the same in our 2xx; the ACKs carry the answers."""
         assert call.agent_invite is not None and call.invite is not None
         try:
-            if not resp.body or resp.content_type != "application/sdp":
+            sdp = _message_sdp(resp)
+            if not sdp:
                 raise NotAcceptable("SDP offer is missing from the 2xx")
-            their = self._audio(resp.body)
+            their = self._audio(sdp)
             codecs = [c.name for c in their.codecs if c.name in _INSPECTABLE]
             if not codecs:
                 raise NotAcceptable("SDP offer has no acceptable codec")
@@ -892,10 +894,11 @@ class B2bua:
         answer_leg, offer_leg = late.offer_leg.other, late.offer_leg
         dialog = call.dialogs[offer_leg]
         try:
-            if not ack.body or ack.content_type != "application/sdp":
+            sdp = _message_sdp(ack)
+            if not sdp:
                 raise NotAcceptable("SDP answer is missing from the ACK")
             sd, new_answer_leg, new_offer_leg = self._bridge_answer(
-                call, answer_leg, late.our_offer, ack.body, late.their_offer)
+                call, answer_leg, late.our_offer, sdp, late.their_offer)
         except (SdpParseError, NotAcceptable) as exc:
             # RFC 3261 13.2.2.4: still ACK with a valid answer, then hang up.
             self._events.append(MessageRejected(str(exc), 488))
@@ -954,7 +957,7 @@ class B2bua:
     def _media_from_agent(self, call: Call, p: _Pending, resp: SipResponse) -> None:
         """The agent's answer (in a 18x or the 2xx) sets up both legs; a later one updates the agent leg."""
         assert p.offer is not None
-        agent_leg = self._leg_from_answer(call, _Leg.AGENT, p.offer, resp.body)
+        agent_leg = self._leg_from_answer(call, _Leg.AGENT, p.offer, _message_sdp(resp))
         if call.caller_offer is None:
             return
         if call.caller_answer is None:
@@ -1231,7 +1234,7 @@ class B2bua:
             return
         try:
             assert p.offer is not None and p.remote_offer is not None
-            sd, new_other, new_origin = self._bridge_answer(call, p.leg, p.offer, resp.body, p.remote_offer)
+            sd, new_other, new_origin = self._bridge_answer(call, p.leg, p.offer, _message_sdp(resp), p.remote_offer)
         except (SdpParseError, NotAcceptable) as exc:
             self._refuse(p.server_key, req, exc, now)
             return
@@ -1260,9 +1263,10 @@ class B2bua:
         try:
             if req is None:
                 raise NotAcceptable("SDP offer has nowhere to go")
-            if not resp.body or resp.content_type != "application/sdp":
+            sdp = _message_sdp(resp)
+            if not sdp:
                 raise NotAcceptable("SDP offer is missing from the 2xx")
-            their = self._audio(resp.body)
+            their = self._audio(sdp)
             codecs = [c.name for c in their.codecs if c.name in _INSPECTABLE]
             if not codecs:
                 raise NotAcceptable("SDP offer has no acceptable codec")
@@ -1625,6 +1629,18 @@ def _multipart_parts(body: bytes, params: str) -> list[tuple[dict[str, str], byt
             headers["content-type" if name == "c" else name] = value.strip()
         parts.append((headers, content))
     return parts
+
+
+def _message_sdp(msg: SipRequest | SipResponse) -> bytes:
+    """The SDP an answer or 2xx/ACK offer carries: the body, or its application/sdp part when it is
+    multipart (a SIP-I/SIP-T peer answers as it offers, RFC 5621); b"" when there is none. A body
+    without Content-Type is taken as SDP, as before."""
+    if not msg.body:
+        return b""
+    content_type = msg.headers.get("Content-Type")
+    if content_type is None:
+        return msg.body
+    return _sdp_body(msg.body, content_type) or b""
 
 
 def _sdp_body(body: bytes, content_type: str | None) -> bytes | None:

@@ -699,6 +699,41 @@ def test_a_sip_i_reinvite_is_taken_from_its_sdp_part():
     assert reinv.method == "INVITE" and remote_audio(parse_sdp(reinv.body)).direction is Direction.SENDONLY
 
 
+def _sip_t(sdp_body: bytes) -> bytes:
+    """An SDP answer as a SIP-T/SIP-I peer sends it: multipart beside an optional ISUP part."""
+    return (b"--t\r\nContent-Type: application/sdp\r\n\r\n" + sdp_body +
+            b"\r\n--t\r\nContent-Type: application/isup;version=itu-t92+\r\n"
+            b"Content-Disposition: signal;handling=optional\r\n\r\n\x06\x00\r\n--t--\r\n")
+
+
+def inv_call_id(net: Net) -> str:
+    (call_id,) = net.media.opened
+    return call_id
+
+
+def test_multipart_answers_are_taken_from_their_sdp_part():
+    """RFC 5621: a SIP-T/SIP-I peer answers as it offers, in multipart. The agent's 2xx and the
+    caller's 2xx to our re-INVITE each answer through their SDP part (both were refused as no SDP)."""
+    net = Net()
+    inv = start(net)
+    answer = net.answer(inv, 200, body=_sip_t(sdp(50000, fmts="8 101", host="192.0.2.20"))).replace(
+        b"Content-Type: application/sdp", b"Content-Type: multipart/mixed;boundary=t", 1)
+    out = net.send(answer, PBX)
+    (ok,) = only(out, CALLER)
+    assert ok.status == 200 and ok.content_type == "application/sdp"
+    assert remote_audio(parse_sdp(ok.body)).codecs[0].name == "PCMA"
+    assert net.media.opened[inv_call_id(net)].configured[-1][1].remote_rtp == ("192.0.2.20", 50000)
+    net.send(request("ACK", cseq=1, branch="z9hG4bKack1", to_tag=ok.to_tag))
+    out = net.send(agent_request(net, inv, "INVITE", 1, body=sdp(50000, direction="sendonly", host="192.0.2.20")), PBX)
+    (reinv,) = only(out, CALLER)
+    reply = net.answer(reinv, 200, tag="caller1", body=_sip_t(sdp(40010, fmts="8 101", direction="recvonly"))).replace(
+        b"Content-Type: application/sdp", b"Content-Type: multipart/mixed;boundary=t", 1)
+    out = net.send(reply, CALLER)
+    (ok2,) = only(out, PBX)
+    assert ok2.status == 200 and remote_audio(parse_sdp(ok2.body)).direction is Direction.RECVONLY
+    assert net.media.opened[inv_call_id(net)].configured[-1][0].remote_rtp == ("192.0.2.10", 40010)
+
+
 def test_malformed_garbage_and_other_calls_unaffected():
     net = Net()
     inv, ok = connect(net)

@@ -236,3 +236,17 @@ def test_early_media_then_uninspectable_200_fails_closed():
     out = net.send(net.answer(inv, 200, body=sdp(50000, fmts="9 96", te_pt=96, host="192.0.2.20")), PBX)
     assert statuses(out, PBX) == ["ACK", "BYE"] and statuses(out, CALLER) == [488]
     assert ended(net)[-1].reason == "no common codec"
+
+
+def test_a_late_offer_answered_in_a_multipart_ack_is_taken_from_its_sdp_part():
+    """RFC 5621: a SIP-T caller answers the agent's late offer in a multipart ACK (was refused as no SDP)."""
+    net = Net()
+    inv, ok = late_answered(net)
+    body = (b"--t\r\nContent-Type: application/sdp\r\n\r\n" + sdp(40000, fmts="0 101") +
+            b"\r\n--t\r\nContent-Type: application/isup\r\nContent-Disposition: signal;handling=optional\r\n\r\n"
+            b"\x06\x00\r\n--t--\r\n")
+    raw = request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag, body=body).replace(
+        b"Content-Type: application/sdp", b"Content-Type: multipart/mixed;boundary=t", 1)
+    (ack,) = only(net.send(raw), PBX)
+    assert ack.method == "ACK" and [c.name for c in remote_audio(parse_sdp(ack.body)).codecs] == ["PCMU"]
+    assert not ended(net) and not [e for e in net.events if isinstance(e, MessageRejected)]
