@@ -13,7 +13,9 @@ Public API:
 Each line holds `seq`, `time`, `event`, the fields, `prev` (SHA-256 of the previous line's
 bytes) and `hmac` (HMAC-SHA256 of the canonical JSON of everything else). A side file
 `audit.jsonl.head` holds the last seq and hash under the same key, so cutting records off
-the end is found too.
+the end is found too; it is written when the log is created, so removing the log and its head
+while the key stays is found as well (removing the key too cannot be told from a data dir that
+never had a log: ship the records off the box for that).
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ class AuditLog:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._seq, self._prev = self._tail()
+        if self._seq == 0 and not self.head_path.exists():
+            # A new log has a head from the start, so that removing the log and its head (while
+            # the key stays) is found too: an empty chain with no head is never "ok".
+            self._write_head()
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], **kwargs: Any) -> "AuditLog":
@@ -248,8 +254,8 @@ def verify(path: str | os.PathLike[str], key: bytes) -> VerifyResult:
             problems.append("head file: HMAC mismatch")
         elif head.get("seq") != expected_seq - 1 or head.get("hash") != expected_prev:
             problems.append("head file: log does not end where it should (records cut off or appended)")
-    elif count:
-        problems.append("head file: missing")
+    else:
+        problems.append("head file: missing (log removed, or never opened by this version)")
     return VerifyResult(ok=not problems, records=count, problems=problems)
 
 

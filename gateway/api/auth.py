@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -279,13 +280,15 @@ class Authenticator:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthFailed("missing bearer token")
+        if not token.isascii():  # a compact JWS is base64url and dots (RFC 7515 7.1)
+            raise AuthFailed("malformed token")
         return self.verify(token.strip(), now)
 
     def verify(self, token: str, now: float) -> Identity:
         """Check signature, audience, issuer and times of one compact JWT."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError):  # ValueError: a str that is not ASCII (UnicodeError)
             raise AuthFailed("malformed token") from None
         kid = header.get("kid")
         verify_key = self.keys.lookup(kid if isinstance(kid, str) else None)
@@ -320,7 +323,10 @@ class Authenticator:
 
     def _identity(self, claims: dict[str, Any], now: float) -> Identity:
         exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", claims.get("iat"))
-        if not all(isinstance(value, (int, float)) for value in (exp, iat, nbf)):
+        # RFC 7519 2 NumericDate: a JSON number (RFC 8259 has no NaN or Infinity; Python's
+        # json reads them, and NaN compares false, so an exp of NaN would never expire).
+        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                   for value in (exp, iat, nbf)):
             raise AuthFailed("malformed token")
         # RFC 7519 4.1.4: reject on or after exp, with a small leeway for clock skew
         if now >= exp + self.leeway_s:

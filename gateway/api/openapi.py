@@ -58,6 +58,19 @@ PUBLIC: list[dict[str, list[str]]] = []
 
 def openapi_document() -> dict[str, Any]:
     """A fresh OpenAPI 3.1 document for this build."""
+    document = _document()
+    # Every path answers other methods 405 with Allow (RFC 9110 15.5.6), and any operation may
+    # meet an internal fault (500, `{"error": "internal"}`; the message is never echoed).
+    for item in document["paths"].values():
+        for operation in item.values():
+            responses = operation["responses"]
+            responses.setdefault("405", {**_error_response("Method not allowed on this path"),
+                                         "headers": {"Allow": {"schema": {"type": "string"}}}})
+            responses.setdefault("500", _error_response("Internal error"))
+    return document
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -169,11 +182,25 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": {
                 "get": {
                     "operationId": "ready",
-                    "summary": "Ready to take captures",
+                    "summary": "Ready to take calls (SIP up)",
+                    "description": "Readiness is about calls: a processor outage does not take the gateway "
+                                   "out of a load balancer (calls keep flowing; captures fail closed and tell "
+                                   "the agent). Watch tonewall_captures_total{outcome=\"failed\"} and "
+                                   "tonewall_tokenization_errors_total for the processor.",
                     "security": PUBLIC,
                     "responses": {
                         "200": _json("Status", "Ready"),
                         "503": _json("Status", "Not ready"),
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "console",
+                    "summary": "The agent console (HTML; it calls this API with the agent's token)",
+                    "security": PUBLIC,
+                    "responses": {
+                        "200": {"description": "The console page", "content": {"text/html": {"schema": {"type": "string"}}}}
                     },
                 }
             },

@@ -340,11 +340,6 @@ def authenticate(request: web.Request) -> Identity:
     app = request.app
     now = asyncio.get_running_loop().time()
     peer = _peer(request)
-    failures = app[FAILURE_LIMITER]
-    retry_s = failures.peek(peer, now)
-    if retry_s > 0:
-        app[STATS].rate_limited_total += 1
-        raise _rate_limited(retry_s)
     try:
         identity = app[AUTHENTICATOR].authenticate(
             request.headers.get("Authorization"), app[SETTINGS].wall_clock()
@@ -352,7 +347,12 @@ def authenticate(request: web.Request) -> Identity:
     except AuthFailed as exc:
         reason = str(exc)
         app[STATS].auth_failures[reason] += 1
-        failures.check(peer, now)
+        # Failures are limited per address, after the token: a valid token from the same
+        # address (agents behind one NAT with an attacker) is never locked out by them.
+        retry_s = app[FAILURE_LIMITER].check(peer, now)
+        if retry_s > 0:
+            app[STATS].rate_limited_total += 1  # counted, not audited: the audit log is no flood sink
+            raise _rate_limited(retry_s) from None
         _record(app, "auth_failed", reason=reason, method=request.method, route=_route_name(request), remote=peer)
         raise ApiError(
             401,
@@ -403,7 +403,7 @@ async def _fields_from_body(request: web.Request) -> list[str]:
         raise ApiError(415, "unsupported_media_type", "body must be application/json")
     try:
         body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[...]]] deeper than the stack
         raise ApiError(400, "bad_request", "body is not JSON") from None
     if body is None:
         return list(DEFAULT_FIELDS)

@@ -15,7 +15,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from gateway.api.openapi import openapi_document
-from gateway.api.server import create_app, require_modern_tls, start_api
+from gateway.api.server import AUTHENTICATOR, create_app, require_modern_tls, start_api
 from tests.api.conftest import Api, api_settings
 
 SSE_DIGITS_ALLOWED = {"last4", "token", "capture_id", "call_id", "agent", "caller"}
@@ -89,6 +89,7 @@ async def test_start_capture_with_fields(api: Api) -> None:
     "body,reason",
     [
         (b"{not json", "body is not JSON"),
+        (b"[" * 8000 + b"]" * 8000, "body is not JSON"),  # deeper than json's recursion: was a 500
         (b"[]", "body must be an object with only fields"),
         (b'{"fields": ["pan"], "extra": 1}', "body must be an object with only fields"),
         (b'{"fields": []}', "fields must be a non-empty list of names"),
@@ -338,11 +339,26 @@ async def test_rate_limit_per_identity(api: Api) -> None:
 
 @pytest.mark.parametrize("settings", [api_settings(failure_capacity=2, failure_rate_per_s=0.001)])
 async def test_repeated_auth_failures_from_one_address_are_429(api: Api) -> None:
+    """Bad tokens from one address are throttled; a valid token from that address (agents behind
+    the same NAT as the attacker) still gets in."""
     for _ in range(2):
         assert (await _json(api, "GET", "/v1/calls", "forged.token.value"))[0] == 401
-    status, body, _ = await _json(api, "GET", "/v1/calls", api.token())
-    assert status == 429
-    assert len(api.audit.events("auth_failed")) == 2
+    for _ in range(3):
+        status, body, headers = await _json(api, "GET", "/v1/calls", "forged.token.value")
+        assert (status, body["error"]) == (429, "rate_limited") and int(headers["Retry-After"]) >= 1
+    assert (await _json(api, "GET", "/v1/calls", api.token()))[0] == 200
+    assert len(api.audit.events("auth_failed")) == 2  # the throttled ones are counted, not audited
+
+
+@pytest.mark.parametrize("token", ["\u00e9.\u00e9.\u00e9", "a\udcff.b.c"])
+async def test_a_token_that_is_not_ascii_is_401_and_audited(api: Api, token: str) -> None:
+    """A compact JWS is ASCII (RFC 7515 7.1); a non-ASCII value was a 500, unaudited and unthrottled."""
+    from gateway.api.auth import AuthFailed
+    with pytest.raises(AuthFailed):
+        api.app[AUTHENTICATOR].authenticate("Bearer " + token, 0.0)
+    status, body, _ = await _json(api, "GET", "/v1/calls", "\u00e9.\u00e9.\u00e9")
+    assert (status, body["error"]) == (401, "unauthorized")
+    assert api.audit.events("auth_failed")[-1]["reason"] == "malformed token"
 
 
 async def test_openapi_document_is_valid_and_covers_every_route(api: Api) -> None:
@@ -357,7 +373,7 @@ async def test_openapi_document_is_valid_and_covers_every_route(api: Api) -> Non
     for route in api.app.router.routes():
         info = route.resource.get_info() if route.resource else {}
         path = info.get("formatter") or info.get("path")
-        if path is None or route.method == "HEAD" or path.startswith("/static") or path == "/":
+        if path is None or route.method == "HEAD" or path.startswith("/static"):
             continue
         path = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
         served.add((route.method, path))

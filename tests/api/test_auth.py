@@ -45,6 +45,19 @@ def test_expiry_uses_the_clock_it_is_given() -> None:
         auth.verify(token, NOW - 6)
 
 
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True])
+def test_time_claims_must_be_finite_numbers(claim: str, value: object) -> None:
+    """RFC 7519 2: NumericDate is a JSON number. Python's json reads NaN, and NaN compares false:
+    a correctly signed exp of NaN never expired."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    claims = jwt.decode(issue_token(key, role="ops", subject="olga", now=NOW), options={"verify_signature": False})
+    claims[claim] = value
+    token = jwt.encode(claims, key, algorithm="EdDSA")
+    with pytest.raises(AuthFailed, match="^malformed token$"):
+        _auth(key).verify(token, NOW)
+
+
 def test_es256_keys_work_and_other_curves_do_not() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     token = issue_token(key, role="ops", subject="olga", now=NOW)

@@ -130,3 +130,19 @@ def test_world_readable_key_refused(tmp_path):
     key.chmod(0o644)
     with pytest.raises(AuditError):
         load_or_create_key(key)
+
+
+def test_a_removed_log_and_head_are_found_while_the_key_stays(log, tmp_path):
+    """Deleting audit.jsonl and audit.jsonl.head read "ok (0 records)": a log has a head from the
+    moment it is created, so an empty chain without one is removal."""
+    log.path.unlink()
+    log.head_path.unlink()
+    result = verify_data_dir(tmp_path)
+    assert not result.ok and any("head file: missing" in p for p in result.problems)
+
+
+def test_a_new_log_verifies_before_its_first_record(tmp_path):
+    fresh = AuditLog.open(tmp_path, fsync=False)
+    assert fresh.head_path.exists() and not fresh.path.exists()
+    result = verify_data_dir(tmp_path)
+    assert result.ok and result.records == 0
