@@ -32,7 +32,7 @@ import ipaddress
 import re
 import secrets
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Protocol, Union
 
@@ -957,7 +957,8 @@ class B2bua:
     def _media_from_agent(self, call: Call, p: _Pending, resp: SipResponse) -> None:
         """The agent's answer (in a 18x or the 2xx) sets up both legs; a later one updates the agent leg."""
         assert p.offer is not None
-        agent_leg = self._leg_from_answer(call, _Leg.AGENT, p.offer, _message_sdp(resp))
+        agent_leg = replace(self._leg_from_answer(call, _Leg.AGENT, p.offer, _message_sdp(resp)),
+                            fork_tag=resp.to_tag, early=resp.status < 200)
         if call.caller_offer is None:
             return
         if call.caller_answer is None:

@@ -47,3 +47,8 @@ class LegMedia:
     direction: Direction = Direction.SENDRECV
     ptime_ms: int = 20
     srtp: SrtpParams | None = None
+    fork_tag: str | None = None
+    """The answering dialog's remote tag when the answer came in an 18x or 2xx (None in-dialog):
+    with more than one fork answering, a switch of fork and the final answer restart latching."""
+    early: bool = False
+    """The answer came in an 18x (early media), not the 2xx."""

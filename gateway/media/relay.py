@@ -65,7 +65,9 @@ so a NATed peer is reached whatever its SDP says. A source is never trusted on o
 (one forged datagram would hijack the call: audio injected into the payment call, and the
 other side's audio sent to the forger, "RTP bleed"):
 - before the first latch, a valid packet from the SDP host (any port: a NAT may rewrite it)
-  latches at once; so does one from any host when the SDP names no usable address. Another
+  latches at once (after another fork's answer: only from its exact SDP address, so that an
+  early fork on the same host cannot keep the latch); so does one from any host when the SDP
+  names no usable address. Another
   host must prove itself like a re-latch below (a NAT that rewrote the host too: its first
   `RELATCH_PACKETS` - 1 packets are lost, and the SDP host, should it appear, wins at once);
 - once latched, a packet from another source is dropped (`unexpected_source`) until that
@@ -406,7 +408,7 @@ class Leg:
         "rtcp_dest", "rtcp_src", "sdp_rtp", "sdp_rtcp", "held", "mask_slot",
         "te_receiver", "feedback_pos", "rx_lost", "rx_bad_seq", "rx_lost_reported", "rx_sampled_s",
         "candidate", "rtcp_may_move", "te_withheld_ids", "te_withheld_ssrcs", "withheld", "last_masked_s",
-        "fb_next_s", "fb_last_s", "fb_ssrc", "fb_seq", "fb_ts", "last_rtcp_s",
+        "fb_next_s", "fb_last_s", "fb_ssrc", "fb_seq", "fb_ts", "last_rtcp_s", "exact_latch", "forks",
     )
 
     def __init__(self, call_id: str, name: str, direction: int, strict: bool) -> None:
@@ -445,6 +447,11 @@ class Leg:
         arrival time of its first packet)."""
         self.rtcp_may_move = False
         """RTP re-latched since RTCP last latched: RTCP may latch anew from the RTP source's host."""
+        self.exact_latch = False
+        """Another fork answered: until it latches, only its exact SDP address latches at once (the
+        early fork on the same host, another port, must prove itself like a re-latch)."""
+        self.forks: frozenset[str] | None = None
+        """Remote tags of the dialogs (forks) whose answers set this leg's media."""
         self.last_rx_s: float | None = None
         self.last_rtcp_s: float | None = None
         """Arrival of the peer's last valid RTCP: a call on hold (a=inactive) sends only RTCP (RFC 3264
@@ -1619,7 +1626,8 @@ class Relay:
         """
         latched = leg.rtp_src
         sdp = leg.sdp_rtp
-        if latched is None and (sdp is None or addr[0] == sdp[0] or sdp[0] in UNUSABLE_HOSTS):
+        if latched is None and (sdp is None or addr == sdp or sdp[0] in UNUSABLE_HOSTS
+                                or (addr[0] == sdp[0] and not leg.exact_latch)):
             leg.candidate = None
             return True
         seq = (data[2] << 8) | data[3]
@@ -1758,11 +1766,20 @@ def _apply_media(leg: Leg, media: LegMedia) -> None:
     leg.is_alaw = media.codec == "PCMA"
     if old is None or old.srtp != media.srtp:
         leg.srtp = _srtp_leg(media.srtp)
-    if old is None or old.remote_rtp != media.remote_rtp:
+    fork = False
+    if media.fork_tag is not None:
+        # Forked early media: with more than one fork answering, a switch of fork and the final
+        # answer restart latching, so that the latch on an early fork's source (which may have
+        # proven itself while another fork's SDP was current) does not outlive its dialog.
+        leg.forks = (leg.forks or frozenset()) | {media.fork_tag}
+        fork = len(leg.forks) > 1 and old is not None and old.fork_tag is not None and (
+            old.fork_tag != media.fork_tag or (old.early and not media.early))
+    if old is None or old.remote_rtp != media.remote_rtp or fork:
         # A new SDP address (re-INVITE) restarts latching on that leg.
         leg.sdp_rtp = leg.rtp_dest = media.remote_rtp
         leg.rtp_src = leg.candidate = None
-    if old is None or old.remote_rtcp != media.remote_rtcp:
+        leg.exact_latch = fork or (leg.exact_latch and media.fork_tag is not None)
+    if old is None or old.remote_rtcp != media.remote_rtcp or fork:
         leg.sdp_rtcp = leg.rtcp_dest = media.remote_rtcp
         leg.rtcp_src = None
 

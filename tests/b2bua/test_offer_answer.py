@@ -250,3 +250,18 @@ def test_a_late_offer_answered_in_a_multipart_ack_is_taken_from_its_sdp_part():
     (ack,) = only(net.send(raw), PBX)
     assert ack.method == "ACK" and [c.name for c in remote_audio(parse_sdp(ack.body)).codecs] == ["PCMU"]
     assert not ended(net) and not [e for e in net.events if isinstance(e, MessageRejected)]
+
+
+def test_forked_early_media_names_each_answers_fork_for_the_relay():
+    """Two forks answer 183 with SDP, then the second answers 200 with the SDP of its 183: the relay
+    is told which dialog each answer came from and whether it was early, so it can restart latching
+    (tests/media/test_relay.py holds the relay to it)."""
+    net = Net()
+    inv = start(net)
+    call_id = net.events[0].call_id
+    net.send(net.answer(inv, 183, tag="forka", body=sdp(31000, fmts="8 96", te_pt=96, host="192.0.2.20")), PBX)
+    net.send(net.answer(inv, 183, tag="forkb", body=sdp(31002, fmts="8 96", te_pt=96, host="192.0.2.20")), PBX)
+    net.send(net.answer(inv, 200, tag="forkb", body=sdp(31002, fmts="8 96", te_pt=96, host="192.0.2.20")), PBX)
+    agents = [a for _, a in net.media.opened[call_id].configured]
+    assert [(a.fork_tag, a.early, a.remote_rtp[1]) for a in agents] == [
+        ("forka", True, 31000), ("forkb", True, 31002), ("forkb", False, 31002)]

@@ -172,6 +172,46 @@ def test_reinvite_with_new_address_restarts_latching() -> None:
     assert relay.receive_rtp(call.caller, audio(1), CALLER_SDP, 0.0)[1] == ("10.0.0.3", 7000)
 
 
+def test_another_forks_answer_takes_the_latch_from_the_early_fork_on_the_same_host() -> None:
+    """Forked early media: fork A (one port of the PBX host) plays early media and latches; fork B
+    (another port) sends its 183, A keeps playing, then B answers 200 with the SDP of its 183.
+    The caller's audio goes to B from the 200 on (it went to A, which never answered: RFC 3261
+    13.2.2.4, the 2xx's answer sets the media), and A's stray packets do not latch at once."""
+    fork_a, fork_b = ("10.0.0.2", 31000), ("10.0.0.2", 31002)
+
+    def answer(addr, tag, early):
+        return LegMedia(addr, (addr[0], addr[1] + 1), "PCMU", 0, 96, fork_tag=tag, early=early)
+
+    relay, call = make(agent=answer(fork_a, "a", True))
+    assert relay.receive_rtp(call.agent, audio(1, ssrc=0xA), fork_a, 0.0)[1] == CALLER_SDP
+    assert relay.receive_rtp(call.caller, audio(1), CALLER_SDP, 0.0)[1] == fork_a
+    relay.configure("c1", leg(CALLER_SDP), answer(fork_b, "b", True))
+    assert relay.receive_rtp(call.agent, audio(2, ssrc=0xA), fork_a, 0.02) is None  # must prove itself
+    for seq in range(3, 3 + RELATCH_PACKETS):  # A keeps playing: it proves itself (early media)
+        relay.receive_rtp(call.agent, audio(seq, ssrc=0xA), fork_a, seq * 0.02)
+    assert call.agent.rtp_src == fork_a
+    relay.configure("c1", leg(CALLER_SDP), answer(fork_b, "b", False))  # B's 200, the SDP of its 183
+    assert relay.receive_rtp(call.caller, audio(2), CALLER_SDP, 0.2)[1] == fork_b
+    assert relay.receive_rtp(call.agent, audio(9, ssrc=0xA), fork_a, 0.2) is None  # a stray from A
+    assert relay.receive_rtp(call.caller, audio(3), CALLER_SDP, 0.22)[1] == fork_b
+    assert relay.receive_rtp(call.agent, audio(1, ssrc=0xB), fork_b, 0.23) is not None  # B latches at once
+    # In-dialog answers (no fork tag) restart nothing at the same address.
+    relay.configure("c1", leg(CALLER_SDP), LegMedia(fork_b, (fork_b[0], fork_b[1] + 1), "PCMU", 0, 96))
+    assert call.agent.rtp_src == fork_b
+
+
+def test_one_fork_early_then_final_keeps_its_latch() -> None:
+    """No forking: a 183 and the 2xx of the same dialog restart nothing (the latch holds)."""
+    nat = ("10.0.0.2", 6100)  # the SDP host, another port: latches at once when only one fork answered
+    early = LegMedia(AGENT_SDP, (AGENT_SDP[0], AGENT_SDP[1] + 1), "PCMU", 0, 96, fork_tag="x", early=True)
+    relay, call = make(agent=early)
+    assert relay.receive_rtp(call.agent, audio(1), nat, 0.0) is not None
+    relay.configure("c1", leg(CALLER_SDP), LegMedia(AGENT_SDP, (AGENT_SDP[0], AGENT_SDP[1] + 1), "PCMU", 0, 96,
+                                                    fork_tag="x"))
+    assert call.agent.rtp_src == nat
+    assert relay.receive_rtp(call.caller, audio(1), CALLER_SDP, 0.02)[1] == nat
+
+
 def test_rtcp_relayed_between_rtcp_ports() -> None:
     relay, call = make()
     rr = struct.pack("!BBHI", 0x80, 201, 1, 0x1111)
