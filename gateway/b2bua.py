@@ -115,10 +115,10 @@ _CARRIED_TO_AGENT = ("Session-Expires", "Min-SE", "Subject", "P-Asserted-Identit
 caller's credentials for a next hop that challenges (RFC 3261 22.2-22.3), identity, redirection and
 contact-centre (CTI) data."""
 _CARRIED_TO_CALLER = ("WWW-Authenticate", "Proxy-Authenticate", "Min-SE", "Retry-After", "Warning", "Unsupported",
-                      "Reason", "Accept", "Accept-Encoding", "Accept-Language", "Error-Info")
+                      "Require", "Reason", "Accept", "Accept-Encoding", "Accept-Language", "Error-Info")
 """Headers of the agent's final refusal the caller's response carries: a 401/407 challenge the
 caller answers by retrying (RFC 3261 8.1.3.5), 422's Min-SE (RFC 4028 6), 420's Unsupported,
-Retry-After and the like."""
+421's Require (RFC 3261 21.4.16: it MUST name the extension), Retry-After and the like."""
 
 
 class CallMedia(Protocol):
@@ -590,7 +590,8 @@ class B2bua:
         dialog.receive_request(req)
         if req.method == "BYE":
             self._respond(key, req, 200, now)
-            self._send_in_dialog(call, leg.other, "BYE", now, kind="bye")
+            # RFC 3326: the release cause (Q.850 from ISUP interworking, or SIP) goes on with the BYE.
+            self._send_in_dialog(call, leg.other, "BYE", now, kind="bye", extra=_reasons(req) or None)
             self._end(call, f"{leg.value} hangup", now)
         elif req.method in ("INVITE", "UPDATE"):
             self._on_reoffer(call, leg, req, key, now)
@@ -1062,9 +1063,12 @@ class B2bua:
         self._respond(key, req, 200, now)
         call, _ = found
         if call.state in (CallState.TRYING, CallState.RINGING) and invite_key == call.invite_key:
-            self._end_unanswered(call, 487, "cancelled", now)
+            # RFC 3326: "Call completed elsewhere" on the caller's CANCEL keeps agents' phones
+            # from logging a missed call; it goes on with our CANCEL.
+            self._end_unanswered(call, 487, "cancelled", now, reasons=_reasons(req))
 
-    def _end_unanswered(self, call: Call, status: int, reason: str, now: float) -> None:
+    def _end_unanswered(self, call: Call, status: int, reason: str, now: float,
+                        reasons: list[tuple[str, str]] | None = None) -> None:
         """Caller leg gets `status`; the agent INVITE is cancelled (RFC 3261 9.1)."""
         if call.invite is not None and call.invite_key is not None:
             self._respond(call.invite_key, call.invite, status, now, to_tag=call.local_tags[_Leg.CALLER])
@@ -1075,6 +1079,7 @@ class B2bua:
             for name in ("Max-Forwards", "From", "To", "Call-ID"):
                 items.append((name, inv.headers.get(name) or ""))
             items.append(("CSeq", f"{inv.cseq[0]} CANCEL"))
+            items += reasons or []
             cancel = SipRequest("CANCEL", inv.uri, Headers(items))
             ckey = self._tx.send_request(cancel, call.peers[_Leg.AGENT], now)
             self._track(ckey, _Pending(call, "cancel", _Leg.AGENT))
@@ -1480,13 +1485,14 @@ class B2bua:
         resp = build_response(req, status, reason, to_tag=to_tag, body=body, extra=extra or ())
         self._tx.send_response(key, resp, now)
 
-    def _send_in_dialog(self, call: Call, leg: _Leg, method: str, now: float, kind: str) -> None:
+    def _send_in_dialog(self, call: Call, leg: _Leg, method: str, now: float, kind: str,
+                        extra: list[tuple[str, str]] | None = None) -> None:
         dialog = call.dialogs.get(leg)
         if dialog is None:
             return
         if method == "BYE":
             self._owed_ack(call)  # an ACK we still owe for a 2xx goes before the BYE
-        req = dialog.new_request(method, self._via(leg, call))
+        req = dialog.new_request(method, self._via(leg, call), extra=extra)
         ckey = self._tx.send_request(req, call.peers[leg], now)
         self._track(ckey, _Pending(call, kind, leg))
 
@@ -1630,6 +1636,11 @@ def _multipart_parts(body: bytes, params: str) -> list[tuple[dict[str, str], byt
             headers["content-type" if name == "c" else name] = value.strip()
         parts.append((headers, content))
     return parts
+
+
+def _reasons(req: SipRequest) -> list[tuple[str, str]]:
+    """A BYE's or CANCEL's Reason header lines (RFC 3326), as written, to carry to the other leg."""
+    return [("Reason", v) for v in req.headers.values("Reason")][:4]
 
 
 def _message_sdp(msg: SipRequest | SipResponse) -> bytes:

@@ -322,6 +322,22 @@ def test_reoffer_to_an_srtp_caller_uses_the_suite_its_answer_took():
     assert "RTP/SAVP" in text and "AES_CM_128_HMAC_SHA1_80 inline:" in text and "AES_256" not in text
 
 
+@pytest.mark.parametrize("side", ["agent", "caller"])
+def test_an_rfc2543_hold_is_passed_on_as_a_hold(side: str):
+    """RFC 3264 8.4: c=0.0.0.0 with a=sendrecv is an old-style hold; the other side was offered
+    plain sendrecv and never heard of it (no music on hold)."""
+    net = Net()
+    inv, ok = connect(net)
+    held = sdp(50000 if side == "agent" else 40000, host="192.0.2.20" if side == "agent" else "192.0.2.10")
+    held = held.replace(b"c=IN IP4 192.0.2.20" if side == "agent" else b"c=IN IP4 192.0.2.10", b"c=IN IP4 0.0.0.0")
+    if side == "agent":
+        (reoffer,) = only(net.send(agent_request(net, inv, "INVITE", 1, body=held), PBX), CALLER)
+    else:
+        out = net.send(request("INVITE", cseq=2, branch="z9hG4bKhold", to_tag=ok.to_tag, body=held))
+        (reoffer,) = only(out, PBX)
+    assert remote_audio(parse_sdp(reoffer.body)).direction is Direction.SENDONLY
+
+
 def test_srtp_offer_refused_when_srtp_is_off():
     extra = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
     net = Net(B2buaConfig(next_hop="sip:pbx.example.com:5080", srtp_allowed=False))
@@ -543,6 +559,7 @@ def test_refusals_keep_what_the_caller_needs_to_act_on_them():
     for status, extra, name, expect in (
             (422, [("Min-SE", "1800")], "Min-SE", ["1800"]),
             (503, [("Retry-After", "30")], "Retry-After", ["30"]),
+            (421, [("Require", "100rel")], "Require", ["100rel"]),  # RFC 3261 21.4.16: MUST name it
             (302, [("Contact", "<sip:2000@pbx.example.com:5080>")], "Contact", ["<sip:2000@127.0.0.1:5060>"])):
         net = Net()
         assert net.gw.config.local_host == "127.0.0.1"
@@ -554,6 +571,28 @@ def test_refusals_keep_what_the_caller_needs_to_act_on_them():
         if status == 302:
             got = [v for v in got if "2000@" in v]
         assert got == expect, (status, refused.headers.items())
+
+
+def test_reason_goes_on_with_cancel_and_bye():
+    """RFC 3326: the caller's CANCEL "Call completed elsewhere" (no missed call on the agent's phone)
+    and the agent's BYE release cause (Q.850 for ISUP interworking) reach the other leg."""
+    net = Net()
+    inv = start(net)
+    net.send(net.answer(inv, 180), PBX)
+    completed = 'SIP;cause=200;text="Call completed elsewhere"'
+    out = net.send(request("CANCEL", branch="z9hG4bKc1", extra=f"Reason: {completed}\r\n"))
+    (cancel,) = [m for m in only(out, PBX) if m.method == "CANCEL"]
+    assert cancel.headers.values("Reason") == [completed]
+    net = Net()
+    inv, ok = connect(net)
+    out = net.send(agent_request(net, inv, "BYE", 1, extra="Reason: Q.850;cause=16\r\n"), PBX)
+    (bye,) = [m for m in only(out, CALLER) if isinstance(m, SipRequest)]
+    assert bye.method == "BYE" and bye.headers.values("Reason") == ["Q.850;cause=16"]
+    net = Net()
+    inv, ok = connect(net)
+    out = net.send(request("BYE", cseq=2, branch="z9hG4bKbye", to_tag=ok.to_tag))
+    (bye,) = [m for m in only(out, PBX) if isinstance(m, SipRequest)]
+    assert bye.headers.values("Reason") == []
 
 
 def test_responses_that_make_the_callers_dialog_copy_its_record_route():
