@@ -111,6 +111,7 @@ ROUTES = {
     "/healthz": {"GET", "HEAD"},
     "/readyz": {"GET", "HEAD"},
     "/openapi.json": {"GET", "HEAD"},
+    "/": {"GET", "HEAD"},
 }
 
 
