@@ -125,7 +125,9 @@ class HttpsTokenizer:
         headers = {**self._headers, "Idempotency-Key": idempotency_key, "Content-Type": self.content_type}
         try:
             async with asyncio.timeout(timeout_s):
-                async with session.post(self.url, data=body, headers=headers) as response:
+                # Never follow a redirect: it would send the card again to wherever the answer
+                # points (plain http, another host), past the pinned CA and TLS policy.
+                async with session.post(self.url, data=body, headers=headers, allow_redirects=False) as response:
                     raw = await response.content.read(MAX_RESPONSE_BYTES)
                     status = response.status
         except TimeoutError:
@@ -146,6 +148,8 @@ class HttpsTokenizer:
             raise TokenizationUnavailable(f"http_{status}")
         if status in (401, 403):
             raise _fatal("forbidden")
+        if 300 <= status < 400:
+            raise _fatal("redirected")  # a misconfigured URL, or someone steering the card: not retried
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:

@@ -125,6 +125,42 @@ async def test_https_json_adapter_with_mtls(tmp_path):
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_never_followed_with_the_card(tmp_path, status):
+    """A processor answering 3xx to plain http (or anywhere) got the card re-sent there: the pinned
+    CA and TLS policy were bypassed. A redirect is an outage, not retried."""
+    leaked: list[bytes] = []
+
+    async def plain(request: web.Request) -> web.Response:
+        leaked.append(await request.read())
+        return web.json_response({"id": "tok_from_http", "last4": "4242"})
+
+    plain_app = web.Application()
+    plain_app.router.add_post("/{tail:.*}", plain)
+    plain_runner = web.AppRunner(plain_app, access_log=None)
+    await plain_runner.setup()
+    plain_site = web.TCPSite(plain_runner, "127.0.0.1", 0)
+    await plain_site.start()
+    plain_port = plain_site._server.sockets[0].getsockname()[1]
+    hits: list[int] = []
+
+    async def processor(request: web.Request) -> web.Response:
+        hits.append(1)
+        return web.Response(status=status, headers={"Location": f"http://127.0.0.1:{plain_port}/tokens"})
+
+    runner, port = await serve(tmp_path, processor, require_client_cert=False)
+    tok = HttpsJsonTokenizer(f"https://127.0.0.1:{port}/tokens", ca_file=pki.ensure_ca(tmp_path).cert_path, policy=FAST)
+    try:
+        with pytest.raises(TokenizationUnavailable) as caught:
+            await tok.tokenize(card(), "cap-3xx")
+        assert caught.value.reason == "redirected" and not caught.value.retryable
+        assert leaked == [] and hits == [1]
+    finally:
+        await tok.close()
+        await runner.cleanup()
+        await plain_runner.cleanup()
+
+
 def test_secret_loading(tmp_path):
     path = tmp_path / "key"
     path.write_text("sk_file\n")
