@@ -39,6 +39,7 @@ from gateway.sip.message import Limits
 from gateway.sip.transaction import Peer
 from gateway.transport.rtp import AcceleratorUnavailable, RtpMediaController
 from gateway.transport.sip import SipTransport
+from gateway.vault.keyring import KeyringError
 
 log = logging.getLogger("tonewall")
 
@@ -390,5 +391,8 @@ def run(config: Config, extensions: list[Extension] | None = None) -> int:
         return 1
     except AcceleratorUnavailable as exc:
         log.error("media.accelerator = \"on\": %s", exc)
+        return 1
+    except KeyringError as exc:  # the vault's KEK cannot open its records: no token made under it
+        log.error("tonewall cannot start: vault: %s", exc)
         return 1
     return 0

@@ -17,7 +17,7 @@ import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 DEFAULT_DATA_DIR = "./tonewall-data"
 
@@ -652,16 +652,30 @@ def _check_cross(config: Config, text: str, source: str, env: dict[str, str]) ->
         raise fail("processor", "url", "card data goes over TLS only: use https://")
     if proc.api_key_file and proc.api_key_env:
         raise fail("processor", "api_key_env", "set api_key_file or api_key_env, not both")
-    if proc.api_key_env and proc.api_key_env not in env:
-        raise fail("processor", "api_key_env", f"environment variable {proc.api_key_env} is not set")
+    if proc.api_key_env:
+        _check_env_name(fail, "processor", "api_key_env", proc.api_key_env, env)
     if bool(proc.client_cert_file) != bool(proc.client_key_file):
         raise fail("processor", "client_cert_file" if proc.client_cert_file else "client_key_file",
                    "client_cert_file and client_key_file go together")
     vault = config.vault
     if vault.kek_file and vault.kek_env:
         raise fail("vault", "kek_env", "set kek_file or kek_env, not both")
-    if vault.kek_env and vault.kek_env not in env:
-        raise fail("vault", "kek_env", f"environment variable {vault.kek_env} is not set")
+    if vault.kek_env:
+        _check_env_name(fail, "vault", "kek_env", vault.kek_env, env)
+
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+
+
+def _check_env_name(fail: Callable[..., ConfigError], section: str, key: str, name: str,
+                    env: Mapping[str, str]) -> None:
+    """A `*_env` key names a variable. A value that is not a variable name is likely the secret
+    itself pasted in: it is never repeated in the message (nor is a name that is not set)."""
+    if not _ENV_NAME.fullmatch(name):
+        raise fail(section, key, "must name an environment variable (A-Z, 0-9, _): the value looks "
+                                 "like something else, a pasted secret? (not shown)")
+    if name not in env:
+        raise fail(section, key, f"environment variable {name} is not set")
 
 
 def replace(config: Config, **changes: Any) -> Config:

@@ -25,6 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.protocol_log import ProtocolLog
 from gateway.stats import LATENCY_BOUNDS_S, Histogram
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -145,7 +146,7 @@ async def start_metrics_server(registry: CollectorRegistry, host: str, port: int
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, logger=ProtocolLog("metrics"))
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -35,6 +35,7 @@ from gateway.api.auth import (
 )
 from gateway.api.openapi import CAPTURE_FIELDS, openapi_document
 from gateway.api.ratelimit import RateLimiter
+from gateway.protocol_log import ProtocolLog
 
 try:
     from gateway.capture.service import CaptureRefused
@@ -668,39 +669,12 @@ def require_modern_tls(ssl_context: ssl.SSLContext) -> ssl.SSLContext:
     return ssl_context
 
 
-class ProtocolLog:
-    """aiohttp's server logger: one line per malformed-HTTP error type, never the request bytes.
-
-    aiohttp logs each bad request at ERROR with a traceback quoting the offending line,
-    which can be an Authorization header (a credential in the log) and lets any client
-    flood the log. Here the error type is counted and logged once, then every 1000th.
-    """
-
-    def __init__(self) -> None:
-        self.errors: Counter[str] = Counter()
-        """Malformed requests by exception type (what aiohttp refused before a handler ran)."""
-
-    def exception(self, msg: str, *args: Any, exc_info: Any = None, **kw: Any) -> None:
-        name = type(exc_info).__name__ if isinstance(exc_info, BaseException) else "error"
-        self.errors[name] += 1
-        n = self.errors[name]
-        if n == 1 or n % 1000 == 0:
-            log.warning("API refused a malformed HTTP request: %s (%d so far)", name, n)
-
-    error = warning = exception
-
-    def debug(self, *args: Any, **kw: Any) -> None:
-        return None
-
-    info = debug
-
-
 async def start_api(
     app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext
 ) -> web.AppRunner:
     """Serve `app` over HTTPS on host:port (0 picks a port: see `bound_port`)."""
     require_modern_tls(ssl_context)
-    protocol_log = ProtocolLog()
+    protocol_log = ProtocolLog("API")
     app[STATS].malformed = protocol_log.errors
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=protocol_log)
     await runner.setup()

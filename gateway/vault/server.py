@@ -27,6 +27,7 @@ import os
 import re
 import resource
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +37,8 @@ from aiohttp import web
 from gateway import pki
 from gateway.capture.card import SensitiveCard, brand_rule, cvv_problem, expiry_problem, pan_problem
 from gateway.capture.sensitive import SensitiveDigits, SensitiveDigitsError, wipe_bytearray
-from gateway.vault.keyring import Keyring, add_kek
+from gateway.protocol_log import ProtocolLog
+from gateway.vault.keyring import Keyring, KeyringError, add_kek
 from gateway.vault.store import IdempotencyConflict, VaultStore, VaultStoreError
 
 log = logging.getLogger("tonewall.vault")
@@ -269,7 +271,8 @@ async def start_vault(settings: VaultSettings, *, middlewares: Sequence[Any] = (
     keyring = Keyring.load(settings.kek_path())
     store = VaultStore(settings.database_path(), keyring)
     app = create_vault_app(store, middlewares=middlewares)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                           logger=ProtocolLog("vault"))  # a bad request line may hold a PAN: never logged
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=vault_ssl_context(settings),
                        reuse_address=True)
@@ -303,8 +306,12 @@ async def run_vault(settings: VaultSettings) -> None:
 
 def rotate_key(settings: VaultSettings) -> tuple[str, int]:
     """Add a KEK, make it active and re-wrap every data key under it while the vault keeps serving."""
-    new_id = add_kek(settings.kek_path())
-    store = VaultStore(settings.database_path(), Keyring.load(settings.kek_path(), env={}, create=False))
+    kek_path = settings.kek_path()
+    if kek_path.exists():
+        # The KEKs on file must open the records before one more is added (VaultStore checks).
+        VaultStore(settings.database_path(), Keyring.load(kek_path, env={}, create=False)).close()
+    new_id = add_kek(kek_path)
+    store = VaultStore(settings.database_path(), Keyring.load(kek_path, env={}, create=False))
     try:
         return new_id, store.rewrap()
     finally:
@@ -345,7 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = VaultSettings(args.data_dir, host=args.listen[0], port=args.listen[1])
     if args.action == "rotate-key":
-        new_id, count = rotate_key(settings)
+        try:
+            new_id, count = rotate_key(settings)
+        except (KeyringError, OSError) as exc:
+            print(f"tonewall vault rotate-key: {exc}", file=sys.stderr)
+            return 1
         print(f"active KEK {new_id}; re-wrapped {count} data keys")
         return 0
     if args.action == "client-cert":
@@ -359,4 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_vault(settings))
     except KeyboardInterrupt:
         pass
+    except (KeyringError, OSError) as exc:  # a KEK that cannot open the records, a port in use
+        logging.getLogger("gateway.vault").error("tonewall vault cannot start: %s", exc)
+        return 1
     return 0

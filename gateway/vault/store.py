@@ -117,6 +117,22 @@ class VaultStore:
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
         self._kek_mtime_ns = self._kek_file_mtime()
+        self.check_keyring()
+
+    def check_keyring(self) -> None:
+        """Refuse a keyring that cannot open the stored records: one record per KEK id in use is
+        unwrapped. A wrong or missing KEK is found at start, not as `unknown_token` answers later,
+        and no token is made under it (it would be lost for good when the right KEK returns)."""
+        for kek_id, token, wrapped in self._db.execute(
+                "SELECT kek_id, token, wrapped_key FROM records GROUP BY kek_id").fetchall():
+            if kek_id not in self.keyring.ids():
+                raise KeyringError(f"the records' KEK {kek_id} is not configured (a wrong KEK file or "
+                                   f"environment?); refusing to start")
+            try:
+                wipe_bytearray(bytearray(self.keyring.unwrap(kek_id, wrapped, token.encode())))
+            except InvalidTag:
+                raise KeyringError(f"the configured KEK {kek_id} does not open the records wrapped under "
+                                   f"it (a wrong key under that id?); refusing to start") from None
 
     def _kek_file_mtime(self) -> int | None:
         path = self.keyring.path

@@ -6,11 +6,11 @@ import logging
 
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
-from gateway.api.server import ProtocolLog
+from gateway.protocol_log import ProtocolLog
 
 
 def test_bad_request_logs_type_only_and_once(caplog):
-    plog = ProtocolLog()
+    plog = ProtocolLog("API")
     caplog.set_level(logging.DEBUG)
     secret = "Authorization: Bearer eyJhbGciOiJFUzI1NiJ9.sekret-token"
     for _ in range(5):
@@ -22,7 +22,7 @@ def test_bad_request_logs_type_only_and_once(caplog):
 
 
 def test_flood_is_rate_limited(caplog):
-    plog = ProtocolLog()
+    plog = ProtocolLog("API")
     caplog.set_level(logging.DEBUG)
     for _ in range(2500):
         plog.exception("Error handling request from %s", "127.0.0.1", exc_info=BadHttpMessage("x"))

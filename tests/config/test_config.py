@@ -117,6 +117,20 @@ def test_env_secret_must_exist(tmp_path):
     assert load_config(path, env={"TW_KEK": "x"}).vault.kek_env == "TW_KEK"
 
 
+@pytest.mark.parametrize("section,key,pasted", [
+    ("processor", "api_key_env", "sk_live_51HxQ2eLkdIwHu7ixtqZ8jR"),
+    ("vault", "kek_env", "a3f09c" + "7e" * 29),
+])
+def test_a_secret_pasted_into_an_env_key_is_refused_without_repeating_it(tmp_path, section, key, pasted):
+    """`*_env` names a variable; the secret pasted there instead was printed back in the error."""
+    extra = 'kind = "https-json"\nurl = "https://p"\n' if section == "processor" else ""
+    path = write(tmp_path, f'[{section}]\n{extra}{key} = "{pasted}"\n')
+    with pytest.raises(ConfigError, match="must name an environment variable") as info:
+        load_config(path, env={})
+    assert pasted not in str(info.value) and pasted[:12] not in str(info.value)
+    assert info.value.line == (4 if section == "processor" else 2)
+
+
 def test_bad_flag_names_the_flag():
     with pytest.raises(ConfigError) as info:
         load_config(None, {"media.rtp_ports": "1-2"})

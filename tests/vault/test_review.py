@@ -177,3 +177,20 @@ def test_ca_and_leaf_key_usage(tmp_path):
     assert (ca.value.key_cert_sign, ca.value.crl_sign, ca.value.key_agreement) == (True, True, False)
     assert (leaf.value.key_cert_sign, leaf.value.crl_sign, leaf.value.key_agreement) == (False, False, True)
     assert ca.value.digital_signature and leaf.value.digital_signature
+
+
+async def test_a_malformed_request_holding_a_pan_is_not_logged(tmp_path, caplog):
+    """aiohttp logged a bad request line (with a PAN in it) at ERROR with its traceback."""
+    caplog.set_level(logging.DEBUG)
+    vault = await open_vault_with(tmp_path, [])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", vault.port, ssl=gateway_context(tmp_path),
+                                                       server_hostname="127.0.0.1")
+        writer.write(f"POST /v1/tokens?pan={PAN} HTTP/1.1\r\nHost: x\r\nBad Header {PAN}\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.wait_for(reader.read(4096), 5)
+        writer.close()
+    finally:
+        await vault.close()
+    assert any("vault refused a malformed HTTP request" in r.getMessage() for r in caplog.records)
+    assert PAN not in caplog.text and PAN[:7] not in caplog.text and "Traceback" not in caplog.text

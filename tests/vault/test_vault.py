@@ -99,6 +99,35 @@ def test_rotation_rewraps_while_old_store_keeps_serving(tmp_path):
     assert live.kek_usage() == {new_id: 6}
 
 
+@pytest.mark.parametrize("wrong", ["same id, other key", "unknown id"])
+def test_a_kek_that_cannot_open_the_records_is_refused_at_start(tmp_path, wrong):
+    """A wrong KEK was accepted: stored tokens answered unknown_token and new ones, made under
+    it, were lost for good once the right KEK came back. Now the store refuses to open."""
+    store = store_at(tmp_path)
+    store.tokenize(card(), "k")
+    kek_id = store.keyring.active_id
+    store.close()
+    env = {KEK_ENV: (kek_id if wrong == "same id, other key" else "other") + ":" + "33" * 32}
+    with pytest.raises(KeyringError, match="refusing to start") as caught:
+        VaultStore(tmp_path / "v.sqlite3", Keyring.load(None, env=env))
+    assert "33" * 8 not in str(caught.value)
+    assert VaultStore(tmp_path / "v.sqlite3", Keyring.load(tmp_path / "kek.keys")).detokenize  # the right one opens
+
+
+def test_rotate_key_refuses_a_kek_file_that_cannot_open_the_records(tmp_path):
+    settings = VaultSettings(data_dir=tmp_path)
+    settings.kek_path().parent.mkdir(parents=True)
+    live = VaultStore(settings.database_path(), Keyring.load(settings.kek_path()))
+    live.tokenize(card(), "k")
+    live.close()
+    before = settings.kek_path().read_text()
+    kek_id = before.split()[0]
+    settings.kek_path().write_text(f"{kek_id} {'44' * 32}\n")
+    with pytest.raises(KeyringError):
+        rotate_key(settings)
+    assert len(settings.kek_path().read_text().splitlines()) == 1  # no key added under a wrong file
+
+
 def test_card_from_request_drops_cvv():
     from gateway.vault.server import _BadRequest, card_from_request
 
