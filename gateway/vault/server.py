@@ -129,7 +129,7 @@ def card_from_request(body: dict[str, Any], today: datetime.date) -> SensitiveCa
         rule = brand_rule(pan)
         month, year = body.get("exp_month"), body.get("exp_year")
         if month is not None or year is not None:
-            if not (isinstance(month, int) and isinstance(year, int) and 2000 <= year <= 2099):
+            if not (type(month) is int and type(year) is int and 2000 <= year <= 2099):  # noqa: E721 - bool is an int
                 raise _BadRequest("invalid_request")
             expiry = _digits_from(f"{month:02d}{year % 100:02d}", 4)
             if expiry_problem(expiry, today) is not None:
@@ -164,7 +164,7 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
         if len(raw) > MAX_BODY_BYTES:
             raise _BadRequest("invalid_request")
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json's stack
         raise _BadRequest("invalid_request") from None
     finally:
         wipe_bytearray(raw)
