@@ -20,6 +20,7 @@ CA, is not within RENEW_BEFORE_S of expiry and names what was asked; otherwise i
 from __future__ import annotations
 
 import datetime
+import errno
 import ipaddress
 import os
 import ssl
@@ -298,6 +299,22 @@ def _base_context(purpose: ssl.Purpose) -> ssl.SSLContext:
     return context
 
 
+def _load_chain(context: ssl.SSLContext, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> None:
+    """load_cert_chain, failing with the files named: ssl's own error says only "[SSL] PEM lib"."""
+    try:
+        context.load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as exc:
+        raise OSError(errno.EINVAL, f"not a PEM certificate and its private key, or they do not match "
+                                    f"({exc.reason or 'ssl'})", f"{os.fspath(cert_path)} + {os.fspath(key_path)}") from None
+
+
+def _load_ca(context: ssl.SSLContext, ca_path: str | os.PathLike[str]) -> None:
+    try:
+        context.load_verify_locations(cafile=os.fspath(ca_path))
+    except ssl.SSLError as exc:
+        raise OSError(errno.EINVAL, f"not a PEM CA certificate ({exc.reason or 'ssl'})", os.fspath(ca_path)) from None
+
+
 def server_ssl_context(
     cert: CertFiles,
     *,
@@ -306,9 +323,9 @@ def server_ssl_context(
 ) -> ssl.SSLContext:
     """A TLS 1.2+ server context; with `require_client_cert`, clients must present a cert from `client_ca`."""
     context = _base_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert.cert_path, cert.key_path)
+    _load_chain(context, cert.cert_path, cert.key_path)
     if client_ca is not None:
-        context.load_verify_locations(cafile=os.fspath(client_ca))
+        _load_ca(context, client_ca)
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     elif require_client_cert:
         raise PkiError("client certificates need a client CA")
@@ -323,11 +340,11 @@ def client_ssl_context(
     if ca is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_verify_locations(cafile=os.fspath(ca))
+        _load_ca(context, ca)
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
     if cert is not None:
-        context.load_cert_chain(cert.cert_path, cert.key_path)
+        _load_chain(context, cert.cert_path, cert.key_path)
     return context
 
 

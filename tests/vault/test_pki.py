@@ -130,3 +130,15 @@ async def test_foreign_ca_is_refused(tmp_path):
     client_ctx = pki.client_ssl_context(pki.ensure_ca(tmp_path / "b").cert_path)
     with pytest.raises(ssl.SSLError):
         await _handshake(server_ctx, client_ctx)
+
+
+def test_garbage_certificate_files_are_named_in_the_error(tmp_path):
+    """ssl says only "[SSL] PEM lib": a start-up refusal must name the file at fault."""
+    (tmp_path / "c.pem").write_text("garbage")
+    (tmp_path / "k.pem").write_text("garbage")
+    with pytest.raises(OSError) as caught:
+        pki.server_ssl_context(pki.CertFiles(tmp_path / "c.pem", tmp_path / "k.pem"))
+    assert str(tmp_path / "c.pem") in caught.value.filename and "not a PEM" in caught.value.strerror
+    with pytest.raises(OSError) as caught:
+        pki.client_ssl_context(tmp_path / "c.pem")
+    assert caught.value.filename == str(tmp_path / "c.pem")
