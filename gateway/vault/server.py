@@ -38,7 +38,7 @@ from gateway import pki
 from gateway.capture.card import SensitiveCard, brand_rule, cvv_problem, expiry_problem, pan_problem
 from gateway.capture.sensitive import SensitiveDigits, SensitiveDigitsError, wipe_bytearray
 from gateway.protocol_log import ProtocolLog
-from gateway.vault.keyring import Keyring, KeyringError, add_kek
+from gateway.vault.keyring import KEK_ENV, Keyring, KeyringError, add_kek
 from gateway.vault.store import IdempotencyConflict, VaultStore, VaultStoreError
 
 log = logging.getLogger("tonewall.vault")
@@ -349,9 +349,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("role", nargs="?", help="client-cert: gateway or payments")
     parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 8444))
     parser.add_argument("--data-dir", type=Path, default=Path("./tonewall-data"))
+    parser.add_argument("--kek-file", type=Path, default=None,
+                        help="the KEK file ([vault] kek_file; default DATA_DIR/vault/kek.keys)")
     args = parser.parse_args(argv)
-    settings = VaultSettings(args.data_dir, host=args.listen[0], port=args.listen[1])
+    settings = VaultSettings(args.data_dir, host=args.listen[0], port=args.listen[1], kek_file=args.kek_file)
     if args.action == "rotate-key":
+        if os.environ.get(KEK_ENV):
+            print(f"tonewall vault rotate-key: the KEKs come from {KEK_ENV}, which this tool cannot change; "
+                  f"rotating online needs a KEK file (--kek-file)", file=sys.stderr)
+            return 2
         try:
             new_id, count = rotate_key(settings)
         except (KeyringError, OSError) as exc:

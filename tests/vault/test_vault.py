@@ -190,3 +190,22 @@ async def test_cvv_not_stored_via_http(tmp_path):
         await vault.close()
     raw = b"".join(p.read_bytes() for p in (tmp_path / "vault").glob("vault.sqlite3*"))
     assert b"9876" not in raw and AMEX.encode() not in raw and json.dumps(body).encode() not in raw
+
+
+def test_rotate_key_rotates_the_kek_file_named_on_the_command_line(tmp_path, capsys, monkeypatch):
+    """`[vault] kek_file` elsewhere than DATA_DIR: rotate-key knew only the default path (a traceback)."""
+    from gateway.vault.server import main
+
+    monkeypatch.delenv(KEK_ENV, raising=False)
+    kek = tmp_path / "keys" / "kek.keys"
+    kek.parent.mkdir()
+    settings = VaultSettings(data_dir=tmp_path / "data", kek_file=kek)
+    settings.database_path().parent.mkdir(parents=True)
+    live = VaultStore(settings.database_path(), Keyring.load(kek))
+    live.tokenize(card(), "k")
+    live.close()
+    assert main(["rotate-key", "--data-dir", str(tmp_path / "data"), "--kek-file", str(kek)]) == 0
+    assert "re-wrapped 1 data keys" in capsys.readouterr().out and len(kek.read_text().splitlines()) == 2
+    monkeypatch.setenv(KEK_ENV, "a:" + "11" * 32)
+    assert main(["rotate-key", "--data-dir", str(tmp_path / "data")]) == 2
+    assert "cannot change" in capsys.readouterr().err
