@@ -646,9 +646,11 @@ def _check_cross(config: Config, text: str, source: str, env: dict[str, str]) ->
     if low % 2:
         raise fail("media", "rtp_ports", "LOW must be even (RTP on even ports, RFC 3550 11)")
     proc = config.processor
-    if proc.kind != "vault" and not proc.url:
+    if proc.kind == "https-json" and not proc.url:  # stripe defaults to api.stripe.com, vault to the embedded one
         raise fail("processor", "kind", f"kind {proc.kind!r} needs processor.url")
-    if proc.kind != "vault" and proc.url and not proc.url.startswith("https://"):
+    if proc.kind == "stripe" and not (proc.api_key_file or proc.api_key_env):
+        raise fail("processor", "kind", "kind 'stripe' needs its secret key: api_key_file or api_key_env")
+    if proc.url and not proc.url.startswith("https://"):
         raise fail("processor", "url", "card data goes over TLS only: use https://")
     if proc.api_key_file and proc.api_key_env:
         raise fail("processor", "api_key_env", "set api_key_file or api_key_env, not both")

@@ -177,3 +177,16 @@ def test_find_key_line_skips_other_sections():
     assert find_key_line(text, "sip", "listen") == 5
     assert find_key_line(text, "api", "listen") == 2
     assert find_key_line(text, "metrics", "listen") is None
+
+
+def test_processor_url_rules(tmp_path):
+    """https-json needs a URL; stripe has Stripe's default; any URL, also the vault's, is https only."""
+    stripe_key = tmp_path / "sk"
+    stripe_key.write_text("sk_test_x")
+    os.chmod(stripe_key, 0o600)
+    assert load_config(write(tmp_path, f'[processor]\nkind = "stripe"\napi_key_file = "{stripe_key}"\n')).processor.url is None
+    with pytest.raises(ConfigError, match="needs processor.url"):
+        load_config(write(tmp_path, '[processor]\nkind = "https-json"\n'))
+    with pytest.raises(ConfigError, match="over TLS only") as info:
+        load_config(write(tmp_path, '[processor]\nkind = "vault"\nurl = "http://127.0.0.1:8444"\n'))
+    assert info.value.line == 3
