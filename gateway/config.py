@@ -346,6 +346,15 @@ def _secret_file(value: Any) -> str:
     return path
 
 
+def _owner_only_file(value: Any) -> str:
+    """The KEK and processor key files: their loaders refuse group access too (a TLS key may be
+    0640 for an ssl-cert group; these may not), so the config refuses it first, with its line."""
+    path = _secret_file(value)
+    if os.stat(path).st_mode & 0o077:
+        raise ValueError("the file is readable by group or others: chmod 600 it")
+    return path
+
+
 # ---- schema: section -> key -> (dataclass field, parser)
 
 _Schema = dict[str, tuple[str, Callable[[Any], Any]]]
@@ -396,14 +405,14 @@ _SCHEMA: dict[str, _Schema] = {
         "ca_file": ("ca_file", _readable_file),
         "client_cert_file": ("client_cert_file", _readable_file),
         "client_key_file": ("client_key_file", _secret_file),
-        "api_key_file": ("api_key_file", _secret_file),
+        "api_key_file": ("api_key_file", _owner_only_file),
         "api_key_env": ("api_key_env", _env_name),
         "timeout_s": ("timeout_s", _positive_float),
         "retries": ("retries", _int_range(0, 10)),
     },
     "vault": {
         "listen": ("listen", parse_host_port),
-        "kek_file": ("kek_file", _secret_file),
+        "kek_file": ("kek_file", _owner_only_file),
         "kek_env": ("kek_env", _env_name),
     },
     "audit": {"path": ("path", _str)},

@@ -190,3 +190,16 @@ def test_processor_url_rules(tmp_path):
     with pytest.raises(ConfigError, match="over TLS only") as info:
         load_config(write(tmp_path, '[processor]\nkind = "vault"\nurl = "http://127.0.0.1:8444"\n'))
     assert info.value.line == 3
+
+
+@pytest.mark.parametrize("section,key,extra", [("vault", "kek_file", ""),
+                                               ("processor", "api_key_file", 'kind = "stripe"\n')])
+def test_kek_and_processor_key_files_must_be_owner_only(tmp_path, section, key, extra):
+    """Their loaders refuse 0640 at start (a traceback after --check-config said OK)."""
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    os.chmod(secret, 0o640)
+    path = write(tmp_path, f'[{section}]\n{extra}{key} = "{secret}"\n')
+    with pytest.raises(ConfigError, match="group or others") as info:
+        load_config(path)
+    assert info.value.line == (3 if extra else 2)
