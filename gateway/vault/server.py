@@ -98,8 +98,15 @@ async def _internal_errors(request: web.Request, handler: Any) -> web.StreamResp
     """An unexpected error answers 500 and is logged by type only: the request held card data."""
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # The router's own 404/405/413 in the vault's error shape (405 keeps its Allow).
+        word = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid_request")
+        response = _error(exc.status, word)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception as exc:
         log.error("vault request failed: %s", type(exc).__name__)
         return _error(500, "internal")

@@ -166,6 +166,12 @@ async def test_roles_over_mtls(tmp_path):
         assert status == 200 and clear["pan"] == PAN and clear["exp_year"] == 2030
         status, bad = await _post(vault.port, gateway_context(tmp_path), "/v1/tokens", {"pan": "4111"}, "c3")
         assert status == 400 and bad == {"error": "invalid_card"}
+        # The router's own refusals come in the vault's error shape too (were aiohttp's plain text).
+        status, missing = await _post(vault.port, gateway_context(tmp_path), "/v1/nothing", {})
+        assert (status, missing) == (404, {"error": "not_found"})
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=gateway_context(tmp_path))) as session:
+            async with session.get(f"https://127.0.0.1:{vault.port}/v1/tokens") as r:
+                assert (r.status, await r.json()) == (405, {"error": "method_not_allowed"}) and "POST" in r.headers["Allow"]
     finally:
         await vault.close()
 
