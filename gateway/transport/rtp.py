@@ -378,6 +378,11 @@ class RtpMediaController:
             # millisecond step (the timer stays armed; it finds nothing due and re-arms).
             self._timer_work(t1)
         self._after_core()
+        if relay.wake and not self._flush_scheduled:
+            # More of the detector's FIFO is due (it runs a batch per iteration): the next
+            # iteration polls the sockets first, then takes the next batch.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _after_core(self) -> None:
         """After the core ran outside a packet: re-arm its timer if it moved, hand out events."""

@@ -654,7 +654,12 @@ def test_a_due_batch_waits_while_datagrams_wait_up_to_its_bound() -> None:
     assert relay.detect_rows_pending == DETECT_DEFER * 3 - 1
     arrive(2.0)
     relay.process_pending(2.0, busy=True)
-    assert relay.detect_rows_pending == 0  # the row bound
+    # The row bound: a batch a call (each call no longer than one batch's), still busy, until
+    # less than a batch is left; that rest waits as any batch does.
+    assert relay.detect_rows_pending == DETECT_DEFER * 3 - 3 and relay.wake
+    for left in range(DETECT_DEFER * 3 - 6, -1, -3):
+        relay.process_pending(2.0, busy=True)
+        assert relay.detect_rows_pending == left
     arrive(3.0)
     relay.process_pending(3.0 + DETECT_DEFER * 0.010 - 0.001, busy=True)
     assert relay.detect_rows_pending == 1
