@@ -70,6 +70,10 @@ class VaultSettings:
         return self.db_path or Path(self.data_dir) / "vault" / "vault.sqlite3"
 
 
+TOKENIZE_FIELDS = frozenset({"pan", "exp_month", "exp_year", "cvv"})
+"""What a tokenize request may hold (gateway/tokenize/vault.py sends these)."""
+
+
 class _BadRequest(ValueError):
     """A request the vault will not act on; the text is a fixed word."""
 
@@ -127,6 +131,8 @@ def _digits_from(value: Any, capacity: int = 32) -> SensitiveDigits:
 
 def card_from_request(body: dict[str, Any], today: datetime.date) -> SensitiveCard:
     """Validate a tokenize request into a card (without its CVV); raises _BadRequest with a word."""
+    if not body.keys() <= TOKENIZE_FIELDS:
+        raise _BadRequest("invalid_request")  # strict: an unknown field (a track2?) is not ignored
     pan = _digits_from(body.get("pan"))
     cvv = None
     expiry = None
@@ -220,7 +226,7 @@ def create_vault_app(store: VaultStore, *, middlewares: Sequence[Any] = ()) -> w
         except _BadRequest as exc:
             return _error(400, str(exc))
         token = body.get("token")
-        if not isinstance(token, str):
+        if not isinstance(token, str) or body.keys() != {"token"}:
             return _error(400, "invalid_request")
         if not _TOKEN_SHAPE.fullmatch(token):
             log.warning("detokenize by %s: unknown_token (malformed, not logged)", who)
@@ -368,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             new_id, count = rotate_key(settings)
         except (KeyringError, OSError) as exc:
-            print(f"tonewall vault rotate-key: {exc}", file=sys.stderr)
+            hint = "" if args.kek_file else f" ({settings.kek_path()}; a KEK file configured elsewhere: --kek-file)"
+            print(f"tonewall vault rotate-key: {exc}{hint}", file=sys.stderr)
             return 1
         print(f"active KEK {new_id}; re-wrapped {count} data keys")
         return 0

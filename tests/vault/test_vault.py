@@ -136,7 +136,8 @@ def test_card_from_request_drops_cvv():
     assert made.cvv_digits is None and made.brand is Brand.VISA
     for bad in ({"pan": PAN[:-1] + "2"}, {"pan": PAN, "cvv": "12"}, {"pan": PAN, "exp_month": 1, "exp_year": 2024},
                 {"pan": "41x1"}, {"pan": 4111111111111111},
-                {"pan": PAN, "exp_month": True, "exp_year": 2030}):  # a bool was stored as January
+                {"pan": PAN, "exp_month": True, "exp_year": 2030},  # a bool was stored as January
+                {"pan": PAN, "track2": PAN + "=3012"}):  # unknown fields are refused, not ignored
         with pytest.raises(_BadRequest):
             card_from_request(bad, today)
 
