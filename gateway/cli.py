@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from gateway.config import FLAG_KEYS, ConfigError, load_config
 
@@ -50,12 +51,40 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tonewall: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        problem = _files_problem(config)
+        if problem is not None:
+            print(f"tonewall: {problem}", file=sys.stderr)
+            return 2
         print(f"tonewall: config OK ({config.source})")
         return 0
     from gateway.app import run
     from gateway.extensions import default_extensions
 
     return run(config, default_extensions(config))
+
+
+def _files_problem(config: Any) -> str | None:
+    """What `run` would refuse at start in the files the config names (certificates, keys, CAs,
+    the KEK file), so that --check-config says so too; None when they load."""
+    from gateway import pki
+    from gateway.vault.keyring import Keyring, KeyringError
+
+    pairs = [(config.sip.tls_cert_file, config.sip.tls_key_file), (config.api.tls_cert_file, config.api.tls_key_file),
+             (config.processor.client_cert_file, config.processor.client_key_file)]
+    try:
+        for cert, key in pairs:
+            if cert and key:
+                pki.server_ssl_context(pki.CertFiles(Path(cert), Path(key)))
+        for ca in (config.sip.tls_ca_file, config.processor.ca_file):
+            if ca:
+                pki.client_ssl_context(ca)
+        if config.vault.kek_file:
+            Keyring.load(config.vault.kek_file, env={}, create=False)
+    except OSError as exc:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+    except KeyringError as exc:
+        return f"{config.vault.kek_file}: {exc}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -117,11 +117,10 @@ def test_each_bad_flag_is_refused_naming_the_flag(tmp_path):
 
 
 def test_check_config_accepts_a_full_production_shape_and_writes_nothing(tmp_path):
-    key = tmp_path / "sip.key"
-    key.write_text("not really a key")
-    key.chmod(0o600)
-    cert = tmp_path / "sip.pem"
-    cert.write_text("cert")
+    from gateway import pki
+
+    files = pki.issue_server_cert(tmp_path / "pki", "sip")
+    key, cert = files.key_path, files.cert_path
     text = (f'data_dir = "{tmp_path / "data"}"\n'
             '[sip]\nlisten = "127.0.0.1:5060"\ntls_listen = "127.0.0.1:5061"\n'
             f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\nnext_hop = "sip:pbx.example.net;transport=tls"\n'
@@ -133,6 +132,11 @@ def test_check_config_accepts_a_full_production_shape_and_writes_nothing(tmp_pat
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
     assert str(tmp_path / "tonewall.toml") in r.stdout and "OK" in r.stdout
     assert not (tmp_path / "data").exists()
+    # What `run` refuses at start, --check-config refuses too, naming the file: a key that is no key.
+    key.write_text("not really a key")
+    r = _run_all({"bad": (["run", "--config", str(tmp_path / "tonewall.toml"), "--check-config"], tmp_path)})["bad"]
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"tonewall: {cert} + {key}: not a PEM certificate"), r.stderr
 
 
 def test_token_issue_on_a_bad_data_dir_is_one_line_and_a_new_one_is_private(tmp_path):
