@@ -13,9 +13,10 @@ Public API:
 Each line holds `seq`, `time`, `event`, the fields, `prev` (SHA-256 of the previous line's
 bytes) and `hmac` (HMAC-SHA256 of the canonical JSON of everything else). A side file
 `audit.jsonl.head` holds the last seq and hash under the same key, so cutting records off
-the end is found too; it is written when the log is created, so removing the log and its head
-while the key stays is found as well (removing the key too cannot be told from a data dir that
-never had a log: ship the records off the box for that).
+the end is found too; it is written when the log is created with its key, so removing the log
+and its head while the key stays is found as well, and the next start begins the new chain with
+an `audit.log_missing` record (removing the key too cannot be told from a data dir that never had
+a log: ship the records off the box for that).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class AuditLog:
         *,
         wallclock: Callable[[], float] = time.time,
         fsync: bool = True,
+        new_key: bool = True,
     ) -> None:
         self.path = Path(path)
         self._key = key
@@ -117,9 +119,14 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._seq, self._prev = self._tail()
         if self._seq == 0 and not self.head_path.exists():
-            # A new log has a head from the start, so that removing the log and its head (while
-            # the key stays) is found too: an empty chain with no head is never "ok".
-            self._write_head()
+            if new_key:
+                # A new log has a head from the start, so that removing the log and its head
+                # (while the key stays) is found: an empty chain with no head is never "ok".
+                self._write_head()
+            else:
+                # The key was there and the log and its head are gone: the new chain starts with
+                # a record that says so, rather than passing for a fresh install on the next start.
+                self.record("audit.log_missing", outcome="previous log and head not found")
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], **kwargs: Any) -> "AuditLog":
@@ -127,7 +134,8 @@ class AuditLog:
         folder = Path(data_dir) / "audit"
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
-        return cls(folder / "audit.jsonl", load_or_create_key(folder / "audit.key"), **kwargs)
+        new_key = not (folder / "audit.key").exists()
+        return cls(folder / "audit.jsonl", load_or_create_key(folder / "audit.key"), new_key=new_key, **kwargs)
 
     @property
     def head_path(self) -> Path:

@@ -1192,7 +1192,7 @@ class B2bua:
             self._refuse(key, req, exc, now)
             return
         codecs = self._reoffer_codecs(call, other, codecs)
-        body, local = self._offer(call, other, codecs, offer.direction)
+        body, local = self._offer(call, other, codecs, _reoffer_direction(offer))
         extra = [("Content-Type", "application/sdp")] + self._refresh_request_headers(call, other, req)
         out = call.dialogs[other].new_request(method, self._via(other, call), body=body, extra=extra)
         ckey = self._tx.send_request(out, call.peers[other], now)
@@ -1288,7 +1288,7 @@ class B2bua:
                 self.hangup(call.call_id, _end_reason(exc), now)  # we refused that leg's media
             return
         codecs = self._reoffer_codecs(call, origin, codecs)
-        body, ours = self._offer(call, origin, codecs, their.direction)
+        body, ours = self._offer(call, origin, codecs, _reoffer_direction(their))
         call.late = _LateOffer(p.leg, their, ours, resp.cseq[0], req.cseq[0], offer_key=ckey)
         call.reinvite_busy = True
         self._accept_reoffer(call, p, req, resp, body, now)
@@ -1636,6 +1636,16 @@ def _multipart_parts(body: bytes, params: str) -> list[tuple[dict[str, str], byt
             headers["content-type" if name == "c" else name] = value.strip()
         parts.append((headers, content))
     return parts
+
+
+def _reoffer_direction(offer: RemoteAudio) -> Direction:
+    """The direction a re-offer asks for, passed on to the other leg. RFC 3264 8.4: in a re-offer,
+    c=0.0.0.0 is an RFC 2543-style hold ("do not send to me") whatever a= says, and the other side
+    must hear of it as a hold; in an initial offer it means the address is not known yet."""
+    if offer.address in ("0.0.0.0", "::") and offer.port:
+        return {Direction.SENDRECV: Direction.SENDONLY, Direction.RECVONLY: Direction.INACTIVE}.get(
+            offer.direction, offer.direction)
+    return offer.direction
 
 
 def _reasons(req: SipRequest) -> list[tuple[str, str]]:

@@ -657,8 +657,9 @@ def _check_cross(config: Config, text: str, source: str, env: dict[str, str]) ->
     proc = config.processor
     if proc.kind == "https-json" and not proc.url:  # stripe defaults to api.stripe.com, vault to the embedded one
         raise fail("processor", "kind", f"kind {proc.kind!r} needs processor.url")
-    if proc.kind == "stripe" and not (proc.api_key_file or proc.api_key_env):
-        raise fail("processor", "kind", "kind 'stripe' needs its secret key: api_key_file or api_key_env")
+    if proc.kind == "stripe" and not (proc.api_key_file or proc.api_key_env or STRIPE_KEY_ENV in env):
+        raise fail("processor", "kind", f"kind 'stripe' needs its secret key: api_key_file, api_key_env "
+                                        f"or {STRIPE_KEY_ENV} in the environment")
     if proc.url and not proc.url.startswith("https://"):
         raise fail("processor", "url", "card data goes over TLS only: use https://")
     if proc.api_key_file and proc.api_key_env:
@@ -675,18 +676,17 @@ def _check_cross(config: Config, text: str, source: str, env: dict[str, str]) ->
         _check_env_name(fail, "vault", "kek_env", vault.kek_env, env)
 
 
-_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+STRIPE_KEY_ENV = "TONEWALL_STRIPE_KEY"
+"""Where the stripe adapter's secret key comes from when neither api_key_file nor api_key_env is set."""
 
 
 def _check_env_name(fail: Callable[..., ConfigError], section: str, key: str, name: str,
                     env: Mapping[str, str]) -> None:
-    """A `*_env` key names a variable. A value that is not a variable name is likely the secret
-    itself pasted in: it is never repeated in the message (nor is a name that is not set)."""
-    if not _ENV_NAME.fullmatch(name):
-        raise fail(section, key, "must name an environment variable (A-Z, 0-9, _): the value looks "
-                                 "like something else, a pasted secret? (not shown)")
+    """A `*_env` key names a variable that must be set. The value is never repeated: it may be the
+    secret itself pasted in (a name can look like a key, AKIA...), and the file and line say which."""
     if name not in env:
-        raise fail(section, key, f"environment variable {name} is not set")
+        raise fail(section, key, "the environment variable it names is not set (a secret pasted "
+                                 "here instead of a variable name? the value is not shown)")
 
 
 def replace(config: Config, **changes: Any) -> Config:

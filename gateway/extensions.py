@@ -21,7 +21,7 @@ from gateway.audit import AuditLog, load_or_create_key
 from gateway.b2bua import CallEnded, InfoDtmfReceived
 from gateway.capture.machine import CardEntryConfig, parse_fields
 from gateway.capture.service import CaptureService
-from gateway.config import Config
+from gateway.config import STRIPE_KEY_ENV, Config
 from gateway.media.relay import (
     DIRECTION_NAMES, InBandDigitDetected, InBandDigitEnded, TelephoneEventDetected, TelephoneEventEnded,
 )
@@ -99,7 +99,7 @@ def build_tokenizer(config: Config, vault_url: str | None) -> Tokenizer:
             kwargs["base_url"] = processor.url
         if processor.ca_file:
             kwargs["ca_file"] = processor.ca_file
-        secret = load_secret(processor.api_key_file, env_name=processor.api_key_env or "TONEWALL_STRIPE_KEY")
+        secret = load_secret(processor.api_key_file, env_name=processor.api_key_env or STRIPE_KEY_ENV)
         return StripeTokenizer(secret, **kwargs)
     raise ValueError(f"unknown processor kind {processor.kind!r}")
 

@@ -876,7 +876,7 @@ class Relay:
         """One datagram from `leg`'s peer; returns (bytes, destination) for the other leg."""
         d = leg.direction
         new_source = addr != leg.rtp_src
-        if new_source and leg.strict and not _source_allowed(leg.rtp_src, leg.sdp_rtp, addr):
+        if new_source and leg.strict and not _source_allowed(leg.rtp_src, leg.sdp_rtp, addr, leg.exact_latch):
             self.stats.drops[d]["source"] += 1
             return None
         srtp = leg.srtp
@@ -1001,7 +1001,7 @@ class Relay:
         new_source = addr != leg.rtcp_src
         if new_source:
             if leg.strict:
-                if not _source_allowed(leg.rtcp_src, leg.sdp_rtcp, addr):
+                if not _source_allowed(leg.rtcp_src, leg.sdp_rtcp, addr, leg.exact_latch):
                     self.stats.drops[d]["source"] += 1
                     return None
             elif not _rtcp_source_allowed(leg, addr):
@@ -1260,8 +1260,11 @@ class Relay:
         slots, payloads = self._det_slots, self._det_payloads
         alaw = self._det_alaw
         if limit is not None and 2 * len(slots) > 3 * limit:
-            self._det_slots, self._det_payloads = slots[limit:], payloads[limit:]
-            slots, payloads = slots[:limit], payloads[:limit]
+            # A batch, or more when the FIFO is past its bound: what is left is never more than
+            # DETECT_DEFER - 1 batches, so an overloaded loop cannot fall further behind than it did.
+            take = max(limit, len(slots) - (DETECT_DEFER - 1) * limit)
+            self._det_slots, self._det_payloads = slots[take:], payloads[take:]
+            slots, payloads = slots[:take], payloads[:take]
             self.wake = True  # the A-law flag and the window stay as they were: the rest is as old
             # A full batch left: the next iterations take it even while datagrams wait (it is
             # past its bound already), a batch each, until less than a batch is left.
@@ -1808,11 +1811,12 @@ def _srtp_leg(params: SrtpParams | None) -> SrtpLeg | None:
 
 
 def _source_allowed(latched: tuple[str, int] | None, sdp: tuple[str, int] | None,
-                    addr: tuple[str, int]) -> bool:
-    """Strict mode: before latching only the SDP host may send; after, only the latched source."""
+                    addr: tuple[str, int], exact: bool = False) -> bool:
+    """Strict mode: before latching only the SDP host may send (after another fork answered: only
+    its exact SDP address); after, only the latched source."""
     if latched is not None:
         return addr == latched
-    return sdp is None or addr[0] == sdp[0]
+    return sdp is None or (addr == sdp if exact else addr[0] == sdp[0])
 
 
 def _rtcp_source_allowed(leg: Leg, addr: tuple[str, int]) -> bool:
@@ -1820,6 +1824,11 @@ def _rtcp_source_allowed(leg: Leg, addr: tuple[str, int]) -> bool:
     (or RTCP still comes from another host than RTP's)."""
     rtp = leg.rtp_src
     rtcp = leg.rtcp_src
+    if leg.exact_latch:
+        # Another fork answered: the early fork on the same host must not take RTCP either (its
+        # RTCP BYE when cancelled would have latched it); only the answer's RTCP address, or the
+        # port above the RTP source it latched to.
+        return rtcp is None and (addr == leg.sdp_rtcp or (rtp is not None and addr == (rtp[0], rtp[1] + 1)))
     if rtp is None:
         sdp = leg.sdp_rtcp or leg.sdp_rtp
         return rtcp is None and (sdp is None or sdp[0] in UNUSABLE_HOSTS or addr[0] == sdp[0])

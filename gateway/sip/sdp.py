@@ -320,11 +320,6 @@ def remote_audio(sd: SessionDescription, index: int | None = None) -> RemoteAudi
                 break
     if direction is None:
         direction = Direction.SENDRECV
-    if address in ("0.0.0.0", "::") and audio.port:
-        # RFC 3264 8.4: c=0.0.0.0 is an RFC 2543-style hold ("do not send to me") whatever the
-        # direction attribute says: the other side must hear of it as a hold, not a sendrecv offer.
-        direction = {Direction.SENDRECV: Direction.SENDONLY, Direction.RECVONLY: Direction.INACTIVE}.get(
-            direction, direction)
     ptime_ms = int(float(ptime)) if ptime and _PTIME.match(ptime) else None
     rtcp = None
     if rtcp_attr:

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS records (
     ciphertext BLOB NOT NULL,
     created REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS records_kek_id ON records(kek_id);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     token TEXT NOT NULL REFERENCES records(token),
@@ -123,8 +124,10 @@ class VaultStore:
         """Refuse a keyring that cannot open the stored records: one record per KEK id in use is
         unwrapped. A wrong or missing KEK is found at start, not as `unknown_token` answers later,
         and no token is made under it (it would be lost for good when the right KEK returns)."""
-        for kek_id, token, wrapped in self._db.execute(
-                "SELECT kek_id, token, wrapped_key FROM records GROUP BY kek_id").fetchall():
+        kek_ids = [row[0] for row in self._db.execute("SELECT DISTINCT kek_id FROM records")]  # the index
+        for kek_id in kek_ids:
+            token, wrapped = self._db.execute(
+                "SELECT token, wrapped_key FROM records WHERE kek_id = ? LIMIT 1", (kek_id,)).fetchone()
             if kek_id not in self.keyring.ids():
                 raise KeyringError(f"the records' KEK {kek_id} is not configured (a wrong KEK file or "
                                    f"environment?); refusing to start")

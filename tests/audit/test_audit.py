@@ -139,6 +139,11 @@ def test_a_removed_log_and_head_are_found_while_the_key_stays(log, tmp_path):
     log.head_path.unlink()
     result = verify_data_dir(tmp_path)
     assert not result.ok and any("head file: missing" in p for p in result.problems)
+    # The next start does not erase that: its chain begins with a record saying the log was gone.
+    AuditLog.open(tmp_path, fsync=False)
+    result = verify_data_dir(tmp_path)
+    assert result.ok and result.records == 1
+    assert json.loads(log.path.read_bytes().splitlines()[0])["event"] == "audit.log_missing"
 
 
 def test_a_new_log_verifies_before_its_first_record(tmp_path):

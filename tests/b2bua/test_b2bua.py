@@ -338,6 +338,14 @@ def test_an_rfc2543_hold_is_passed_on_as_a_hold(side: str):
     assert remote_audio(parse_sdp(reoffer.body)).direction is Direction.SENDONLY
 
 
+def test_an_initial_offer_with_no_address_yet_is_not_a_hold():
+    """RFC 3264 8.4: c=0.0.0.0 in an initial offer means the address is not known yet; offering the
+    agent sendonly for it left the call one-way."""
+    net = Net()
+    inv = start(net, sdp(40000).replace(b"c=IN IP4 192.0.2.10", b"c=IN IP4 0.0.0.0"))
+    assert remote_audio(parse_sdp(inv.body)).direction is Direction.SENDRECV
+
+
 def test_srtp_offer_refused_when_srtp_is_off():
     extra = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
     net = Net(B2buaConfig(next_hop="sip:pbx.example.com:5080", srtp_allowed=False))

@@ -112,7 +112,7 @@ def test_world_readable_secret_file_refused(tmp_path):
 
 def test_env_secret_must_exist(tmp_path):
     path = write(tmp_path, '[vault]\nkek_env = "TW_KEK"\n')
-    with pytest.raises(ConfigError, match="TW_KEK"):
+    with pytest.raises(ConfigError, match="vault.kek_env: the environment variable it names is not set"):
         load_config(path, env={})
     assert load_config(path, env={"TW_KEK": "x"}).vault.kek_env == "TW_KEK"
 
@@ -120,12 +120,13 @@ def test_env_secret_must_exist(tmp_path):
 @pytest.mark.parametrize("section,key,pasted", [
     ("processor", "api_key_env", "sk_live_51HxQ2eLkdIwHu7ixtqZ8jR"),
     ("vault", "kek_env", "a3f09c" + "7e" * 29),
+    ("vault", "kek_env", "AKIAIOSFODNN7EXAMPLE"),
 ])
 def test_a_secret_pasted_into_an_env_key_is_refused_without_repeating_it(tmp_path, section, key, pasted):
     """`*_env` names a variable; the secret pasted there instead was printed back in the error."""
     extra = 'kind = "https-json"\nurl = "https://p"\n' if section == "processor" else ""
     path = write(tmp_path, f'[{section}]\n{extra}{key} = "{pasted}"\n')
-    with pytest.raises(ConfigError, match="must name an environment variable") as info:
+    with pytest.raises(ConfigError, match="is not set") as info:
         load_config(path, env={})
     assert pasted not in str(info.value) and pasted[:12] not in str(info.value)
     assert info.value.line == (4 if section == "processor" else 2)
@@ -185,6 +186,10 @@ def test_processor_url_rules(tmp_path):
     stripe_key.write_text("sk_test_x")
     os.chmod(stripe_key, 0o600)
     assert load_config(write(tmp_path, f'[processor]\nkind = "stripe"\napi_key_file = "{stripe_key}"\n')).processor.url is None
+    assert load_config(write(tmp_path, '[processor]\nkind = "stripe"\n'),
+                       env={"TONEWALL_STRIPE_KEY": "sk_test_x"}).processor.kind == "stripe"
+    with pytest.raises(ConfigError, match="needs its secret key"):
+        load_config(write(tmp_path, '[processor]\nkind = "stripe"\n'), env={})
     with pytest.raises(ConfigError, match="needs processor.url"):
         load_config(write(tmp_path, '[processor]\nkind = "https-json"\n'))
     with pytest.raises(ConfigError, match="over TLS only") as info:

@@ -200,6 +200,27 @@ def test_another_forks_answer_takes_the_latch_from_the_early_fork_on_the_same_ho
     assert call.agent.rtp_src == fork_b
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_after_a_fork_switch_the_early_forks_stray_rtp_and_rtcp_take_nothing(strict: bool) -> None:
+    """Strict mode checked the host only (a stray from fork A latched, and strict never re-latches:
+    fork B was dropped for good); A's RTCP (its BYE when cancelled) latched RTCP to A."""
+    fork_a, fork_b = ("10.0.0.2", 31000), ("10.0.0.2", 31002)
+
+    def answer(addr, tag, early):
+        return LegMedia(addr, (addr[0], addr[1] + 1), "PCMU", 0, 96, fork_tag=tag, early=early)
+
+    relay, call = make(agent=answer(fork_a, "a", True), strict=strict)
+    assert relay.receive_rtp(call.agent, audio(1, ssrc=0xA), fork_a, 0.0) is not None
+    relay.configure("c1", leg(CALLER_SDP), answer(fork_b, "b", True))
+    relay.configure("c1", leg(CALLER_SDP), answer(fork_b, "b", False))
+    assert relay.receive_rtp(call.agent, audio(2, ssrc=0xA), fork_a, 0.02) is None
+    assert relay.receive_rtcp(call.agent, receiver_report(0xA, []), (fork_a[0], fork_a[1] + 1), 0.02) is None
+    assert relay.receive_rtp(call.agent, audio(1, ssrc=0xB), fork_b, 0.03) is not None
+    assert call.agent.rtp_src == fork_b
+    assert relay.receive_rtcp(call.agent, receiver_report(0xB, []), (fork_b[0], fork_b[1] + 1), 0.04) is not None
+    assert call.agent.rtcp_src == (fork_b[0], fork_b[1] + 1)
+
+
 def test_one_fork_early_then_final_keeps_its_latch() -> None:
     """No forking: a 183 and the 2xx of the same dialog restart nothing (the latch holds)."""
     nat = ("10.0.0.2", 6100)  # the SDP host, another port: latches at once when only one fork answered
@@ -660,6 +681,15 @@ def test_a_due_batch_waits_while_datagrams_wait_up_to_its_bound() -> None:
     for left in range(DETECT_DEFER * 3 - 6, -1, -3):
         relay.process_pending(2.0, busy=True)
         assert relay.detect_rows_pending == left
+    # An overloaded loop (a FIFO far past its bound) never keeps more than DETECT_DEFER - 1
+    # batches after a call: it cannot fall further behind than it did with one call for all.
+    for _ in range(10 * 3):
+        arrive(2.5)
+    relay.process_pending(2.5, busy=True)
+    assert relay.detect_rows_pending == (DETECT_DEFER - 1) * 3
+    for _ in range(DETECT_DEFER):
+        relay.process_pending(2.5, busy=False)  # a quiet moment: the rest goes, a batch a call
+    assert relay.detect_rows_pending == 0
     arrive(3.0)
     relay.process_pending(3.0 + DETECT_DEFER * 0.010 - 0.001, busy=True)
     assert relay.detect_rows_pending == 1
