@@ -115,3 +115,16 @@ def only(msgs, peer: Peer):
 
 def statuses(msgs, peer: Peer) -> list:
     return [m.status if isinstance(m, SipResponse) else m.method for m in only(msgs, peer)]
+
+
+def sip_t_body(sdp_body: bytes, boundary: str = "t") -> bytes:
+    """An SDP as a SIP-T/SIP-I peer sends it: multipart beside an optional ISUP part (RFC 5621)."""
+    b = boundary.encode()
+    return (b"--" + b + b"\r\nContent-Type: application/sdp\r\n\r\n" + sdp_body +
+            b"\r\n--" + b + b"\r\nContent-Type: application/isup;version=itu-t92+\r\n"
+            b"Content-Disposition: signal;handling=optional\r\n\r\n\x06\x00\r\n--" + b + b"--\r\n")
+
+
+def as_multipart(raw: bytes, boundary: str = "t") -> bytes:
+    """A message built with an SDP body, relabelled multipart/mixed (its body from `sip_t_body`)."""
+    return raw.replace(b"Content-Type: application/sdp", f"Content-Type: multipart/mixed;boundary={boundary}".encode(), 1)

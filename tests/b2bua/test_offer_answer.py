@@ -5,7 +5,7 @@ from __future__ import annotations
 from gateway.b2bua import CallAnswered, CallEnded, CallState, LawsDiffered, MessageRejected
 from gateway.sip.message import SipRequest, SipResponse
 from gateway.sip.sdp import parse_sdp, remote_audio
-from tests.b2bua.ladder import CALLER, MEDIA_ADDRESS, PBX, Net, only, request, sdp, statuses
+from tests.b2bua.ladder import CALLER, MEDIA_ADDRESS, PBX, Net, as_multipart, only, request, sdp, sip_t_body, statuses
 from tests.b2bua.test_b2bua import agent_request, connect, start
 
 AGENT_OFFER = sdp(50000, fmts="8 0 96", te_pt=96, host="192.0.2.20")
@@ -242,11 +242,7 @@ def test_a_late_offer_answered_in_a_multipart_ack_is_taken_from_its_sdp_part():
     """RFC 5621: a SIP-T caller answers the agent's late offer in a multipart ACK (was refused as no SDP)."""
     net = Net()
     inv, ok = late_answered(net)
-    body = (b"--t\r\nContent-Type: application/sdp\r\n\r\n" + sdp(40000, fmts="0 101") +
-            b"\r\n--t\r\nContent-Type: application/isup\r\nContent-Disposition: signal;handling=optional\r\n\r\n"
-            b"\x06\x00\r\n--t--\r\n")
-    raw = request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag, body=body).replace(
-        b"Content-Type: application/sdp", b"Content-Type: multipart/mixed;boundary=t", 1)
+    raw = as_multipart(request("ACK", branch="z9hG4bKack1", to_tag=ok.to_tag, body=sip_t_body(sdp(40000, fmts="0 101"))))
     (ack,) = only(net.send(raw), PBX)
     assert ack.method == "ACK" and [c.name for c in remote_audio(parse_sdp(ack.body)).codecs] == ["PCMU"]
     assert not ended(net) and not [e for e in net.events if isinstance(e, MessageRejected)]
