@@ -328,7 +328,8 @@ def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Security headers on every answer, streamed ones and aiohttp's own errors included."""
+    """Security headers on every answer, streamed ones and aiohttp's own 404/405 included (not its
+    answer to a request it cannot parse: that one runs no application signal)."""
     _secure_headers(request, response)
 
 
