@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -309,12 +310,20 @@ def _env_name(value: Any) -> str:
     return value
 
 
+_SECRET_PARAM = re.compile(r"(key|token|secret|passw|auth|sig|credential)", re.IGNORECASE)
+"""Query parameter names that carry a credential (api_key=, access_token=, sig=...)."""
+
+
 def _http_url(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"https?://\S+", value):
         raise ValueError("expected an http(s) URL")
     if "@" in value.split("://", 1)[1].split("/", 1)[0]:
         raise ValueError("credentials in the URL are not allowed: use api_key_file or api_key_env")
+    query = urllib.parse.urlsplit(value).query
+    if any(_SECRET_PARAM.search(name) for name, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)):
+        raise ValueError("a secret in the URL's query is not allowed: use api_key_file or api_key_env")
     return value
+
 
 
 def check_secret_file(path: str) -> None:

@@ -192,6 +192,10 @@ def test_processor_url_rules(tmp_path):
         load_config(write(tmp_path, '[processor]\nkind = "stripe"\n'), env={})
     with pytest.raises(ConfigError, match="needs processor.url"):
         load_config(write(tmp_path, '[processor]\nkind = "https-json"\n'))
+    with pytest.raises(ConfigError, match="secret in the URL's query") as info:
+        load_config(write(tmp_path, '[processor]\nkind = "https-json"\nurl = "https://p/t?api_key=sk_live_x"\n'))
+    assert info.value.line == 3 and "sk_live_x" not in str(info.value)
+    assert load_config(write(tmp_path, '[processor]\nkind = "https-json"\nurl = "https://p/t?version=2"\n'))
     with pytest.raises(ConfigError, match="over TLS only") as info:
         load_config(write(tmp_path, '[processor]\nkind = "vault"\nurl = "http://127.0.0.1:8444"\n'))
     assert info.value.line == 3
