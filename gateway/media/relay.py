@@ -1252,7 +1252,8 @@ class Relay:
         """One detector call over the FIFO (more only when a stream has several rows in it).
 
         `limit`: a FIFO longer than 1.5 times that (it grew while the loop was busy) gives up
-        that many rows, the oldest; the rest stay due (their window is the batch's) and the relay
+        that many rows, the oldest (more when it is past DETECT_DEFER batches: what is left never
+        exceeds DETECT_DEFER - 1); the rest stay due (their window is the batch's) and the relay
         wakes for them, so such a FIFO is taken a batch per loop iteration, each packet's
         forwarding waiting for one batch's call at most, not for all of them in one call (at
         1,000 streams that was 1-5 ms). Up to 1.5 times goes in one call, as it always did (a
