@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from gateway.config import FLAG_KEYS, ConfigError, load_config
+from gateway.config import FLAG_KEYS, Config, ConfigError, load_config
 
 SUBCOMMANDS = ("run", "demo", "vault", "token", "audit", "check")
 
@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     return run(config, default_extensions(config))
 
 
-def _files_problem(config: Any) -> str | None:
+def _files_problem(config: Config) -> str | None:
     """What `run` would refuse at start in the files the config names (certificates, keys, CAs,
     the KEK file), so that --check-config says so too; None when they load."""
     from gateway import pki

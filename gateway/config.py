@@ -325,7 +325,6 @@ def _http_url(value: Any) -> str:
     return value
 
 
-
 def check_secret_file(path: str) -> None:
     """DESIGN.md card data rules: secret files exist and are not world-readable.
 

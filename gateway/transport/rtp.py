@@ -295,8 +295,7 @@ class RtpMediaController:
             self._untimed = PROCESSING_SAMPLE_EVERY - 1
             relay.stats.processing_hist.observe(perf_counter() - t0, PROCESSING_SAMPLE_EVERY)
         if relay.wake and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flush_soon()
 
     def _drain(self) -> None:
         """The epoll descriptor is readable: one datagram from each ready RTP socket (C accelerator)."""
@@ -331,8 +330,7 @@ class RtpMediaController:
         if handled:
             stats.record_processing(perf_counter() - t0, handled)
         if relay.wake and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flush_soon()
 
     def _read_rtcp(self, leg: Leg) -> None:
         relay = self.relay
@@ -353,8 +351,12 @@ class RtpMediaController:
                 except OSError:
                     relay.stats.drops[leg.direction]["send"] += 1
         if relay.wake and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """The core has work for the end of this iteration (`relay.wake`): one `_flush` call."""
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -381,8 +383,7 @@ class RtpMediaController:
         if relay.wake and not self._flush_scheduled:
             # More of the detector's FIFO is due (it runs a batch per iteration): the next
             # iteration polls the sockets first, then takes the next batch.
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flush_soon()
 
     def _after_core(self) -> None:
         """After the core ran outside a packet: re-arm its timer if it moved, hand out events."""

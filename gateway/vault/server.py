@@ -320,12 +320,11 @@ async def run_vault(settings: VaultSettings) -> None:
 def rotate_key(settings: VaultSettings) -> tuple[str, int]:
     """Add a KEK, make it active and re-wrap every data key under it while the vault keeps serving."""
     kek_path = settings.kek_path()
-    if kek_path.exists():
-        # The KEKs on file must open the records before one more is added (VaultStore checks).
-        VaultStore(settings.database_path(), Keyring.load(kek_path, env={}, create=False)).close()
-    new_id = add_kek(kek_path)
+    # The KEKs on file must open the records before one more is added (VaultStore checks).
     store = VaultStore(settings.database_path(), Keyring.load(kek_path, env={}, create=False))
     try:
+        new_id = add_kek(kek_path)
+        store.keyring = Keyring.load(kek_path, env={}, create=False)
         return new_id, store.rewrap()
     finally:
         store.close()
