@@ -327,12 +327,129 @@ done:
     return result;
 }
 
+/* flush_quiet(fs, held, slots, out) -> bytes
+ *   The held packets of `slots` released without their successor (`MaskerBank.flush`) where
+ *   flush's own shortcut applies: the packet is held, no loose flag of blocks -2..3, no
+ *   confirmed window or tone state, and the held blocks 1..3 make no window that may confirm
+ *   (`_window_may_confirm`, the same comparisons on the same float64 values). Such a row
+ *   leaves unchanged: out[r] = held, and the slot's state moves as flush moves it (not held,
+ *   unsteady, filler = level). Returns one byte per row: 1 done here, 0 left alone (not held,
+ *   or flush's full rule applies) for the caller to flush one by one. */
+static struct {
+    int ready;
+    Py_ssize_t filler;
+    int b_flags_end, b_unsteady, b_confirmed, b_held_valid;
+    double min_window_energy, weak_energy, share, steady, gap;
+} FQ;
+
+static PyObject *configure_flush(PyObject *mod, PyObject *args)
+{
+    if (!PyArg_ParseTuple(args, "niiiiddddd", &FQ.filler, &FQ.b_flags_end, &FQ.b_unsteady, &FQ.b_confirmed,
+                          &FQ.b_held_valid, &FQ.min_window_energy, &FQ.weak_energy, &FQ.share, &FQ.steady, &FQ.gap))
+        return NULL;
+    if (!K.ready || FQ.filler >= K.bits || FQ.b_held_valid >= 24 || FQ.b_unsteady >= 24) {
+        PyErr_SetString(PyExc_ValueError, "masker flush layout does not fit its row");
+        return NULL;
+    }
+    FQ.ready = 1;
+    Py_RETURN_NONE;
+}
+
+static inline int window_may_confirm(double e0, double e1, double e2, double l0, double l1, double l2)
+{
+    double e = e0 + e1;
+    e = e + e2;
+    double floor = FQ.weak_energy > e0 ? FQ.weak_energy : e0;  /* Python's max(e0, weak) */
+    if (!(e >= FQ.min_window_energy || 2.0 * l0 >= floor))
+        return 0;
+    double ls = l0 + l1;
+    ls = ls + l2;
+    if (!(ls >= FQ.share * e))
+        return 0;
+    double hi = l0;  /* Python's max(l0, l1, l2): the first of equals */
+    if (l1 > hi) hi = l1;
+    if (l2 > hi) hi = l2;
+    double t = FQ.steady * hi, g = FQ.gap * hi;
+    return l0 >= t && (l1 >= t || e1 <= g) && (l2 >= t || e2 <= g);
+}
+
+static PyObject *flush_quiet(PyObject *mod, PyObject *args)
+{
+    PyObject *o_fs, *o_held, *o_slots, *o_out;
+    if (!PyArg_ParseTuple(args, "OOOO", &o_fs, &o_held, &o_slots, &o_out))
+        return NULL;
+    if (!K.ready || !FQ.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "masker flush is not configured");
+        return NULL;
+    }
+    Py_buffer fs, held, slots, out;
+    int got = 0;
+    PyObject *result = NULL;
+    if (get(o_fs, &fs, "fs", 1, 8, 2, "d") < 0) goto done;
+    got = 1;
+    if (get(o_held, &held, "held", 0, 2, 2, "h") < 0) goto done;
+    got = 2;
+    if (get(o_slots, &slots, "slots", 0, sizeof(Py_ssize_t), 1, "lqn") < 0) goto done;
+    got = 3;
+    if (get(o_out, &out, "out", 1, 2, 2, "h") < 0) goto done;
+    got = 4;
+    Py_ssize_t k = slots.shape[0], cap = fs.shape[0];
+    if (fs.shape[1] != K.n_f || fs.strides[1] != 8 || held.shape[0] != cap || held.shape[1] != PACKET_SAMPLES
+        || out.shape[0] != k || out.shape[1] != PACKET_SAMPLES) {
+        PyErr_SetString(PyExc_ValueError, "masker flush: arrays do not match");
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < k; r++) {
+        Py_ssize_t s = *(Py_ssize_t *)AT(slots, r * slots.strides[0]);
+        if (s < 0 || s >= cap) {
+            PyErr_SetString(PyExc_IndexError, "masker flush: slot out of range");
+            goto done;
+        }
+    }
+    result = PyBytes_FromStringAndSize(NULL, k);
+    if (result == NULL) goto done;
+    char *done_row = PyBytes_AS_STRING(result);
+    for (Py_ssize_t r = 0; r < k; r++) {
+        Py_ssize_t s = *(Py_ssize_t *)AT(slots, r * slots.strides[0]);
+        double *f = (double *)AT(fs, s * fs.strides[0]);
+        unsigned char *b = (unsigned char *)(f + K.bits);
+        done_row[r] = 0;
+        if (!b[FQ.b_held_valid])
+            continue;
+        int busy = 0;
+        for (int i = 0; i < FQ.b_flags_end; i++)
+            busy |= b[i];
+        for (int i = FQ.b_confirmed; i < FQ.b_held_valid; i++)
+            busy |= b[i];
+        if (busy || window_may_confirm(f[K.hist_e], f[K.hist_e + 1], f[K.hist_e + 2],
+                                       f[K.hist_l], f[K.hist_l + 1], f[K.hist_l + 2]))
+            continue;
+        const int16_t *h = (const int16_t *)AT(held, s * held.strides[0]);
+        int16_t *o = (int16_t *)AT(out, r * out.strides[0]);
+        for (int i = 0; i < PACKET_SAMPLES; i++)
+            o[i * (out.strides[1] / 2)] = h[i * (held.strides[1] / 2)];
+        b[FQ.b_held_valid] = 0;
+        b[FQ.b_unsteady] = 1;
+        f[FQ.filler] = f[K.level];
+        done_row[r] = 1;
+    }
+done:
+    if (got >= 4) PyBuffer_Release(&out);
+    if (got >= 3) PyBuffer_Release(&slots);
+    if (got >= 2) PyBuffer_Release(&held);
+    if (got >= 1) PyBuffer_Release(&fs);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"set_basis", set_basis, METH_O, "Set the (40, 16) analysis basis (once, from dtmf.masker)."},
     {"features_blocks", features_blocks, METH_VARARGS, "Energy and line energy of (m, 40) float64 blocks into (m, 2)."},
     {"features_packets", features_packets, METH_VARARGS,
      "Energies and line energies of (k, 160) int16 packets' four blocks into columns 3..6 of two (k, 8) arrays."},
     {"configure", configure, METH_VARARGS, "Set the state layout and constants (once, from dtmf.masker)."},
+    {"configure_flush", configure_flush, METH_VARARGS, "Set flush_quiet's layout and constants (once, from dtmf.masker)."},
+    {"flush_quiet", flush_quiet, METH_VARARGS,
+     "flush_quiet(fs, held, slots, out) -> bytes: release held packets that flush leaves unchanged."},
     {"quiet_step", quiet_step, METH_VARARGS,
      "MaskerBank.process's step when every row is quiet: True and the state moved, or False and nothing written."},
     {NULL, NULL, 0, NULL},

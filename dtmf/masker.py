@@ -904,6 +904,31 @@ class MaskerBank:
         f[_F_FILLER] = f[_F_LEVEL]
         return out, masked
 
+    def flush_many(self, slots: list[int]) -> tuple[np.ndarray, list[bool | None]]:
+        """`flush` for several slots at once (held packets released at their deadline together).
+
+        Returns (k, 160) rows and per row its `changed` flag, None where nothing was held (that
+        row's samples are meaningless). With the C step, the rows that flush's shortcut leaves
+        unchanged (nearly all) are done in one pass; the rest go through `flush` one by one.
+        """
+        k = len(slots)
+        out = np.empty((k, PACKET_SAMPLES), dtype=np.int16)
+        masked: list[bool | None] = [False] * k
+        if _flush_quiet is not None:
+            done = _flush_quiet(self._fs, self._held, np.array(slots, dtype=np.intp), out)
+            if done.count(0) == 0:
+                return out, masked
+        else:
+            done = bytes(k)
+        for r, slot in enumerate(slots):
+            if not done[r]:
+                got = self.flush(slot)
+                if got is None:
+                    masked[r] = None
+                else:
+                    out[r], masked[r] = got
+        return out, masked
+
     def _levels(self, level: np.ndarray, energy: np.ndarray, flags: np.ndarray | None) -> np.ndarray:
         """Background tracker over the new blocks: (k, 5), the level before each block, then after the last."""
         k = len(level)
@@ -1286,7 +1311,7 @@ __all__ = [
 try:
     from dtmf import _maskstep
 except ImportError:  # built without a C compiler: numpy's product and step run every batch
-    _quiet_step = _features_blocks = _features_packets = None
+    _quiet_step = _features_blocks = _features_packets = _flush_quiet = None
 else:
     _maskstep.set_basis(np.ascontiguousarray(_BASIS))
     _features_blocks, _features_packets = _maskstep.features_blocks, _maskstep.features_packets
@@ -1294,6 +1319,10 @@ else:
                         float(_MIN_BLOCK_ENERGY), float(_WEAK_ENERGY), float(_NOISE_RISE),
                         float(_NOISE_RISE_ABS), 1.0 / BLOCK_SAMPLES)
     _quiet_step = _maskstep.quiet_step
+    _maskstep.configure_flush(_F_FILLER, _B_UNSTEADY, _B_UNSTEADY, _B_CONFIRMED, _B_HELD_VALID,
+                              float(_MIN_WINDOW_ENERGY), float(_WEAK_ENERGY), float(_PREFILTER * MIXED_CONCENTRATION),
+                              float(_STEADY), float(_GAP))
+    _flush_quiet = _maskstep.flush_quiet
 
 
 def accelerated() -> bool:
