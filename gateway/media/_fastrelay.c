@@ -41,7 +41,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
 #define MAX_DATAGRAM 2048
@@ -776,143 +775,12 @@ static PyTypeObject FastRelayType = {
     .tp_methods = FastRelay_methods,
 };
 
-/* ---- PreciseTimer -------------------------------------------------------------------------
- * A timerfd on CLOCK_MONOTONIC (perf_counter's clock on Linux), armed at an absolute time.
- *
- * Why: the event loop's own timers step in milliseconds (libuv keeps its clock in ms), so a
- * held capture packet whose successor is late left up to ~1-2 ms after its deadline, and those
- * packets are the relay's latency tail. The edge watches this descriptor with add_reader. */
-
-typedef struct {
-    PyObject_HEAD
-    int fd;
-    double armed;  /* absolute time armed, 0.0 when disarmed */
-} PreciseTimer;
-
-static PyObject *PreciseTimer_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    PreciseTimer *self = (PreciseTimer *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    self->armed = 0.0;
-    self->fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (self->fd < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
-}
-
-static void PreciseTimer_dealloc(PreciseTimer *self) {
-    if (self->fd >= 0)
-        close(self->fd);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int timer_set(PreciseTimer *self, double when) {
-    struct itimerspec its;
-    memset(&its, 0, sizeof(its));
-    if (when > 0.0) {
-        double sec = floor(when);
-        its.it_value.tv_sec = (time_t)sec;
-        its.it_value.tv_nsec = (long)((when - sec) * 1e9);
-        if (its.it_value.tv_nsec >= 1000000000L)
-            its.it_value.tv_nsec = 999999999L;
-        if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
-            its.it_value.tv_nsec = 1;  /* all zero would disarm */
-    }
-    if (timerfd_settime(self->fd, when > 0.0 ? TFD_TIMER_ABSTIME : 0, &its, NULL) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    self->armed = when > 0.0 ? when : 0.0;
-    return 0;
-}
-
-static PyObject *PreciseTimer_arm(PreciseTimer *self, PyObject *arg) {
-    double when = PyFloat_AsDouble(arg);
-    if (when == -1.0 && PyErr_Occurred())
-        return NULL;
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "timer closed");
-        return NULL;
-    }
-    if (!(when > 0.0)) {
-        PyErr_SetString(PyExc_ValueError, "arm(when): when must be a positive CLOCK_MONOTONIC time");
-        return NULL;
-    }
-    if (when != self->armed && timer_set(self, when) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *PreciseTimer_disarm(PreciseTimer *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->fd >= 0 && self->armed != 0.0 && timer_set(self, 0.0) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *PreciseTimer_ack(PreciseTimer *self, PyObject *Py_UNUSED(ignored)) {
-    /* The expiry count is read so that the level-triggered descriptor goes quiet; the time it
-     * was armed for is forgotten (a fired timer is disarmed). Returns whether it had fired. */
-    uint64_t n = 0;
-    ssize_t r = self->fd >= 0 ? read(self->fd, &n, sizeof(n)) : -1;
-    if (r == (ssize_t)sizeof(n))
-        self->armed = 0.0;
-    return PyBool_FromLong(r == (ssize_t)sizeof(n));
-}
-
-static PyObject *PreciseTimer_fileno(PreciseTimer *self, PyObject *Py_UNUSED(ignored)) {
-    return PyLong_FromLong(self->fd);
-}
-
-static PyObject *PreciseTimer_armed(PreciseTimer *self, void *Py_UNUSED(closure)) {
-    if (self->armed == 0.0)
-        Py_RETURN_NONE;
-    return PyFloat_FromDouble(self->armed);
-}
-
-static PyObject *PreciseTimer_close(PreciseTimer *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->fd >= 0) {
-        close(self->fd);
-        self->fd = -1;
-    }
-    self->armed = 0.0;
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef PreciseTimer_methods[] = {
-    {"fileno", (PyCFunction)PreciseTimer_fileno, METH_NOARGS, "The timerfd: readable once the armed time passed."},
-    {"arm", (PyCFunction)PreciseTimer_arm, METH_O, "arm(when): fire at `when` (perf_counter seconds), replacing any earlier arming."},
-    {"disarm", (PyCFunction)PreciseTimer_disarm, METH_NOARGS, "Fire at no time."},
-    {"ack", (PyCFunction)PreciseTimer_ack, METH_NOARGS, "Read the expiry (the descriptor goes quiet); whether it had fired."},
-    {"close", (PyCFunction)PreciseTimer_close, METH_NOARGS, "Close the timerfd."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef PreciseTimer_getset[] = {
-    {"armed", (getter)PreciseTimer_armed, NULL, "The time armed for, or None.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject PreciseTimerType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "gateway.media._fastrelay.PreciseTimer",
-    .tp_basicsize = sizeof(PreciseTimer),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A timerfd armed at an absolute perf_counter time (microsecond precision, unlike the loop's timers).",
-    .tp_new = PreciseTimer_new,
-    .tp_dealloc = (destructor)PreciseTimer_dealloc,
-    .tp_methods = PreciseTimer_methods,
-    .tp_getset = PreciseTimer_getset,
-};
-
 static struct PyModuleDef fastrelay_module = {
     PyModuleDef_HEAD_INIT, "_fastrelay", "The relay's plain-datagram path in C (see FastRelay).", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__fastrelay(void) {
-    if (PyType_Ready(&FastRelayType) < 0 || PyType_Ready(&PreciseTimerType) < 0)
+    if (PyType_Ready(&FastRelayType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastrelay_module);
     if (m == NULL)
@@ -920,12 +788,6 @@ PyMODINIT_FUNC PyInit__fastrelay(void) {
     Py_INCREF(&FastRelayType);
     if (PyModule_AddObject(m, "FastRelay", (PyObject *)&FastRelayType) < 0) {
         Py_DECREF(&FastRelayType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    Py_INCREF(&PreciseTimerType);
-    if (PyModule_AddObject(m, "PreciseTimer", (PyObject *)&PreciseTimerType) < 0) {
-        Py_DECREF(&PreciseTimerType);
         Py_DECREF(m);
         return NULL;
     }

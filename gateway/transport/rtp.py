@@ -13,10 +13,9 @@ iteration from `loop.call_soon`. One loop timer, armed from `Relay.get_timer()` 
 while something is due (a detector batch's deadline, a masker window's end, the once-a-second metrics
 sample, an RFC 4733 event's lost end, a held capture packet's release deadline), drives
 `Relay.handle_timer`, whose released packets it sends. The loop's timer steps in milliseconds
-(it fired 0.3 ms late at the median, 1 ms at p99, at 500 captured streams), so with the C
-accelerator the timer is a timerfd instead (`PreciseTimer`, armed at the perf_counter time
-itself; ~0.1 ms late), and the end of each `process_pending` iteration also asks
-`Relay.deadline_due` and runs the same work when a held packet's deadline has passed.
+(it fired 0.3 ms late at the median, 1 ms at p99, at 500 captured streams), so the end of each
+`process_pending` iteration also asks `Relay.deadline_due` and runs the same work when a held
+packet's deadline has passed: under load the loop wakes every few tens of microseconds.
 
 With the C accelerator (`gateway.media._fastrelay`, built at install when a compiler is
 there; IPv4 media), the RTP sockets are not watched one by one: one epoll descriptor over all
@@ -44,9 +43,9 @@ from gateway.media.leg import LegMedia
 from gateway.media.relay import Leg, Relay, RelayCall
 
 try:
-    from gateway.media._fastrelay import FastRelay, PreciseTimer
+    from gateway.media._fastrelay import FastRelay
 except ImportError:  # no compiler at install, or not Linux: the pure-Python path
-    FastRelay = PreciseTimer = None  # type: ignore[assignment,misc]
+    FastRelay = None  # type: ignore[assignment,misc]
 
 MAX_DATAGRAM_BYTES = 2048
 READS_PER_WAKEUP = 64
@@ -169,14 +168,10 @@ class RtpMediaController:
             raise AcceleratorUnavailable(
                 "the C relay accelerator is not built (reinstall with a C compiler) or the media address is IPv6")
         self._fast: Any = None
-        self._precise: Any = None
-        """With the accelerator, the core's timer is a timerfd (`PreciseTimer`), not a loop timer."""
         if usable and fast_path is not False:
             self._fast = FastRelay(Leg, *self.relay.jitter_sampling)
             self.relay.accelerate(self._fast.release_unchanged)
             self._loop.add_reader(self._fast.fileno(), self._drain)
-            self._precise = PreciseTimer()
-            self._loop.add_reader(self._precise.fileno(), self._on_precise_timer)
 
     @property
     def fast_path(self) -> bool:
@@ -235,11 +230,6 @@ class RtpMediaController:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_at = None
-        if self._precise is not None:
-            self._loop.remove_reader(self._precise.fileno())
-            self._precise.close()
-            self._precise = None
-            self._timer_at = None
         if self._fast is not None:
             self._loop.remove_reader(self._fast.fileno())
             self._fast.close()
@@ -408,18 +398,10 @@ class RtpMediaController:
         when = self.relay.get_timer()
         if when is None or (self._timer_at is not None and self._timer_at <= when):
             return
-        self._timer_at = when
-        if self._precise is not None:
-            self._precise.arm(max(when, 1e-6))
-            return
         if self._timer is not None:
             self._timer.cancel()
+        self._timer_at = when
         self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_precise_timer(self) -> None:
-        if self._precise is None or not self._precise.ack():
-            return  # re-armed for later since the descriptor became readable
-        self._on_timer()
 
     def _on_timer(self) -> None:
         when = self._timer_at or 0.0

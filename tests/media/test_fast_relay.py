@@ -14,7 +14,6 @@ import asyncio
 import base64
 import os
 import random
-import select
 import socket
 import struct
 import time
@@ -441,13 +440,12 @@ class SimLoop:
         self.now = 1000.0
         self.soon: list[Any] = []
         self.timers: list["SimLoop.Handle"] = []
-        self.readers: dict[int, tuple[Any, tuple]] = {}
 
-    def add_reader(self, fd: int, callback: Any, *args: Any) -> None:
-        self.readers[fd] = (callback, args)
+    def add_reader(self, *args: Any) -> None:
+        pass
 
-    def remove_reader(self, fd: int) -> None:
-        self.readers.pop(fd, None)
+    def remove_reader(self, *args: Any) -> None:
+        pass
 
     def call_soon(self, callback: Any, *args: Any) -> None:
         self.soon.append((callback, args))
@@ -477,46 +475,6 @@ class SimLoop:
         self.now = to
 
 
-class SimPreciseTimer:
-    """The edge's timerfd (`PreciseTimer`) on a `SimLoop`'s clock: readable from its armed time."""
-
-    def __init__(self, loop: SimLoop) -> None:
-        self.loop, self.armed, self._fired = loop, None, False
-        self._handle: SimLoop.Handle | None = None
-        self.fd = -100 - len(loop.readers)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def arm(self, when: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self.armed, self._fired = when, False
-        self._handle = self.loop.call_at(when, self._readable)
-
-    def _readable(self) -> None:
-        self._handle, self._fired = None, True
-        callback, args = self.loop.readers[self.fd]
-        callback(*args)
-
-    def ack(self) -> bool:
-        fired, self._fired = self._fired, False
-        if fired:
-            self.armed = None
-        return fired
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-
-
-def sim_loop(monkeypatch) -> SimLoop:
-    """A `SimLoop`, with the accelerated edge's timerfd on its clock."""
-    loop = SimLoop()
-    monkeypatch.setattr(edge, "PreciseTimer", lambda: SimPreciseTimer(loop))
-    return loop
-
-
 @pytest.mark.parametrize("mask_mode", [MaskMode.SILENCE, MaskMode.FLAT])
 def test_capture_through_the_accelerator_leaves_the_same_bytes_at_the_same_times(monkeypatch, mask_mode) -> None:
     """A capture with look-ahead (held packets, deadline releases, RFC 4733 withheld and renumbered),
@@ -537,7 +495,7 @@ def test_capture_through_the_accelerator_leaves_the_same_bytes_at_the_same_times
         arrivals.append(t)
     outputs = []
     for fast in (False, True):
-        loop = sim_loop(monkeypatch)
+        loop = SimLoop()
         monkeypatch.setattr(edge, "perf_counter", lambda loop=loop: loop.now)
         relay = Relay(detector=DetectorBank(capacity=4), masker=MaskerBank(mask_mode))
         ctl = RtpMediaController(HOST, 35000 + 200 * fast, 35199 + 200 * fast, relay=relay,
@@ -608,7 +566,7 @@ def test_a_successor_waiting_in_its_socket_at_the_deadline_releases_the_held_pac
     successor already sits in the socket (a busy loop), the edge reads it first, so the held
     packet leaves with its look-ahead, not as a deadline release (last block silenced)."""
     require_accelerator()
-    loop = sim_loop(monkeypatch)
+    loop = SimLoop()
     monkeypatch.setattr(edge, "perf_counter", lambda: loop.now)
     relay = Relay(detector=DetectorBank(capacity=4), masker=MaskerBank(MaskMode.FLAT))
     ctl = RtpMediaController(HOST, 35600, 35799, relay=relay, loop=loop, fast_path=True)  # type: ignore[arg-type]
@@ -669,7 +627,7 @@ def test_a_deadline_passed_in_a_busy_loop_releases_at_the_iteration_not_the_time
     iteration, before the loop timer has fired."""
     if fast:
         require_accelerator()
-    loop = sim_loop(monkeypatch)
+    loop = SimLoop()
     monkeypatch.setattr(edge, "perf_counter", lambda: loop.now)
     relay = Relay(masker=MaskerBank(MaskMode.SILENCE))
     ctl = RtpMediaController(HOST, 35800 + 200 * fast, 35999 + 200 * fast, relay=relay,  # type: ignore[arg-type]
@@ -966,7 +924,7 @@ def test_packets_released_in_an_iteration_leave_before_its_detector_call(monkeyp
     otherwise delay have been sent."""
     if fast:
         require_accelerator()
-    loop = sim_loop(monkeypatch)
+    loop = SimLoop()
     monkeypatch.setattr(edge, "perf_counter", lambda: loop.now)
     agent = udp()
     seen_at_detection: list[int] = []
@@ -997,54 +955,3 @@ def test_packets_released_in_an_iteration_leave_before_its_detector_call(monkeyp
         ctl.close()
         caller.close()
         agent.close()
-
-
-def test_precise_timer_is_a_timerfd_on_perf_counters_clock() -> None:
-    """The edge's timer for held packets: armed at an absolute perf_counter time, never early,
-    an earlier arming replaces a later one, a past time fires at once, disarm fires never."""
-    require_accelerator()
-    timer = edge.PreciseTimer()
-    poller = select.poll()
-    poller.register(timer.fileno(), select.POLLIN)
-    try:
-        assert timer.armed is None and not timer.ack()
-        far = time.perf_counter() + 60.0
-        timer.arm(far)
-        assert timer.armed == far and poller.poll(0) == []
-        soon = time.perf_counter() + 0.005
-        timer.arm(soon)
-        assert poller.poll(5000)
-        assert time.perf_counter() >= soon  # the timerfd's clock is perf_counter's: never early
-        assert timer.ack() and timer.armed is None
-        assert not timer.ack() and poller.poll(0) == []
-        timer.arm(time.perf_counter() + 0.001)
-        timer.disarm()
-        time.sleep(0.005)
-        assert poller.poll(0) == [] and timer.armed is None
-        timer.arm(time.perf_counter() - 1.0)
-        assert poller.poll(5000)
-        with pytest.raises(ValueError):
-            timer.arm(0.0)
-    finally:
-        timer.close()
-
-
-async def test_the_accelerated_edge_releases_a_held_packet_from_its_timerfd() -> None:
-    """A held capture packet with no successor leaves at its deadline, woken by the timerfd (the
-    loop's millisecond timers are not used with the accelerator)."""
-    require_accelerator()
-    session = Session(True, port=33800)
-    try:
-        session.call.set_capture(True)
-        session.send("caller", rtp(0, b"\xff" * 160))
-        await settle()
-        relay = session.ctl.relay
-        assert relay.holding and drain(session.agent) == []
-        assert session.ctl._precise.armed is not None and session.ctl._timer is None
-        await asyncio.sleep(0.06)
-        await settle()
-        assert [p[12:] for p in drain(session.agent)] == [b"\xff" * 160]
-        assert relay.stats.released_at_deadline == 1 and not relay.holding
-        assert session.ctl._timer is None
-    finally:
-        session.close()
