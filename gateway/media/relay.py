@@ -187,6 +187,9 @@ _SEQ = struct.Struct("!H")
 _TS_SSRC = struct.Struct("!II")
 _NO_PT = 255
 _BOTH_DECODE = np.concatenate([ULAW_DECODE, ALAW_DECODE])
+_TAIL_SQUARES = ([int(v) ** 2 for v in ULAW_DECODE], [int(v) ** 2 for v in ALAW_DECODE])
+"""Per G.711 code (mu-law, A-law), its decoded sample squared: a tail's power as exact integers."""
+_TAIL_SILENCE = (bytes([SILENCE_CODES["PCMU"]]) * TAIL_SAMPLES, bytes([SILENCE_CODES["PCMA"]]) * TAIL_SAMPLES)
 """mu-law codes at 0-255, A-law at 256-511: one lookup decodes a batch of mixed codecs."""
 _ULAW_PAIRS = np.stack([np.tile(ULAW_DECODE, 256), np.repeat(ULAW_DECODE, 256)], axis=1).view(np.int32).ravel()
 """Two mu-law codes read as one little-endian uint16 -> both samples (int16, int16) as one int32:
@@ -1475,15 +1478,9 @@ class Relay:
             return [sent for sent in (self._release_held(leg, now) for leg in legs) if sent is not None]
         k = len(batch)
         rows, changed = masker.flush_many([leg.mask_slot for leg in batch])
-        # The last block, whose confirming blocks are in the missing successor: its power, in
-        # the caller's law (float64 sums of integer squares: exact, as `_release_held`'s dot).
-        heads = [leg.held for leg in batch]
-        codes = np.frombuffer(b"".join([h[1][h[2] + 160 - TAIL_SAMPLES:] for h in heads]),  # type: ignore[index]
-                              dtype=np.uint8).reshape(k, TAIL_SAMPLES)
-        alaw = [leg.is_alaw for leg in batch]
-        tail = (np.take(_BOTH_DECODE, codes + np.array(alaw, dtype=np.intp)[:, None] * 256) if any(alaw)
-                else ULAW_DECODE.take(codes)).astype(np.float64)
-        loud = (np.einsum("ij,ij->i", tail, tail) >= TAIL_QUIET_POWER * TAIL_SAMPLES).tolist()
+        # The last block, whose confirming blocks are in the missing successor: its power (sum of
+        # squares), in the caller's law; integers, so exactly `_release_held`'s float64 dot.
+        loud = TAIL_QUIET_POWER * TAIL_SAMPLES
         sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
         since: list[float] = []
         holding = self._holding
@@ -1500,14 +1497,16 @@ class Relay:
             _, pkt, start, rx = held  # type: ignore[misc]
             since.append(rx)
             ch = changed[j]
-            if ch is False and not loud[j] and leg.xlate is None:
-                out = pkt  # the common case: the very bytes that arrived
+            tail_loud = sum(map(_TAIL_SQUARES[leg.is_alaw].__getitem__, pkt[-TAIL_SAMPLES:])) >= loud
+            if ch is False and leg.xlate is None:
+                # The common case: the very bytes that arrived, or with the last block silenced.
+                out = pkt[:-TAIL_SAMPLES] + _TAIL_SILENCE[leg.is_alaw] if tail_loud else pkt
             else:
                 payload = pkt[start:]
                 body = self._masked_body(leg, payload, None if ch is None else (rows[j], ch))
                 if ch:
                     leg.last_masked_s = rx
-                if ch is not None and loud[j] and len(body) >= TAIL_SAMPLES:
+                if ch is not None and tail_loud and len(body) >= TAIL_SAMPLES:
                     codec = leg.media.codec if leg.media is not None else "PCMU"
                     out_codec = leg.peer.media.codec if leg.peer.media is not None else codec
                     body = body[:-TAIL_SAMPLES] + bytes([SILENCE_CODES[out_codec]]) * TAIL_SAMPLES
