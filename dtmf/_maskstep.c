@@ -207,22 +207,51 @@ static PyObject *configure(PyObject *mod, PyObject *args)
 
 
 
-/* quiet_step(fs, held, slots, frames, wef, out, comfort) -> bool
+/* The bool columns' positions and flush's constants (configure_flush). */
+static struct {
+    int ready;
+    Py_ssize_t filler;
+    int b_flags_end, b_unsteady, b_confirmed, b_held_valid, b_capture;
+    double min_window_energy, weak_energy, share, steady, gap;
+} FQ;
+
+static PyObject *configure_flush(PyObject *mod, PyObject *args)
+{
+    if (!PyArg_ParseTuple(args, "niiiiiddddd", &FQ.filler, &FQ.b_flags_end, &FQ.b_unsteady, &FQ.b_confirmed,
+                          &FQ.b_held_valid, &FQ.b_capture, &FQ.min_window_energy, &FQ.weak_energy, &FQ.share, &FQ.steady, &FQ.gap))
+        return NULL;
+    if (!K.ready || FQ.filler >= K.bits || FQ.b_held_valid >= 24 || FQ.b_unsteady >= 8 || FQ.b_capture >= 24
+        || FQ.b_held_valid < 16 || FQ.b_capture < 16) {
+        PyErr_SetString(PyExc_ValueError, "masker flush layout does not fit its row");
+        return NULL;
+    }
+    FQ.ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* quiet_step(fs, held, slots, frames, wef, out, comfort[, changed]) -> bool
  *   fs (cap, n_f) float64, held (cap, 160) int16: the bank's state, updated when quiet;
  *   slots (k,) intp; frames (k, 160) int16 (any strides); wef (2, n, 8) float64 with this
  *   call's new blocks' energies and line energies in columns 3..6 of rows 0..k-1;
- *   out (k, 160) int16: receives the held packets. */
+ *   out (k, 160) int16: receives the held packets.
+ *   changed (k,) bool, optional: with it, a quiet row need not be delayed. A capture whose
+ *   look-ahead restarts (its held packet left without its successor: `flush`, or the capture
+ *   just began) gets a filler row (zeros; the caller fills comfort noise) and changed = 1,
+ *   and holds this packet from now on; a row outside a capture passes its own packet,
+ *   unchanged. That is what the numpy step does with such rows when they are quiet; without
+ *   `changed` they make the batch the numpy step's, as before. */
 static PyObject *quiet_step(PyObject *mod, PyObject *args)
 {
-    PyObject *o_fs, *o_held, *o_slots, *o_frames, *o_wef, *o_out;
+    PyObject *o_fs, *o_held, *o_slots, *o_frames, *o_wef, *o_out, *o_changed = Py_None;
     int comfort;
-    if (!PyArg_ParseTuple(args, "OOOOOOp", &o_fs, &o_held, &o_slots, &o_frames, &o_wef, &o_out, &comfort))
+    if (!PyArg_ParseTuple(args, "OOOOOOp|O", &o_fs, &o_held, &o_slots, &o_frames, &o_wef, &o_out, &comfort, &o_changed))
         return NULL;
-    if (!K.ready) {
+    int restart = o_changed != Py_None;
+    if (!K.ready || (restart && !FQ.ready)) {
         PyErr_SetString(PyExc_RuntimeError, "masker step is not configured");
         return NULL;
     }
-    Py_buffer fs, held, slots, frames, wef, out;
+    Py_buffer fs, held, slots, frames, wef, out, changed;
     int got = 0;
     PyObject *result = NULL;
     if (get(o_fs, &fs, "fs", 1, 8, 2, "d") < 0) goto done;
@@ -237,12 +266,17 @@ static PyObject *quiet_step(PyObject *mod, PyObject *args)
     got = 5;
     if (get(o_out, &out, "out", 1, 2, 2, "h") < 0) goto done;
     got = 6;
+    if (restart) {
+        if (get(o_changed, &changed, "changed", 1, 1, 1, "?") < 0) goto done;
+        got = 7;
+    }
 
     Py_ssize_t k = slots.shape[0];
     Py_ssize_t cap = fs.shape[0];
     if (fs.shape[1] != K.n_f || held.shape[0] != cap || held.shape[1] != PACKET_SAMPLES
         || frames.shape[0] != k || frames.shape[1] != PACKET_SAMPLES || out.shape[0] != k
-        || out.shape[1] != PACKET_SAMPLES || wef.shape[0] != 2 || wef.shape[1] < k || wef.shape[2] < 7) {
+        || out.shape[1] != PACKET_SAMPLES || wef.shape[0] != 2 || wef.shape[1] < k || wef.shape[2] < 7
+        || (restart && changed.shape[0] != k)) {
         PyErr_SetString(PyExc_ValueError, "masker step: arrays do not match");
         goto done;
     }
@@ -262,8 +296,17 @@ static PyObject *quiet_step(PyObject *mod, PyObject *args)
         uint64_t w0, w1;
         memcpy(&w0, row + K.bits * 8, 8);
         memcpy(&w1, row + K.bits * 8 + 8, 8);
-        if (w0 | w1)
+        if (w1)
             goto quiet_no;
+        if (w0) {
+            /* Only `unsteady` set, and truly so (not both capture and held): a restart or a direct row. */
+            const unsigned char *b = (const unsigned char *)(row + K.bits * 8);
+            uint64_t only;
+            memset(&only, 0, 8);
+            ((unsigned char *)&only)[FQ.b_unsteady] = 1;
+            if (!restart || w0 != only || (b[FQ.b_capture] && b[FQ.b_held_valid]))
+                goto quiet_no;
+        }
         for (int j = 0; j < HIST_BLOCKS + NEW_BLOCKS; j++) {
             double e, l;
             if (j < HIST_BLOCKS) {
@@ -289,9 +332,19 @@ static PyObject *quiet_step(PyObject *mod, PyObject *args)
             e[j] = *(double *)AT(wef, r * wef.strides[1] + (HIST_BLOCKS + j) * wef.strides[2]);
             l[j] = *(double *)AT(wef, wef.strides[0] + r * wef.strides[1] + (HIST_BLOCKS + j) * wef.strides[2]);
         }
+        unsigned char *b = (unsigned char *)(f + K.bits);
+        int delayed = !restart || (b[FQ.b_capture] && b[FQ.b_held_valid]);
+        int filler = !delayed && b[FQ.b_capture];
         for (int i = 0; i < PACKET_SAMPLES; i++) {
-            o[i * (out.strides[1] / 2)] = h[i * (held.strides[1] / 2)];
-            h[i * (held.strides[1] / 2)] = *(int16_t *)AT(frames, r * frames.strides[0] + i * frames.strides[1]);
+            int16_t x = *(int16_t *)AT(frames, r * frames.strides[0] + i * frames.strides[1]);
+            o[i * (out.strides[1] / 2)] = delayed ? h[i * (held.strides[1] / 2)] : (filler ? 0 : x);
+            h[i * (held.strides[1] / 2)] = x;
+        }
+        if (restart)
+            *(unsigned char *)AT(changed, r * changed.strides[0]) = (unsigned char)filler;
+        if (filler) {  /* the look-ahead starts again with this packet: held, steady */
+            b[FQ.b_held_valid] = 1;
+            b[FQ.b_unsteady] = 0;
         }
         if (comfort) {
             /* levels[0] = level; levels[j + 1] = minimum(energy_j * (1/40), levels[j] * rise + abs) */
@@ -318,6 +371,7 @@ quiet_no:
     result = Py_False;
     Py_INCREF(result);
 done:
+    if (got >= 7) PyBuffer_Release(&changed);
     if (got >= 6) PyBuffer_Release(&out);
     if (got >= 5) PyBuffer_Release(&wef);
     if (got >= 4) PyBuffer_Release(&frames);
@@ -335,26 +389,6 @@ done:
  *   leaves unchanged: out[r] = held, and the slot's state moves as flush moves it (not held,
  *   unsteady, filler = level). Returns one byte per row: 1 done here, 0 left alone (not held,
  *   or flush's full rule applies) for the caller to flush one by one. */
-static struct {
-    int ready;
-    Py_ssize_t filler;
-    int b_flags_end, b_unsteady, b_confirmed, b_held_valid;
-    double min_window_energy, weak_energy, share, steady, gap;
-} FQ;
-
-static PyObject *configure_flush(PyObject *mod, PyObject *args)
-{
-    if (!PyArg_ParseTuple(args, "niiiiddddd", &FQ.filler, &FQ.b_flags_end, &FQ.b_unsteady, &FQ.b_confirmed,
-                          &FQ.b_held_valid, &FQ.min_window_energy, &FQ.weak_energy, &FQ.share, &FQ.steady, &FQ.gap))
-        return NULL;
-    if (!K.ready || FQ.filler >= K.bits || FQ.b_held_valid >= 24 || FQ.b_unsteady >= 24) {
-        PyErr_SetString(PyExc_ValueError, "masker flush layout does not fit its row");
-        return NULL;
-    }
-    FQ.ready = 1;
-    Py_RETURN_NONE;
-}
-
 static inline int window_may_confirm(double e0, double e1, double e2, double l0, double l1, double l2)
 {
     double e = e0 + e1;

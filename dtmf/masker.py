@@ -978,10 +978,19 @@ class MaskerBank:
         # The new packet's blocks 0..3 (blocks 3..6 of the work rows).
         _block_features_into(frames, w)
         if _quiet_step is not None:
-            # Every row quiet (the capture's common case): the C step moves the state alone.
+            # Every row quiet (the capture's common case): the C step moves the state alone. Rows
+            # whose look-ahead restarts (after a held packet left at its deadline) get their filler
+            # row there (comfort noise here, from the state before the call).
             out = np.empty((k, PACKET_SAMPLES), dtype=np.int16)
-            if _quiet_step(self._fs, self._held, slots, frames, self._wef, out, self._mode is MaskMode.COMFORT_NOISE):
-                return out, np.zeros(k, dtype=bool)
+            changed = np.zeros(k, dtype=bool)
+            comfort = self._mode is MaskMode.COMFORT_NOISE
+            if _quiet_step(self._fs, self._held, slots, frames, self._wef, out, comfort, changed):
+                if comfort:
+                    for r in changed.nonzero()[0].tolist():
+                        f = self._fs[slots[r]]
+                        out[r] = _fill_packet(MaskMode.COMFORT_NOISE, int(f[_F_N_IN]) - PACKET_SAMPLES,
+                                              [float(f[_F_FILLER])] * BLOCKS_PER_PACKET)
+                return out, changed
         # ndarray methods, not the np.* wrappers: ~1 us less per call each (the relay calls this
         # once per loop iteration with few rows).
         held = self._held.take(slots, axis=0)
@@ -1319,7 +1328,7 @@ else:
                         float(_MIN_BLOCK_ENERGY), float(_WEAK_ENERGY), float(_NOISE_RISE),
                         float(_NOISE_RISE_ABS), 1.0 / BLOCK_SAMPLES)
     _quiet_step = _maskstep.quiet_step
-    _maskstep.configure_flush(_F_FILLER, _B_UNSTEADY, _B_UNSTEADY, _B_CONFIRMED, _B_HELD_VALID,
+    _maskstep.configure_flush(_F_FILLER, _B_UNSTEADY, _B_UNSTEADY, _B_CONFIRMED, _B_HELD_VALID, _B_CAPTURE,
                               float(_MIN_WINDOW_ENERGY), float(_WEAK_ENERGY), float(_PREFILTER * MIXED_CONCENTRATION),
                               float(_STEADY), float(_GAP))
     _flush_quiet = _maskstep.flush_quiet

@@ -22,12 +22,18 @@ def require_step() -> None:
 
 class Counted:
     def __init__(self, step) -> None:
-        self.step, self.quiet, self.calls = step, 0, 0
+        self.step, self.quiet, self.calls, self.restarts, self.direct = step, 0, 0, 0, 0
 
     def __call__(self, *args):
         self.calls += 1
         done = self.step(*args)
         self.quiet += bool(done)
+        if done and len(args) > 7:
+            # Rows whose look-ahead restarted (a filler row) and rows outside a capture, taken in C.
+            fs, slots = args[0], args[2]
+            bits = fs[slots, masker_mod._F_BITS:].view(np.bool_)
+            self.restarts += int(args[7].sum())
+            self.direct += int((~bits[:, masker_mod._B_CAPTURE]).sum())
         return done
 
 
@@ -115,6 +121,9 @@ def test_the_c_step_and_the_numpy_step_agree_to_the_bit(monkeypatch, mode: MaskM
     # The run went through both paths: quiet batches in C, the rest in numpy.
     assert counted.quiet >= 30, (counted.quiet, counted.calls)
     assert counted.calls - counted.quiet >= 30, (counted.quiet, counted.calls)
+    # ... and the C step took restarted look-aheads (after a flush, a capture's start) and
+    # rows outside a capture (mask = "always", or none), not only steady captures.
+    assert counted.restarts >= 5 and counted.direct >= 20, (counted.restarts, counted.direct)
 
 
 def test_the_c_step_refuses_arrays_that_do_not_fit() -> None:
