@@ -187,10 +187,11 @@ _SEQ = struct.Struct("!H")
 _TS_SSRC = struct.Struct("!II")
 _NO_PT = 255
 _BOTH_DECODE = np.concatenate([ULAW_DECODE, ALAW_DECODE])
+"""mu-law codes at 0-255, A-law at 256-511: one lookup decodes a batch of mixed codecs."""
 _TAIL_SQUARES = ([int(v) ** 2 for v in ULAW_DECODE], [int(v) ** 2 for v in ALAW_DECODE])
 """Per G.711 code (mu-law, A-law), its decoded sample squared: a tail's power as exact integers."""
 _TAIL_SILENCE = (bytes([SILENCE_CODES["PCMU"]]) * TAIL_SAMPLES, bytes([SILENCE_CODES["PCMA"]]) * TAIL_SAMPLES)
-"""mu-law codes at 0-255, A-law at 256-511: one lookup decodes a batch of mixed codecs."""
+"""A deadline-released packet's last block as silence, per law (mu-law, A-law)."""
 _ULAW_PAIRS = np.stack([np.tile(ULAW_DECODE, 256), np.repeat(ULAW_DECODE, 256)], axis=1).view(np.int32).ravel()
 """Two mu-law codes read as one little-endian uint16 -> both samples (int16, int16) as one int32:
 one lookup per two samples, about half the cost of one per sample."""
