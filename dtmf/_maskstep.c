@@ -280,6 +280,10 @@ static PyObject *quiet_step(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "masker step: arrays do not match");
         goto done;
     }
+    /* Word 0 of a row whose only bit set is `unsteady`. */
+    uint64_t unsteady_only = 0;
+    if (restart)
+        ((unsigned char *)&unsteady_only)[FQ.b_unsteady] = 1;
     /* Pass 1: is every row quiet? Nothing is written until it is known. */
     for (Py_ssize_t r = 0; r < k; r++) {
         Py_ssize_t s = *(Py_ssize_t *)AT(slots, r * slots.strides[0]);
@@ -301,10 +305,7 @@ static PyObject *quiet_step(PyObject *mod, PyObject *args)
         if (w0) {
             /* Only `unsteady` set, and truly so (not both capture and held): a restart or a direct row. */
             const unsigned char *b = (const unsigned char *)(row + K.bits * 8);
-            uint64_t only;
-            memset(&only, 0, 8);
-            ((unsigned char *)&only)[FQ.b_unsteady] = 1;
-            if (!restart || w0 != only || (b[FQ.b_capture] && b[FQ.b_held_valid]))
+            if (!restart || w0 != unsteady_only || (b[FQ.b_capture] && b[FQ.b_held_valid]))
                 goto quiet_no;
         }
         for (int j = 0; j < HIST_BLOCKS + NEW_BLOCKS; j++) {

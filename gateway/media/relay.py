@@ -1455,28 +1455,40 @@ class Relay:
         held, leg.held = leg.held, None
         self._holding.pop(leg, None)
         _, pkt, start, rx = held  # type: ignore[misc]
-        payload = pkt[start:]
         last = None
-        if len(payload) == 160 and self.masker is not None and leg.mask_slot >= 0:
+        if len(pkt) - start == 160 and self.masker is not None and leg.mask_slot >= 0:
             last = self.masker.flush(leg.mask_slot)
-        body = self._masked_body(leg, payload, last)
-        if last is not None and last[1]:
-            leg.last_masked_s = rx
-        if last is not None and len(body) >= TAIL_SAMPLES:
-            codec = leg.media.codec if leg.media is not None else "PCMU"
-            tail = DECODE_TABLES[codec][np.frombuffer(payload, dtype=np.uint8, offset=len(payload) - TAIL_SAMPLES)]
-            if float(np.dot(tail, tail.astype(np.float64))) >= TAIL_QUIET_POWER * TAIL_SAMPLES:
-                out_codec = leg.peer.media.codec if leg.peer.media is not None else codec
-                body = body[:-TAIL_SAMPLES] + bytes([SILENCE_CODES[out_codec]]) * TAIL_SAMPLES
+        out = self._deadline_packet(leg, pkt, start, rx, last)
         self.stats.captured += 1
         self.stats.released_at_deadline += 1
         self.stats.lookahead.observe(now - rx)
-        return self._forward_built(leg, pkt[:start] + body)
+        return self._forward_built(leg, out)
+
+    def _deadline_packet(self, leg: Leg, pkt: bytes, start: int, rx: float,
+                         last: tuple[np.ndarray, bool] | None) -> bytes:
+        """A held packet as it leaves at its deadline: masked as the masker's flush says (`last`:
+        its row and changed flag; None: unknown, so silence), its last block silenced when loud."""
+        loud = False
+        if last is not None:
+            # The tail's power as exact integer squares per code (the float64 sum is the same).
+            loud = (sum(map(_TAIL_SQUARES[leg.is_alaw].__getitem__, pkt[-TAIL_SAMPLES:]))
+                    >= TAIL_QUIET_POWER * TAIL_SAMPLES)
+            if not last[1] and leg.xlate is None:
+                # The common case: the very bytes that arrived, or with the last block silenced.
+                return pkt[:-TAIL_SAMPLES] + _TAIL_SILENCE[leg.is_alaw] if loud else pkt
+            if last[1]:
+                leg.last_masked_s = rx
+        body = self._masked_body(leg, pkt[start:], last)
+        if last is not None and loud and len(body) >= TAIL_SAMPLES:
+            codec = leg.media.codec if leg.media is not None else "PCMU"
+            out_codec = leg.peer.media.codec if leg.peer.media is not None else codec
+            body = body[:-TAIL_SAMPLES] + bytes([SILENCE_CODES[out_codec]]) * TAIL_SAMPLES
+        return pkt[:start] + body
 
     def _release_many(self, legs: list[Leg], now: float) -> list[tuple[Leg, bytes, tuple[str, int]]]:
         """`_release_held` for several legs due at once, in their order, with the masker's flush
-        and the tail test done for all of them together (a burst of late successors, after a
-        stall upstream, used to release ~30 us a packet, one by one, the last ones late)."""
+        done for all of them together (a burst of late successors, after a stall upstream, used
+        to release ~30 us a packet, one by one, the last ones late)."""
         masker = self.masker
         assert masker is not None
         # Off the common case (no masker slot, another packet size): `_release_held`, in turn.
@@ -1486,9 +1498,6 @@ class Relay:
             return [sent for sent in (self._release_held(leg, now) for leg in legs) if sent is not None]
         k = len(batch)
         rows, changed = masker.flush_many([leg.mask_slot for leg in batch])
-        # The last block, whose confirming blocks are in the missing successor: its power (sum of
-        # squares), in the caller's law; integers, so exactly `_release_held`'s float64 dot.
-        loud = TAIL_QUIET_POWER * TAIL_SAMPLES
         sends: list[tuple[Leg, bytes, tuple[str, int]]] = []
         since: list[float] = []
         holding = self._holding
@@ -1505,20 +1514,7 @@ class Relay:
             _, pkt, start, rx = held  # type: ignore[misc]
             since.append(rx)
             ch = changed[j]
-            tail_loud = sum(map(_TAIL_SQUARES[leg.is_alaw].__getitem__, pkt[-TAIL_SAMPLES:])) >= loud
-            if ch is False and leg.xlate is None:
-                # The common case: the very bytes that arrived, or with the last block silenced.
-                out = pkt[:-TAIL_SAMPLES] + _TAIL_SILENCE[leg.is_alaw] if tail_loud else pkt
-            else:
-                payload = pkt[start:]
-                body = self._masked_body(leg, payload, None if ch is None else (rows[j], ch))
-                if ch:
-                    leg.last_masked_s = rx
-                if ch is not None and tail_loud and len(body) >= TAIL_SAMPLES:
-                    codec = leg.media.codec if leg.media is not None else "PCMU"
-                    out_codec = leg.peer.media.codec if leg.peer.media is not None else codec
-                    body = body[:-TAIL_SAMPLES] + bytes([SILENCE_CODES[out_codec]]) * TAIL_SAMPLES
-                out = pkt[:start] + body
+            out = self._deadline_packet(leg, pkt, start, rx, None if ch is None else (rows[j], ch))
             peer = leg.peer
             dest = peer.rtp_dest
             pt = out[1] & 0x7F
